@@ -1,0 +1,157 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Shared by every pytracers tracer: the event header, the pid/comm filters,
+ * the per-CPU count of events lost to a full ring buffer, and the wakeup
+ * policy.  The Python side never redeclares these layouts: it reads them from
+ * each object's .BTF, so a field added here shows up in the decoded records.
+ */
+#ifndef PYTRACERS_H
+#define PYTRACERS_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#define PT_COMM_LEN 16
+
+/* Expanded at the top of every event struct, so records are flat:
+ * ev.ts_ns, ev.pid (tgid), ev.tid, ev.cpu, ev.comm. */
+#define PT_EVENT_HEADER      \
+	__u64 ts_ns;         \
+	__u32 pid;           \
+	__u32 tid;           \
+	__u32 cpu;           \
+	__u32 _hdr_pad;      \
+	char comm[PT_COMM_LEN]
+
+/* ---- configuration ------------------------------------------------------
+ * Read-only globals are set by Python before load (the verifier then prunes
+ * the branches they switch off).  The `filters` map can be changed after load.
+ */
+const volatile __u32 cfg_pid = 0;                  /* 0: any process */
+const volatile char cfg_comm[PT_COMM_LEN] = {};    /* "": any command */
+/* Wakeup policy: 0 = libbpf/kernel default (adaptive); otherwise wake the
+ * consumer only when at least this many bytes are pending, so the traced path
+ * does not pay for a wakeup per event.  The consumer polls with a timeout (the
+ * latency bound) and so still drains a trickle of events. */
+const volatile __u64 cfg_wakeup_bytes = 0;
+
+struct pytracers_filter {
+	__u32 pid;                  /* 0: any */
+	__u32 use_comm;             /* 1: only `comm` */
+	char comm[PT_COMM_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pytracers_filter);
+} filters SEC(".maps");
+
+/* Events that could not be reserved in the ring (it was full). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* Resized by Python before load (must stay a power of two pages). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} events SEC(".maps");
+
+static __always_inline bool pt_comm_eq(const char *a, const volatile char *b)
+{
+	for (int i = 0; i < PT_COMM_LEN; i++) {
+		if (a[i] != b[i])
+			return false;
+		if (a[i] == 0)
+			return true;
+	}
+	return true;
+}
+
+/* true when the current task passes both the load-time and the run-time filter */
+static __always_inline bool pt_wanted(__u32 tgid)
+{
+	char comm[PT_COMM_LEN];
+	__u32 zero = 0;
+	struct pytracers_filter *f;
+	bool have_comm = false;
+
+	if (cfg_pid && cfg_pid != tgid)
+		return false;
+	if (cfg_comm[0]) {
+		bpf_get_current_comm(comm, sizeof(comm));
+		have_comm = true;
+		if (!pt_comm_eq(comm, cfg_comm))
+			return false;
+	}
+	f = bpf_map_lookup_elem(&filters, &zero);
+	if (!f)
+		return true;
+	if (f->pid && f->pid != tgid)
+		return false;
+	if (f->use_comm) {
+		if (!have_comm)
+			bpf_get_current_comm(comm, sizeof(comm));
+		for (int i = 0; i < PT_COMM_LEN; i++) {
+			if (comm[i] != f->comm[i])
+				return false;
+			if (comm[i] == 0)
+				break;
+		}
+	}
+	return true;
+}
+
+static __always_inline void pt_count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+
+	if (n)
+		*n += 1;   /* per-CPU slot: no other writer */
+}
+
+/* Reserve a record in `events`; on failure count it as lost. */
+static __always_inline void *pt_reserve(__u64 size)
+{
+	void *e = bpf_ringbuf_reserve(&events, size, 0);
+
+	if (!e)
+		pt_count_lost();
+	return e;
+}
+
+#define PT_RESERVE(type) ((type *)pt_reserve(sizeof(type)))
+
+/* Fill the common header from the current task. */
+#define PT_FILL_HEADER(e, id) do {                                  \
+	(e)->ts_ns = bpf_ktime_get_ns();                             \
+	(e)->pid = (__u32)((id) >> 32);                              \
+	(e)->tid = (__u32)(id);                                      \
+	(e)->cpu = bpf_get_smp_processor_id();                       \
+	(e)->_hdr_pad = 0;                                           \
+	bpf_get_current_comm((e)->comm, sizeof((e)->comm));          \
+} while (0)
+
+static __always_inline __u64 pt_wakeup_flags(void)
+{
+	if (!cfg_wakeup_bytes)
+		return 0;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void pt_submit(void *e)
+{
+	bpf_ringbuf_submit(e, pt_wakeup_flags());
+}
+
+#endif /* PYTRACERS_H */

@@ -1,0 +1,268 @@
+"""The C boundary: every declaration of libbpf (and the bit of libc) pytracers uses.
+
+No other module declares C or calls ``lib`` except through what this module
+exports.
+
+Why cffi's ABI mode (``ffi.dlopen``) rather than API mode (a compiled
+extension): pytracers promises that installing it needs no compiler and no
+headers.  ABI mode only needs ``libbpf.so.1`` at run time.  The price is that we
+must declare structs exactly as libbpf lays them out; we therefore avoid
+libbpf's option structs wherever a plain-argument function exists, and where
+we do pass one (``bpf_test_run_opts``) its leading ``sz`` field tells libbpf
+which version of the struct we were written against, so newer libbpf
+releases (which only ever append fields) keep accepting it.
+
+Functions that appeared after libbpf 1.1 (the floor, Debian 12) are declared
+too, but callers must check :func:`has` first: calling a symbol the loaded
+library lacks would raise AttributeError deep inside the library otherwise.
+"""
+from __future__ import annotations
+
+import ctypes.util
+import logging
+import threading
+from typing import Any, Callable, List, Optional, Tuple
+
+import cffi
+
+__all__ = ["ffi", "lib", "libc", "has", "version", "LibbpfLogCapture", "call_with_log"]
+
+CDEF = r"""
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef int __s32;
+typedef long long __s64;
+
+struct bpf_object;
+struct bpf_program;
+struct bpf_map;
+struct bpf_link;
+struct btf;
+
+/* libbpf_print_fn_t takes a va_list; on x86-64 a va_list argument is passed
+ * as a pointer, which we hand to vsnprintf unchanged. */
+typedef int (*pt_print_fn_t)(int level, const char *fmt, void *ap);
+pt_print_fn_t libbpf_set_print(pt_print_fn_t fn);
+
+__u32 libbpf_major_version(void);
+__u32 libbpf_minor_version(void);
+int libbpf_strerror(int err, char *buf, size_t size);
+int libbpf_num_possible_cpus(void);
+int libbpf_probe_bpf_prog_type(int prog_type, const void *opts);
+int libbpf_probe_bpf_map_type(int map_type, const void *opts);
+int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts);
+
+struct bpf_object *bpf_object__open(const char *path);
+/* The leading fields of bpf_object_open_opts; `sz` tells libbpf how much of the
+ * struct we pass, and libbpf treats every later field as zero. */
+struct bpf_object_open_opts {
+    size_t sz;
+    const char *object_name;
+};
+struct bpf_object *bpf_object__open_mem(const void *obj_buf, size_t obj_buf_sz,
+                                        const struct bpf_object_open_opts *opts);
+int bpf_object__load(struct bpf_object *obj);
+void bpf_object__close(struct bpf_object *obj);
+const char *bpf_object__name(const struct bpf_object *obj);
+struct btf *bpf_object__btf(const struct bpf_object *obj);
+struct bpf_program *bpf_object__next_program(const struct bpf_object *obj, struct bpf_program *prog);
+struct bpf_map *bpf_object__next_map(const struct bpf_object *obj, const struct bpf_map *map);
+
+const char *bpf_program__name(const struct bpf_program *prog);
+const char *bpf_program__section_name(const struct bpf_program *prog);
+bool bpf_program__autoload(const struct bpf_program *prog);
+int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
+int bpf_program__fd(const struct bpf_program *prog);
+int bpf_program__type(const struct bpf_program *prog);
+int bpf_program__expected_attach_type(const struct bpf_program *prog);
+size_t bpf_program__insn_cnt(const struct bpf_program *prog);
+int bpf_program__set_attach_target(struct bpf_program *prog, int attach_prog_fd, const char *attach_func_name);
+int bpf_program__set_log_level(struct bpf_program *prog, __u32 log_level);
+int bpf_program__set_log_buf(struct bpf_program *prog, char *log_buf, size_t log_size);
+
+struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach_kprobe(const struct bpf_program *prog, bool retprobe, const char *func_name);
+struct bpf_kprobe_multi_opts {
+    size_t sz;
+    const char **syms;
+    const unsigned long *addrs;
+    const __u64 *cookies;
+    size_t cnt;
+    bool retprobe;
+};
+struct bpf_link *bpf_program__attach_kprobe_multi_opts(const struct bpf_program *prog, const char *pattern, const struct bpf_kprobe_multi_opts *opts);
+struct bpf_link *bpf_program__attach_tracepoint(const struct bpf_program *prog, const char *tp_category, const char *tp_name);
+struct bpf_link *bpf_program__attach_raw_tracepoint(const struct bpf_program *prog, const char *tp_name);
+struct bpf_link *bpf_program__attach_trace(const struct bpf_program *prog);
+
+int bpf_link__fd(const struct bpf_link *link);
+int bpf_link__destroy(struct bpf_link *link);
+int bpf_link__pin(struct bpf_link *link, const char *path);
+
+const char *bpf_map__name(const struct bpf_map *map);
+int bpf_map__type(const struct bpf_map *map);
+int bpf_map__fd(const struct bpf_map *map);
+__u32 bpf_map__max_entries(const struct bpf_map *map);
+int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);
+__u32 bpf_map__key_size(const struct bpf_map *map);
+__u32 bpf_map__value_size(const struct bpf_map *map);
+__u32 bpf_map__map_flags(const struct bpf_map *map);
+__u32 bpf_map__btf_key_type_id(const struct bpf_map *map);
+__u32 bpf_map__btf_value_type_id(const struct bpf_map *map);
+bool bpf_map__is_internal(const struct bpf_map *map);
+const void *bpf_map__initial_value(struct bpf_map *map, size_t *psize);
+int bpf_map__pin(struct bpf_map *map, const char *path);
+
+int bpf_map_update_elem(int fd, const void *key, const void *value, __u64 flags);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
+
+int bpf_prog_get_next_id(__u32 start_id, __u32 *next_id);
+int bpf_map_get_next_id(__u32 start_id, __u32 *next_id);
+int bpf_link_get_next_id(__u32 start_id, __u32 *next_id);
+int bpf_obj_pin(int fd, const char *pathname);
+
+struct bpf_test_run_opts {
+    size_t sz;
+    const void *data_in;
+    void *data_out;
+    __u32 data_size_in;
+    __u32 data_size_out;
+    const void *ctx_in;
+    void *ctx_out;
+    __u32 ctx_size_in;
+    __u32 ctx_size_out;
+    __u32 retval;
+    int repeat;
+    __u32 duration;
+    __u32 flags;
+    __u32 cpu;
+    __u32 batch_size;
+};
+int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
+"""
+
+LIBC_CDEF = r"""
+int vsnprintf(char *str, size_t size, const char *format, void *ap);
+int mount(const char *source, const char *target, const char *filesystemtype,
+          unsigned long mountflags, const void *data);
+"""
+
+ffi = cffi.FFI()
+ffi.cdef(CDEF)
+
+_LIBBPF_NAMES = ("libbpf.so.1", ctypes.util.find_library("bpf") or "libbpf.so")
+
+
+def _open_libbpf() -> Any:
+    errors = []
+    for name in _LIBBPF_NAMES:
+        try:
+            return ffi.dlopen(name)
+        except OSError as e:  # pragma: no cover - depends on the machine
+            errors.append(f"{name}: {e}")
+    raise ImportError("pytracers needs the system libbpf (libbpf.so.1, version 1.1 or newer; "
+                      "on Debian/Ubuntu: apt-get install libbpf1). Tried: " + "; ".join(errors))
+
+
+lib = _open_libbpf()
+ffi.cdef(LIBC_CDEF)
+libc = ffi.dlopen(None)
+
+_present: dict = {}
+
+
+def has(symbol: str) -> bool:
+    """True when the loaded libbpf exports ``symbol`` (declared above)."""
+    if symbol not in _present:
+        try:
+            getattr(lib, symbol)
+            _present[symbol] = True
+        except AttributeError:
+            _present[symbol] = False
+    return _present[symbol]
+
+
+def version() -> Tuple[int, int]:
+    return int(lib.libbpf_major_version()), int(lib.libbpf_minor_version())
+
+
+if version() < (1, 1):  # pragma: no cover - depends on the machine
+    raise ImportError(f"pytracers needs libbpf >= 1.1, found {'.'.join(map(str, version()))}")
+
+
+# ---- libbpf's own messages -> Python logging -----------------------------------
+#
+# libbpf reports through one process-wide print callback.  We route every
+# message to the ``pytracers.libbpf`` logger (WARN -> WARNING, INFO -> INFO,
+# DEBUG -> DEBUG) and, while a pytracers call is in progress on this thread,
+# also keep the messages so that an exception can quote what libbpf said.
+
+log = logging.getLogger("pytracers.libbpf")
+_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+_tls = threading.local()
+
+
+class LibbpfLogCapture:
+    """Collects libbpf messages printed on this thread while active."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def __enter__(self) -> "LibbpfLogCapture":
+        stack = getattr(_tls, "stack", None)
+        if stack is None:
+            stack = _tls.stack = []
+        stack.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _tls.stack.pop()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def last_line(self) -> str:
+        for line in reversed(self.lines):
+            if line.strip():
+                return line.strip()
+        return ""
+
+
+@ffi.callback("int(int, const char *, void *)")
+def _print_cb(level: int, fmt: Any, ap: Any) -> int:
+    try:
+        buf = ffi.new("char[]", 4096)
+        n = libc.vsnprintf(buf, 4096, fmt, ap)
+        text = ffi.string(buf).decode("utf-8", "replace")
+        if n >= 4096:
+            text += "...\n"
+        stack = getattr(_tls, "stack", None)
+        if stack:
+            stack[-1].lines.append(text)
+        pylevel = _LEVELS.get(level, logging.DEBUG)
+        if log.isEnabledFor(pylevel):
+            log.log(pylevel, "%s", text.rstrip("\n"))
+    except BaseException:  # never let an exception unwind through C
+        pass
+    return 0
+
+
+lib.libbpf_set_print(_print_cb)
+
+
+def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfLogCapture]:
+    """Call ``lib.fn(*args)``; return (result, errno, captured libbpf messages)."""
+    with LibbpfLogCapture() as cap:
+        ffi.errno = 0
+        res = fn(*args)
+        err = ffi.errno
+    return res, err, cap
+
+
+def cstr(p: Any) -> Optional[str]:
+    return None if p == ffi.NULL else ffi.string(p).decode("utf-8", "replace")

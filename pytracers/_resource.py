@@ -1,0 +1,62 @@
+"""Lifetime of kernel resources: close() safe twice, context manager, finalizer.
+
+Every object that owns a kernel resource (an fd, a link, a ring mapping)
+derives from :class:`Resource`.  ``close()`` releases it and may be called any
+number of times; ``with`` closes it on exit; a ``weakref.finalize`` backstop
+releases it when the Python object is collected without having been closed.
+The finalizer holds only the release function and the raw handle, never the
+object itself.  A child (a link, a map, a ring buffer) keeps a strong
+reference to its parent, so a parent is never collected under a live child.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Optional
+
+from .errors import ClosedError
+
+
+class Resource:
+    _finalizer: Optional[weakref.finalize] = None
+    _what = "resource"
+
+    def _own(self, release: Callable[..., Any], *args: Any) -> None:
+        """Register ``release(*args)`` as what close() (or the collector) runs."""
+        fin = weakref.finalize(self, release, *args)
+        fin.atexit = False  # the kernel frees fds at exit; no exit-time list of instances
+        self._finalizer = fin
+        # weak: a child the user dropped is released by its own finalizer
+        self._children: "weakref.WeakValueDictionary[int, Resource]" = \
+            weakref.WeakValueDictionary()
+
+    def _adopt(self, child: "Resource") -> None:
+        """Close ``child`` when this resource closes (children close first)."""
+        self._children[id(child)] = child
+
+    @property
+    def closed(self) -> bool:
+        fin = self._finalizer
+        return fin is None or not fin.alive
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ClosedError(self._what)
+
+    def close(self) -> None:
+        """Release the kernel resource (and any children). Safe to call twice."""
+        fin = self._finalizer
+        if fin is None or not fin.alive:
+            return
+        children = getattr(self, "_children", None)
+        if children is not None:
+            for child in reversed(list(children.values())):
+                child.close()
+            children.clear()
+        fin()
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        self._check()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

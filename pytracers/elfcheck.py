@@ -1,0 +1,240 @@
+"""Inspect an object file with pyelftools before libbpf sees it.
+
+libbpf is C: handed a truncated or hostile file it may print cryptic messages,
+and pytracers wants every bad file to become a named exception.  This module
+checks the things we can check in Python -- is it ELF, is it eBPF, is it a
+CO-RE object (has ``.BTF``), does every program section have a name libbpf
+understands -- and collects the facts the object model needs: where each
+global variable of the data sections lives (for read-only configuration).
+"""
+from __future__ import annotations
+
+import io
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from .errors import InsecureFileError, InvalidObjectError
+
+EM_BPF = 247
+SHF_EXECINSTR = 0x4
+
+# Program section prefixes libbpf (>= 1.1) recognises.  A name equal to a
+# prefix, or the prefix followed by "/..." (or "." for the dotted families),
+# is a program section.
+PROGRAM_SECTION_PREFIXES = (
+    "socket", "sk_reuseport/migrate", "sk_reuseport", "kprobe.multi", "kretprobe.multi",
+    "kprobe", "kretprobe", "uprobe.multi", "uretprobe.multi", "uprobe.s", "uretprobe.s",
+    "uprobe", "uretprobe", "ksyscall", "kretsyscall", "usdt", "usdt.s", "tc", "tcx/ingress",
+    "tcx/egress", "netkit/primary", "netkit/peer", "classifier", "action",
+    "tracepoint", "tp", "raw_tracepoint.w", "raw_tp.w", "raw_tracepoint", "raw_tp",
+    "tp_btf", "fentry.s", "fmod_ret.s", "fexit.s", "fentry", "fmod_ret", "fexit",
+    "freplace", "lsm.s", "lsm_cgroup", "lsm", "iter.s", "iter", "syscall", "xdp.frags/devmap",
+    "xdp/devmap", "xdp.frags/cpumap", "xdp/cpumap", "xdp.frags", "xdp", "perf_event",
+    "lwt_in", "lwt_out", "lwt_xmit", "lwt_seg6local", "sockops", "sk_skb/stream_parser",
+    "sk_skb/stream_verdict", "sk_skb/verdict", "sk_skb", "sk_msg", "lirc_mode2",
+    "flow_dissector", "cgroup_skb/ingress", "cgroup_skb/egress", "cgroup/skb", "cgroup/sock_create",
+    "cgroup/sock_release", "cgroup/sock", "cgroup/post_bind4", "cgroup/post_bind6",
+    "cgroup/bind4", "cgroup/bind6", "cgroup/connect4", "cgroup/connect6", "cgroup/connect_unix",
+    "cgroup/sendmsg4", "cgroup/sendmsg6", "cgroup/sendmsg_unix", "cgroup/recvmsg4",
+    "cgroup/recvmsg6", "cgroup/recvmsg_unix", "cgroup/getpeername4", "cgroup/getpeername6",
+    "cgroup/getpeername_unix", "cgroup/getsockname4", "cgroup/getsockname6",
+    "cgroup/getsockname_unix", "cgroup/sysctl", "cgroup/getsockopt", "cgroup/setsockopt",
+    "cgroup/dev", "struct_ops.s", "struct_ops", "sk_lookup", "netfilter",
+)
+
+# Non-program sections an eBPF object may carry.
+DATA_SECTION_PREFIXES = (
+    ".text", ".data", ".bss", ".rodata", ".maps", "maps", "license", "version", ".BTF",
+    ".BTF.ext", ".rel", ".symtab", ".strtab", ".shstrtab", ".llvm_addrsig", ".debug",
+    ".kconfig", ".ksyms", ".addrsig", ".note", ".comment", ".eh_frame", ".struct_ops",
+    ".struct_ops.link", ".llvm.",
+)
+
+
+def is_program_section(name: str) -> bool:
+    for p in PROGRAM_SECTION_PREFIXES:
+        if name == p or name.startswith(p + "/") or name.startswith(p + "+"):
+            return True
+    return False
+
+
+@dataclass
+class Variable:
+    """A global variable in a data section (.rodata, .data, .bss, ...)."""
+
+    name: str
+    section: str
+    offset: int
+    size: int
+
+
+@dataclass
+class ObjectInfo:
+    path: str
+    programs: Dict[str, str] = field(default_factory=dict)      # program name -> section
+    variables: Dict[str, Variable] = field(default_factory=dict)
+    sections: List[str] = field(default_factory=list)
+    has_btf_ext: bool = False
+    btf: bytes = b""
+
+
+def _fail(path: str, problem: str, hint: str = "") -> InvalidObjectError:
+    return InvalidObjectError(path, problem, hint)
+
+
+def read_object_bytes(path: str, *, allow_insecure: bool = False) -> bytes:
+    """Read ``path`` after the safety checks; errors name the problem."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise _fail(path, "no such file",
+                    "check the path; pytracers.objects_dir() lists the shipped objects") from None
+    except PermissionError:
+        raise _fail(path, "cannot read the file (permission denied)") from None
+    except OSError as e:
+        raise _fail(path, f"cannot stat: {e.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise _fail(path, "is a directory", "pass the path of a .bpf.o file")
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(path, "is not a regular file")
+    if not allow_insecure:
+        check_file_safety(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise _fail(path, f"cannot read: {e.strerror}") from None
+    return data
+
+
+def check_file_safety(path: str) -> None:
+    """As root, refuse files (and directories on their path) others can change.
+
+    The rules: the file and every directory above it must be owned by root or
+    by the current user, and must not be writable by group or others -- except
+    a sticky directory such as /tmp, whose other users cannot replace our
+    file.  Only enforced when running as root (euid 0): an unprivileged
+    process cannot load BPF programs that matter.
+    """
+    if os.geteuid() != 0:
+        return
+    real = os.path.realpath(path)
+    me = os.geteuid()
+    cur = real
+    first = True
+    while True:
+        st = os.stat(cur)
+        what = "the file" if first else f"directory {cur}"
+        if st.st_uid not in (0, me):
+            raise InsecureFileError(path, f"{what} is owned by uid {st.st_uid}")
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        sticky_dir = (not first) and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if writable and not sticky_dir:
+            who = "group" if st.st_mode & stat.S_IWGRP else "others"
+            raise InsecureFileError(path, f"{what} is writable by {who} "
+                                          f"(mode {stat.filemode(st.st_mode)})")
+        if cur == "/":
+            break
+        cur = os.path.dirname(cur)
+        first = False
+
+
+def inspect(path: str, data: bytes) -> ObjectInfo:
+    """Check ``data`` (the contents of ``path``) and describe it."""
+    if not data:
+        raise _fail(path, "is empty", "expected an eBPF object built with clang -target bpf")
+    if not data.startswith(b"\x7fELF"):
+        raise _fail(path, "is not an ELF file", "expected an eBPF object built with clang -target bpf")
+    try:
+        elf = ELFFile(io.BytesIO(data))
+        machine = elf["e_machine"]
+        if machine != "EM_BPF" and machine != EM_BPF:
+            raise _fail(path, f"is an ELF file for {machine}, not eBPF (EM_BPF)",
+                        "compile with clang -target bpf")
+        if elf.elfclass != 64 or not elf.little_endian:
+            raise _fail(path, "is a big-endian or 32-bit eBPF object; this machine needs "
+                              "64-bit little-endian (-target bpfel)")
+        info = ObjectInfo(path=path)
+        index_to_name: Dict[int, str] = {}
+        symtab = None
+        for i, sec in enumerate(elf.iter_sections()):
+            name = sec.name
+            index_to_name[i] = name
+            info.sections.append(name)
+            if sec["sh_type"] == "SHT_SYMTAB":
+                symtab = sec
+            if sec["sh_flags"] & SHF_EXECINSTR and name != ".text":
+                if not is_program_section(name):
+                    raise _fail(path, f"has an unknown program section {name!r}",
+                                "libbpf only loads programs in sections it knows, such as "
+                                "SEC(\"tp/...\"), SEC(\"kprobe/...\"), SEC(\"fentry/...\")")
+            elif name and sec["sh_type"] == "SHT_PROGBITS" and not (sec["sh_flags"] & SHF_EXECINSTR):
+                if not (name.startswith(DATA_SECTION_PREFIXES) or is_program_section(name)):
+                    raise _fail(path, f"has an unknown section {name!r}")
+        btf = elf.get_section_by_name(".BTF")
+        if btf is None:
+            raise _fail(path, "has no .BTF section, so it is not a CO-RE object",
+                        "compile with clang -g -O2 -target bpf so BTF is emitted")
+        info.btf = btf.data()
+        info.has_btf_ext = elf.get_section_by_name(".BTF.ext") is not None
+        if symtab is None:
+            raise _fail(path, "has no symbol table", "do not strip eBPF objects with strip(1)")
+        _collect_symbols(info, symtab, index_to_name)
+        if not info.programs:
+            raise _fail(path, "contains no BPF programs")
+        return info
+    except InvalidObjectError:
+        raise
+    except (ELFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            AssertionError, OverflowError, UnicodeDecodeError, MemoryError, RecursionError,
+            EOFError) as e:
+        raise _fail(path, f"is a damaged ELF file ({type(e).__name__}: {e})") from None
+    except Exception as e:  # pyelftools raises many things on corrupt input (e.g. struct errors)
+        if type(e).__module__.startswith(("elftools", "construct", "struct")):
+            raise _fail(path, f"is a damaged ELF file ({type(e).__name__}: {e})") from None
+        raise
+
+
+def _collect_symbols(info: ObjectInfo, symtab, index_to_name: Dict[int, str]) -> None:
+    for sym in symtab.iter_symbols():
+        shndx = sym["st_shndx"]
+        if not isinstance(shndx, int):
+            continue
+        sec = index_to_name.get(shndx, "")
+        typ = sym["st_info"]["type"]
+        bind = sym["st_info"]["bind"]
+        if typ == "STT_FUNC" and bind == "STB_GLOBAL" and sec != ".text":
+            info.programs[sym.name] = sec
+        elif typ == "STT_OBJECT" and sec.startswith((".rodata", ".data", ".bss")):
+            info.variables[sym.name] = Variable(sym.name, sec, sym["st_value"], sym["st_size"])
+
+
+def program_kind(section: str) -> str:
+    """The probe kind a program section denotes: tp, raw_tp, tp_btf, kprobe, ..."""
+    head = section.split("/", 1)[0]
+    return {
+        "tracepoint": "tp", "tp": "tp", "raw_tracepoint": "raw_tp", "raw_tp": "raw_tp",
+        "raw_tracepoint.w": "raw_tp", "raw_tp.w": "raw_tp", "tp_btf": "tp_btf",
+        "kprobe": "kprobe", "kretprobe": "kretprobe", "kprobe.multi": "kprobe_multi",
+        "kretprobe.multi": "kretprobe_multi", "fentry": "fentry", "fexit": "fexit",
+        "fmod_ret": "fmod_ret", "fentry.s": "fentry", "fexit.s": "fexit", "fmod_ret.s": "fmod_ret",
+    }.get(head, head)
+
+
+def section_target(section: str) -> Optional[str]:
+    """The attach target written in the section name, if any ("tp/a/b" -> "a/b")."""
+    parts = section.split("/", 1)
+    return parts[1] if len(parts) == 2 and parts[1] else None
+
+
+def split_tracepoint(target: str) -> Tuple[str, str]:
+    if target.count("/") != 1 and target.count(":") != 1:
+        raise ValueError(target)
+    sep = "/" if "/" in target else ":"
+    cat, name = target.split(sep)
+    return cat, name

@@ -1,0 +1,51 @@
+"""Links: an attached program. Closing a link detaches it."""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from . import _libbpf
+from ._libbpf import ffi, lib
+from ._resource import Resource
+from .errors import BadArgumentError, LoadError
+
+if TYPE_CHECKING:
+    from .program import Program
+
+__all__ = ["Link"]
+
+
+class Link(Resource):
+    """An attachment of ``program`` of ``kind`` to ``target``."""
+
+    _what = "link"
+
+    def __init__(self, ptr: Any, program: "Program", kind: str, target: str) -> None:
+        self._ptr = ptr
+        self.program = program     # keeps the program (and its object) alive
+        self.kind = kind
+        self.target = target
+        self._own(lib.bpf_link__destroy, ptr)
+
+    @property
+    def fd(self) -> int:
+        self._check()
+        return int(lib.bpf_link__fd(self._ptr))
+
+    def pin(self, path: str) -> None:
+        """Pin the link in bpffs (mode 0600) so it outlives this process."""
+        self._check()
+        if not isinstance(path, str) or not path.startswith("/sys/fs/bpf/"):
+            raise BadArgumentError("pin paths must lie under /sys/fs/bpf/")
+        old = os.umask(0o177)
+        try:
+            rc, err, cap = _libbpf.call_with_log(lib.bpf_link__pin, self._ptr, path.encode())
+        finally:
+            os.umask(old)
+        if rc < 0:
+            raise LoadError(f"pin link at {path}", -rc, cap.last_line())
+        os.chmod(path, 0o600)
+
+    def __repr__(self) -> str:
+        state = " closed" if self.closed else ""
+        return f"<Link {self.kind}:{self.target} ({self.program.name}){state}>"

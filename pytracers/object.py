@@ -1,0 +1,383 @@
+"""Objects: open a .bpf.o, configure it, load it.
+
+Phases are types (as in libbpf-rs): :func:`open` returns an
+:class:`OpenObject`, where everything that must be decided before load is
+possible -- which programs load (autoload), attach targets of BTF-based
+programs, read-only configuration (``const volatile`` globals), map sizes.
+:meth:`OpenObject.load` consumes it and returns a :class:`Object`, whose
+programs can be attached and whose maps can be read; a loaded object cannot be
+misconfigured because it has no such methods.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Iterator, Mapping, Optional, Union
+
+from . import _errmap, _libbpf
+from ._libbpf import ffi, lib
+from ._resource import Resource
+from .elfcheck import ObjectInfo, Variable, inspect, program_kind, read_object_bytes
+from .errors import (BadArgumentError, BadTypeError, ClosedError, LoadError, PytracersError,
+                     TargetNotFoundError)
+
+__all__ = ["open", "OpenObject", "OpenProgram", "OpenMap", "Object", "Config"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+LOG_BUF_SIZE = 1 << 20
+
+
+class _Handle(Resource):
+    """Owns the ``struct bpf_object *`` shared by the open and loaded phases."""
+
+    _what = "BPF object"
+
+    def __init__(self, ptr: Any) -> None:
+        self.ptr = ptr
+        self.keep: Any = None
+        self._own(lib.bpf_object__close, ptr)
+
+
+def _names(items: Any) -> str:
+    return ", ".join(sorted(items)) or "(none)"
+
+
+class _View(Mapping[str, Any]):
+    """Read-only name -> child mapping whose KeyError lists the choices."""
+
+    def __init__(self, kind: str, items: Dict[str, Any]) -> None:
+        self._kind = kind
+        self._items = items
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return self._items[name]
+        except KeyError:
+            import difflib
+            raise TargetNotFoundError(self._kind, name,
+                                      difflib.get_close_matches(name, list(self._items)),
+                                      detail="this object has: " + _names(self._items)) from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"<{self._kind}s {list(self._items)}>"
+
+
+def open(path: PathLike, *, allow_insecure: bool = False) -> "OpenObject":  # noqa: A001
+    """Open an eBPF object file (checked with pyelftools first) for configuration."""
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise BadTypeError(f"path must be a str or os.PathLike, not {type(path).__name__}")
+    spath = os.fsdecode(path)
+    data = read_object_bytes(spath, allow_insecure=allow_insecure)
+    info = inspect(spath, data)
+    # Opening from memory means libbpf parses exactly the bytes we checked.
+    buf = ffi.from_buffer(data)
+    opts = ffi.new("struct bpf_object_open_opts *")
+    opts.sz = ffi.sizeof("struct bpf_object_open_opts")
+    cname = ffi.new("char[]", os.path.basename(spath).split(".")[0].encode()[:60] or b"obj")
+    opts.object_name = cname
+    ptr, err, cap = _libbpf.call_with_log(lib.bpf_object__open_mem, buf, len(data), opts)
+    if ptr == ffi.NULL:
+        from .errors import InvalidObjectError
+        raise InvalidObjectError(spath, f"libbpf could not open it ({_os_err(err)})",
+                                 cap.last_line())
+    handle = _Handle(ptr)
+    handle.keep = (data, buf)  # libelf reads the buffer in place until load/close
+    return OpenObject(handle, info, data)
+
+
+def _os_err(err: int) -> str:
+    from .errors import os_error_text
+    return os_error_text(err)
+
+
+class Config:
+    """Read-only configuration: the object's ``const volatile`` globals (and
+    other data-section variables), writable only before load."""
+
+    def __init__(self, obj: "OpenObject") -> None:
+        self._obj = obj
+
+    def _var(self, name: str) -> Variable:
+        v = self._obj.info.variables.get(name)
+        if v is None:
+            import difflib
+            raise TargetNotFoundError("global variable", name,
+                                      difflib.get_close_matches(name, list(self._obj.info.variables)),
+                                      detail="variables: " + _names(self._obj.info.variables))
+        if v.section.startswith(".bss"):
+            raise BadArgumentError(f"{name} lives in .bss, which has no initial value; "
+                                   "declare it `const volatile` to configure it before load")
+        return v
+
+    def _buffer(self, v: Variable) -> Any:
+        self._obj._check_open()
+        m = self._obj._internal_map(v.section)
+        size = ffi.new("size_t *")
+        p = lib.bpf_map__initial_value(m, size)
+        if p == ffi.NULL or v.offset + v.size > size[0]:
+            raise LoadError(f"configure {v.name}", 22, f"no initial data for {v.section}")
+        return ffi.buffer(ffi.cast("char *", p) + v.offset, v.size)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._obj.info.variables
+
+    def __getitem__(self, name: str) -> bytes:
+        return bytes(self._buffer(self._var(name)))
+
+    def get_int(self, name: str, signed: bool = False) -> int:
+        return int.from_bytes(self[name], "little", signed=signed)
+
+    def __setitem__(self, name: str, value: Union[int, bool, str, bytes]) -> None:
+        v = self._var(name)
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, int):
+            if v.size not in (1, 2, 4, 8):
+                raise BadTypeError(f"{name} is {v.size} bytes, not an integer; pass bytes or str")
+            lo, hi = -(1 << (8 * v.size - 1)), (1 << (8 * v.size)) - 1
+            if not lo <= value <= hi:
+                raise BadArgumentError(f"{value} does not fit {name} ({v.size} bytes)")
+            raw = value.to_bytes(v.size, "little", signed=value < 0)
+        elif isinstance(value, (str, bytes)):
+            raw = value.encode() if isinstance(value, str) else value
+            if len(raw) >= v.size:
+                raise BadArgumentError(f"{name} holds at most {v.size - 1} bytes "
+                                       f"(plus a NUL); got {len(raw)}")
+            raw = raw.ljust(v.size, b"\0")
+        else:
+            raise BadTypeError(f"{name} takes an int, str or bytes, not {type(value).__name__}")
+        self._buffer(v)[:] = raw
+
+
+class OpenProgram:
+    """A program of an :class:`OpenObject`: choose whether it loads and where it attaches."""
+
+    def __init__(self, obj: "OpenObject", ptr: Any) -> None:
+        self._obj = obj
+        self._ptr = ptr
+        self.name: str = _libbpf.cstr(lib.bpf_program__name(ptr)) or ""
+        self.section: str = _libbpf.cstr(lib.bpf_program__section_name(ptr)) or ""
+        self.kind: str = program_kind(self.section)
+        self.attach_target: Optional[str] = None
+
+    @property
+    def autoload(self) -> bool:
+        self._obj._check_open()
+        return bool(lib.bpf_program__autoload(self._ptr))
+
+    @autoload.setter
+    def autoload(self, value: bool) -> None:
+        self._obj._check_open()
+        if not isinstance(value, bool):
+            raise BadTypeError("autoload must be True or False")
+        lib.bpf_program__set_autoload(self._ptr, value)
+
+    def set_attach_target(self, function: str) -> None:
+        """Set the kernel function a fentry/fexit/fmod_ret program attaches to."""
+        self._obj._check_open()
+        if not isinstance(function, str) or not function:
+            raise BadTypeError("attach target must be a non-empty function name")
+        if self.kind not in ("fentry", "fexit", "fmod_ret", "tp_btf", "lsm", "freplace", "iter"):
+            raise BadArgumentError(f"program {self.name!r} is a {self.kind} program; only "
+                                   "BTF-based programs (fentry, fexit, fmod_ret, tp_btf) take "
+                                   "a target before load -- attach others with attach()")
+        rc, err, cap = _libbpf.call_with_log(lib.bpf_program__set_attach_target,
+                                             self._ptr, 0, function.encode())
+        if rc < 0:
+            raise _errmap.load_error(self.name, self.kind, -rc, "", cap.last_line(), function)
+        self.attach_target = function
+
+    def __repr__(self) -> str:
+        return f"<OpenProgram {self.name} {self.section!r}>"
+
+
+class OpenMap:
+    """A map of an :class:`OpenObject`: size it before load."""
+
+    def __init__(self, obj: "OpenObject", ptr: Any) -> None:
+        self._obj = obj
+        self._ptr = ptr
+        self.name: str = _libbpf.cstr(lib.bpf_map__name(ptr)) or ""
+        self.type: int = lib.bpf_map__type(ptr)
+
+    @property
+    def max_entries(self) -> int:
+        self._obj._check_open()
+        return int(lib.bpf_map__max_entries(self._ptr))
+
+    @max_entries.setter
+    def max_entries(self, n: int) -> None:
+        self._obj._check_open()
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise BadTypeError("max_entries must be an int")
+        if self.type == 27:  # BPF_MAP_TYPE_RINGBUF
+            page = os.sysconf("SC_PAGE_SIZE")
+            if n < page or n & (n - 1):
+                raise BadArgumentError(f"ring buffer size must be a power of two and at least "
+                                       f"one page ({page} bytes); got {n}")
+        elif n <= 0 or n >= 1 << 32:
+            raise BadArgumentError(f"max_entries must be between 1 and 2**32-1, got {n}")
+        rc = lib.bpf_map__set_max_entries(self._ptr, n)
+        if rc < 0:
+            raise BadArgumentError(f"cannot resize map {self.name}: {_os_err(-rc)}")
+
+    @property
+    def key_size(self) -> int:
+        return int(lib.bpf_map__key_size(self._ptr))
+
+    @property
+    def value_size(self) -> int:
+        return int(lib.bpf_map__value_size(self._ptr))
+
+    def __repr__(self) -> str:
+        return f"<OpenMap {self.name} type={self.type}>"
+
+
+class OpenObject:
+    """An opened, not yet loaded object. See the module docstring."""
+
+    def __init__(self, handle: _Handle, info: ObjectInfo, data: bytes) -> None:
+        self._handle: Optional[_Handle] = handle
+        self.info = info
+        self.path = info.path
+        self._data = data  # libbpf may keep pointers into the buffer until load
+        progs: Dict[str, OpenProgram] = {}
+        p = lib.bpf_object__next_program(handle.ptr, ffi.NULL)
+        while p != ffi.NULL:
+            op = OpenProgram(self, p)
+            progs[op.name] = op
+            p = lib.bpf_object__next_program(handle.ptr, p)
+        maps: Dict[str, OpenMap] = {}
+        m = lib.bpf_object__next_map(handle.ptr, ffi.NULL)
+        while m != ffi.NULL:
+            om = OpenMap(self, m)
+            maps[om.name] = om
+            m = lib.bpf_object__next_map(handle.ptr, m)
+        self.programs: Mapping[str, OpenProgram] = _View("program", progs)
+        self.maps: Mapping[str, OpenMap] = _View("map", maps)
+        self.config = Config(self)
+
+    def _check_open(self) -> None:
+        if self._handle is None or self._handle.closed:
+            raise ClosedError(f"open object {self.path} (already loaded or closed)")
+
+    def _internal_map(self, section: str) -> Any:
+        assert self._handle is not None
+        m = lib.bpf_object__next_map(self._handle.ptr, ffi.NULL)
+        while m != ffi.NULL:
+            if lib.bpf_map__is_internal(m) and (_libbpf.cstr(lib.bpf_map__name(m)) or "").endswith(section):
+                return m
+            m = lib.bpf_object__next_map(self._handle.ptr, m)
+        raise TargetNotFoundError("data section", section)
+
+    def only(self, *names: str) -> "OpenObject":
+        """Autoload exactly the named programs (others are not loaded)."""
+        for n in names:
+            self.programs[n]  # raises TargetNotFoundError with suggestions
+        for name, prog in self.programs.items():
+            prog.autoload = name in names
+        return self
+
+    def load(self) -> "Object":
+        """Load into the kernel; the open object is consumed (even on failure)."""
+        self._check_open()
+        handle = self._handle
+        assert handle is not None
+        logs: Dict[str, Any] = {}
+        for prog in self.programs.values():
+            if lib.bpf_program__autoload(prog._ptr):
+                buf = ffi.new("char[]", LOG_BUF_SIZE)
+                lib.bpf_program__set_log_buf(prog._ptr, buf, LOG_BUF_SIZE)
+                logs[prog.name] = buf
+        rc, err, cap = _libbpf.call_with_log(lib.bpf_object__load, handle.ptr)
+        if rc < 0:
+            exc = self._load_failure(-rc, logs, cap)
+            self._handle = None
+            handle.close()
+            raise exc
+        self._handle = None
+        return Object(handle, self.info, self.path,
+                      {n: p for n, p in self.programs.items() if n in logs})
+
+    def _load_failure(self, err: int, logs: Dict[str, Any], cap: Any) -> PytracersError:
+        # Which program failed?  libbpf names it in its messages; failing that,
+        # the one whose log buffer the kernel wrote to.
+        failed = None
+        for line in cap.lines:
+            for name in logs:
+                if f"prog '{name}'" in line and ("failed" in line or "load" in line):
+                    failed = name
+        if failed is None:
+            for name, buf in logs.items():
+                if buf[0] != b"\0":
+                    failed = name
+        if failed is None:
+            return LoadError(f"load {self.path}", err, cap.last_line())
+        prog = self.programs[failed]
+        log = ffi.string(logs[failed]).decode("utf-8", "replace")
+        return _errmap.load_error(failed, prog.kind, err, log, cap.last_line(),
+                                  prog.attach_target)
+
+    def close(self) -> None:
+        """Drop the object without loading it. Safe twice."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> "OpenObject":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "open" if self._handle is not None else "consumed"
+        return f"<OpenObject {self.path} {state}>"
+
+
+class Object(Resource):
+    """A loaded object: its programs (attachable) and maps (readable)."""
+
+    _what = "BPF object"
+
+    def __init__(self, handle: _Handle, info: ObjectInfo, path: str,
+                 loaded: Dict[str, OpenProgram]) -> None:
+        from .maps import Map
+        from .program import Program
+        self._handle = handle
+        self._own(handle.close)
+        self.info = info
+        self.path = path
+        self._btf: Any = None
+        self.programs: Mapping[str, Program] = _View(
+            "loaded program", {n: Program(self, p._ptr, p.name, p.section, p.attach_target)
+                               for n, p in loaded.items()})
+        maps: Dict[str, Map] = {}
+        m = lib.bpf_object__next_map(handle.ptr, ffi.NULL)
+        while m != ffi.NULL:
+            mp = Map._from_object(self, m)
+            maps[mp.name] = mp
+            m = lib.bpf_object__next_map(handle.ptr, m)
+        self.maps: Mapping[str, Map] = _View("map", maps)
+
+    @property
+    def btf(self) -> Any:
+        """The object's own BTF (pytracers.btf.Btf), parsed lazily."""
+        if self._btf is None:
+            from .btf import Btf
+            self._btf = Btf.from_bytes(self.info.btf)
+        return self._btf
+
+    def ring_buffer(self, map_name: str = "events", *, event: Optional[str] = None,
+                    **kw: Any) -> Any:
+        """A :class:`~pytracers.ringbuf.RingBuffer` on map ``map_name``, decoding
+        records as ``struct <event>`` from the object's BTF when ``event`` is given."""
+        return self.maps[map_name].ring_buffer(event=event, **kw)
+
+    def __repr__(self) -> str:
+        return f"<Object {self.path}{' closed' if self.closed else ''}>"

@@ -1,0 +1,239 @@
+"""Loaded programs: attach them (one method per probe kind) and test-run them."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+
+from . import _errmap, _libbpf, tracefs
+from ._libbpf import ffi, lib
+from .elfcheck import section_target, split_tracepoint
+from .errors import BadArgumentError, BadTypeError, NotSupportedError
+from .link import Link
+
+if TYPE_CHECKING:
+    from .object import Object
+
+__all__ = ["Program", "TestRun"]
+
+
+@dataclass
+class TestRun:
+    """Result of BPF_PROG_TEST_RUN."""
+
+    retval: int
+    duration_ns: int
+    data_out: bytes = b""
+
+    __test__ = False  # not a pytest test class
+
+
+class Program:
+    """A program of a loaded :class:`~pytracers.object.Object`."""
+
+    def __init__(self, obj: "Object", ptr: Any, name: str, section: str,
+                 attach_target: Optional[str]) -> None:
+        from .elfcheck import program_kind
+        self.object = obj          # a program keeps its object alive
+        self._ptr = ptr
+        self.name = name
+        self.section = section
+        self.kind = program_kind(section)
+        self.attach_target = attach_target
+
+    @property
+    def fd(self) -> int:
+        self.object._check()
+        return int(lib.bpf_program__fd(self._ptr))
+
+    def __repr__(self) -> str:
+        return f"<Program {self.name} {self.section!r}>"
+
+    # ---- attach ------------------------------------------------------------
+    def _link(self, ptr: Any, err: int, cap: Any, kind: str, target: str) -> Link:
+        if ptr == ffi.NULL:
+            raise _errmap.attach_error(kind, target, err, cap.last_line())
+        link = Link(ptr, self, kind, target)
+        self.object._adopt(link)
+        return link
+
+    def attach(self, target: Optional[str] = None) -> Link:
+        """Attach by kind: tracepoints take "category/name" (or "category:name"),
+        raw tracepoints a name, kprobes a function; BTF-based programs (tp_btf,
+        fentry, fexit, fmod_ret) attach to the target fixed at load."""
+        k = self.kind
+        target = target if target is not None else section_target(self.section)
+        if k == "tp":
+            if not target:
+                raise BadArgumentError(f"{self.name}: a tracepoint program needs a target "
+                                       "'category/name'")
+            try:
+                cat, name = split_tracepoint(target)
+            except ValueError:
+                raise BadArgumentError(f"tracepoint target must be 'category/name' or "
+                                       f"'category:name', got {target!r}") from None
+            return self.attach_tracepoint(cat, name)
+        if k == "raw_tp":
+            if not target:
+                raise BadArgumentError(f"{self.name}: a raw tracepoint program needs a target")
+            return self.attach_raw_tracepoint(target)
+        if k in ("kprobe", "kretprobe"):
+            if not target:
+                raise BadArgumentError(f"{self.name}: a {k} program needs a function name")
+            return self.attach_kprobe(target)
+        if k in ("kprobe_multi", "kretprobe_multi"):
+            if not target:
+                raise BadArgumentError(f"{self.name}: a {k} program needs a glob pattern")
+            return self.attach_kprobe_multi(pattern=target)
+        if k in ("tp_btf", "fentry", "fexit", "fmod_ret"):
+            if target and self.attach_target and target != self.attach_target:
+                raise BadArgumentError(f"{self.name} was loaded for {self.attach_target}; "
+                                       "a BTF-based program's target is fixed before load")
+            return self.attach_trace()
+        raise BadArgumentError(f"pytracers cannot attach {k!r} programs ({self.section})")
+
+    def _check_kind(self, *kinds: str) -> None:
+        if self.kind not in kinds:
+            raise BadArgumentError(f"program {self.name!r} is a {self.kind} program "
+                                   f"(section {self.section!r}), not {' or '.join(kinds)}")
+
+    def attach_tracepoint(self, category: str, name: str) -> Link:
+        self._check_kind("tp")
+        self.object._check()
+        for v in (category, name):
+            if not isinstance(v, str) or not v or "/" in v or ".." in v:
+                raise BadArgumentError(f"bad tracepoint name part {v!r}")
+        tracefs.root()   # libbpf reads the tracepoint id from tracefs
+        tracefs.require_tracepoint(category, name)
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_tracepoint,
+                                              self._ptr, category.encode(), name.encode())
+        return self._link(ptr, err, cap, "tp", f"{category}:{name}")
+
+    def attach_raw_tracepoint(self, name: str) -> Link:
+        self._check_kind("raw_tp")
+        self.object._check()
+        if not isinstance(name, str) or not name:
+            raise BadTypeError("raw tracepoint name must be a non-empty str")
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_raw_tracepoint,
+                                              self._ptr, name.encode())
+        return self._link(ptr, err, cap, "raw_tp", name)
+
+    def attach_kprobe(self, function: str, *, retprobe: Optional[bool] = None) -> Link:
+        self._check_kind("kprobe", "kretprobe")
+        self.object._check()
+        if not isinstance(function, str) or not function:
+            raise BadTypeError("kprobe target must be a non-empty function name")
+        if retprobe is None:
+            retprobe = self.kind == "kretprobe"
+        kind = "kretprobe" if retprobe else "kprobe"
+        reason = _errmap.no_kprobes_reason()
+        if reason:  # libbpf would fail with a bare ENOENT
+            raise NotSupportedError(kind, reason, min_kernel=_errmap.MIN_KERNEL[kind],
+                                    hint="use fentry/fexit where BPF trampolines work, "
+                                         "or a tracepoint")
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_kprobe,
+                                              self._ptr, retprobe, function.encode())
+        return self._link(ptr, err, cap, kind, function)
+
+    def attach_kprobe_multi(self, pattern: Optional[str] = None, *,
+                            functions: Optional[Sequence[str]] = None,
+                            retprobe: Optional[bool] = None) -> Link:
+        """Attach one multi-kprobe link to every function matching ``pattern``
+        (a glob; needs tracefs' available_filter_functions) or listed in
+        ``functions``."""
+        self._check_kind("kprobe_multi", "kretprobe_multi")
+        self.object._check()
+        if (pattern is None) == (functions is None):
+            raise BadArgumentError("pass exactly one of pattern= or functions=")
+        if not _libbpf.has("bpf_program__attach_kprobe_multi_opts"):
+            raise NotSupportedError("kprobe_multi", "the installed libbpf lacks "
+                                    "bpf_program__attach_kprobe_multi_opts")
+        if retprobe is None:
+            retprobe = self.kind == "kretprobe_multi"
+        opts = ffi.new("struct bpf_kprobe_multi_opts *")
+        opts.sz = ffi.sizeof("struct bpf_kprobe_multi_opts")
+        opts.retprobe = retprobe
+        keep = []
+        if functions is not None:
+            if isinstance(functions, str) or not functions:
+                raise BadArgumentError("functions= must be a non-empty list of names")
+            keep = [ffi.new("char[]", f.encode()) for f in functions]
+            syms = ffi.new("const char *[]", keep)
+            opts.syms = syms
+            opts.cnt = len(keep)
+            target = ",".join(functions)
+            cpattern = ffi.NULL
+        else:
+            assert pattern is not None
+            tracefs.root()
+            target = pattern
+            cpattern = pattern.encode()
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_kprobe_multi_opts,
+                                              self._ptr, cpattern, opts)
+        del keep
+        return self._link(ptr, err, cap, "kretprobe_multi" if retprobe else "kprobe_multi",
+                          target)
+
+    def attach_trace(self) -> Link:
+        """Attach a BTF-based program (tp_btf, fentry, fexit, fmod_ret)."""
+        self._check_kind("tp_btf", "fentry", "fexit", "fmod_ret")
+        self.object._check()
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_trace, self._ptr)
+        target = self.attach_target or section_target(self.section) or "?"
+        if ptr == ffi.NULL and self.kind in _errmap.TRAMPOLINE_KINDS and err in (
+                1, 13, 95, 524):
+            raise _errmap.trampoline_refused(self.kind, err, cap.last_line())
+        return self._link(ptr, err, cap, self.kind, target)
+
+    # ---- BPF_PROG_TEST_RUN ---------------------------------------------------
+    def test_run(self, ctx: Union[bytes, Sequence[int], None] = None, *,
+                 data: Optional[bytes] = None, repeat: int = 1,
+                 data_out_size: int = 0) -> TestRun:
+        """Run the program once (or ``repeat`` times) in the kernel.
+
+        ``ctx``: bytes, or a sequence of u64 values (a raw tracepoint's args).
+        """
+        self.object._check()
+        if not isinstance(repeat, int) or repeat < 1:
+            raise BadArgumentError("repeat must be a positive int")
+        opts = ffi.new("struct bpf_test_run_opts *")
+        opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+        opts.repeat = repeat
+        keep = []
+        if ctx is not None:
+            if isinstance(ctx, (bytes, bytearray, memoryview)):
+                raw = bytes(ctx)
+            else:
+                try:
+                    raw = struct.pack(f"<{len(ctx)}Q", *[v & (2**64 - 1) for v in ctx])
+                except (TypeError, struct.error):
+                    raise BadTypeError("ctx must be bytes or a sequence of ints") from None
+            cbuf = ffi.new("char[]", raw)
+            keep.append(cbuf)
+            opts.ctx_in = cbuf
+            opts.ctx_size_in = len(raw)
+        if data is not None:
+            dbuf = ffi.new("char[]", bytes(data))
+            keep.append(dbuf)
+            opts.data_in = dbuf
+            opts.data_size_in = len(data)
+        out = None
+        if data_out_size:
+            out = ffi.new("char[]", data_out_size)
+            opts.data_out = out
+            opts.data_size_out = data_out_size
+        rc, err, cap = _libbpf.call_with_log(lib.bpf_prog_test_run_opts, self.fd, opts)
+        if rc < 0:
+            from .errors import LoadError
+            e = -rc
+            if e in (95, 524, 22) and ctx is None:
+                raise NotSupportedError("BPF_PROG_TEST_RUN for " + self.kind,
+                                        f"the kernel refused it ({_os(e)})", errno=e)
+            raise LoadError(f"test run of {self.name}", e, cap.last_line())
+        return TestRun(int(opts.retval), int(opts.duration),
+                       bytes(ffi.buffer(out, opts.data_size_out)) if out is not None else b"")
+
+
+def _os(e: int) -> str:
+    from .errors import errno_name
+    return errno_name(e)

@@ -1,0 +1,1 @@
+"""pytest plugin for testing your own BPF objects with pytracers (entry point ``pytest11``)."""
