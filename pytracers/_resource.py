@@ -5,13 +5,18 @@ derives from :class:`Resource`.  ``close()`` releases it and may be called any
 number of times; ``with`` closes it on exit; a ``weakref.finalize`` backstop
 releases it when the Python object is collected without having been closed.
 The finalizer holds only the release function and the raw handle, never the
-object itself.  A child (a link, a map, a ring buffer) keeps a strong
+object itself.
+
+Ownership: a parent (a loaded object) holds its children (links, ring
+buffers) until they are closed, so ``prog.attach()`` stays attached even if
+the caller drops the returned link -- detaching is always explicit
+(``link.close()``) or follows the parent's close.  A child keeps a strong
 reference to its parent, so a parent is never collected under a live child.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from .errors import ClosedError
 
@@ -25,13 +30,13 @@ class Resource:
         fin = weakref.finalize(self, release, *args)
         fin.atexit = False  # the kernel frees fds at exit; no exit-time list of instances
         self._finalizer = fin
-        # weak: a child the user dropped is released by its own finalizer
-        self._children: "weakref.WeakValueDictionary[int, Resource]" = \
-            weakref.WeakValueDictionary()
+        self._children: Dict[int, "Resource"] = {}
+        self._parent: Optional["Resource"] = None
 
     def _adopt(self, child: "Resource") -> None:
-        """Close ``child`` when this resource closes (children close first)."""
+        """Hold ``child`` until it closes; close it when this resource closes."""
         self._children[id(child)] = child
+        child._parent = self
 
     @property
     def closed(self) -> bool:
@@ -48,11 +53,14 @@ class Resource:
         if fin is None or not fin.alive:
             return
         children = getattr(self, "_children", None)
-        if children is not None:
+        if children:
             for child in reversed(list(children.values())):
                 child.close()
             children.clear()
         fin()
+        parent = getattr(self, "_parent", None)
+        if parent is not None:
+            parent._children.pop(id(self), None)
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         self._check()

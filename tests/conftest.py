@@ -1,0 +1,133 @@
+"""Shared test machinery: leak checks and the skip rule for probe kinds.
+
+Skip rule (cilium/ebpf's SkipIfNotSupported): a test of a probe kind may skip
+only when the kernel it runs on is known to lack that kind; on a kernel that
+should have it, NotSupportedError fails the test.  Inside the kernel matrix
+(scripts/vmtest sets PYTRACERS_VM_KERNEL) the expectations are the table
+below; on any other machine a kind is expected unless the kernel shows the
+known reason for lacking it (no kprobe PMU: CONFIG_KPROBES off; trampolines
+refused with EPERM under lockdown; no CONFIG_FPROBE for kprobe_multi).
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import platform
+from typing import Iterator, Optional
+
+import pytest
+
+from pytracers import introspect
+from pytracers.errors import NotSupportedError
+
+VM_KERNEL = os.environ.get("PYTRACERS_VM_KERNEL")  # "5.10", "6.1", "6.12", "latest" or None
+
+ALL_KINDS = ("tp", "raw_tp", "tp_btf", "kprobe", "kretprobe", "fentry", "fexit", "fmod_ret",
+             "kprobe_multi")
+# What each kernel of the matrix must support (see ../shared/KERNELS.md).
+VM_EXPECTED = {
+    "5.10": set(ALL_KINDS) - {"kprobe_multi"},           # kprobe_multi is 5.18+
+    "6.1": set(ALL_KINDS) - {"kprobe_multi"},            # Debian 6.1: CONFIG_FPROBE off
+    "6.12": set(ALL_KINDS),
+    "latest": set(ALL_KINDS),
+}
+
+
+def kernel_label() -> str:
+    return f"VM kernel {VM_KERNEL}" if VM_KERNEL else f"host kernel {platform.release()}"
+
+
+def known_lack(kind: str, exc: NotSupportedError) -> Optional[str]:
+    """On a machine outside the matrix: the reason is a known lack, or None."""
+    reason = exc.reason
+    if kind in ("kprobe", "kretprobe", "kprobe_multi") and "CONFIG_KPROBES is off" in reason:
+        return reason
+    if kind in ("fentry", "fexit", "fmod_ret") and ("EPERM" in reason or "ENOTSUPP" in reason):
+        return reason
+    if kind == "kprobe_multi" and "CONFIG_FPROBE" in reason:
+        return reason
+    if kind == "fmod_ret" and "may not have its return value modified" in reason:
+        return reason
+    return None
+
+
+def expected(kind: str) -> bool:
+    if VM_KERNEL:
+        return kind in VM_EXPECTED.get(VM_KERNEL, set(ALL_KINDS))
+    return True
+
+
+@contextlib.contextmanager
+def supported(kind: str) -> Iterator[None]:
+    """Run a block that needs probe ``kind``: skip if the kernel lacks it for
+    a known reason, fail if the kernel should have it."""
+    try:
+        yield
+    except NotSupportedError as e:
+        if VM_KERNEL:
+            if expected(kind):
+                pytest.fail(f"{kind} should work on {kernel_label()} but: {e}")
+            pytest.skip(f"{kernel_label()} lacks {kind}: {e.reason}")
+        why = known_lack(kind, e)
+        if why is None:
+            pytest.fail(f"{kind} not supported for an unexpected reason on {kernel_label()}: {e}")
+        pytest.skip(f"{kernel_label()} lacks {kind}: {why}")
+
+
+@pytest.fixture
+def need():
+    """``with need("kprobe"): ...`` -- see supported()."""
+    return supported
+
+
+def _fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _describe_fds(fds: set) -> str:
+    out = []
+    for fd in sorted(fds, key=int):
+        try:
+            out.append(f"{fd} -> {os.readlink(f'/proc/self/fd/{fd}')}")
+        except OSError:
+            out.append(fd)
+    return ", ".join(out)
+
+
+def _pins() -> set:
+    out = set()
+    for root, dirs, files in os.walk("/sys/fs/bpf"):
+        out.update(os.path.join(root, n) for n in dirs + files)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request):
+    """Fail a test that leaves an fd open, a pin in bpffs, or BPF objects
+    in the kernel.  Every unpinned program, map or link we create is held by
+    an fd of this process, so the fd check covers them without being fooled
+    by other processes' BPF objects; the kernel walk names what leaked."""
+    if request.node.get_closest_marker("allow_leaks"):
+        yield
+        return
+    gc.collect()
+    fds, pins, kobjs = _fds(), _pins(), introspect.snapshot()
+    yield
+    leaked_fds = _fds() - fds
+    leaked_pins = _pins() - pins
+    if leaked_pins:
+        pytest.fail(f"test left pins in bpffs: {sorted(leaked_pins)}")
+    if leaked_fds:
+        now = introspect.snapshot()
+        kernel = {k: sorted(now[k] - kobjs[k]) for k in now if now[k] - kobjs[k]}
+        gc.collect()
+        still = _fds() - fds
+        if still:
+            pytest.fail(f"test leaked fds: {_describe_fds(still)}; new kernel objects: {kernel}")
+        pytest.fail(f"test left fds ({_describe_fds(leaked_fds)}) that only the garbage "
+                    f"collector released (kernel objects {kernel}): close() what you open")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "allow_leaks: the test manages its own fds")
