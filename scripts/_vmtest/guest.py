@@ -1,0 +1,249 @@
+"""Boot one kernel under qemu (TCG) and run one command in it.
+
+The guest sees the host's root file system read-only over 9p with a tmpfs
+overlay (see ./init), and a host temp dir ("exchange dir") read-write at
+/run/vmtest.  The host writes there:
+
+    command.sh   environment + cd + exec of the command (run in the chroot)
+    kernel.env   where the unpacked kernel's config/modules are on the host
+
+and the guest leaves:
+
+    release      uname -r
+    status       the command's exit status
+    results.json / results.jsonl   test records (scripts/vmtest_results.py)
+
+The serial console is streamed to our stdout.  Lines before the command
+starts (boot noise) are only shown with --verbose or when the boot fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from initramfs import build_initramfs
+from kernels import Kernel
+
+START = re.compile(r"@@vmtest-start@@ ([0-9.]+)")
+STATUS = re.compile(r"@@vmtest-status@@ (\d+)")
+ERROR = re.compile(r"@@vmtest-error@@ (.*)")
+
+GUEST_RESULTS = "/run/vmtest/results.json"
+
+
+@dataclass
+class GuestOptions:
+    timeout: float = 1200.0
+    memory_mb: int = 2048
+    smp: int = 2
+    verbose: bool = False
+    prefix: str = ""                 # printed before each console line
+    cmdline_extra: str = ""
+
+
+@dataclass
+class GuestResult:
+    series: str
+    status: str = "error"            # ok | timeout | boot-failure | crashed | error
+    rc: Optional[int] = None
+    release: Optional[str] = None
+    boot_seconds: Optional[float] = None      # qemu start -> command start (host clock)
+    guest_uptime_at_start: Optional[float] = None
+    run_seconds: Optional[float] = None       # command start -> qemu exit
+    total_seconds: Optional[float] = None
+    message: str = ""
+    results: Optional[Dict[str, Any]] = None  # from the pytest plugin
+    modules: List[str] = field(default_factory=list)
+
+
+def qemu_binary() -> str:
+    return shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+
+
+def _write_command(xfer: Path, argv: List[str], env: Dict[str, str], cwd: str) -> None:
+    lines = ["# written by scripts/vmtest; runs inside the guest's chroot"]
+    for k, v in env.items():
+        lines.append(f"export {k}={shlex.quote(v)}")
+    lines.append(f"cd {shlex.quote(cwd)} || exit 125")
+    lines.append("exec " + " ".join(shlex.quote(a) for a in argv))
+    (xfer / "command.sh").write_text("\n".join(lines) + "\n")
+
+
+def _write_kernel_env(xfer: Path, kernel: Kernel) -> None:
+    cfg = str(kernel.config) if kernel.config else ""
+    (xfer / "kernel.env").write_text(
+        f"KERNEL_CONFIG={shlex.quote(cfg)}\nKERNEL_MODDIR={shlex.quote(str(kernel.moddir))}\n")
+
+
+def qemu_command(kernel: Kernel, initrd: Path, xfer: Path, opts: GuestOptions) -> List[str]:
+    append = "console=ttyS0 quiet panic=-1 " + opts.cmdline_extra
+    return [
+        qemu_binary(),
+        "-machine", "pc,accel=tcg",
+        "-cpu", "max",
+        "-smp", str(opts.smp),
+        "-m", str(opts.memory_mb),
+        "-nodefaults", "-no-user-config", "-no-reboot",
+        "-display", "none", "-serial", "stdio", "-monitor", "none",
+        "-kernel", str(kernel.vmlinuz),
+        "-initrd", str(initrd),
+        "-append", append.strip(),
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={xfer},mount_tag=vmtest,security_model=none",
+        "-device", "virtio-rng-pci",
+    ]
+
+
+class _Console:
+    """Reads the serial console, prints it, and watches for our markers."""
+
+    def __init__(self, stream, opts: GuestOptions, t0: float):
+        self.stream = stream
+        self.opts = opts
+        self.t0 = t0
+        self.started = threading.Event()
+        self.start_time: Optional[float] = None
+        self.uptime: Optional[float] = None
+        self.status: Optional[int] = None
+        self.error: Optional[str] = None
+        self.boot_log: deque = deque(maxlen=200)
+        self.tail: deque = deque(maxlen=50)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _emit(self, text: str) -> None:
+        sys.stdout.write(f"{self.opts.prefix}{text}\n")
+        sys.stdout.flush()
+
+    def _run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\r\n").replace("\r", "")
+            if self.status is not None:
+                continue            # power-off noise
+            m = STATUS.search(line)
+            if m:
+                before = line[: m.start()]
+                if before.strip():
+                    self._emit(before)
+                self.status = int(m.group(1))
+                continue
+            m = ERROR.search(line)
+            if m:
+                self.error = m.group(1)
+            if not self.started.is_set():
+                m = START.search(line)
+                if m:
+                    self.start_time = time.monotonic()
+                    self.uptime = float(m.group(1))
+                    self.started.set()
+                    continue
+                self.boot_log.append(line)
+                if self.opts.verbose:
+                    self._emit(line)
+                continue
+            self.tail.append(line)
+            self._emit(line)
+
+    def dump_boot_log(self) -> None:
+        for line in self.boot_log:
+            if not self.opts.verbose:
+                self._emit(line)
+
+
+def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
+              opts: GuestOptions, keep_dir: bool = False) -> GuestResult:
+    res = GuestResult(series=kernel.series)
+    xfer = Path(tempfile.mkdtemp(prefix=f"vmtest-{kernel.series}-"))
+    try:
+        initrd = xfer / "initrd.cpio"
+        res.modules = build_initramfs(kernel, initrd)
+        _write_kernel_env(xfer, kernel)
+        _write_command(xfer, argv, env, cwd)
+        cmd = qemu_command(kernel, initrd, xfer, opts)
+        if opts.verbose:
+            print(f"{opts.prefix}vmtest: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr)
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        console = _Console(proc.stdout, opts, t0)
+        try:
+            proc.wait(timeout=opts.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            res.status = "timeout"
+            res.message = f"killed after the {opts.timeout:.0f}s timeout"
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        console.thread.join(timeout=10)
+        t_end = time.monotonic()
+        res.total_seconds = round(t_end - t0, 1)
+        if console.start_time is not None:
+            res.boot_seconds = round(console.start_time - t0, 1)
+            res.guest_uptime_at_start = console.uptime
+            res.run_seconds = round(t_end - console.start_time, 1)
+
+        release = xfer / "release"
+        if release.is_file():
+            res.release = release.read_text().strip()
+        status_file = xfer / "status"
+        if status_file.is_file() and status_file.read_text().strip().isdigit():
+            res.rc = int(status_file.read_text().strip())
+        elif console.status is not None:
+            res.rc = console.status
+
+        if res.status != "timeout":
+            if res.rc is not None:
+                res.status = "ok"
+            elif console.start_time is None:
+                res.status = "boot-failure"
+                res.message = console.error or f"guest did not reach the command (qemu exit {proc.returncode})"
+            else:
+                res.status = "crashed"
+                res.message = console.error or f"guest stopped without an exit status (qemu exit {proc.returncode})"
+        if res.status in ("boot-failure",) or (res.status == "timeout" and console.start_time is None):
+            console.dump_boot_log()
+        res.results = _read_results(xfer)
+        return res
+    finally:
+        if keep_dir:
+            print(f"{opts.prefix}vmtest: exchange dir kept: {xfer}", file=sys.stderr)
+        else:
+            shutil.rmtree(xfer, ignore_errors=True)
+
+
+def _read_results(xfer: Path) -> Optional[Dict[str, Any]]:
+    full = xfer / "results.json"
+    if full.is_file():
+        try:
+            data = json.loads(full.read_text())
+            data["complete"] = True
+            return data
+        except ValueError:
+            pass
+    partial = xfer / "results.jsonl"
+    if partial.is_file():
+        tests: Dict[str, Any] = {}
+        for line in partial.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            tests[rec["nodeid"]] = rec
+        return {"complete": False, "summary": "", "tests": list(tests.values())}
+    return None

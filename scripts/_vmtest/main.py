@@ -1,0 +1,287 @@
+"""scripts/vmtest: run the test suite (or a command) on Debian kernels under qemu.
+
+Usage:
+    scripts/vmtest [--kernel 5.10|6.1|6.12|latest|all]... [--json FILE]
+                   [--tests PATH] [--pytest-args ARGS] [--timeout SECONDS]
+                   [--jobs N] [--memory MB] [--smp N] [--offline] [--verbose]
+                   [--env NAME=VALUE]... [-- COMMAND...]
+    scripts/vmtest --setup [--kernel ...]
+
+Without COMMAND the test suite runs in each guest
+(``python -m pytest -q -p vmtest_results TESTS``) and a kernel x probe-kind
+table is printed at the end.  With COMMAND, it runs in the guest from the
+repository root with this interpreter's environment, and (for one kernel)
+its exit status becomes ours.
+
+Exit status: the command's status for a single kernel (124 on timeout, 125
+if the guest never ran it or died); with several kernels 0 if every run
+succeeded, else 1.  A skip of a probe kind the kernel supports (see
+report.EXPECTED) makes a zero status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+SCRIPTS = HERE.parent
+
+import kernels  # noqa: E402
+import report  # noqa: E402
+
+APT_PREREQS = {
+    # package: how we notice it is missing
+    "qemu-system-x86": lambda: shutil.which("qemu-system-x86_64") is not None,
+    "busybox-static": lambda: _static_busybox() is not None,
+    "debian-archive-keyring": lambda: os.path.exists(kernels.KEYRING),
+}
+
+EXIT_TIMEOUT = 124
+EXIT_GUEST_FAILED = 125
+
+
+def log(msg: str) -> None:
+    print(f"vmtest: {msg}", file=sys.stderr, flush=True)
+
+
+def _static_busybox():
+    try:
+        from initramfs import find_static_busybox
+    except ImportError:  # pyelftools missing; reported separately
+        return None
+    return find_static_busybox()
+
+
+# ---------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------
+
+def _apt_get(args: List[str]) -> int:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    return subprocess.run(["apt-get"] + args, env=env, stdin=subprocess.DEVNULL,
+                          stdout=sys.stderr).returncode
+
+
+def ensure_prerequisites(install: bool) -> None:
+    try:
+        import elftools  # noqa: F401
+    except ImportError:
+        sys.exit(f"vmtest: pyelftools is missing from {sys.executable}; install the project "
+                 f"(pip install -e .) or run: {sys.executable} -m pip install pyelftools")
+    missing = [pkg for pkg, present in APT_PREREQS.items() if not present()]
+    for tool in ("apt-get", "dpkg-deb"):
+        if not shutil.which(tool):
+            sys.exit(f"vmtest: {tool} not found: this harness needs a Debian host")
+    if not missing:
+        return
+    if not install or os.geteuid() != 0:
+        sys.exit(f"vmtest: missing host packages: {' '.join(missing)} "
+                 f"(run as root: scripts/vmtest --setup)")
+    log(f"installing {' '.join(missing)}")
+    args = ["install", "-y", "--no-install-recommends"] + missing
+    if _apt_get(["-q"] + args) != 0:
+        log("install failed; refreshing the package index and retrying")
+        _apt_get(["-q", "update"])
+        if _apt_get(["-q"] + args) != 0:
+            sys.exit(f"vmtest: apt-get install {' '.join(missing)} failed")
+    still = [pkg for pkg, present in APT_PREREQS.items() if not present()]
+    if still:
+        sys.exit(f"vmtest: still missing after install: {' '.join(still)}")
+
+
+# ---------------------------------------------------------------------------
+# Guest environment
+# ---------------------------------------------------------------------------
+
+def guest_env(series: str, extra: List[str]) -> Dict[str, str]:
+    """Environment of the guest command: this interpreter's bin dir first on
+    PATH (so python3 is the venv's), no bytecode writes, and the series name
+    for the suite."""
+    bindir = os.path.dirname(os.path.abspath(sys.executable))
+    env = {
+        "PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "TERM": os.environ.get("TERM", "dumb") if sys.stdout.isatty() else "dumb",
+        "COLUMNS": str(shutil.get_terminal_size((100, 24)).columns),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(SCRIPTS),
+        "PYTRACERS_VM_KERNEL": series,
+        "VMTEST_RESULTS": "/run/vmtest/results.json",
+    }
+    venv = os.environ.get("VIRTUAL_ENV")
+    if sys.prefix != sys.base_prefix:
+        venv = sys.prefix
+    if venv:
+        env["VIRTUAL_ENV"] = venv
+    for item in extra:
+        name, _, value = item.partition("=")
+        env[name] = value
+    return env
+
+
+def suite_command(tests: str, pytest_args: str) -> List[str]:
+    return ([sys.executable, "-m", "pytest", "-q", "-p", "vmtest_results", tests]
+            + shlex.split(pytest_args))
+
+
+# ---------------------------------------------------------------------------
+# One kernel
+# ---------------------------------------------------------------------------
+
+def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: int) -> Dict[str, Any]:
+    from guest import GuestOptions, run_guest
+    opts = GuestOptions(timeout=args.timeout, memory_mb=args.memory, smp=smp,
+                        verbose=args.verbose, prefix=prefix, cmdline_extra=args.append)
+    log(f"{prefix}booting {kernel.release} ({kernel.series})")
+    res = run_guest(kernel, argv, guest_env(kernel.series, args.env), str(REPO), opts,
+                    keep_dir=args.keep)
+    results = res.results or {}
+    run: Dict[str, Any] = {
+        "series": kernel.series,
+        "release": res.release or kernel.release,
+        "packages": kernel.packages,
+        "fprobe_config": kernel.config_value("CONFIG_FPROBE"),
+        "status": res.status,
+        "rc": res.rc,
+        "message": res.message,
+        "boot_seconds": res.boot_seconds,
+        "guest_uptime_at_start": res.guest_uptime_at_start,
+        "run_seconds": res.run_seconds,
+        "total_seconds": res.total_seconds,
+        "modules": res.modules,
+        "summary": results.get("summary", ""),
+        "results_complete": results.get("complete"),
+        "table": report.summarize(kernel.series, results) if results else {},
+        "tests": results.get("tests", []),
+    }
+    if res.results is not None and not run["summary"] and res.status != "ok":
+        run["summary"] = f"incomplete: {len(run['tests'])} tests recorded before the guest stopped"
+    log(f"{prefix}{run['release']}: {res.status}, exit status {res.rc}, "
+        f"boot {res.boot_seconds}s, command {res.run_seconds}s, total {res.total_seconds}s"
+        + (f" -- {res.message}" if res.message else ""))
+    return run
+
+
+def _violations(run: Dict[str, Any]) -> int:
+    return sum(c["unexpected_skips"] for c in run["table"].values())
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+def parse_args(argv: List[str]):
+    if "--" in argv:
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
+    else:
+        command = []
+    p = argparse.ArgumentParser(prog="scripts/vmtest", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernel", action="append", metavar="SERIES",
+                   help="5.10, 6.1, 6.12, latest or all (repeatable; default: all)")
+    p.add_argument("--json", metavar="FILE", help="write per-kernel results and the table here")
+    p.add_argument("--tests", default=os.environ.get("VMTEST_TESTS", "tests"),
+                   help="test path for the default pytest run (default: tests)")
+    p.add_argument("--pytest-args", default=os.environ.get("VMTEST_PYTEST_ARGS", ""),
+                   help="extra pytest arguments, one shell-quoted string (env VMTEST_PYTEST_ARGS)")
+    p.add_argument("--timeout", type=float, default=float(os.environ.get("VMTEST_TIMEOUT", 900)),
+                   help="seconds before a guest is killed (default 900, env VMTEST_TIMEOUT)")
+    p.add_argument("--jobs", type=int, default=1, help="kernels to run at once (default 1)")
+    p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
+    p.add_argument("--smp", type=int, default=0, help="guest CPUs (default: host CPUs / jobs)")
+    p.add_argument("--append", default="", help="extra kernel command line")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment variable for the guest command")
+    p.add_argument("--offline", action="store_true",
+                   help="use cached kernels only; no apt index refresh")
+    p.add_argument("--setup", action="store_true",
+                   help="install host prerequisites and download the kernels, then exit")
+    p.add_argument("--keep", action="store_true", help="keep the exchange dir (debugging)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show boot messages")
+    args = p.parse_args(argv)
+    series: List[str] = []
+    for k in args.kernel or ["all"]:
+        for s in (kernels.ALL_SERIES if k == "all" else [k]):
+            if s not in kernels.SERIES:
+                p.error(f"unknown kernel {s!r}; choose from {', '.join(kernels.ALL_SERIES)}, all")
+            if s not in series:
+                series.append(s)
+    args.series = series
+    args.command = command
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    ensure_prerequisites(install=True)
+
+    # 1. kernels (all before booting any, so fetch problems show up early)
+    t0 = time.monotonic()
+    fetched = []
+    for s in args.series:
+        try:
+            fetched.append(kernels.get_kernel(s, offline=args.offline))
+        except kernels.FetchError as e:
+            log(f"ERROR: {e}")
+            return EXIT_GUEST_FAILED
+    log(f"kernels ready in {time.monotonic() - t0:.1f}s: "
+        + ", ".join(f"{k.series}={k.release}" for k in fetched))
+    if args.setup:
+        return 0
+
+    # 2. run
+    suite = not args.command
+    argv = suite_command(args.tests, args.pytest_args) if suite else args.command
+    jobs = min(args.jobs, len(fetched))
+    smp = args.smp or max(1, (os.cpu_count() or 1) // jobs)
+    multi = len(fetched) > 1
+    runs: List[Dict[str, Any]] = []
+    if jobs == 1:
+        for k in fetched:
+            runs.append(run_one(k, argv, args, f"[{k.series}] " if multi else "", smp))
+    else:
+        with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+            futs = [pool.submit(run_one, k, argv, args, f"[{k.series}] ", smp) for k in fetched]
+            runs = [f.result() for f in futs]
+
+    # 3. report
+    violations = sum(_violations(r) for r in runs)
+    all_ok = all(r["status"] == "ok" and r["rc"] == 0 for r in runs) and violations == 0
+    if suite or any(r["tests"] for r in runs):
+        print("\n" + report.format_table(runs), flush=True)
+    if violations:
+        log(f"{violations} test(s) skipped on a kernel that supports their probe kind")
+    if args.json:
+        report.write_json(args.json, runs, all_ok)
+        log(f"results written to {args.json}")
+
+    if len(runs) == 1:
+        r = runs[0]
+        if r["status"] == "timeout":
+            return EXIT_TIMEOUT
+        if r["status"] != "ok" or r["rc"] is None:
+            return EXIT_GUEST_FAILED
+        return r["rc"] if r["rc"] != 0 or not violations else 1
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
