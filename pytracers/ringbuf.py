@@ -26,7 +26,7 @@ import platform
 import select
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional
 
 from ._resource import Resource
 from .errors import BadArgumentError, CallbackError, NotSupportedError
@@ -234,6 +234,11 @@ class RingBuffer(Resource):
 
     def __iter__(self) -> Iterator[Any]:
         return self.events()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for rec in ring``: see :mod:`pytracers.aio`."""
+        from .aio import events
+        return events(self)
 
     def __repr__(self) -> str:
         return f"<RingBuffer {self.map.name} {self.size} bytes{' closed' if self.closed else ''}>"
