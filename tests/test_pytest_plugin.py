@@ -1,0 +1,138 @@
+"""The pytest plugin (pytracers.pytest_plugin, entry point pytest11).
+
+pytester runs the documented example (examples/pytest/test_exec_hook.py) and
+small files exercising the skip/fail rule in a fresh pytest subprocess, where
+the plugin is loaded through its entry point; the last tests use the
+fixtures and helpers directly in this suite.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+
+import pytest
+
+import pytracers
+from pytracers import pytest_plugin as plugin
+from pytracers.errors import NotSupportedError
+
+pytest_plugins = ["pytester"]
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "pytest",
+                       "test_exec_hook.py")
+
+
+def _pid_of(rec: bytes) -> int:
+    return struct.unpack_from("<QI", rec)[1]
+
+
+RULE = '''
+import pytest
+from pytracers.errors import NotSupportedError
+
+@pytest.mark.bpf_requires("fentry", min_kernel="5.5")
+def test_known_lack_skips():
+    raise NotSupportedError("fentry", "program load refused with EPERM and no "
+                            "verifier log (kernel lockdown is 'integrity')")
+
+@pytest.mark.bpf_requires("fentry", min_kernel="5.5")
+def test_unexplained_lack_fails():
+    raise NotSupportedError("fentry", "EINVAL with no explanation")
+
+@pytest.mark.bpf_requires("fentry", min_kernel="99.1")
+def test_old_kernel_skips_before_running():
+    raise AssertionError("must not run")
+
+@pytest.mark.bpf_requires("fentry")
+def test_other_feature_is_not_covered():
+    raise NotSupportedError("kprobe_multi", "CONFIG_FPROBE is off")
+
+def test_unmarked_not_supported_fails():
+    raise NotSupportedError("fentry", "CONFIG_X is off")
+
+@pytest.mark.bpf_requires("kprobe")
+def test_expected_feature_fails_even_for_a_known_lack():   # run with --bpf-expect=kprobe
+    raise NotSupportedError("kprobe", "CONFIG_KPROBES is off")
+
+@pytest.mark.bpf_requires("BPF_PROG_TEST_RUN")
+def test_tp_test_run(bpf_object, bpf_test_run):
+    # a real refusal: the kernel has no BPF_PROG_TEST_RUN for tracepoint programs
+    obj = bpf_object("exec", attach=False)
+    bpf_test_run(obj.programs["exec_enter"])
+'''
+
+
+@pytest.mark.kind("tp")
+def test_example_and_marker_rule_in_a_fresh_pytest(pytester):
+    """One pytest subprocess (the plugin loads through its entry point) runs
+    the documented example and a file exercising every branch of the rule."""
+    with open(EXAMPLE) as f:
+        pytester.makepyfile(test_exec_hook=f.read(), test_rule=RULE)
+    res = pytester.runpytest_subprocess("-rsf", "-p", "no:cacheprovider", "--bpf-expect=kprobe")
+    # example: 2 passed, 1 skipped; rule: 2 skipped + test_tp_test_run skipped, 4 failed
+    res.assert_outcomes(passed=2, skipped=4, failed=4)
+    res.stdout.fnmatch_lines_random([
+        "*lacks kprobe_multi (first available in Linux 99.0)*",
+        "SKIPPED*lacks fentry: program load refused with EPERM*",
+        "SKIPPED*lacks fentry (first available in Linux 99.1)*",
+        "SKIPPED*lacks BPF_PROG_TEST_RUN*",
+        "*fentry is not supported on kernel * for an unexpected reason (Linux 5.5 or later "
+        "should have it)*",
+        "*kprobe is expected to work on this machine (--bpf-expect)*",
+        "FAILED*test_unexplained_lack_fails*",
+        "FAILED*test_other_feature_is_not_covered*",
+        "FAILED*test_unmarked_not_supported_fails*",
+        "FAILED*test_expected_feature_fails_even_for_a_known_lack*",
+    ])
+    for name in ("test_exec_is_traced", "test_configured_before_load"):
+        assert f"FAILED test_exec_hook.py::{name}" not in res.stdout.str()
+
+
+# ---- direct use, in this suite ------------------------------------------------
+
+@pytest.mark.kind("tp")
+@pytest.mark.bpf_requires("tp")
+def test_fixtures_directly(bpf_object, bpf_events):
+    obj = bpf_object(pytracers.object_path("exec"), attach={"exec_enter": None,
+                                                            "exec_exit": None})
+    events = bpf_events(obj)
+    child = subprocess.Popen(["/bin/true", "direct"])
+    child.wait()
+    rec = events.wait_for(lambda r: _pid_of(r) == child.pid)
+    assert rec[376:376 + 64].split(b"\0")[0] == b"direct"
+    assert rec in events.records
+
+
+def test_wait_for_fails_with_a_count_of_what_arrived(bpf_object, bpf_events):
+    obj = bpf_object("exec", attach=False)
+    events = bpf_events(obj)
+    with pytest.raises(pytest.fail.Exception, match=r"0 of 1 expected event\(s\) matching "
+                                                    r"pid=-1 arrived within 0.1s"):
+        events.wait_for(timeout=0.1, pid=-1)
+
+
+def test_requires_context_manager_and_helpers():
+    with pytest.raises(pytest.skip.Exception, match="lacks fentry: .*lockdown"):
+        with plugin.requires("fentry", min_kernel="5.5"):
+            raise NotSupportedError("fentry", "refused (kernel lockdown is 'integrity')")
+    with pytest.raises(pytest.fail.Exception, match="unexpected reason"):
+        with plugin.requires("fentry", min_kernel="5.5"):
+            raise NotSupportedError("fentry", "EINVAL")
+    with pytest.raises(pytest.fail.Exception, match="expected to work"):
+        with plugin.requires("kprobe", expect=["kprobe"]):
+            raise NotSupportedError("kprobe", "CONFIG_KPROBES is off")
+    with pytest.raises(pytest.skip.Exception, match="first available in Linux 99.0"):
+        with plugin.requires("kprobe", min_kernel="99.0"):
+            raise AssertionError("not reached")
+    assert plugin.kernel_version() >= (3,)
+
+
+def test_object_factory_closes_everything():
+    factory = plugin.ObjectFactory()
+    obj = factory("exec")
+    links = list(obj._children.values())
+    assert len(links) == 2 and all(not link.closed for link in links)
+    factory.close()
+    assert obj.closed and all(link.closed for link in links)
+    factory.close()   # safe twice
