@@ -15,6 +15,14 @@
 
 #define PT_COMM_LEN 16
 
+/* An event struct that is only ever reached through bpf_ringbuf_reserve()
+ * (which returns void *) would be left out of .BTF, where Python looks its
+ * layout up by name.  PT_BTF_EXPORT(struct foo_event, foo_event) keeps it
+ * there, at the cost of one never-read pointer in .rodata named
+ * pt_btf_foo_event. */
+#define PT_BTF_EXPORT(type, name) \
+	type *const volatile pt_btf_##name __attribute__((unused)) = (void *)0
+
 /* Expanded at the top of every event struct, so records are flat:
  * ev.ts_ns, ev.pid (tgid), ev.tid, ev.cpu, ev.comm. */
 #define PT_EVENT_HEADER      \
@@ -109,13 +117,19 @@ static __always_inline bool pt_wanted(__u32 tgid)
 	return true;
 }
 
-static __always_inline void pt_count_lost(void)
+/* Add one to slot 0 of a one-entry BPF_MAP_TYPE_PERCPU_ARRAY of __u64. */
+static __always_inline void pt_percpu_inc(void *map)
 {
 	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	__u64 *n = bpf_map_lookup_elem(map, &zero);
 
 	if (n)
 		*n += 1;   /* per-CPU slot: no other writer */
+}
+
+static __always_inline void pt_count_lost(void)
+{
+	pt_percpu_inc(&lost);
 }
 
 /* Reserve a record in `events`; on failure count it as lost. */

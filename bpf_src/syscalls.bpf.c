@@ -1,0 +1,303 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Syscall tracer: one record per completed syscall (id, return value,
+ * latency from entry to exit, the six argument registers seen at entry).
+ *
+ * Three interchangeable variants share the event and the maps; Python
+ * autoloads the programs of one of them:
+ *
+ *   tp      sc_tp_enter<N> / sc_tp_exit, SEC("tp"), attached by Python to
+ *           syscalls:sys_enter_<X> / syscalls:sys_exit_<X> for each chosen X,
+ *           N being X's number of arguments (see sc_tp_enter below).  Runs
+ *           only for those syscalls, so it needs no id filter.
+ *   raw_tp  sc_raw_enter / sc_raw_exit on the raw sys_enter / sys_exit
+ *           tracepoints: run for every syscall of the system, filtered by id
+ *           through `syscall_ids` when cfg_filter_ids is set.
+ *   tp_btf  sc_btf_enter / sc_btf_exit: the same two tracepoints with typed
+ *           (BTF) arguments, so pt_regs is read without bpf_probe_read.
+ *
+ * sc_tp_count / sc_raw_count / sc_btf_count only add one to `counts` (after
+ * the id filter, and cfg_pid when set) and emit nothing: the benchmark's
+ * measure of the bare probe cost.
+ *
+ * Entry and exit are paired per thread through `inflight`.  It is an LRU
+ * hash: exit(2)/exit_group(2) have an entry but never an exit, and an LRU map
+ * drops those stale entries instead of filling up.  An exit whose id differs
+ * from the stored entry's (the entry is stale) drops the entry unreported.
+ *
+ * Arguments beyond the syscall's own arity: tp reports 0, raw_tp/tp_btf
+ * report whatever the registers held (the consumer masks them by arity).  Only the
+ * x86-64 syscall ABI is handled; 32-bit (ia32) syscalls of compat tasks are
+ * reported with x86-64 numbering and registers.
+ */
+#include "pytracers.h"
+
+#define SC_MAX_IDS 1024
+#define SC_NARGS 6
+
+struct syscall_event {
+	PT_EVENT_HEADER;
+	__s64 id;                   /* syscall number */
+	__s64 ret;                  /* return value (-errno on failure) */
+	__u64 latency_ns;           /* entry to exit */
+	__u64 args[SC_NARGS];       /* argument registers at entry */
+};
+PT_BTF_EXPORT(struct syscall_event, syscall_event);
+
+/* 1: only syscalls whose `syscall_ids` slot is nonzero (raw_tp, tp_btf);
+ * ids >= SC_MAX_IDS (and negative ids) are then never traced. */
+const volatile __u32 cfg_filter_ids = 0;
+
+struct sc_inflight {
+	__u64 start_ns;
+	__s64 id;
+	__u64 args[SC_NARGS];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 10240);
+	__type(key, __u32);                      /* tid */
+	__type(value, struct sc_inflight);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SC_MAX_IDS);
+	__type(key, __u32);                      /* syscall number */
+	__type(value, __u8);                     /* nonzero: trace it */
+} syscall_ids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);                    /* probe hits (count programs) */
+} counts SEC(".maps");
+
+/* Records of the per-syscall tracepoints, as their format files describe
+ * them (events/syscalls/sys_{enter,exit}_<X>/format): the syscall number is
+ * an int at offset 8, the arguments (enter) or the return value (exit) start
+ * at offset 16.  The first 8 bytes (common fields) cannot be read by a tp
+ * program. */
+struct sc_tp_enter_args {
+	__u64 common;
+	__s32 nr;
+	__u32 _pad;
+	__u64 args[SC_NARGS];
+};
+
+struct sc_tp_exit_args {
+	__u64 common;
+	__s32 nr;
+	__u32 _pad;
+	__s64 ret;
+};
+
+/* x86-64 passes syscall arguments in di, si, dx, r10, r8, r9, which lie in
+ * pt_regs between r10 and di; one read of that window fetches all six. */
+struct sc_regs_window {
+	__u64 r10, r9, r8, ax, cx, dx, si, di;
+};
+
+_Static_assert(__builtin_offsetof(struct pt_regs, di) -
+	       __builtin_offsetof(struct pt_regs, r10) ==
+	       sizeof(struct sc_regs_window) - sizeof(__u64),
+	       "x86-64 pt_regs layout: r10 .. di must be contiguous");
+
+static __always_inline bool sc_id_wanted(long id)
+{
+	__u32 key;
+	__u8 *on;
+
+	if (!cfg_filter_ids)
+		return true;
+	if ((unsigned long)id >= SC_MAX_IDS)
+		return false;
+	key = (__u32)id;
+	on = bpf_map_lookup_elem(&syscall_ids, &key);
+	return on && *on;
+}
+
+/* Store the entry of the current thread's syscall (`in->args` filled by the
+ * caller). */
+static __always_inline void sc_store(struct sc_inflight *in, long id, __u64 pid_tgid)
+{
+	__u32 tid = (__u32)pid_tgid;
+
+	in->start_ns = bpf_ktime_get_ns();
+	in->id = id;
+	bpf_map_update_elem(&inflight, &tid, in, BPF_ANY);
+}
+
+/* Complete the current thread's syscall `id` with `ret` and emit it. */
+static __always_inline void sc_complete(long id, long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct syscall_event *e;
+	struct sc_inflight *in;
+
+	in = bpf_map_lookup_elem(&inflight, &tid);
+	if (!in)
+		return;
+	if (in->id == id) {
+		e = PT_RESERVE(struct syscall_event);
+		if (e) {
+			PT_FILL_HEADER(e, pid_tgid);
+			e->id = id;
+			e->ret = ret;
+			e->latency_ns = e->ts_ns - in->start_ns;
+			for (int i = 0; i < SC_NARGS; i++)
+				e->args[i] = in->args[i];
+			pt_submit(e);
+		}
+	}
+	bpf_map_delete_elem(&inflight, &tid);
+}
+
+static __always_inline bool sc_count_wanted(void)
+{
+	return !cfg_pid || (bpf_get_current_pid_tgid() >> 32) == cfg_pid;
+}
+
+/* ---- tp: syscalls:sys_enter_<X> / syscalls:sys_exit_<X> ----------------- */
+
+/* The kernel refuses to attach a tp program that reads past the end of the
+ * tracepoint's record (EACCES), and a sys_enter_<X> record holds only X's own
+ * arguments: one program per arity, sc_tp_enter<N> for a syscall of N
+ * arguments (the fields after __syscall_nr in its format file). */
+static __always_inline int sc_tp_enter(struct sc_tp_enter_args *ctx, const int nargs)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct sc_inflight in;
+
+	if (!pt_wanted(pid_tgid >> 32))
+		return 0;
+	for (int i = 0; i < SC_NARGS; i++)
+		in.args[i] = i < nargs ? ctx->args[i] : 0;
+	sc_store(&in, ctx->nr, pid_tgid);
+	return 0;
+}
+
+#define SC_TP_ENTER(n)                                       \
+SEC("tp")                                                    \
+int sc_tp_enter##n(struct sc_tp_enter_args *ctx)             \
+{                                                            \
+	return sc_tp_enter(ctx, n);                          \
+}
+
+SC_TP_ENTER(0)
+SC_TP_ENTER(1)
+SC_TP_ENTER(2)
+SC_TP_ENTER(3)
+SC_TP_ENTER(4)
+SC_TP_ENTER(5)
+SC_TP_ENTER(6)
+
+SEC("tp")
+int sc_tp_exit(struct sc_tp_exit_args *ctx)
+{
+	sc_complete(ctx->nr, ctx->ret);
+	return 0;
+}
+
+SEC("tp")
+int sc_tp_count(void *ctx)
+{
+	if (sc_count_wanted())
+		pt_percpu_inc(&counts);
+	return 0;
+}
+
+/* ---- raw_tp: raw sys_enter(regs, id) / sys_exit(regs, ret) -------------- */
+
+SEC("raw_tp/sys_enter")
+int sc_raw_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long id = (long)ctx->args[1];
+	__u64 pid_tgid;
+	struct sc_regs_window w;
+	struct sc_inflight in;
+
+	if (!sc_id_wanted(id))
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (!pt_wanted(pid_tgid >> 32))
+		return 0;
+	if (bpf_probe_read_kernel(&w, sizeof(w), &regs->r10))
+		return 0;
+	in.args[0] = w.di;
+	in.args[1] = w.si;
+	in.args[2] = w.dx;
+	in.args[3] = w.r10;
+	in.args[4] = w.r8;
+	in.args[5] = w.r9;
+	sc_store(&in, id, pid_tgid);
+	return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int sc_raw_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	long id = BPF_CORE_READ(regs, orig_ax);
+
+	if (!sc_id_wanted(id))
+		return 0;
+	sc_complete(id, (long)ctx->args[1]);
+	return 0;
+}
+
+SEC("raw_tp/sys_enter")
+int sc_raw_count(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (sc_id_wanted((long)ctx->args[1]) && sc_count_wanted())
+		pt_percpu_inc(&counts);
+	return 0;
+}
+
+/* ---- tp_btf: the same tracepoints, typed -------------------------------- */
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sc_btf_enter, struct pt_regs *regs, long id)
+{
+	__u64 pid_tgid;
+	struct sc_inflight in;
+
+	if (!sc_id_wanted(id))
+		return 0;
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (!pt_wanted(pid_tgid >> 32))
+		return 0;
+	in.args[0] = regs->di;
+	in.args[1] = regs->si;
+	in.args[2] = regs->dx;
+	in.args[3] = regs->r10;
+	in.args[4] = regs->r8;
+	in.args[5] = regs->r9;
+	sc_store(&in, id, pid_tgid);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sc_btf_exit, struct pt_regs *regs, long ret)
+{
+	long id = regs->orig_ax;
+
+	if (!sc_id_wanted(id))
+		return 0;
+	sc_complete(id, ret);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sc_btf_count, struct pt_regs *regs, long id)
+{
+	if (sc_id_wanted(id) && sc_count_wanted())
+		pt_percpu_inc(&counts);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
