@@ -19,6 +19,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from .errors import InsecureFileError, InvalidObjectError
+from . import elfvalidate
 
 EM_BPF = 247
 SHF_EXECINSTR = 0x4
@@ -57,6 +58,8 @@ DATA_SECTION_PREFIXES = (
 
 
 def is_program_section(name: str) -> bool:
+    if name.startswith("?"):   # SEC("?...") : a program that starts with autoload off
+        name = name[1:]
     for p in PROGRAM_SECTION_PREFIXES:
         if name == p or name.startswith(p + "/") or name.startswith(p + "+"):
             return True
@@ -159,6 +162,8 @@ def inspect(path: str, data: bytes) -> ObjectInfo:
         if elf.elfclass != 64 or not elf.little_endian:
             raise _fail(path, "is a big-endian or 32-bit eBPF object; this machine needs "
                               "64-bit little-endian (-target bpfel)")
+        # every index and extent libbpf follows, checked before it follows them
+        elfvalidate.check_structure(path, data)
         info = ObjectInfo(path=path)
         index_to_name: Dict[int, str] = {}
         symtab = None
@@ -181,7 +186,11 @@ def inspect(path: str, data: bytes) -> ObjectInfo:
             raise _fail(path, "has no .BTF section, so it is not a CO-RE object",
                         "compile with clang -g -O2 -target bpf so BTF is emitted")
         info.btf = btf.data()
-        info.has_btf_ext = elf.get_section_by_name(".BTF.ext") is not None
+        ntypes, str_len = elfvalidate.check_btf(path, info.btf)
+        btf_ext = elf.get_section_by_name(".BTF.ext")
+        info.has_btf_ext = btf_ext is not None
+        if btf_ext is not None:
+            elfvalidate.check_btf_ext(path, btf_ext.data(), ntypes, str_len)
         if symtab is None:
             raise _fail(path, "has no symbol table", "do not strip eBPF objects with strip(1)")
         _collect_symbols(info, symtab, index_to_name)
@@ -216,7 +225,7 @@ def _collect_symbols(info: ObjectInfo, symtab, index_to_name: Dict[int, str]) ->
 
 def program_kind(section: str) -> str:
     """The probe kind a program section denotes: tp, raw_tp, tp_btf, kprobe, ..."""
-    head = section.split("/", 1)[0]
+    head = section.lstrip("?").split("/", 1)[0]
     return {
         "tracepoint": "tp", "tp": "tp", "raw_tracepoint": "raw_tp", "raw_tp": "raw_tp",
         "raw_tracepoint.w": "raw_tp", "raw_tp.w": "raw_tp", "tp_btf": "tp_btf",
