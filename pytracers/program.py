@@ -198,7 +198,15 @@ class Program:
             raise BadArgumentError("repeat must be a positive int")
         opts = ffi.new("struct bpf_test_run_opts *")
         opts.sz = ffi.sizeof("struct bpf_test_run_opts")
-        opts.repeat = repeat
+        if self.kind == "raw_tp":
+            # The kernel runs a raw_tp program exactly once and refuses any
+            # nonzero repeat (net/bpf/test_run.c) with EINVAL.
+            if repeat != 1:
+                raise BadArgumentError("a raw_tp program test-runs once: call test_run() "
+                                       "again instead of passing repeat")
+            opts.repeat = 0
+        else:
+            opts.repeat = repeat
         keep = []
         if ctx is not None:
             if isinstance(ctx, (bytes, bytearray, memoryview)):
