@@ -60,7 +60,7 @@ def ring_of(source: Any) -> RingBuffer:
     ``.rb``."""
     if isinstance(source, RingBuffer):
         return source
-    for attr in ("ring_buffer", "ring", "rb"):
+    for attr in ("ring_buffer", "ring", "rb", "_ring"):   # _ring: pytracers' Tracer
         rb = getattr(source, attr, None)
         if isinstance(rb, RingBuffer):
             return rb

@@ -51,7 +51,7 @@ Example (this is what ``tests/test_pytest_plugin.py`` runs)::
         child = subprocess.Popen(["/bin/true"])
         child.wait()
         rec = events.wait_for(lambda r: struct.unpack_from("<QI", r)[1] == child.pid)
-        assert rec[56:56 + 256].split(b"\0")[0] == b"/bin/true"
+        assert rec[56:56 + 256].split(b"\\0")[0] == b"/bin/true"
 
 The helpers are importable too: :func:`requires` (the marker's rule as a
 context manager), :func:`run_program`, :class:`ObjectFactory`,

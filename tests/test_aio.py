@@ -11,6 +11,7 @@ import pytracers.aio as aio
 from pytracers.errors import BadTypeError
 
 EXEC = pytracers.object_path("exec")
+BENCH = pytracers.object_path("bench")
 
 
 def _pid_of(rec: bytes) -> int:
@@ -71,6 +72,39 @@ def test_async_for_ring_buffer_gets_exec_events_beside_another_task():
                 assert _filename(rec) == b"/bin/true"
                 assert rec[376:376 + 64].split(b"\0")[0] == b"aio-test"
                 assert struct.unpack_from("<i", rec, 48)[0] == 0     # ret
+            assert obj.maps["lost"].sum_percpu_u64() == 0
+    asyncio.run(main())
+
+
+@pytest.mark.kind("raw_tp")
+def test_raw_tp_producer_in_a_thread_async_consumer_gets_every_record():
+    """bench.bpf.o's raw_tp producer fill_64, run with BPF_PROG_TEST_RUN in an
+    executor thread, while the asyncio consumer reads batches: every record
+    arrives once, in order."""
+    n, runs = 200, 5
+
+    async def main():
+        o = pytracers.open(BENCH)
+        o.only("fill_64")
+        with o.load() as obj:
+            rb = obj.ring_buffer()
+            prog = obj.programs["fill_64"]
+            loop = asyncio.get_running_loop()
+
+            async def produce():
+                for _ in range(runs):
+                    res = await loop.run_in_executor(None, prog.test_run, [n, 0])
+                    assert res.retval == n
+                    await asyncio.sleep(0.01)
+
+            producer = asyncio.create_task(produce())
+            seqs: list = []
+            async for batch in aio.batches(rb, timeout=10.0):
+                seqs += [struct.unpack_from("<Q", r)[0] for r in batch]
+                if len(seqs) >= n * runs:
+                    break
+            await producer
+            assert seqs == list(range(n * runs))
             assert obj.maps["lost"].sum_percpu_u64() == 0
     asyncio.run(main())
 

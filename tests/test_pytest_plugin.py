@@ -70,8 +70,8 @@ def test_example_and_marker_rule_in_a_fresh_pytest(pytester):
     with open(EXAMPLE) as f:
         pytester.makepyfile(test_exec_hook=f.read(), test_rule=RULE)
     res = pytester.runpytest_subprocess("-rsf", "-p", "no:cacheprovider", "--bpf-expect=kprobe")
-    # example: 2 passed, 1 skipped; rule: 2 skipped + test_tp_test_run skipped, 4 failed
-    res.assert_outcomes(passed=2, skipped=4, failed=4)
+    # example: 3 passed, 1 skipped; rule: 2 skipped + test_tp_test_run skipped, 4 failed
+    res.assert_outcomes(passed=3, skipped=4, failed=4)
     res.stdout.fnmatch_lines_random([
         "*lacks kprobe_multi (first available in Linux 99.0)*",
         "SKIPPED*lacks fentry: program load refused with EPERM*",
@@ -85,7 +85,8 @@ def test_example_and_marker_rule_in_a_fresh_pytest(pytester):
         "FAILED*test_unmarked_not_supported_fails*",
         "FAILED*test_expected_feature_fails_even_for_a_known_lack*",
     ])
-    for name in ("test_exec_is_traced", "test_configured_before_load"):
+    for name in ("test_exec_is_traced", "test_configured_before_load",
+                 "test_producer_under_test_run"):
         assert f"FAILED test_exec_hook.py::{name}" not in res.stdout.str()
 
 

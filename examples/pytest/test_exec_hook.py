@@ -51,6 +51,18 @@ def test_configured_before_load(bpf_object, bpf_events):
         child.wait()
 
 
+@pytest.mark.bpf_requires("raw_tp", "BPF_PROG_TEST_RUN")
+def test_producer_under_test_run(bpf_object, bpf_events, bpf_test_run):
+    """No trigger needed: BPF_PROG_TEST_RUN runs a raw_tp program directly.
+    bench's fill_64 takes ctx = [n, discard_every] and returns how many
+    records it reserved; each record starts with a running u64 seq."""
+    obj = bpf_object("bench", only=["fill_64"], attach=False)
+    events = bpf_events(obj)
+    bpf_test_run(obj.programs["fill_64"], [5, 0], retval=5)
+    recs = events.wait_for(count=5)
+    assert [struct.unpack_from("<Q", r)[0] for r in recs] == [0, 1, 2, 3, 4]
+
+
 @pytest.mark.bpf_requires("kprobe_multi", min_kernel="99.0")
 def test_needs_a_future_kernel():
     raise AssertionError("the marker skips this before it runs on any kernel before 99.0")
