@@ -16,9 +16,12 @@ reference to its parent, so a parent is never collected under a live child.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, TypeVar
 
 from .errors import ClosedError
+
+
+_R = TypeVar("_R", bound="Resource")
 
 
 class Resource:
@@ -62,7 +65,7 @@ class Resource:
         if parent is not None:
             parent._children.pop(id(self), None)
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
+    def __enter__(self: _R) -> _R:
         self._check()
         return self
 

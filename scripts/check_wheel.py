@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Build the wheel and check what a user gets.
+
+- The wheel is pure (py3-none-any): installing it compiles nothing.
+- It ships one object per probe-kind family, each an eBPF ELF (EM_BPF) with
+  .BTF and .BTF.ext sections (i.e. a CO-RE object).
+- It installs into a fresh venv with no compiler reachable (CC/CXX point at
+  /bin/false and PATH holds only the venv's bin and coreutils), and the
+  installed package opens every shipped object.
+
+Run by scripts/test; usage: .venv/bin/python scripts/check_wheel.py
+"""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+ROOT = Path(__file__).resolve().parent.parent
+# probe-kind family -> shipped object
+FAMILIES = {
+    "tp": "exec", "raw_tp/tp/tp_btf syscalls": "syscalls", "tp_btf": "proc",
+    "kprobe/kretprobe": "kprobe", "fentry/fexit": "fentry", "fmod_ret": "fmod_ret",
+}
+
+
+def main() -> int:
+    problems = []
+    with tempfile.TemporaryDirectory(prefix="pytracers-wheel-") as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp,
+                        str(ROOT)], check=True)
+        wheels = list(Path(tmp).glob("pytracers-*.whl"))
+        assert len(wheels) == 1, wheels
+        whl = wheels[0]
+        print("built", whl.name)
+        if not whl.name.endswith("-py3-none-any.whl"):
+            problems.append(f"wheel is not pure Python: {whl.name}")
+        with zipfile.ZipFile(whl) as z:
+            names = set(z.namelist())
+            for family, obj in FAMILIES.items():
+                member = f"pytracers/bpf/{obj}.bpf.o"
+                if member not in names:
+                    problems.append(f"{family}: {member} missing from the wheel")
+                    continue
+                elf = ELFFile(io.BytesIO(z.read(member)))
+                secs = {s.name for s in elf.iter_sections()}
+                ok = elf["e_machine"] == "EM_BPF" and {".BTF", ".BTF.ext"} <= secs
+                print(f"  {family:28} {member:32} EM_BPF={elf['e_machine'] == 'EM_BPF'} "
+                      f".BTF={'.BTF' in secs} .BTF.ext={'.BTF.ext' in secs}")
+                if not ok:
+                    problems.append(f"{member} is not an eBPF CO-RE object")
+            if "pytracers/py.typed" not in names:
+                problems.append("py.typed missing from the wheel")
+        venv = Path(tmp) / "venv"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        env = dict(os.environ, CC="/bin/false", CXX="/bin/false",
+                   PATH=str(venv / "bin"))
+        env.pop("VIRTUAL_ENV", None)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                        "--only-binary", ":all:", str(whl)], check=True, env=env)
+        code = ("import pytracers, glob, os\n"
+                "objs = sorted(glob.glob(os.path.join(pytracers.objects_dir(), '*.bpf.o')))\n"
+                "for p in objs:\n"
+                "    pytracers.open(p).close()\n"
+                "print('installed wheel opened', len(objs), 'objects')\n")
+        subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, env=env,
+                       cwd=tmp)
+    for p in problems:
+        print("PROBLEM:", p)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
