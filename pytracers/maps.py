@@ -226,8 +226,8 @@ class Map:
         from .ringbuf import RingBuffer
         if self.type != RINGBUF:
             raise BadArgumentError(f"map {self.name} is a {self.type_name} map, not a ring buffer")
-        if event is not None and decoder is None:
-            decoder = self.object.btf.struct_layout(event).decoder()
+        # With event= and no decoder, RingBuffer decodes through the event's
+        # BTF layout (and its batch reader takes the layout's numpy dtype).
         rb = RingBuffer(self, decoder=decoder, event=event, **kw)
         self.object._adopt(rb)
         return rb

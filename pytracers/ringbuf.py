@@ -3,20 +3,54 @@
 pytracers maps the ring itself instead of going through libbpf's
 ``ring_buffer__poll``: a C-to-Python callback per record costs about a
 microsecond, while reading the shared mapping from Python costs only the
-Python work per record, and lets the batch reader view a run of fixed-size
-records with numpy without touching each one.
+Python work per record, and lets the batch reader copy a run of fixed-size
+records with numpy without touching each one in Python.
 
 Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (we write
 it); the next page holds the producer position (read-only to us), followed by
 the data area mapped twice in a row, so a record that wraps around the end is
-still contiguous in our mapping.  Each record starts with an 8-byte header: a
-u32 length with the BUSY (still being written) and DISCARD bits, and a u32
-page offset.  Records are 8-byte aligned.
+still contiguous in our mapping -- and so is any run of records shorter than
+the ring.  Each record starts with an 8-byte header: a u32 length with the
+BUSY (still being written) and DISCARD bits, and a u32 page offset.  Records
+are 8-byte aligned, so a run of records of one length is an array with a
+fixed stride.
 
-Memory ordering: on x86-64 (TSO), plain loads of the producer position before
-loads of record data, and a plain store of the consumer position after them,
-give the acquire/release order the kernel expects.  The reader refuses to run
-on other architectures rather than risk torn reads.
+Two ways to read:
+
+* per event -- :meth:`RingBuffer.consume`, :meth:`~RingBuffer.poll`,
+  :meth:`~RingBuffer.read`, :meth:`~RingBuffer.events`: each record is decoded
+  (``decoder(buffer, offset)``, built from BTF by ``Object.ring_buffer(event=...)``)
+  and handed over one at a time.  A run of same-length records is found with
+  one vectorised header scan, then decoded by ``map()`` over its offsets, so
+  the per-record Python work is the decoder and the callback only.
+* in batches -- :meth:`RingBuffer.read_batch`, :meth:`~RingBuffer.iter_batches`:
+  records become rows of a numpy structured array whose dtype comes from the
+  event's BTF (``StructLayout.numpy_dtype()``).  A run of fixed-size records
+  is copied by numpy as one strided array (a few ns per record); a record of
+  another length takes a slower per-record path that copies what fits in
+  the dtype and zero-fills the rest.
+
+Both stop at the first record still BUSY (the kernel consumer does the
+same: records must be consumed in order), skip DISCARDed ones, and move the
+consumer position only after the records before it have been copied out.
+
+numpy is a dependency of pytracers for this batch path alone: it is the only
+way to turn a run of records in the mapping into typed columns without a
+Python operation per record.  It is imported on first use, so tools that
+only read per event do not pay for the import at start-up.
+
+The parsing core, :class:`RingReader`, works on any pair of buffers with the
+kernel's layout (tests drive it with a synthetic ring to produce states a
+kernel producer cannot leave behind, such as a BUSY record followed by
+complete ones); :class:`RingBuffer` adds the mapping of a real ring, waiting
+(epoll with a latency bound) and lifetime.
+
+Memory ordering: on x86-64 (TSO), loads are not reordered with other loads
+and stores are not reordered with earlier loads, so plain loads of the
+producer position, then of a record's header, then of its data, and a plain
+store of the consumer position after them, give the acquire/release order the
+kernel expects.  The reader refuses to run on other architectures rather than
+risk torn reads.
 """
 from __future__ import annotations
 
@@ -26,31 +60,354 @@ import platform
 import select
 import struct
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional
+from functools import partial
+from itertools import repeat
+from operator import itemgetter
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional,
+                    Tuple)
 
 from ._resource import Resource
-from .errors import BadArgumentError, CallbackError, NotSupportedError
+from .errors import BadArgumentError, BadTypeError, CallbackError, NotSupportedError
 
 if TYPE_CHECKING:
+    import numpy
+
     from .maps import Map
 
-__all__ = ["RingBuffer", "BUSY_BIT", "DISCARD_BIT", "HEADER_SIZE"]
+__all__ = ["RingBuffer", "RingReader", "BUSY_BIT", "DISCARD_BIT", "HEADER_SIZE"]
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
+LEN_MASK = DISCARD_BIT - 1
 HEADER_SIZE = 8
 PAGE_SIZE = mmap.PAGESIZE
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
+# Below this many records a vectorised header scan costs more than it saves.
+_MIN_RUN = 8
+
 Decoder = Callable[[Any, int], Any]
+Callback = Callable[[Any], Any]
 
 
-def _release(epoll: Any, cons: mmap.mmap, prod: mmap.mmap, fd: int) -> None:
+def _np() -> Any:
+    import numpy
+    return numpy
+
+
+def _stride(length: int) -> int:
+    return (length + HEADER_SIZE + 7) & ~7
+
+
+def _bad_return(r: Any) -> CallbackError:
+    return CallbackError(f"ring-buffer callback returned {type(r).__name__}; return None or "
+                         "True to go on, False or a negative int to stop")
+
+
+def _plain(layout: Any) -> bool:
+    """Only fields that struct unpacks to their final value (numbers, raw bytes)."""
+    for f in layout.fields:
+        if f.kind == "bytes":
+            continue
+        if f.kind in ("int", "uint", "ptr", "bool") and f.size in (1, 2, 4, 8):
+            continue
+        if f.kind == "float" and f.size in (2, 4, 8):
+            continue
+        return False
+    return True
+
+
+class _Bytes:
+    """The default decoder: a record's payload as ``bytes``.  One instance per
+    run length, so a run is decoded by ``map()`` without a Python frame."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+
+    def __call__(self, buf: Any, off: int) -> bytes:
+        return bytes(buf[off:off + self.length])
+
+
+class RingReader:
+    """The parsing core of a ring-buffer consumer, on any buffers.
+
+    ``consumer``: a writable buffer whose first 8 bytes are the consumer
+    position; ``data``: a buffer with the producer position in its first 8
+    bytes and the data area, ``size`` bytes mapped twice in a row, starting
+    at ``data_offset`` (one page in the kernel's mapping).  The reader keeps
+    no state of its own besides the ``delivered``/``discarded`` counters: the
+    position lives in ``consumer``, as in the kernel.
+    """
+
+    def __init__(self, consumer: Any, data: Any, size: int, *,
+                 data_offset: int = PAGE_SIZE, decoder: Optional[Decoder] = None,
+                 layout: Any = None, dtype: Any = None) -> None:
+        if size <= 0 or size & (size - 1):
+            raise BadArgumentError(f"ring size must be a power of two, got {size}")
+        if len(memoryview(data)) < data_offset + 2 * size:
+            raise BadArgumentError("data buffer is shorter than data_offset + 2 * size")
+        self._cons = consumer
+        self._data = data
+        self._base = data_offset
+        self.size = size
+        self._mask = size - 1
+        self.layout = layout           # pytracers.btf.StructLayout of the records, if known
+        self._fast: Dict[int, Optional[Tuple[Any, Any]]] = {}
+        self._decoder: Optional[Decoder] = None
+        self.decoder = decoder if decoder is not None or layout is None else layout.decoder()
+        self.dtype = dtype
+        self._arr: Any = None          # numpy view of `data` (made on first batch)
+        self.delivered = 0             # records handed to the caller
+        self.discarded = 0             # records the producer discarded (skipped)
+
+    @property
+    def decoder(self) -> Optional[Decoder]:
+        """``decoder(buffer, offset) -> record``; None delivers ``bytes``."""
+        return self._decoder
+
+    @decoder.setter
+    def decoder(self, dec: Optional[Decoder]) -> None:
+        self._decoder = dec
+        self._fast = {}
+
+    def _fast_for(self, length: int) -> Optional[Tuple[Any, Any]]:
+        """For a run of records of ``length`` bytes: ``(wrap, iter_unpack)``
+        such that ``wrap(iter_unpack(view))`` yields exactly what the decoder
+        would for each record of the run in ``view``; None when only the
+        decoder itself can (custom decoders, layouts with strings or arrays)."""
+        try:
+            return self._fast[length]
+        except KeyError:
+            pass
+        fast: Optional[Tuple[Any, Any]] = None
+        pad = f"{_stride(length) - HEADER_SIZE - length}x"
+        lay = self.layout
+        if self._decoder is None:
+            st = struct.Struct(f"<{HEADER_SIZE}x{length}s{pad}")
+            fast = (partial(map, itemgetter(0)), st.iter_unpack)
+        elif (lay is not None and length == lay.size and _plain(lay)
+              and self._decoder is lay.decoder()):
+            # btf's decoder of a plain layout is record_class()(unpack(...)).
+            fmt = lay.format
+            st = struct.Struct(f"{fmt[0]}{HEADER_SIZE}x{fmt[1:]}{pad}")
+            fast = (partial(map, lay.record_class()), st.iter_unpack)
+        self._fast[length] = fast
+        return fast
+
+    def _detach(self) -> None:
+        """Drop every view of the buffers (a numpy view pins an mmap open)."""
+        self._arr = None
+        self._cons = None
+        self._data = None
+
+    # -- positions ----------------------------------------------------------------
+    def consumer_pos(self) -> int:
+        return int(_U64.unpack_from(self._cons, 0)[0])
+
+    def producer_pos(self) -> int:
+        return int(_U64.unpack_from(self._data, 0)[0])
+
+    def _set_consumer_pos(self, pos: int) -> None:
+        _U64.pack_into(self._cons, 0, pos)
+
+    def pending_bytes(self) -> int:
+        """Bytes written (or reserved) by the producer and not yet consumed."""
+        return self.producer_pos() - self.consumer_pos()
+
+    def _headers(self, off: int, count: int, stride: int) -> Any:
+        """A copy of the u32 length words of ``count`` records ``stride`` apart."""
+        np = _np()
+        if self._arr is None:
+            self._arr = np.frombuffer(self._data, np.uint8)
+        return np.ndarray((count,), "<u4", buffer=self._arr, offset=off,
+                          strides=(stride,)).copy()
+
+    def _run_length(self, off: int, hdr: int, count: int, stride: int) -> int:
+        """How many records from ``off`` (at most ``count``) have header ``hdr``
+        exactly, up to the first that differs (busy, discarded, other length)."""
+        if count < _MIN_RUN:
+            return 1
+        h = self._headers(off, count, stride)
+        same = h == hdr
+        return count if same.all() else int(same.argmin())
+
+    # -- per event -------------------------------------------------------------------
+    def consume(self, cb: Callback, limit: Optional[int] = None) -> int:
+        """Deliver every complete record available now to ``cb``; see
+        :meth:`RingBuffer.consume` for the callback's return rules."""
+        data = self._data
+        base = self._base
+        mask = self._mask
+        dec = self.decoder
+        unpack_u32 = _U32.unpack_from
+        get_prod = self.producer_pos
+        n = 0
+        cons = self.consumer_pos()
+        try:
+            while limit is None or n < limit:
+                prod = get_prod()
+                if cons >= prod:
+                    break
+                off = base + (cons & mask)
+                hdr = unpack_u32(data, off)[0]
+                if hdr & BUSY_BIT:
+                    break                   # the producer is still writing this one
+                length = hdr & LEN_MASK
+                stride = _stride(length)
+                if hdr & DISCARD_BIT:
+                    cons += stride
+                    self.discarded += 1
+                    continue
+                count = (prod - cons) // stride
+                if limit is not None:
+                    count = min(count, limit - n)
+                run = self._run_length(off, hdr, count, stride)
+                start = off + HEADER_SIZE
+                done = 0
+                stop = False
+                fast = self._fast_for(length) if run > 1 else None
+                if fast is None:
+                    recs = map(dec if dec is not None else _Bytes(length), repeat(data, run),
+                               range(start, start + run * stride, stride))
+                    view = None
+                else:
+                    # Decode the whole run with struct's iter_unpack: no Python
+                    # frame per record (plain layouts and bytes records).
+                    view = memoryview(data)[off:off + run * stride]
+                    recs = fast[0](fast[1](view))
+                try:
+                    for rec in recs:
+                        done += 1
+                        r = cb(rec)
+                        if r is None or r is True:
+                            continue
+                        if r is False or (type(r) is int and r < 0):
+                            stop = True
+                            break
+                        if type(r) is not int:
+                            raise _bad_return(r)
+                finally:
+                    # The record being delivered when the callback raised counts
+                    # as consumed: the exception propagates with the position
+                    # past it, so the next read does not deliver it again.
+                    cons += done * stride
+                    n += done
+                    if view is not None:
+                        del recs        # the iterator holds a buffer export of the view
+                        view.release()  # an exported view would pin the mmap open
+                if stop:
+                    break
+                self._set_consumer_pos(cons)
+        finally:
+            self._set_consumer_pos(cons)
+            self.delivered += n
+        return n
+
+    # -- batches -------------------------------------------------------------------------
+    def read_batch(self, max_records: Optional[int] = None, dtype: Any = None) -> "numpy.ndarray":
+        """Every complete record available now (at most ``max_records``) as a
+        numpy structured array of ``dtype`` (default: the reader's)."""
+        np = _np()
+        dt = np.dtype(dtype if dtype is not None else self.dtype)
+        itemsize = dt.itemsize
+        if max_records is not None and max_records < 0:
+            raise BadArgumentError("max_records must be >= 0")
+        if self._arr is None:
+            self._arr = np.frombuffer(self._data, np.uint8)
+        arr = self._arr
+        data = self._data
+        base = self._base
+        mask = self._mask
+        unpack_u32 = _U32.unpack_from
+        chunks: List[Any] = []
+        odd = bytearray()          # rows from the per-record path, waiting to become a chunk
+        nodd = 0
+        total = 0
+        discarded = 0
+        cons = self.consumer_pos()
+        try:
+            while max_records is None or total < max_records:
+                prod = self.producer_pos()
+                if cons >= prod:
+                    break
+                off = base + (cons & mask)
+                hdr = unpack_u32(data, off)[0]
+                if hdr & BUSY_BIT:
+                    break
+                length = hdr & LEN_MASK
+                stride = _stride(length)
+                count = (prod - cons) // stride
+                if max_records is not None:
+                    count = min(count, max_records - total)
+                if length == itemsize and count >= 2:
+                    # Fast path: the records from here with this length (discarded
+                    # or not) up to the first busy one or one of another length.
+                    h = np.ndarray((count,), "<u4", buffer=arr, offset=off,
+                                   strides=(stride,)).copy()
+                    ok = (h & np.uint32(~DISCARD_BIT & 0xFFFFFFFF)) == length
+                    run = count if ok.all() else int(ok.argmin())
+                    if run:
+                        if nodd:
+                            chunks.append(np.frombuffer(bytearray(odd), dt))
+                            odd.clear()
+                            nodd = 0
+                        rows = self._copy_rows(arr, off + HEADER_SIZE, run, stride, length, dt)
+                        keep = (h[:run] & np.uint32(DISCARD_BIT)) == 0
+                        if not keep.all():
+                            rows = rows[keep]
+                            discarded += run - len(rows)
+                        chunks.append(rows)
+                        total += len(rows)
+                        cons += run * stride
+                        continue
+                    # run == 0: this record is not fixed-size after all -- fall through
+                # Slow path: one record.
+                if hdr & DISCARD_BIT:
+                    discarded += 1
+                else:
+                    start = off + HEADER_SIZE
+                    take = min(length, itemsize)
+                    odd += data[start:start + take]
+                    if take < itemsize:
+                        odd += bytes(itemsize - take)
+                    nodd += 1
+                    total += 1
+                cons += stride
+            if nodd:
+                chunks.append(np.frombuffer(odd, dt))
+        finally:
+            self._set_consumer_pos(cons)
+            self.delivered += total
+            self.discarded += discarded
+        if not chunks:
+            return np.empty(0, dt)
+        if len(chunks) == 1:
+            return chunks[0]
+        return np.concatenate(chunks)
+
+    @staticmethod
+    def _copy_rows(arr: Any, start: int, run: int, stride: int, length: int, dt: Any) -> Any:
+        """Copy ``run`` payloads of ``length`` bytes, ``stride`` apart from
+        ``start``, into a new contiguous array of dtype ``dt``: one strided numpy
+        copy in the widest unit the length allows."""
+        np = _np()
+        for unit, code in ((8, "<u8"), (4, "<u4"), (1, "u1")):
+            if length % unit == 0 and start % unit == 0:
+                break
+        src = np.ndarray((run, length // unit), code, buffer=arr, offset=start,
+                         strides=(stride, unit))
+        # .copy(), not ascontiguousarray(): a one-row view counts as contiguous
+        # and would come back uncopied, still pointing into the ring.
+        return src.copy().view(dt).reshape(run)
+
+
+def _release(reader: RingReader, epoll: Any, cons: mmap.mmap, prod: mmap.mmap, fd: int) -> None:
+    reader._detach()
     for thing in (epoll, cons, prod):
         try:
             thing.close()
-        except Exception:  # pragma: no cover - exported views may pin a mapping
+        except Exception:  # pragma: no cover - a view still held elsewhere pins the mapping
             pass
     os.close(fd)
 
@@ -59,32 +416,39 @@ class RingBuffer(Resource):
     """A consumer of one ring-buffer map.
 
     ``decoder(buffer, offset) -> record`` turns a record's bytes into a Python
-    value (Object.ring_buffer(event="struct_name") builds one from BTF); by
-    default records are delivered as ``bytes``.
+    value; with ``event="struct_name"`` (and no decoder) records are decoded
+    through that struct's BTF layout; otherwise they are delivered as
+    ``bytes``.  ``dtype`` is the numpy dtype
+    of :meth:`read_batch` rows (from the event's BTF when ``event`` is given).
 
     ``latency`` (seconds) bounds how long a record may wait when the producer
-    suppresses wakeups (pytracers' tracers only wake the reader past a
-    threshold): blocking reads never sleep longer than this before looking.
+    suppresses wakeups (pytracers' tracers only wake the reader once
+    ``wakeup_bytes`` are pending, see pytracers.h): blocking reads never sleep
+    longer than this before looking at the ring, so a trickle of events that
+    never reaches the threshold is still delivered within ``latency``.
     """
 
     _what = "ring buffer"
 
     def __init__(self, m: "Map", *, decoder: Optional[Decoder] = None,
                  event: Optional[str] = None,
-                 callback: Optional[Callable[[Any], Any]] = None,
-                 latency: float = 0.1) -> None:
+                 callback: Optional[Callback] = None,
+                 latency: float = 0.1, dtype: Any = None) -> None:
         if platform.machine() not in ("x86_64", "AMD64"):
             raise NotSupportedError("the mmap ring-buffer reader",
                                     f"only x86-64 is supported, this is {platform.machine()}")
+        if not isinstance(latency, (int, float)) or isinstance(latency, bool):
+            raise BadTypeError("latency must be a number of seconds")
         if latency <= 0:
             raise BadArgumentError("latency must be a positive number of seconds")
         self.map = m                  # keeps the object alive
         self.event = event
-        self.decoder = decoder
         self.callback = callback
         self.latency = float(latency)
         self.size = int(m.max_entries)
-        self._mask = self.size - 1
+        self._dtype_arg = dtype
+        # The event's layout: its decoder for records, its dtype for batches.
+        layout = m.object.btf.struct_layout(event) if event is not None else None
         fd = os.dup(m.fd)
         try:
             cons = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
@@ -101,35 +465,69 @@ class RingBuffer(Resource):
             os.close(fd)
             raise
         self._fd = fd
-        self._cons = cons
-        self._prod = prod
         self._epoll = ep
-        self._own(_release, ep, cons, prod, fd)
-        self.delivered = 0   # records handed to the caller
-        self.discarded = 0   # records the producer discarded (skipped)
+        self._reader = RingReader(cons, prod, self.size, decoder=decoder, layout=layout)
+        self._own(_release, self._reader, ep, cons, prod, fd)
 
-    # -- positions --------------------------------------------------------------
-    def _consumer_pos(self) -> int:
-        return int(_U64.unpack_from(self._cons, 0)[0])
+    # -- configuration and counters ----------------------------------------------
+    @property
+    def decoder(self) -> Optional[Decoder]:
+        return self._reader.decoder
 
-    def _producer_pos(self) -> int:
-        return int(_U64.unpack_from(self._prod, 0)[0])
+    @decoder.setter
+    def decoder(self, dec: Optional[Decoder]) -> None:
+        self._reader.decoder = dec
 
-    def _set_consumer_pos(self, pos: int) -> None:
-        _U64.pack_into(self._cons, 0, pos)
+    @property
+    def delivered(self) -> int:
+        """Records handed to the caller (per event or as batch rows)."""
+        return self._reader.delivered
 
+    @property
+    def discarded(self) -> int:
+        """Records the producer discarded, skipped by the reader."""
+        return self._reader.discarded
+
+    @property
+    def dtype(self) -> "numpy.dtype[Any]":
+        """The numpy dtype of :meth:`read_batch` rows."""
+        r = self._reader
+        if r.dtype is None:
+            np = _np()
+            if self._dtype_arg is not None:
+                r.dtype = np.dtype(self._dtype_arg)
+            elif r.layout is not None:
+                r.dtype = r.layout.numpy_dtype()
+            else:
+                raise BadArgumentError(
+                    f"ring buffer {self.map.name} has no record type for batches: open it "
+                    "with event='struct_name' (or dtype=)")
+        return r.dtype
+
+    # -- positions ----------------------------------------------------------------------
     def pending_bytes(self) -> int:
         """Bytes written by the producer and not yet consumed."""
         self._check()
-        return self._producer_pos() - self._consumer_pos()
+        return self._reader.pending_bytes()
 
     def fileno(self) -> int:
         """An epoll fd that becomes readable when the kernel wakes consumers."""
         self._check()
         return self._epoll.fileno()
 
-    # -- reading ---------------------------------------------------------------
-    def consume(self, callback: Optional[Callable[[Any], Any]] = None,
+    def _wait(self, deadline: Optional[float]) -> bool:
+        """Sleep until woken, the latency bound, or ``deadline``; False once
+        the deadline has passed."""
+        wait = self.latency
+        if deadline is not None:
+            wait = min(wait, deadline - time.monotonic())
+            if wait <= 0:
+                return False
+        self._epoll.poll(wait)
+        return True
+
+    # -- per event ----------------------------------------------------------------------
+    def consume(self, callback: Optional[Callback] = None,
                 limit: Optional[int] = None) -> int:
         """Deliver every record available now; return how many were delivered.
 
@@ -141,71 +539,27 @@ class RingBuffer(Resource):
         cb = callback or self.callback
         if cb is None:
             raise BadArgumentError("consume() needs a callback (or one given to the RingBuffer)")
-        return self._consume(cb, limit)
-
-    def _consume(self, cb: Callable[[Any], Any], limit: Optional[int]) -> int:
-        data = self._prod
-        base = PAGE_SIZE
-        mask = self._mask
-        dec = self.decoder
-        unpack_u32 = _U32.unpack_from
-        n = 0
-        cons = self._consumer_pos()
-        try:
-            while True:
-                prod = self._producer_pos()
-                if cons >= prod:
-                    return n
-                while cons < prod:
-                    off = base + (cons & mask)
-                    hdr = unpack_u32(data, off)[0]
-                    if hdr & BUSY_BIT:
-                        return n       # the producer is still writing this one
-                    length = hdr & ~(BUSY_BIT | DISCARD_BIT)
-                    start = off + HEADER_SIZE
-                    cons += (length + HEADER_SIZE + 7) & ~7
-                    if hdr & DISCARD_BIT:
-                        self.discarded += 1
-                        continue
-                    rec = dec(data, start) if dec is not None else data[start:start + length]
-                    n += 1
-                    r = cb(rec)
-                    if r is not None and r is not True:
-                        if r is False or (type(r) is int and r < 0):
-                            return n
-                        if type(r) is not int:
-                            raise CallbackError(
-                                f"ring-buffer callback returned {type(r).__name__}; return "
-                                "None or True to go on, False or a negative int to stop")
-                    if limit is not None and n >= limit:
-                        return n
-                self._set_consumer_pos(cons)
-        finally:
-            self._set_consumer_pos(cons)
-            self.delivered += n
+        return self._reader.consume(cb, limit)
 
     def poll(self, timeout: Optional[float] = None,
-             callback: Optional[Callable[[Any], Any]] = None) -> int:
+             callback: Optional[Callback] = None) -> int:
         """Wait up to ``timeout`` seconds (None: forever) for records, then
         deliver them to the callback; returns how many were delivered."""
         self._check()
         cb = callback or self.callback
         if cb is None:
             raise BadArgumentError("poll() needs a callback (or one given to the RingBuffer)")
-        n = self._consume(cb, None)
+        consume = self._reader.consume
+        n = consume(cb, None)
         if n:
             return n
         deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        while True:
-            wait = self.latency
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return self._consume(cb, None)
-            self._epoll.poll(wait)
-            n = self._consume(cb, None)
+        while self._wait(deadline):
+            self._check()
+            n = consume(cb, None)
             if n:
                 return n
+        return consume(cb, None)
 
     def read(self, timeout: float = 0.0) -> List[Any]:
         """Records available now, or waiting up to ``timeout`` for the first."""
@@ -225,7 +579,7 @@ class RingBuffer(Resource):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     buf.clear()
-                    self._consume(buf.append, None)
+                    self._reader.consume(buf.append, None)
                     yield from buf
                     return
             buf.clear()
@@ -239,6 +593,49 @@ class RingBuffer(Resource):
         """``async for rec in ring``: see :mod:`pytracers.aio`."""
         from .aio import events
         return events(self)
+
+    # -- batches ---------------------------------------------------------------------------
+    def read_batch(self, max_records: Optional[int] = None, *,
+                   timeout: float = 0.0) -> "numpy.ndarray":
+        """The records available now (at most ``max_records``) as one numpy
+        structured array of :attr:`dtype`, copied out of the ring; waits up
+        to ``timeout`` seconds for the first when there are none.  An empty
+        array when nothing arrived."""
+        self._check()
+        if max_records is not None and (not isinstance(max_records, int)
+                                        or isinstance(max_records, bool)):
+            raise BadTypeError("max_records must be an int or None")
+        dt = self.dtype
+        out = self._reader.read_batch(max_records, dt)
+        if len(out) or timeout <= 0:
+            return out
+        deadline = time.monotonic() + timeout
+        while self._wait(deadline):
+            self._check()
+            out = self._reader.read_batch(max_records, dt)
+            if len(out):
+                return out
+        return self._reader.read_batch(max_records, dt)
+
+    def iter_batches(self, timeout: Optional[float] = None, *,
+                     max_records: Optional[int] = None) -> Iterator["numpy.ndarray"]:
+        """Yield non-empty batches (see :meth:`read_batch`) as records arrive,
+        for ``timeout`` seconds in all (None: until the ring buffer is closed
+        or the loop breaks).  Each wait lasts at most :attr:`latency`."""
+        dt = self.dtype
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.closed:
+            out = self._reader.read_batch(max_records, dt)
+            if len(out):
+                yield out
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            if not self._wait(deadline):
+                out = self._reader.read_batch(max_records, dt)
+                if len(out):
+                    yield out
+                return
 
     def __repr__(self) -> str:
         return f"<RingBuffer {self.map.name} {self.size} bytes{' closed' if self.closed else ''}>"
