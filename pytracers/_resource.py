@@ -71,3 +71,11 @@ class Resource:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    # ``async with`` too (closing never blocks): see pytracers.aio
+    async def __aenter__(self: _R) -> _R:
+        self._check()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()

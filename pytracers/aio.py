@@ -12,6 +12,9 @@
     async for batch in pytracers.aio.batches(ring_buffer):   # lists of records
         ...
 
+    async for arr in pytracers.aio.batches(ring_buffer, arrays=True):  # numpy rows
+        ...
+
 How it works
 ------------
 :meth:`RingBuffer.fileno() <pytracers.ringbuf.RingBuffer.fileno>` is an epoll
@@ -137,19 +140,24 @@ async def read(source: Any, timeout: Optional[float] = 0.0,
 
 
 async def batches(source: Any, timeout: Optional[float] = None, *,
-                  chunk: int = DEFAULT_CHUNK,
+                  chunk: int = DEFAULT_CHUNK, arrays: bool = False,
                   reader: Optional[Callable[[RingBuffer], Any]] = None) -> AsyncIterator[Any]:
     """Yield non-empty batches of records as they arrive, for ``timeout``
     seconds in all (None: until the ring closes or the loop breaks).
 
-    A batch is a list of at most ``chunk`` records by default.  ``reader``
-    replaces how a batch is read: a callable ``reader(ring) -> batch`` that
-    must not block and returns something empty (``len() == 0``) or None when
-    nothing is available -- e.g. ``lambda rb: rb.read_batch()`` for the ring
-    buffer's numpy batch reader."""
+    A batch is a list of at most ``chunk`` records by default; with
+    ``arrays=True`` it is a numpy structured array of at most ``chunk`` rows
+    (:meth:`RingBuffer.read_batch`: the ring must know its event struct).
+    ``reader`` replaces how a batch is read: a callable ``reader(ring) ->
+    batch`` that must not block and returns something empty (``len() == 0``)
+    or None when nothing is available."""
     if chunk < 1:
         raise BadArgumentError("chunk must be a positive number of records")
     rb = ring_of(source)
+    if arrays:
+        if reader is not None:
+            raise BadArgumentError("pass arrays=True or reader=, not both")
+        reader = _array_reader(chunk)
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
 
@@ -176,6 +184,12 @@ async def batches(source: Any, timeout: Optional[float] = None, *,
                 await asyncio.sleep(0)
             elif not rb.closed:
                 await asyncio.sleep(0.0005)  # first record still being written
+
+
+def _array_reader(chunk: int) -> Callable[[RingBuffer], Any]:
+    def read(rb: RingBuffer) -> Any:
+        return rb.read_batch(chunk)
+    return read
 
 
 async def events(source: Any, timeout: Optional[float] = None, *,
@@ -223,10 +237,10 @@ class AsyncReader:
         """Records one at a time (see :func:`events`)."""
         return events(self.ring, timeout, chunk=self.chunk)
 
-    def batches(self, timeout: Optional[float] = None, *,
+    def batches(self, timeout: Optional[float] = None, *, arrays: bool = False,
                 reader: Optional[Callable[[RingBuffer], Any]] = None) -> AsyncIterator[Any]:
         """Batches of records (see :func:`batches`)."""
-        return batches(self.ring, timeout, chunk=self.chunk, reader=reader)
+        return batches(self.ring, timeout, chunk=self.chunk, arrays=arrays, reader=reader)
 
     async def read(self, timeout: Optional[float] = 0.0) -> List[Any]:
         """Records available now, or waiting up to ``timeout`` for the first."""

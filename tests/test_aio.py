@@ -109,6 +109,32 @@ def test_raw_tp_producer_in_a_thread_async_consumer_gets_every_record():
     asyncio.run(main())
 
 
+@pytest.mark.kind("raw_tp")
+def test_numpy_batches_and_async_with_object():
+    """`async with` a loaded object, and batches as numpy rows (dtype from the
+    event's BTF): the seq column is exactly what the producer wrote."""
+    n = 300
+
+    async def main():
+        o = pytracers.open(BENCH)
+        o.only("fill_64")
+        async with o.load() as obj:
+            rb = obj.ring_buffer(event="bench_rec64")
+            loop = asyncio.get_running_loop()
+            producer = loop.run_in_executor(None, obj.programs["fill_64"].test_run, [n, 0])
+            seqs: list = []
+            async for arr in aio.batches(rb, timeout=10.0, arrays=True, chunk=128):
+                assert 1 <= len(arr) <= 128
+                assert (arr["pad"] == arr["seq"][:, None]).all()
+                seqs += arr["seq"].tolist()
+                if len(seqs) >= n:
+                    break
+            assert (await producer).retval == n
+            assert seqs == list(range(n))
+        assert obj.closed and rb.closed
+    asyncio.run(main())
+
+
 @pytest.mark.kind("tp")
 def test_wait_is_driven_by_the_epoll_fd_not_by_polling():
     """With a long latency bound, the wait still ends as soon as the kernel
