@@ -12,6 +12,9 @@ pytest run where pytracers is importable.  It adds:
     * on a kernel older than ``min_kernel`` (default: the first upstream
       kernel with the feature, where pytracers knows it) the test is
       **skipped** before it runs, naming what is missing;
+    * features the prober knows (``pytracers.features.FEATURES``: the probe
+      kinds, ``ringbuf``, ``btf``, ``cookies``...) are probed before the test
+      runs; a conclusive "no" is decided by the next rule without running it;
     * when the test raises ``NotSupportedError`` for a listed feature, it is
       **skipped** only if the kernel lacks the feature for a known reason
       (a config option off, lockdown or a security module refusing it, no
@@ -60,6 +63,7 @@ context manager), :func:`run_program`, :class:`ObjectFactory`,
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import platform
 import re
@@ -216,19 +220,39 @@ def _marker_args(item: pytest.Item) -> Optional[Tuple[List[str], Optional[str]]]
     return features, (str(mk) if mk is not None else None)
 
 
+def _probed_lack(feature: str) -> Optional[NotSupportedError]:
+    """The feature prober's conclusive "no" for ``feature`` as an exception,
+    or None (supported, not a prober feature, or no prober installed)."""
+    try:
+        features = importlib.import_module("pytracers.features")
+    except ImportError:
+        return None
+    if feature not in getattr(features, "FEATURES", ()):
+        return None
+    f = features.probe_one(feature)
+    if f.supported or not f.conclusive:
+        return None
+    return NotSupportedError(feature, f.reason, min_kernel=f.min_kernel, hint=f.fix)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     req = _marker_args(item)
     if req is None:
         return
     features, mk = req
-    if "all" in _expected(item.config):
-        return
+    expect = _expected(item.config)
     for f in features:
-        if f in _expected(item.config):
+        if "all" in expect or f in expect:
             continue
         old = _too_old(f, mk)
         if old:
             pytest.skip(old)
+    # Ask the feature prober (pytracers.features) before running: a kind the
+    # kernel conclusively lacks is decided here by the same rule.
+    for f in features:
+        lack = _probed_lack(f)
+        if lack is not None:
+            _decide(features, mk, lack, expect)
 
 
 @pytest.hookimpl(wrapper=True)
