@@ -95,6 +95,17 @@ def function_suggestions(name: str) -> List[str]:
         return []
 
 
+def raw_tracepoint_suggestions(name: str) -> List[str]:
+    try:
+        import difflib
+
+        from . import tracefs
+        names = sorted({full.split(":", 1)[1] for full in tracefs.list_tracepoints()})
+        return difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    except Exception:
+        return []
+
+
 def function_exists(name: str) -> Optional[bool]:
     """Is ``name`` a function in the kernel's BTF or kallsyms (None: cannot tell)?"""
     try:
@@ -203,5 +214,7 @@ def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> Pytr
     if kind == "tp" and err == errno.ENOENT:
         return TargetNotFoundError("tracepoint", target)
     if kind == "raw_tp" and err == errno.ENOENT:
-        return TargetNotFoundError("raw tracepoint", target)
+        return TargetNotFoundError("raw tracepoint", target, raw_tracepoint_suggestions(target),
+                                   detail="a raw tracepoint is a tracepoint's name without its "
+                                          "category, e.g. sys_enter or sched_switch")
     return AttachError(what, err, libbpf_msg)

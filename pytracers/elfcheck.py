@@ -104,7 +104,7 @@ def read_object_bytes(path: str, *, allow_insecure: bool = False) -> bytes:
     if stat.S_ISDIR(st.st_mode):
         raise _fail(path, "is a directory", "pass the path of a .bpf.o file")
     if not stat.S_ISREG(st.st_mode):
-        raise _fail(path, "is not a regular file")
+        raise _fail(path, "is not a regular file", "pass the path of a .bpf.o file")
     if not allow_insecure:
         check_file_safety(path)
     try:
@@ -180,7 +180,9 @@ def inspect(path: str, data: bytes) -> ObjectInfo:
                                 "SEC(\"tp/...\"), SEC(\"kprobe/...\"), SEC(\"fentry/...\")")
             elif name and sec["sh_type"] == "SHT_PROGBITS" and not (sec["sh_flags"] & SHF_EXECINSTR):
                 if not (name.startswith(DATA_SECTION_PREFIXES) or is_program_section(name)):
-                    raise _fail(path, f"has an unknown section {name!r}")
+                    raise _fail(path, f"has an unknown section {name!r}",
+                                "libbpf reads only .data*, .rodata*, .bss*, .maps, license "
+                                "and program sections; rename or drop the section")
         btf = elf.get_section_by_name(".BTF")
         if btf is None:
             raise _fail(path, "has no .BTF section, so it is not a CO-RE object",
@@ -195,17 +197,20 @@ def inspect(path: str, data: bytes) -> ObjectInfo:
             raise _fail(path, "has no symbol table", "do not strip eBPF objects with strip(1)")
         _collect_symbols(info, symtab, index_to_name)
         if not info.programs:
-            raise _fail(path, "contains no BPF programs")
+            raise _fail(path, "contains no BPF programs",
+                        "mark each program with SEC(\"<kind>/<target>\"), e.g. SEC(\"tp/...\")")
         return info
     except InvalidObjectError:
         raise
     except (ELFError, ValueError, KeyError, IndexError, TypeError, AttributeError,
             AssertionError, OverflowError, UnicodeDecodeError, MemoryError, RecursionError,
             EOFError) as e:
-        raise _fail(path, f"is a damaged ELF file ({type(e).__name__}: {e})") from None
+        raise _fail(path, f"is a damaged ELF file ({type(e).__name__}: {e})",
+                    elfvalidate.REBUILD) from None
     except Exception as e:  # pyelftools raises many things on corrupt input (e.g. struct errors)
         if type(e).__module__.startswith(("elftools", "construct", "struct")):
-            raise _fail(path, f"is a damaged ELF file ({type(e).__name__}: {e})") from None
+            raise _fail(path, f"is a damaged ELF file ({type(e).__name__}: {e})",
+                        elfvalidate.REBUILD) from None
         raise
 
 

@@ -157,7 +157,8 @@ class ClosedError(PytracersError, ValueError):
     """The object was used after close() (or after the object that owns it closed)."""
 
     def __init__(self, what: str) -> None:
-        super().__init__(f"{what} is closed")
+        super().__init__(f"{what} is closed: it cannot be used after close() (or after the "
+                         "object that owns it was closed or loaded); open or create it again")
 
 
 class LoadError(PytracersError, OSError):

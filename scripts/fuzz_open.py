@@ -60,6 +60,10 @@ class Layout:
             self._parse(data)
         except (struct.error, IndexError, ValueError):
             pass
+        self.by_group: Dict[str, List[Tuple[str, int, int]]] = {}
+        for f in self.fields:
+            self.by_group.setdefault(f[0].split(".")[0], []).append(f)
+        self.groups = sorted(self.by_group)
 
     def _parse(self, d: bytes) -> None:
         ehdr = [("e_type", 16, 2), ("e_machine", 18, 2), ("e_version", 20, 4),
@@ -71,7 +75,7 @@ class Layout:
         for i, name in enumerate(("EI_CLASS", "EI_DATA", "EI_VERSION", "EI_OSABI")):
             self.fields.append(("ident." + name, 4 + i, 1))
         shoff, = struct.unpack_from("<Q", d, 40)
-        shnum, shstrndx = struct.unpack_from("<HxxH", d, 60)
+        shnum, shstrndx = struct.unpack_from("<HH", d, 60)
         shdrs = []
         for i in range(shnum):
             base = shoff + 64 * i
@@ -136,7 +140,10 @@ def mutate(seeds: List[Tuple[bytes, Layout]], rng: random.Random) -> Tuple[bytes
         op = rng.choice(("field", "field", "field", "field", "bitflip", "byte", "chunk",
                          "truncate", "splice", "zero_section"))
         if op == "field" and lay.fields:
-            name, off, size = rng.choice(lay.fields)
+            # pick the part of the file first, so the many BTF words do not
+            # crowd out the few header fields
+            group = rng.choice(lay.groups)
+            name, off, size = rng.choice(lay.by_group[group])
             cur = int.from_bytes(buf[off:off + size], "little") if off + size <= len(buf) else 0
             how = rng.randrange(4)
             if how == 0:
