@@ -71,7 +71,7 @@ import array
 import difflib
 import fnmatch
 import heapq
-from itertools import repeat
+from itertools import accumulate, compress, repeat
 import io
 import keyword
 import operator
@@ -82,7 +82,7 @@ import sys
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
-                    Tuple, Type, Union)
+                    Set, Tuple, Type, Union)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
@@ -399,6 +399,9 @@ class Record(Tuple[Any, ...]):
     __slots__ = ()
     _fields: Tuple[str, ...] = ()
 
+    if TYPE_CHECKING:  # fields are properties made at run time
+        def __getattr__(self, name: str) -> Any: ...
+
     @classmethod
     def _make(cls, iterable: Any) -> Any:
         return cls(iterable)
@@ -686,7 +689,10 @@ class StructLayout:
                 s = f"s{k}"
                 body.append(f"    {s} = _g{k}({val(vi)})")
                 body.append(f"    if {s} is None:")
-                body.append(f"        {s} = _cstr({val(vi)})")
+                body.append("        try:")
+                body.append(f"            {s} = {val(vi)}.partition(b'\\x00')[0].decode()")
+                body.append("        except UnicodeDecodeError:")
+                body.append(f"            {s} = _cstr({val(vi)})")
                 body.append(f"        if len({cache}) >= _MAX:")
                 body.append(f"            {cache}.clear()")
                 body.append(f"        {cache}[{val(vi)}] = {s}")
@@ -793,10 +799,12 @@ class Btf:
         self.end_id = self.start_id + len(self._starts)
         self._types: Dict[int, BtfType] = {}
         self._str_cache: Dict[int, str] = {}
-        self._by_name_off: Optional[Dict[int, List[int]]] = None
+        self._all_decoded = False
+        self._packed_name_offs: Optional[bytes] = None
         self._by_name: Optional[Dict[str, List[int]]] = None
         self._lookups = 0
         self._names_by_kind: Dict[Tuple[int, bool], List[str]] = {}
+        self._sorted_names: Dict[Tuple[int, bool], List[str]] = {}
         self._type_str_cache: Dict[int, str] = {}
         self._names_by_len: Dict[Tuple[int, bool], Dict[int, List[str]]] = {}
 
@@ -952,6 +960,26 @@ class Btf:
         self._str_cache[off] = s
         return s
 
+    def _all_strings(self) -> Dict[int, str]:
+        """Every string of the section by its offset, decoded in one pass (cached).
+
+        Also becomes the string cache, so later name look-ups are dict hits.
+        """
+        cache = self._str_cache
+        if not self._all_decoded:
+            strs = self._strs[:-1]  # drop the final NUL so split() yields no empty tail
+            if strs.isascii():
+                parts: List[str] = strs.decode("ascii").split("\0")
+            else:
+                parts = [p.decode("utf-8", "replace") for p in strs.split(b"\0")]
+            offsets = accumulate(map(operator.add, map(len, parts), repeat(1)),
+                                 initial=self.start_str_off)
+            new = dict(zip(offsets, parts))
+            new.update(cache)
+            self._str_cache = cache = new
+            self._all_decoded = True
+        return cache
+
     def _check_id(self, type_id: int) -> None:
         if not 0 <= type_id < self.end_id:
             raise BtfError(f"type id {type_id} out of range (0..{self.end_id - 1})")
@@ -1083,22 +1111,22 @@ class Btf:
         except ValueError:
             raise ValueError(f"unknown BTF kind {kind!r}") from None
 
-    def _name_index(self) -> Dict[int, List[int]]:
-        idx = self._by_name_off
-        if idx is None:
-            idx = {}
-            w = self._w
-            tid = self.start_id
-            for s in self._starts:
-                off = w[s]
-                lst = idx.get(off)
-                if lst is None:
-                    idx[off] = [tid]
-                else:
-                    lst.append(tid)
-                tid += 1
-            self._by_name_off = idx
-        return idx
+    def _ids_with_name_off(self, off: int) -> List[int]:
+        """Own type ids whose name_off is ``off`` (a 4-byte search over packed offsets)."""
+        packed = self._packed_name_offs
+        if packed is None:
+            packed = self._packed_name_offs = array.array(
+                _U32, map(self._w.__getitem__, self._starts)).tobytes()
+        pat = array.array(_U32, [off]).tobytes()
+        out = []
+        pos = packed.find(pat)
+        while pos >= 0:
+            if pos % 4 == 0:
+                out.append(self.start_id + pos // 4)
+                pos = packed.find(pat, pos + 4)
+            else:
+                pos = packed.find(pat, pos + 1)
+        return out
 
     def _build_name_dict(self) -> Dict[str, List[int]]:
         """name -> own type ids (decodes every name; used once look-ups get frequent)."""
@@ -1141,10 +1169,9 @@ class Btf:
         elif not raw:
             own = [t for t in range(self.start_id, self.end_id) if self.name_of(t) == ""]
         else:
-            index = self._name_index()
             own = []
             for off in self._str_offsets(raw + b"\0"):
-                own.extend(index.get(off, ()))
+                own.extend(self._ids_with_name_off(off))
             own.sort()
         if kind is not None:
             kinds = self._kinds
@@ -1189,17 +1216,28 @@ class Btf:
         assert k is not None
         include_base = include_base and self.base is not None
         key = (int(k), include_base)
+        cached = self._sorted_names.get(key)
+        if cached is None:
+            cached = self._sorted_names[key] = sorted(self._name_list(k, include_base))
+        return cached
+
+    def _name_list(self, k: Kind, include_base: bool) -> List[str]:
+        """Distinct non-empty names of kind ``k``, unsorted (cached)."""
+        include_base = include_base and self.base is not None
+        key = (int(k), include_base)
         cached = self._names_by_kind.get(key)
         if cached is None:
             w = self._w
-            starts = self._starts
-            str_ = self._str
             kk = int(k)
-            found = {str_(w[starts[i]]) for i, kd in enumerate(self._kinds) if kd == kk}
+            offs = list(map(w.__getitem__,
+                            compress(self._starts, map(kk.__eq__, self._kinds))))
+            strings = self._all_strings()
+            found: Set[Optional[str]] = set(map(strings.get, offs))
+            if None in found:   # offsets into the base's strings or mid-string (legal)
+                found.update(self._str(o) for o in offs if o not in strings)
             if include_base and self.base is not None:
-                found.update(self.base.names(k, include_base=True))
-            found.discard("")
-            cached = sorted(found)
+                found.update(self.base._name_list(k, True))
+            cached = [x for x in found if x]
             self._names_by_kind[key] = cached
         return cached
 
@@ -1209,20 +1247,18 @@ class Btf:
         For split (module) BTF only the module's own functions are listed unless
         ``include_base``.
         """
-        names = self.names(Kind.FUNC, include_base=include_base)
         if glob == "*":
-            return list(names)
+            return list(self.names(Kind.FUNC, include_base=include_base))
         if not any(c in glob for c in "*?["):
-            i = _bisect(names, glob)
-            return [glob] if i < len(names) and names[i] == glob else []
+            return [glob] if self._find_ids(glob, Kind.FUNC, include_base) else []
         match = re.compile(fnmatch.translate(glob)).match
-        return [n for n in names if match(n)]
+        return sorted(filter(match, self._name_list(Kind.FUNC, include_base)))
 
     def suggest(self, name: str, kind: Optional[KindLike] = "func", n: int = 5,
                 cutoff: float = 0.6) -> List[str]:
         """Up to ``n`` names of ``kind`` close to ``name`` (difflib ratio >= cutoff)."""
         k = self._norm_kind(kind) or Kind.FUNC
-        names = self.names(k, include_base=True)
+        names = self._name_list(k, True)
         key = (int(k), self.base is not None)
         by_len = self._names_by_len.get(key)
         if by_len is None:
@@ -1521,17 +1557,6 @@ class Btf:
                 raise BtfError(f"FUNC {t.name!r} (id {tid}) does not point to a FUNC_PROTO")
             if t.kind in _MODIFIERS:
                 self.resolve(t)
-
-
-def _bisect(names: List[str], x: str) -> int:
-    lo, hi = 0, len(names)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if names[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 _SUGGEST_POOL = 400
