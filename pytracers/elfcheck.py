@@ -91,60 +91,94 @@ def _fail(path: str, problem: str, hint: str = "") -> InvalidObjectError:
 
 
 def read_object_bytes(path: str, *, allow_insecure: bool = False) -> bytes:
-    """Read ``path`` after the safety checks; errors name the problem."""
+    """Read ``path`` after the safety checks; errors name the problem.
+
+    The file is opened once and everything -- its type, owner and mode, the
+    directories it lives in, its contents -- is checked on that open file, so
+    swapping the file (or a symlink to it) after the check cannot slip
+    another file past it.
+    """
     try:
-        st = os.stat(path)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise _fail(path, "no such file",
                     "check the path; pytracers.objects_dir() lists the shipped objects") from None
     except PermissionError:
-        raise _fail(path, "cannot read the file (permission denied)") from None
+        raise _fail(path, "cannot read the file (permission denied)",
+                    "check its permissions, or run as a user who can read it") from None
     except OSError as e:
-        raise _fail(path, f"cannot stat: {e.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise _fail(path, "is a directory", "pass the path of a .bpf.o file")
-    if not stat.S_ISREG(st.st_mode):
-        raise _fail(path, "is not a regular file", "pass the path of a .bpf.o file")
-    if not allow_insecure:
-        check_file_safety(path)
+        raise _fail(path, f"cannot open: {e.strerror}", "pass the path of a .bpf.o file") from None
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise _fail(path, f"cannot read: {e.strerror}") from None
-    return data
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise _fail(path, "is a directory", "pass the path of a .bpf.o file")
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(path, "is not a regular file", "pass the path of a .bpf.o file")
+        if not allow_insecure:
+            check_file_safety(path, fd=fd)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except OSError as e:
+                raise _fail(path, f"cannot read: {e.strerror}") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
-def check_file_safety(path: str) -> None:
+def _dirs_above(p: str) -> List[str]:
+    out = []
+    d = os.path.dirname(p)
+    while True:
+        out.append(d)
+        if d == "/" or not d:
+            return out
+        d = os.path.dirname(d)
+
+
+def check_file_safety(path: str, *, fd: Optional[int] = None) -> None:
     """As root, refuse files (and directories on their path) others can change.
 
-    The rules: the file and every directory above it must be owned by root or
-    by the current user, and must not be writable by group or others -- except
-    a sticky directory such as /tmp, whose other users cannot replace our
-    file.  Only enforced when running as root (euid 0): an unprivileged
-    process cannot load BPF programs that matter.
+    The rules: the file and every directory above it -- both on the path as
+    given and where the file really is (after symlinks) -- must be owned by
+    root (or the current user) and must not be writable by group or others,
+    except a sticky directory such as /tmp, whose other users cannot replace
+    our file.  With ``fd`` (the open file) the file itself is checked through
+    the descriptor.  Only enforced when running as root (euid 0): an
+    unprivileged process cannot load BPF programs that matter.
     """
     if os.geteuid() != 0:
         return
-    real = os.path.realpath(path)
     me = os.geteuid()
-    cur = real
-    first = True
-    while True:
-        st = os.stat(cur)
-        what = "the file" if first else f"directory {cur}"
+
+    def check(st: os.stat_result, what: str, is_dir: bool) -> None:
         if st.st_uid not in (0, me):
             raise InsecureFileError(path, f"{what} is owned by uid {st.st_uid}")
         writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        sticky_dir = (not first) and stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-        if writable and not sticky_dir:
+        if writable and not (is_dir and st.st_mode & stat.S_ISVTX):
             who = "group" if st.st_mode & stat.S_IWGRP else "others"
             raise InsecureFileError(path, f"{what} is writable by {who} "
                                           f"(mode {stat.filemode(st.st_mode)})")
-        if cur == "/":
-            break
-        cur = os.path.dirname(cur)
-        first = False
+
+    if fd is not None:
+        check(os.fstat(fd), "the file", False)
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if real.endswith(" (deleted)"):
+            real = real[:-len(" (deleted)")]
+    else:
+        check(os.stat(path), "the file", False)
+        real = os.path.realpath(path)
+    seen = set()
+    for d in _dirs_above(os.path.abspath(path)) + _dirs_above(real):
+        if d in seen or not d:
+            continue
+        seen.add(d)
+        check(os.stat(d), f"directory {d}", True)
 
 
 def inspect(path: str, data: bytes) -> ObjectInfo:

@@ -15,6 +15,14 @@ if TYPE_CHECKING:
 __all__ = ["Link"]
 
 
+def check_pin_path(path: str) -> None:
+    """Pins live in bpffs: refuse anything else (and '..' walking out of it)."""
+    if not isinstance(path, str) or not path.startswith("/sys/fs/bpf/") or \
+            ".." in path.split("/"):
+        raise BadArgumentError("pin paths must lie under /sys/fs/bpf/ (no '..'), "
+                               f"e.g. /sys/fs/bpf/myagent_link; got {path!r}")
+
+
 class Link(Resource):
     """An attachment of ``program`` of ``kind`` to ``target``."""
 
@@ -35,8 +43,7 @@ class Link(Resource):
     def pin(self, path: str) -> None:
         """Pin the link in bpffs (mode 0600) so it outlives this process."""
         self._check()
-        if not isinstance(path, str) or not path.startswith("/sys/fs/bpf/"):
-            raise BadArgumentError("pin paths must lie under /sys/fs/bpf/")
+        check_pin_path(path)
         old = os.umask(0o177)
         try:
             rc, err, cap = _libbpf.call_with_log(lib.bpf_link__pin, self._ptr, path.encode())

@@ -204,6 +204,23 @@ class Map:
         for _, v in self.items():
             yield v
 
+    def pin(self, path: str) -> None:
+        """Pin the map in bpffs (mode 0600) so it outlives this process;
+        ``os.unlink(path)`` unpins it."""
+        import os
+
+        from .link import check_pin_path
+        check_pin_path(path)
+        fd = self.fd
+        old = os.umask(0o177)   # the kernel creates the pin with 0600 & ~umask
+        try:
+            rc, err, cap = _libbpf.call_with_log(lib.bpf_obj_pin, fd, path.encode())
+        finally:
+            os.umask(old)
+        if rc < 0:
+            raise LoadError(f"pin map {self.name} at {path}", -rc, cap.last_line())
+        os.chmod(path, 0o600)
+
     def sum_percpu_u64(self, key: Key = 0) -> int:
         """Sum a per-CPU u64 counter over all CPUs (0 when absent)."""
         v = self.lookup(key)

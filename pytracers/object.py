@@ -10,6 +10,7 @@ misconfigured because it has no such methods.
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
@@ -17,8 +18,8 @@ from . import _errmap, _libbpf
 from ._libbpf import ffi, lib
 from ._resource import Resource
 from .elfcheck import ObjectInfo, Variable, inspect, program_kind, read_object_bytes
-from .errors import (BadArgumentError, BadTypeError, ClosedError, LoadError, PytracersError,
-                     TargetNotFoundError)
+from .errors import (BadArgumentError, BadTypeError, ClosedError, LoadError,
+                     PermissionDeniedError, PytracersError, TargetNotFoundError)
 
 __all__ = ["open", "OpenObject", "OpenProgram", "OpenMap", "Object", "Config"]
 
@@ -317,6 +318,11 @@ class OpenObject:
                 if buf[0] != b"\0":
                     failed = name
         if failed is None:
+            if err in (errno.EPERM, errno.EACCES):   # refused before any program loaded
+                missing = _errmap.missing_bpf_caps()
+                if missing:
+                    return PermissionDeniedError(f"load {self.path}", missing, errno=err,
+                                                 detail="run as root or grant the capability")
             return LoadError(f"load {self.path}", err, cap.last_line())
         prog = self.programs[failed]
         log = ffi.string(logs[failed]).decode("utf-8", "replace")
