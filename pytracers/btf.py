@@ -27,10 +27,15 @@ Design notes
   ``array`` of 32-bit words (byte-swapped if needed) and walks it once,
   recording for every type only where its record starts and its kind.  A
   :class:`BtfType` is decoded on first use and cached; names are decoded from
-  the string section on demand and cached.  Name look-ups search the string
-  section for ``name\\0`` (a C-speed bytes search) and then map the string
-  offsets found to type ids through a lazily built offset index, so no name is
-  decoded that is not asked for.
+  the string section on demand and cached (listing a kind's names decodes the
+  whole section in one ``split``).  A name look-up searches the string section
+  for ``name\\0`` and the packed name offsets of all types for the offsets
+  found (both C-speed bytes searches), so a single look-up decodes no other
+  name; after many look-ups on one blob a full name -> ids dict is built.
+* Type ids and kinds may be given as ``int``/:class:`Kind` or as lower-case
+  names (``"struct"``, ``"func"``).  A split blob answers for its base's ids
+  too; :meth:`Btf.functions` and :meth:`Btf.names` list only the blob's own
+  types unless ``include_base=True``, :meth:`Btf.find` searches base first.
 * Byte order: the magic is accepted in either byte order.  A blob written on
   a machine of the other byte order is parsed correctly (its words are
   byte-swapped on load), and layouts made from it decode data in *that* byte
@@ -64,6 +69,9 @@ Event layout rules (:meth:`Btf.struct_layout`)
   dtype keeps the shape).
 * Bitfields are rejected with :class:`BtfUnsupportedError`.  Zero-length
   (flexible) arrays are left out.
+* Records (:meth:`StructLayout.record_class`) are tuple subclasses; a field
+  ``a.b`` is the attribute ``a_b`` and keeps its dotted name in ``_fields`` /
+  ``_asdict()``.
 """
 from __future__ import annotations
 
@@ -412,9 +420,6 @@ class Record(Tuple[Any, ...]):
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={v!r}" for n, v in zip(self._fields, self))
         return f"{type(self).__name__}({inner})"
-
-    def __getnewargs__(self) -> Tuple[Any, ...]:
-        return (tuple(self),)
 
     def __reduce__(self) -> Any:
         return (_rebuild_record, (self._layout_key(), tuple(self)))
@@ -1185,13 +1190,18 @@ class Btf:
         """All types named ``name`` (any name if None) of ``kind`` (any if None), in id order."""
         k = self._norm_kind(kind)
         if name is None:
-            first = 1 if include_base else self.start_id
-            out = []
-            for tid in range(first, self.end_id):
-                if k is None or self.kind_of(tid) == k:
-                    out.append(self.type(tid))
-            return out
+            return [self.type(t) for t in self._ids_of_kind(k, include_base)]
         return [self.type(t) for t in self._find_ids(name, k, include_base)]
+
+    def _ids_of_kind(self, k: Optional[Kind], include_base: bool) -> List[int]:
+        ids = (self.base._ids_of_kind(k, True)
+               if include_base and self.base is not None else [])
+        own = range(self.start_id, self.end_id)
+        if k is None:
+            ids.extend(own)
+        else:
+            ids.extend(compress(own, map(int(k).__eq__, self._kinds)))
+        return ids
 
     def find(self, name: str, kind: Optional[KindLike] = None) -> Optional[BtfType]:
         """The first type named ``name`` (of ``kind``: "struct", "func", Kind.INT, ...), or None."""
@@ -1257,7 +1267,9 @@ class Btf:
     def suggest(self, name: str, kind: Optional[KindLike] = "func", n: int = 5,
                 cutoff: float = 0.6) -> List[str]:
         """Up to ``n`` names of ``kind`` close to ``name`` (difflib ratio >= cutoff)."""
-        k = self._norm_kind(kind) or Kind.FUNC
+        k = self._norm_kind(kind)
+        if k is None:
+            k = Kind.FUNC
         names = self._name_list(k, True)
         key = (int(k), self.base is not None)
         by_len = self._names_by_len.get(key)
@@ -1477,7 +1489,8 @@ class Btf:
                     out.append(f)
                 continue
             skind = self._scalar_kind(mt, where)
-            out.append(Field(fname, off, msize, skind, 1, type_name=tname))
+            out.append(Field(fname, off, msize, skind, msize if skind == "bytes" else 1,
+                             type_name=tname))
 
     def _scalar_kind(self, t: BtfType, where: str) -> str:
         k = t.kind

@@ -307,7 +307,8 @@ def test_find_resolve_size(sample: Tuple[Btf, Dict[str, int]]) -> None:
     assert btf.find("event") is not None and btf.find("nope") is None
     assert btf.get("u64").kind == Kind.TYPEDEF
     assert [t.id for t in btf.find_all("int")] == [ids["int"]]
-    assert len(btf.find_all(kind="func")) == 4
+    assert [t.name for t in btf.find_all(kind="func")] == ["do_open", "do_nothing", "printk", "do_cb"]
+    assert len(btf.find_all()) == len(btf) and btf.find_all(kind=Kind.VOID) == []
     assert btf.has("do_open", "func") and not btf.has("do_open", "struct")
     assert btf.find("", "ptr") is not None    # anonymous types can be found by ""
     assert btf.find("a\0b") is None
@@ -490,7 +491,7 @@ def test_plain_decoder_and_big_layouts() -> None:
     b.struct("one", 4, [("a", u32, 0)])
     big = b.array(u32, 300)
     b.struct("big", 1200, [("v", big, 0)])
-    b.struct("wide", 16, [("x", i128, 0)])
+    b.struct("wide", 32, [("x", i128, 0), ("ld", b.float_("long double", 16), 128)])
     b.struct("empty", 0, [])
     grid = b.array(b.array(u32, 3), 2)
     flex = b.array(u32, 0)
@@ -504,7 +505,9 @@ def test_plain_decoder_and_big_layouts() -> None:
     rec = btf.struct_layout("big").decode(struct.pack("<300I", *vals))
     assert rec.v == tuple(vals)
     w = btf.struct_layout("wide")
-    assert w.fields[0].kind == "int" and w.decode((-3).to_bytes(16, "little", signed=True)).x == -3
+    assert [(f.kind, f.size, f.count) for f in w.fields] == [("int", 16, 1), ("bytes", 16, 16)]
+    wrec = w.decode((-3).to_bytes(16, "little", signed=True) + b"\x01" * 16)
+    assert wrec.x == -3 and wrec.ld == b"\x01" * 16
     assert btf.struct_layout("empty").decode(b"") == ()
     g = btf.struct_layout("grid")
     assert [(f.name, f.kind, f.count, f.shape) for f in g.fields] == [
