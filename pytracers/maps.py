@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 from . import _libbpf
 from ._libbpf import ffi, lib
-from .errors import BadArgumentError, BadTypeError, LoadError, NotSupportedError
+from .errors import BadArgumentError, BadTypeError, LoadError
 
 if TYPE_CHECKING:
     from .object import Object
@@ -277,21 +277,22 @@ class TypedMap:
 
 
 def _btf_codec(btf: Any, type_id: int, size: int) -> Callable[[bytes], Any]:
-    """A decoder for a value of BTF type ``type_id`` (bytes if unknown)."""
+    """A decoder for a value of BTF type ``type_id``: ints and enums as int,
+    structs as records; anything else (or no BTF) as bytes."""
+    from .btf import BtfError, Kind
     if not type_id:
         return bytes
     try:
         t = btf.resolve(btf.type(type_id))
-        kind = getattr(t, "kind", None)
-        kind = getattr(kind, "name", kind)
-        if kind == "INT" or kind == "ENUM":
-            signed = bool(getattr(t, "signed", False))
-            return lambda b: int.from_bytes(b[:size], "little", signed=signed)
-        if kind in ("STRUCT", "UNION") and getattr(t, "name", ""):
-            dec = btf.struct_layout(t.name).decoder()
-            return lambda b: dec(b, 0)
-    except NotSupportedError:
-        raise
-    except Exception:
-        pass
+    except BtfError:
+        return bytes
+    if t.kind in (Kind.INT, Kind.ENUM, Kind.ENUM64):
+        signed = bool(t.signed)
+        return lambda b: int.from_bytes(b[:size], "little", signed=signed)
+    if t.kind == Kind.STRUCT:
+        try:
+            dec = btf.struct_layout(t).decoder()
+        except BtfError:
+            return bytes
+        return lambda b: dec(b, 0)
     return bytes

@@ -156,3 +156,18 @@ def test_dropped_link_stays_attached_until_object_closes():
         child.wait()
         pids = [struct.unpack_from("<QI", r)[1] for r in rb.events(timeout=1.0)]
         assert child.pid in pids
+
+
+def test_typed_map_view_decodes_through_btf():
+    with pytracers.open(EXEC).load() as obj:
+        lost = obj.maps["lost"].typed            # per-CPU u64
+        assert all(v == 0 for v in lost[0])
+        pending = obj.maps["pending"]            # u32 -> struct exec_event
+        raw = bytearray(pending.value_size)
+        struct.pack_into("<QIII", raw, 0, 123, 77, 78, 1)
+        raw[24:28] = b"abc\0"
+        raw[56:60] = b"/x\0\0"
+        pending.update(5, bytes(raw))
+        ev = pending.typed[5]
+        assert (ev.ts_ns, ev.pid, ev.tid, ev.cpu, ev.comm, ev.filename) == (123, 77, 78, 1, "abc", "/x")
+        assert dict(pending.typed.items()) == {5: ev}
