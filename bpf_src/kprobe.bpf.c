@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Function tracer through kprobes; the traced function is chosen at attach
+ * time (bpf_program__attach_kprobe(prog, retprobe, func)).
+ *
+ *   fn_kprobe / fn_kretprobe               SEC("kprobe") / SEC("kretprobe")
+ *   fn_kprobe_multi / fn_kretprobe_multi   SEC("?kprobe.multi") /
+ *                                          SEC("?kretprobe.multi")
+ *                                          ("?": autoload off by default)
+ *
+ * The entry program records the six argument registers and the start time
+ * (func_event.h: per-thread call stack in `inflight`); the return program
+ * emits one FN_RETURN event with args, return value and latency.  With
+ * cfg_emit_entry the entry program also emits an FN_ENTRY event.
+ *
+ * Only the pair Python autoloads is loaded.  fn_kprobe/fn_kretprobe use
+ * nothing newer than 5.10; ip is then the probed address taken from the
+ * registers at entry (the kprobe's regs->ip is one past the probed
+ * instruction), and 0 in a return event whose entry was not seen -- Python
+ * knows which function it attached to.  The kprobe.multi pair needs a kernel
+ * with kprobe_multi links (5.18+, where bpf_get_func_ip is also available):
+ * ip is then the function's address in every event, and returns are matched
+ * to entries of the same function.
+ */
+#include "func_event.h"
+
+#ifndef bpf_target_x86
+#error "fn_args(): only the x86-64 calling convention is implemented"
+#endif
+
+static __always_inline void fn_args(struct pt_regs *ctx, __u64 *args)
+{
+	args[0] = PT_REGS_PARM1(ctx);
+	args[1] = PT_REGS_PARM2(ctx);
+	args[2] = PT_REGS_PARM3(ctx);
+	args[3] = PT_REGS_PARM4(ctx);
+	args[4] = PT_REGS_PARM5(ctx);
+	args[5] = ctx->r9;          /* 6th argument register on x86-64 */
+}
+
+static __always_inline int fn_entry(struct pt_regs *ctx, __u64 ip)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct fn_frame *f;
+
+	if (!pt_wanted(pid_tgid >> 32))
+		return 0;
+	f = fn_push((__u32)pid_tgid);
+	if (f) {
+		f->ip = ip;
+		f->start_ns = bpf_ktime_get_ns();
+		fn_args(ctx, f->args);
+		if (cfg_emit_entry)
+			fn_emit(pid_tgid, FN_ENTRY, ip, f->args, 0, 0);
+	} else if (cfg_emit_entry) {
+		__u64 args[FN_NARGS];
+
+		fn_args(ctx, args);
+		fn_emit(pid_tgid, FN_ENTRY, ip, args, 0, 0);
+	}
+	return 0;
+}
+
+static __always_inline int fn_return(struct pt_regs *ctx, __u64 ip, bool match_ip)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct fn_frame f;
+
+	if (fn_pop((__u32)pid_tgid, ip, match_ip, &f)) {
+		fn_emit(pid_tgid, FN_RETURN | FN_HAS_RET, f.ip, f.args,
+			PT_REGS_RC(ctx), f.start_ns);
+		return 0;
+	}
+	/* entry not seen: the filters were not applied there */
+	if (!pt_wanted(pid_tgid >> 32))
+		return 0;
+	fn_emit(pid_tgid, FN_RETURN | FN_HAS_RET, ip, NULL, PT_REGS_RC(ctx), 0);
+	return 0;
+}
+
+SEC("kprobe")
+int fn_kprobe(struct pt_regs *ctx)
+{
+	return fn_entry(ctx, PT_REGS_IP(ctx) - 1);
+}
+
+SEC("kretprobe")
+int fn_kretprobe(struct pt_regs *ctx)
+{
+	return fn_return(ctx, 0, false);
+}
+
+SEC("?kprobe.multi")
+int fn_kprobe_multi(struct pt_regs *ctx)
+{
+	return fn_entry(ctx, bpf_get_func_ip(ctx));
+}
+
+SEC("?kretprobe.multi")
+int fn_kretprobe_multi(struct pt_regs *ctx)
+{
+	return fn_return(ctx, bpf_get_func_ip(ctx), true);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
