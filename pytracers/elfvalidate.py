@@ -32,7 +32,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .errors import InvalidObjectError
 
-__all__ = ["check_structure", "check_btf", "check_btf_ext", "Section"]
+__all__ = ["check_structure", "check_btf", "check_btf_ext", "symbols", "Section", "Symbol"]
 
 REBUILD = "the file is damaged or was not produced by clang -target bpf; rebuild it"
 
@@ -246,6 +246,29 @@ def _check_symbols(path: str, data: bytes, sections: List[Section], symtab: Sect
         if typ == 2 and sec.flags & SHF_EXECINSTR and (value % INSN_SIZE or size % INSN_SIZE):
             raise _bad(path, f"function symbol {k} in {sec.name!r} is not a whole number of "
                              "BPF instructions")
+
+
+class Symbol(NamedTuple):
+    name: str
+    type: int      # STT_*
+    bind: int      # STB_*
+    shndx: int
+    value: int
+    size: int
+
+
+def symbols(data: bytes, sections: List[Section]) -> List[Symbol]:
+    """The symbols of a file that passed :func:`check_structure`."""
+    symtab = next(s for s in sections if s.type == SHT_SYMTAB)
+    strtab = sections[symtab.link]
+    end = strtab.offset + strtab.size
+    unpack = struct.Struct("<IBBHQQ").unpack_from
+    out = []
+    for k in range(1, symtab.size // SYM_SIZE):
+        name_off, info, _other, shndx, value, size = unpack(data, symtab.offset + k * SYM_SIZE)
+        name = _cstr(data, strtab.offset + name_off, end) or ""
+        out.append(Symbol(name, info & 0xF, info >> 4, shndx, value, size))
+    return out
 
 
 def _applied_by_libbpf(target: Section) -> bool:
