@@ -27,5 +27,14 @@ def object_path(name: str) -> str:
     return _os.path.join(objects_dir(), f"{name}.bpf.o")
 
 
+# The tracers, the feature prober and the "which probe?" entry points (they
+# use object_path above).
+from . import features  # noqa: E402
+from .choose import trace_function, trace_syscall  # noqa: E402
+from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,  # noqa: E402
+                      SyscallTracer, Tracer)
+
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",
+           "features", "trace_function", "trace_syscall", "Tracer", "ExecTracer",
+           "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
            *errors.__all__]

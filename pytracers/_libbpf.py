@@ -106,6 +106,8 @@ int bpf_map__type(const struct bpf_map *map);
 int bpf_map__fd(const struct bpf_map *map);
 __u32 bpf_map__max_entries(const struct bpf_map *map);
 int bpf_map__set_max_entries(struct bpf_map *map, __u32 max_entries);
+int bpf_map__set_autocreate(struct bpf_map *map, bool autocreate);
+bool bpf_map__autocreate(const struct bpf_map *map);
 __u32 bpf_map__key_size(const struct bpf_map *map);
 __u32 bpf_map__value_size(const struct bpf_map *map);
 __u32 bpf_map__map_flags(const struct bpf_map *map);

@@ -61,6 +61,10 @@ class _View(Mapping[str, Any]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default goes through __getitem__, whose error is not a KeyError
+        return name in self._items
+
     def __len__(self) -> int:
         return len(self._items)
 
@@ -226,6 +230,21 @@ class OpenMap:
         rc = lib.bpf_map__set_max_entries(self._ptr, n)
         if rc < 0:
             raise BadArgumentError(f"cannot resize map {self.name}: {_os_err(-rc)}")
+
+    @property
+    def autocreate(self) -> bool:
+        """Whether load creates this map (off: programs using it cannot load)."""
+        self._obj._check_open()
+        return bool(lib.bpf_map__autocreate(self._ptr))
+
+    @autocreate.setter
+    def autocreate(self, value: bool) -> None:
+        self._obj._check_open()
+        if not isinstance(value, bool):
+            raise BadTypeError("autocreate must be True or False")
+        rc = lib.bpf_map__set_autocreate(self._ptr, value)
+        if rc < 0:
+            raise BadArgumentError(f"cannot change autocreate of map {self.name}: {_os_err(-rc)}")
 
     @property
     def key_size(self) -> int:

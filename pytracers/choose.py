@@ -1,0 +1,207 @@
+"""Which probe should I choose?  ``trace_function`` and ``trace_syscall`` answer
+on the running kernel, and say why in ``t.why``.
+
+    with pytracers.trace_function("do_unlinkat") as t:     # fentry, else kprobe
+        for ev in t.events(timeout=1.0):
+            print(ev.pid, ev.comm, ev.args, ev.ret, ev.latency_ns)
+    with pytracers.trace_syscall("openat") as t: ...       # tp, else tp_btf, else raw_tp
+
+Choice rules
+------------
+For a kernel function (``trace_function(name, kind=None, stable=False)``):
+
+1. ``kind`` given: exactly that kind (fentry/fexit -> the trampoline tracer,
+   kprobe/kretprobe -> the kprobe tracer, kprobe_multi -> a glob); its failure
+   is raised as is -- no fallback behind the caller's back.
+2. ``stable=True``: a matching tracepoint instead of the function.  A kernel
+   function is internal: it may be renamed, inlined or change its arguments
+   between releases (``do_unlinkat`` returned ``long`` in 5.10 and ``int``
+   later), while tracepoints are a stable interface.  The syscall a function
+   implements is found from a small table (``do_unlinkat`` -> unlink,
+   unlinkat) or by its name (``__x64_sys_X``, ``ksys_X``, ``do_sys_X``,
+   ``do_X`` -> syscall X), and traced with the per-syscall tracepoints (tp).
+   No matching tracepoint: TargetNotFoundError.
+3. Otherwise fentry/fexit first: a trampoline is a direct call (no
+   breakpoint trap), the verifier types the arguments from BTF, and fexit sees
+   arguments and return value together.
+4. kprobe/kretprobe when trampolines are refused (EPERM from a security
+   module, no trampoline support) or missing for this function (no BTF).
+5. Neither works: NotSupportedError naming both refusals ("fentry: ...;
+   kprobe: ..."), or TargetNotFoundError (with suggestions) when the function
+   exists neither in BTF nor in kallsyms.
+
+For a syscall (``trace_syscall(name, kind=None)``):
+
+1. ``kind`` given (tp, raw_tp, tp_btf): exactly that kind.
+2. Otherwise tp: the per-syscall tracepoint ``syscalls:sys_enter_<X>`` costs
+   only calls of X, while raw_tp and tp_btf on ``sys_enter`` run on every
+   syscall of the system (and drop the others by id in BPF).  So tp unless
+   the kernel has no syscall tracepoints; then tp_btf (cheapest per call),
+   then raw_tp.  ``t.why`` states the trade-off.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+from .errors import BadArgumentError, NotSupportedError, TargetNotFoundError
+from .tracers.base import Tracer
+from .tracers.function import FunctionTracer
+from .tracers.syscalls import SyscallTracer, kernel_syscalls, tracepoint_name
+
+__all__ = ["trace_function", "trace_syscall", "stable_tracepoints", "FUNCTION_KINDS",
+           "SYSCALL_KINDS"]
+
+FUNCTION_KINDS = {"fentry": "fentry", "fexit": "fentry", "kprobe": "kprobe",
+                  "kretprobe": "kprobe", "kprobe_multi": "kprobe_multi"}
+SYSCALL_KINDS = ("tp", "raw_tp", "tp_btf")
+SYSCALL_FALLBACK = ("tp", "tp_btf", "raw_tp")
+
+# Kernel functions whose callers are several syscalls (the name rule finds one).
+STABLE = {
+    "do_unlinkat": ("unlink", "unlinkat"),
+    "do_rmdir": ("rmdir", "unlinkat"),
+    "do_mkdirat": ("mkdir", "mkdirat"),
+    "do_sys_open": ("open", "openat"),
+    "do_sys_openat2": ("open", "openat", "openat2"),
+    "do_renameat2": ("rename", "renameat", "renameat2"),
+    "do_linkat": ("link", "linkat"),
+    "do_symlinkat": ("symlink", "symlinkat"),
+    "do_execve": ("execve",),
+    "do_execveat_common": ("execve", "execveat"),
+    "do_fchmodat": ("chmod", "fchmodat"),
+    "do_faccessat": ("access", "faccessat", "faccessat2"),
+    "ksys_read": ("read",),
+    "ksys_write": ("write",),
+}
+_PREFIXES = ("__x64_sys_", "__ia32_sys_", "__se_sys_", "__do_sys_", "__sys_", "ksys_",
+             "do_sys_", "do_", "sys_")
+
+
+def stable_tracepoints(function: str) -> List[str]:
+    """Syscalls whose tracepoints stand in for kernel function ``function``
+    (empty when none matches); only syscalls this kernel traces."""
+    have = kernel_syscalls()
+    if have is None:
+        return []
+    have_set = set(have)
+    cands: Sequence[str] = STABLE.get(function, ())
+    if not cands:
+        for p in _PREFIXES:
+            if function.startswith(p) and len(function) > len(p):
+                cands = (function[len(p):],)
+                break
+        else:
+            cands = (function,)
+    return [c for c in cands if tracepoint_name(c) in have_set]
+
+
+def _function_exists(name: str) -> Optional[bool]:
+    from .features import kallsyms_functions
+    from .tracers.function import signature
+    if signature(name) is not None:
+        return True
+    syms = kallsyms_functions()
+    return None if syms is None else name in syms
+
+
+def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
+                   **filters: Any) -> Tracer:
+    """Trace kernel function ``name`` with the best probe this kernel allows
+    (see the module docstring for the rules).  Returns a started tracer:
+    use it as a context manager; ``t.kind``, ``t.why``, ``t.events(timeout)``
+    yield events with ``pid, tid, comm, args, ret, latency_ns``.
+
+    ``filters``: ``pid=``, ``comm=`` and the other tracer options
+    (``ring_size=``, ``wakeup_bytes=``...).
+    """
+    if not isinstance(name, str) or not name:
+        raise BadArgumentError("trace_function() needs a function name")
+    if stable:
+        if kind is not None and kind not in ("tp",):
+            raise BadArgumentError("stable=True traces a tracepoint; do not also pass "
+                                   f"kind={kind!r}")
+        syscalls = stable_tracepoints(name)
+        if not syscalls:
+            raise TargetNotFoundError(
+                "stable tracepoint for kernel function", name,
+                detail="no syscall tracepoint corresponds to it; trace the function itself "
+                       "with stable=False (fentry or kprobe)")
+        st = SyscallTracer(syscalls, kind="tp", **filters)
+        st.why = (f"stable=True: {name} is an internal kernel function whose name and "
+                 f"arguments may change between releases; the syscall tracepoints of "
+                  f"{', '.join(syscalls)} are a stable interface. " + st.why)
+        return st
+    if kind is not None:
+        k = FUNCTION_KINDS.get(kind)
+        if k is None:
+            raise BadArgumentError(f"kind must be one of {', '.join(FUNCTION_KINDS)}, "
+                                   f"not {kind!r}")
+        t = FunctionTracer(name, kind=k, **filters)
+        t.why = f"kind={kind!r} requested. " + t.why
+        return t
+    refusals: List[Tuple[str, Exception]] = []
+    for k in ("fentry", "kprobe"):
+        if k == "kprobe" and isinstance(refusals[0][1], TargetNotFoundError) and \
+                _function_exists(name) is False:
+            raise refusals[0][1]          # in neither BTF nor kallsyms: no kprobe either
+        try:
+            t = FunctionTracer(name, kind=k, **filters)
+        except (NotSupportedError, TargetNotFoundError) as e:
+            refusals.append((k, e))
+            continue
+        if k == "fentry":
+            t.why = ("fentry/fexit chosen first: BPF trampolines work here and " + name +
+                     " has BTF; a trampoline is a direct call (no breakpoint trap), its "
+                     "arguments are typed by the verifier, and fexit sees arguments and return "
+                     "value together")
+        else:
+            t.why = (f"kprobe chosen because fentry was refused ({_short(refusals[0][1])}); "
+                     "kprobe/kretprobe are breakpoint probes on entry and return")
+        return t
+    if all(isinstance(e, TargetNotFoundError) for _k, e in refusals) or \
+            _function_exists(name) is False:
+        missing = [e for _k, e in refusals if isinstance(e, TargetNotFoundError)]
+        if missing:
+            raise missing[-1]
+        from ._errmap import function_suggestions
+        raise TargetNotFoundError("kernel function", name, function_suggestions(name),
+                                  detail="in neither the kernel's BTF nor kallsyms")
+    reason = "; ".join(f"{k}: {_short(e)}" for k, e in refusals)
+    raise NotSupportedError(f"tracing kernel function {name}", reason,
+                            hint="trace a tracepoint instead: trace_function(name, "
+                                 "stable=True) or trace_syscall()")
+
+
+def _short(e: Exception) -> str:
+    if isinstance(e, NotSupportedError):
+        return e.reason
+    return str(e)
+
+
+def trace_syscall(name: Union[str, Sequence[str]], kind: Optional[str] = None,
+                  **filters: Any) -> SyscallTracer:
+    """Trace syscall(s) ``name`` with the cheapest probe for the job (see the
+    module docstring).  Returns a started :class:`SyscallTracer`."""
+    if kind is not None:
+        if kind not in SYSCALL_KINDS:
+            raise BadArgumentError(f"kind must be one of {', '.join(SYSCALL_KINDS)}, "
+                                   f"not {kind!r}")
+        st = SyscallTracer(name, kind=kind, **filters)
+        st.why = f"kind={kind!r} requested. " + st.why
+        return st
+    refusals: Dict[str, NotSupportedError] = {}
+    for k in SYSCALL_FALLBACK:
+        try:
+            t = SyscallTracer(name, kind=k, **filters)
+        except NotSupportedError as e:
+            refusals[k] = e
+            continue
+        if k == "tp":
+            t.why += ("; chosen over raw_tp/tp_btf, whose sys_enter/sys_exit probes would run "
+                      "on every syscall of the system")
+        else:
+            t.why = ("; ".join(f"{r} unavailable ({e.reason})" for r, e in refusals.items())
+                     + ". " + t.why)
+        return t
+    raise NotSupportedError("syscall tracing", "; ".join(f"{k}: {e.reason}"
+                                                         for k, e in refusals.items()))

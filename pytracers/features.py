@@ -1,0 +1,629 @@
+"""What this kernel supports, each answer with its reason: ``probe()`` and ``can_attach()``.
+
+    report = pytracers.features.probe()
+    report.fentry.supported, report.fentry.reason, report.fentry.fix
+    print(report.table())
+
+How each feature is decided
+---------------------------
+Where reading a file is not enough, by a real, tiny load + attach attempt
+(the programs of ``probe.bpf.o``, one loaded at a time, each returning 0 and
+detached/closed at once), as libbpf-tools' ``fentry_can_attach`` does:
+
+=============  ===========================================================
+btf            /sys/kernel/btf/vmlinux exists and parses
+ringbuf        load a program that reserves/discards in a ring-buffer map
+tp             attach to syscalls:sys_enter_getpid (else sched:sched_switch)
+raw_tp         attach to the raw tracepoint sys_enter
+tp_btf         load (BTF target sys_enter) and attach
+kprobe         attach a kprobe to a probe function (security_file_open...)
+kretprobe      the same, as a return probe
+kprobe_multi   one multi-kprobe link on that function (by name)
+fentry/fexit   load against the probe function's BTF, attach
+fmod_ret       load against security_file_open (returns 0: no effect), attach
+cookies        load a program calling bpf_get_attach_cookie
+tracefs        mounted, or mountable (pytracers mounts it when needed)
+lockdown       securityfs' lockdown mode (confidentiality forbids tracing reads)
+=============  ===========================================================
+
+Contract (as cilium/ebpf's features package): only success and
+:class:`~pytracers.errors.NotSupportedError` are conclusive about the kernel.
+Conclusive answers are cached for the life of the process; an inconclusive
+"no" (permission, a missing probe target, an unexpected errno) is reported
+with ``conclusive=False`` and tried again next time.  ``probe(refresh=True)``
+forgets the cache.
+
+``can_attach(kind, function)`` answers for one function: the kind works here
+and the function is in the kernel's BTF (trampolines), in kallsyms (kprobes),
+in available_filter_functions when readable (trampolines and kprobe_multi
+need an ftrace site: a function missing there is notrace or inlined), not on
+the kprobe blacklist when readable (kprobes), and modifiable (fmod_ret:
+security_* hooks and error-injection functions).
+"""
+from __future__ import annotations
+
+import errno as _errno
+import logging
+import os
+import platform
+import threading
+import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+
+from . import _errmap, tracefs
+from .errors import NotSupportedError, PytracersError, TargetNotFoundError, TracefsError
+
+__all__ = ["Feature", "FeatureReport", "CanAttach", "probe", "can_attach", "FEATURES",
+           "PROBE_KINDS", "probe_function"]
+
+PROBE_KINDS = ("tp", "raw_tp", "tp_btf", "kprobe", "kretprobe", "kprobe_multi", "fentry",
+               "fexit", "fmod_ret")
+FEATURES = ("btf", "ringbuf") + PROBE_KINDS + ("cookies", "tracefs", "lockdown")
+
+# Functions present from 5.10 to 7.x, traceable, not on the kprobe blacklist.
+PROBE_FUNCTIONS = ("security_file_open", "vfs_read", "vfs_write")
+FMOD_RET_FUNCTIONS = ("security_file_open", "security_file_permission")
+SECURITYFS = "/sys/kernel/security"
+
+MIN_KERNEL = dict(_errmap.MIN_KERNEL, btf="5.4", ringbuf="5.8", cookies="5.15")
+
+
+@dataclass
+class Feature:
+    """One answer of :func:`probe`."""
+
+    name: str
+    supported: bool
+    reason: str
+    fix: Optional[str] = None
+    conclusive: bool = True
+    min_kernel: Optional[str] = None
+    seconds: float = 0.0          # time the check took (0 when cached)
+
+    def __bool__(self) -> bool:
+        return self.supported
+
+
+@dataclass
+class FeatureReport:
+    """What the running kernel supports; one :class:`Feature` per field."""
+
+    btf: Feature
+    ringbuf: Feature
+    tp: Feature
+    raw_tp: Feature
+    tp_btf: Feature
+    kprobe: Feature
+    kretprobe: Feature
+    kprobe_multi: Feature
+    fentry: Feature
+    fexit: Feature
+    fmod_ret: Feature
+    cookies: Feature
+    tracefs: Feature
+    lockdown: Feature
+    kernel: str = ""
+    seconds: float = 0.0          # wall time of the probe() call
+
+    def __getitem__(self, name: str) -> Feature:
+        if name not in FEATURES:
+            raise KeyError(name)
+        feature: Feature = getattr(self, name)
+        return feature
+
+    def __iter__(self) -> Iterator[Feature]:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, Feature):
+                yield v
+
+    def supported(self) -> List[str]:
+        return [f.name for f in self if f.supported]
+
+    def table(self) -> str:
+        """A plain-text table: feature, yes/no, reason (and fix)."""
+        rows = [f"kernel {self.kernel} (probed in {self.seconds * 1000:.0f} ms)"]
+        w = max(len(n) for n in FEATURES)
+        for f in self:
+            mark = "yes" if f.supported else ("no " if f.conclusive else "?  ")
+            line = f"  {f.name:<{w}}  {mark}  {f.reason}"
+            if f.fix and not f.supported:
+                line += f"  [fix: {f.fix}]"
+            rows.append(line)
+        return "\n".join(rows)
+
+
+@dataclass
+class CanAttach:
+    """Can probe ``kind`` attach to ``target`` here?  See :func:`can_attach`."""
+
+    kind: str
+    target: str
+    supported: bool
+    reason: str
+    fix: Optional[str] = None
+    checks: List[str] = field(default_factory=list)   # what was looked at
+
+    def __bool__(self) -> bool:
+        return self.supported
+
+
+# ---------------------------------------------------------------------- caching
+
+_locks: Dict[str, threading.Lock] = {}
+_cache: Dict[str, Feature] = {}
+
+
+def _ok(name: str, reason: str) -> Feature:
+    return Feature(name, True, reason, min_kernel=MIN_KERNEL.get(name))
+
+
+def _no(name: str, reason: str, fix: Optional[str] = None, conclusive: bool = True) -> Feature:
+    return Feature(name, False, reason, fix, conclusive, MIN_KERNEL.get(name))
+
+
+def _from_exc(name: str, e: BaseException) -> Feature:
+    """A "no" from an exception: conclusive only for NotSupportedError."""
+    if isinstance(e, NotSupportedError):
+        return _no(name, e.reason, e.hint)
+    if isinstance(e, TargetNotFoundError):
+        return _no(name, f"symbol missing: {e}", "probe another target", conclusive=False)
+    return _no(name, f"{type(e).__name__}: {e}", conclusive=False)
+
+
+# ---------------------------------------------------------------------- helpers
+
+def kernel_release() -> str:
+    return platform.release()
+
+
+def kernel_version() -> Tuple[int, int]:
+    parts = kernel_release().split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+_kallsyms: Optional[Set[str]] = None
+
+
+def kallsyms_functions() -> Optional[Set[str]]:
+    """Text symbols of /proc/kallsyms (cached), or None if unreadable."""
+    global _kallsyms
+    if _kallsyms is None:
+        try:
+            out: Set[str] = set()
+            with open("/proc/kallsyms") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) >= 3 and parts[1] in ("t", "T", "w", "W"):
+                        out.add(parts[2])
+            _kallsyms = out
+        except OSError:
+            return None
+    return _kallsyms
+
+
+def _tracing_file(name: str) -> Optional[str]:
+    """Contents of a tracefs file (None if tracefs is absent or it is unreadable)."""
+    try:
+        root = tracefs.root()
+    except TracefsError:
+        return None
+    return _read(os.path.join(root, name))
+
+
+_filter_functions: Optional[Set[str]] = None
+_filter_functions_read = False
+
+
+def filter_functions() -> Optional[Set[str]]:
+    """available_filter_functions (the ftrace sites), or None when unreadable."""
+    global _filter_functions, _filter_functions_read
+    if not _filter_functions_read:
+        text = _tracing_file("available_filter_functions")
+        if text is not None:
+            _filter_functions = {line.split()[0] for line in text.splitlines() if line.strip()}
+        _filter_functions_read = True
+    return _filter_functions
+
+
+def kprobe_blacklist() -> Optional[Set[str]]:
+    """Functions on the kprobe blacklist (debugfs), or None when unreadable."""
+    text = _read("/sys/kernel/debug/kprobes/blacklist")
+    if text is None:
+        return None
+    out = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if parts:
+            out.add(parts[-1].split("+", 1)[0])
+    return out
+
+
+def error_injection_list() -> Optional[Set[str]]:
+    """Functions fmod_ret may modify besides security_* (debugfs), or None."""
+    text = _read("/sys/kernel/debug/error_injection/list")
+    if text is None:
+        return None
+    return {line.split()[0].split("+", 1)[0] for line in text.splitlines() if line.strip()}
+
+
+def _btf_has(function: str) -> bool:
+    from .tracers.function import signature
+    try:
+        return signature(function) is not None
+    except Exception:
+        return False
+
+
+def probe_function(kind: str) -> Optional[str]:
+    """The stable function the prober attaches ``kind`` to here (None: none found)."""
+    names = FMOD_RET_FUNCTIONS if kind == "fmod_ret" else PROBE_FUNCTIONS
+    if kind in ("fentry", "fexit", "fmod_ret"):
+        for n in names:
+            if _btf_has(n):
+                return n
+        return None
+    syms = kallsyms_functions()
+    for n in names:
+        if syms is None or n in syms:
+            return n
+    return None
+
+
+def _first_target(kind: str, names: Tuple[str, ...], attempt: Callable[[str], None]) -> str:
+    """Try ``attempt(name)`` on each candidate until one is not missing; the
+    name it worked on.  Cheaper than looking the names up first (kallsyms and
+    the BTF index cost ~100 ms to build)."""
+    missing: List[str] = []
+    for n in names:
+        try:
+            attempt(n)
+            return n
+        except TargetNotFoundError:
+            missing.append(n)
+    raise TargetNotFoundError("probe target for " + kind, " / ".join(missing))
+
+
+# ---------------------------------------------------------------------- real attempts
+
+class _QuietProbes(logging.Filter):
+    """Drop libbpf's messages about the prober's own expected failures (the
+    answer carries the reason); other threads' messages pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_quiet, "on", False)
+
+
+_quiet = threading.local()
+logging.getLogger("pytracers.libbpf").addFilter(_QuietProbes())
+
+
+def _attempt(prog: str, setup: Callable[[Any], None], attach: Callable[[Any], Any]) -> None:
+    """Load ``prog`` of probe.bpf.o alone, attach it, detach and close."""
+    _quiet.on = True
+    try:
+        _attempt_loud(prog, setup, attach)
+    finally:
+        _quiet.on = False
+
+
+def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any], Any]) -> None:
+    import pytracers
+    o = pytracers.open(pytracers.object_path("probe"))
+    try:
+        o.only(prog)
+        if prog != "probe_ringbuf":
+            o.maps["probe_rb"].autocreate = False
+        setup(o)
+        obj = o.load()
+    except BaseException:
+        o.close()
+        raise
+    with obj:
+        link = attach(obj.programs[prog])
+        if link is not None:
+            link.close()
+
+
+def _nothing(o: Any) -> None:
+    pass
+
+
+def _probe_tp() -> Feature:
+    try:
+        root = tracefs.root()
+    except TracefsError as e:
+        return _no("tp", f"tracefs is unavailable: {e}", "mount -t tracefs tracefs "
+                   "/sys/kernel/tracing")
+    for cat, name in (("syscalls", "sys_enter_getpid"), ("sched", "sched_switch")):
+        if os.path.isdir(os.path.join(root, "events", cat, name)):
+            _attempt("probe_tp", _nothing, lambda p: p.attach_tracepoint(cat, name))
+            return _ok("tp", f"attached to {cat}:{name}")
+    return _no("tp", "tracefs lists neither syscalls:sys_enter_getpid nor sched:sched_switch",
+               "CONFIG_FTRACE_SYSCALLS / CONFIG_TRACEPOINTS")
+
+
+def _probe_raw_tp() -> Feature:
+    _attempt("probe_raw_tp", _nothing, lambda p: p.attach_raw_tracepoint("sys_enter"))
+    return _ok("raw_tp", "attached to raw tracepoint sys_enter")
+
+
+def _probe_tp_btf() -> Feature:
+    _attempt("probe_tp_btf", _nothing, lambda p: p.attach())
+    return _ok("tp_btf", "loaded against btf_trace_sys_enter and attached")
+
+
+def _probe_kprobe(retprobe: bool) -> Feature:
+    name = "kretprobe" if retprobe else "kprobe"
+    reason = _errmap.no_kprobes_reason()
+    if reason:  # attach would fail with a bare ENOENT; this says why
+        raise NotSupportedError(name, reason, hint="use fentry/fexit or a tracepoint")
+    fn = _first_target(name, PROBE_FUNCTIONS, lambda f: _attempt(
+        f"probe_{name}", _nothing, lambda p: p.attach_kprobe(f, retprobe=retprobe)))
+    return _ok(name, f"attached to {fn}")
+
+
+def _probe_kprobe_multi() -> Feature:
+    try:
+        fn = _first_target("kprobe_multi", PROBE_FUNCTIONS, lambda f: _attempt(
+            "probe_kprobe_multi", _nothing, lambda p: p.attach_kprobe_multi(functions=[f])))
+    except PytracersError as e:
+        raise kprobe_multi_refusal(e) from e
+    return _ok("kprobe_multi", f"multi-kprobe link on {fn}")
+
+
+def kprobe_multi_refusal(e: PytracersError) -> PytracersError:
+    """A failed multi-kprobe attach: before 5.18 the kernel does not know the
+    link type and says only EINVAL -- that is a NotSupportedError."""
+    from .errors import VerifierError
+    err = getattr(e, "errno", None)
+    if isinstance(e, VerifierError) and kernel_version() < (5, 18):
+        said = [ln for ln in e.log.splitlines() if "func" in ln and ("unknown" in ln or
+                                                                    "invalid" in ln)]
+        return NotSupportedError("kprobe_multi", f"Linux {kernel_release()} predates multi-kprobe "
+                                 "links and bpf_get_func_ip in kprobe programs (verifier: "
+                                 f"{said[0] if said else e.tail(1)})", min_kernel="5.18",
+                                 hint="attach one kprobe per function")
+    if not isinstance(e, (NotSupportedError, TargetNotFoundError)) and \
+            err in (_errno.EINVAL, _errno.EOPNOTSUPP, 524) and kernel_version() < (5, 18):
+        return NotSupportedError("kprobe_multi", f"the kernel rejects multi-kprobe links "
+                                 f"({_errno.errorcode.get(err or 0, err)}): Linux "
+                                 f"{kernel_release()} predates them", min_kernel="5.18",
+                                 hint="attach one kprobe per function")
+    return e
+
+
+def _probe_trampoline(kind: str) -> Feature:
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        raise NotSupportedError(kind, "the kernel has no BTF (/sys/kernel/btf/vmlinux): "
+                                "CONFIG_DEBUG_INFO_BTF is off")
+    names = FMOD_RET_FUNCTIONS if kind == "fmod_ret" else PROBE_FUNCTIONS
+
+    def attempt(fn: str) -> None:
+        def setup(o: Any) -> None:
+            o.programs[f"probe_{kind}"].set_attach_target(fn)
+        _attempt(f"probe_{kind}", setup, lambda p: p.attach_trace())
+    fn = _first_target(kind, names, attempt)
+    return _ok(kind, f"BPF trampoline on {fn}")
+
+
+def _probe_ringbuf() -> Feature:
+    _attempt("probe_ringbuf", _nothing, lambda p: None)
+    return _ok("ringbuf", "loaded a program reserving in a BPF_MAP_TYPE_RINGBUF map")
+
+
+def _probe_cookies() -> Feature:
+    try:
+        _attempt("probe_cookie", _nothing, lambda p: None)
+    except PytracersError as e:
+        from .errors import VerifierError
+        if isinstance(e, VerifierError) and ("unknown func" in e.log or "invalid func" in e.log):
+            raise NotSupportedError("cookies", "the verifier does not know "
+                                    "bpf_get_attach_cookie", min_kernel="5.15") from e
+        raise
+    return _ok("cookies", "bpf_get_attach_cookie accepted by the verifier")
+
+
+def _probe_btf() -> Feature:
+    path = "/sys/kernel/btf/vmlinux"
+    if not os.path.exists(path):
+        raise NotSupportedError("btf", f"{path} is missing: CONFIG_DEBUG_INFO_BTF is off",
+                                hint="CO-RE, tp_btf and trampolines need kernel BTF")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] not in (b"\x9f\xeb", b"\xeb\x9f"):
+        return _no("btf", f"{path} does not start with the BTF magic", conclusive=False)
+    return _ok("btf", f"{path} ({os.path.getsize(path) >> 10} KiB)")
+
+
+def _probe_tracefs() -> Feature:
+    try:
+        root = tracefs.root()
+    except TracefsError as e:
+        raise NotSupportedError("tracefs", str(e),
+                                hint="mount -t tracefs tracefs /sys/kernel/tracing") from e
+    aff = _read(os.path.join(root, "available_filter_functions")) is not None
+    return _ok("tracefs", f"at {root}; available_filter_functions "
+                          f"{'readable' if aff else 'unreadable'}")
+
+
+def lockdown_mode() -> Optional[str]:
+    """The lockdown mode, mounting securityfs (root) if it is not mounted."""
+    mode = _errmap.lockdown()
+    if mode is None and os.path.isdir(SECURITYFS) and not os.listdir(SECURITYFS):
+        from ._libbpf import ffi, libc
+        if libc.mount(b"securityfs", SECURITYFS.encode(), b"securityfs", 0, ffi.NULL) == 0:
+            import logging
+            logging.getLogger("pytracers").info("mounted securityfs at %s", SECURITYFS)
+            mode = _errmap.lockdown()
+    return mode
+
+
+def _probe_lockdown() -> Feature:
+    mode = lockdown_mode()
+    if mode is None:
+        if not os.path.isdir(SECURITYFS) or os.listdir(SECURITYFS):
+            return _ok("lockdown", "no lockdown LSM (securityfs has no lockdown file)")
+        return _no("lockdown", "securityfs is not mounted and could not be mounted: mode unknown",
+                   conclusive=False)
+    if mode == "none":
+        return _ok("lockdown", "lockdown is 'none'")
+    if mode == "integrity":
+        return _ok("lockdown", "lockdown is 'integrity': kernel memory may be read "
+                               "(bpf_probe_write_user is blocked)")
+    return _no("lockdown", f"lockdown is '{mode}': BPF may not read kernel memory, so tracing "
+               "programs are refused", "boot with lockdown=integrity or none")
+
+
+_PROBES: Dict[str, Callable[[], Feature]] = {
+    "btf": _probe_btf,
+    "ringbuf": _probe_ringbuf,
+    "tp": _probe_tp,
+    "raw_tp": _probe_raw_tp,
+    "tp_btf": _probe_tp_btf,
+    "kprobe": lambda: _probe_kprobe(False),
+    "kretprobe": lambda: _probe_kprobe(True),
+    "kprobe_multi": _probe_kprobe_multi,
+    "fentry": lambda: _probe_trampoline("fentry"),
+    "fexit": lambda: _probe_trampoline("fexit"),
+    "fmod_ret": lambda: _probe_trampoline("fmod_ret"),
+    "cookies": _probe_cookies,
+    "tracefs": _probe_tracefs,
+    "lockdown": _probe_lockdown,
+}
+
+
+def probe_one(name: str, refresh: bool = False) -> Feature:
+    """Probe one feature (cached when conclusive)."""
+    if name not in _PROBES:
+        raise KeyError(f"unknown feature {name!r}; features: {', '.join(FEATURES)}")
+    with _locks.setdefault(name, threading.Lock()):
+        if not refresh and name in _cache:
+            f = _cache[name]
+            return Feature(f.name, f.supported, f.reason, f.fix, f.conclusive, f.min_kernel, 0.0)
+        t0 = time.perf_counter()
+        try:
+            f = _PROBES[name]()
+        except NotSupportedError as e:
+            f = _no(name, e.reason, e.hint)
+        except Exception as e:  # inconclusive; never crash the prober
+            f = _from_exc(name, e)
+        f.seconds = time.perf_counter() - t0
+        if f.conclusive:
+            _cache[name] = f
+        return f
+
+
+def probe(refresh: bool = False) -> FeatureReport:
+    """Probe every feature of :data:`FEATURES` (see the module docstring).
+
+    The checks run in parallel threads: most of a probe's time is the kernel
+    waiting for an RCU grace period when a perf-event link (tp, kprobe) is
+    destroyed, and concurrent waits share grace periods.
+    """
+    t0 = time.perf_counter()
+    todo = [n for n in FEATURES if refresh or n not in _cache]
+    if "lockdown" in todo:
+        # first, alone: it may mount securityfs, which the trampoline checks
+        # read to explain an EPERM -- their reasons must not depend on timing
+        lockdown_mode()
+    got: Dict[str, Feature] = {}
+    if len(todo) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="pt-probe") as ex:
+            got.update(zip(todo, ex.map(lambda n: probe_one(n, refresh), todo)))
+    for name in FEATURES:
+        if name not in got:
+            got[name] = probe_one(name, refresh)
+    return FeatureReport(**got, kernel=kernel_release(),
+                         seconds=time.perf_counter() - t0)
+
+
+def clear_cache() -> None:
+    _cache.clear()
+
+
+# ---------------------------------------------------------------------- per function
+
+def can_attach(kind: str, target: str) -> CanAttach:
+    """Can a ``kind`` probe attach to kernel function ``target`` here?
+
+    ``kind``: fentry, fexit, fmod_ret, kprobe, kretprobe or kprobe_multi.
+    Cheap: reads BTF, kallsyms, and tracefs/debugfs lists when readable, plus
+    the (cached) kind-level :func:`probe` answer; no load per function.
+    """
+    kinds = ("fentry", "fexit", "fmod_ret", "kprobe", "kretprobe", "kprobe_multi")
+    if kind not in kinds:
+        from .errors import BadArgumentError
+        raise BadArgumentError(f"can_attach() kinds: {', '.join(kinds)}; not {kind!r}")
+    checks: List[str] = []
+    feat = probe_one(kind)
+    checks.append(f"{kind} on this kernel: {'yes' if feat.supported else 'no'}")
+    if not feat.supported:
+        return CanAttach(kind, target, False, f"{kind}: {feat.reason}", feat.fix, checks)
+    aff = filter_functions()
+    if kind in ("fentry", "fexit", "fmod_ret"):
+        in_btf = _btf_has(target)
+        checks.append(f"in the kernel's BTF: {'yes' if in_btf else 'no'}")
+        if not in_btf:
+            where = "inlined or not built" if target not in (kallsyms_functions() or ()) \
+                else "present in kallsyms but has no BTF (static or module without BTF)"
+            return CanAttach(kind, target, False, f"symbol missing from the kernel's BTF "
+                             f"({where})", "use kind='kprobe'" if kind != "fmod_ret" else None,
+                             checks)
+        if kind == "fmod_ret" and not target.startswith("security_"):
+            inj = error_injection_list()
+            checks.append("error_injection/list: " + ("unreadable" if inj is None else
+                                                      ("listed" if target in inj else
+                                                       "not listed")))
+            if inj is not None and target not in inj:
+                return CanAttach(kind, target, False, "not modifiable: neither a security_* "
+                                 "hook nor on the error-injection list", None, checks)
+            if inj is None:  # cannot read the list: ask the kernel (a load, no attach)
+                try:
+                    _attempt("probe_fmod_ret",
+                             lambda o: o.programs["probe_fmod_ret"].set_attach_target(target),
+                             lambda p: None)
+                    checks.append("test load against it: accepted")
+                except NotSupportedError as e:
+                    checks.append("test load against it: refused")
+                    return CanAttach(kind, target, False, f"not modifiable: {e.reason}", None,
+                                     checks)
+    else:
+        syms = kallsyms_functions()
+        in_syms = syms is None or target in syms
+        checks.append("kallsyms: " + ("unreadable" if syms is None else
+                                      ("present" if in_syms else "absent")))
+        if not in_syms:
+            return CanAttach(kind, target, False, "symbol missing from kallsyms (inlined at "
+                             "every call site, or not built)", None, checks)
+        if kind != "kprobe_multi":
+            bl = kprobe_blacklist()
+            checks.append("kprobe blacklist: " + ("unreadable" if bl is None else
+                                                  ("listed" if target in bl else "not listed")))
+            if bl is not None and target in bl:
+                return CanAttach(kind, target, False, "blacklisted: on the kprobe blacklist "
+                                 "(/sys/kernel/debug/kprobes/blacklist)", "use fentry", checks)
+    if kind in ("fentry", "fexit", "fmod_ret", "kprobe_multi"):
+        checks.append("available_filter_functions: " + ("unreadable" if aff is None else
+                                                        ("listed" if target in aff else
+                                                         "not listed")))
+        if aff is not None and target not in aff:
+            return CanAttach(kind, target, False, "notrace or inlined: not in "
+                             "available_filter_functions, so there is no ftrace site for a "
+                             "trampoline or fprobe", "use kind='kprobe'"
+                             if kind != "kprobe_multi" else None, checks)
+    return CanAttach(kind, target, True, f"{kind} works here and {target} passed: "
+                     + "; ".join(checks[1:]), None, checks)

@@ -1,0 +1,361 @@
+"""FunctionTracer: any kernel function, through kprobes or BPF trampolines.
+
+One record per call (``func_event``, from func_event.h): the first six
+arguments, the return value and the entry-to-return latency.
+
+* ``kind="fentry"`` (fentry.bpf.o): ``fexit`` sees arguments and return value
+  together and emits the record; ``fentry`` runs too only to time the call
+  (``measure_latency``) or to emit entry events.  Trampolines are the cheaper
+  mechanism (a direct call patched into the function, no breakpoint), and the
+  verifier checks every argument read against the function's BTF prototype.
+  The target is fixed before load: one loaded object per function.
+* ``kind="kprobe"`` (kprobe.bpf.o): a kprobe records the argument registers
+  and the start time, a kretprobe emits the record.  Works where trampolines
+  are refused, and on functions without BTF.
+* ``kind="kprobe_multi"``: the kprobe pair on every function matching a glob,
+  through one multi-kprobe link each (CONFIG_FPROBE, 5.18+).
+
+Arguments are named and typed from the kernel's BTF prototype of the function
+(``Btf.vmlinux().func_proto``): ``ev.args`` is a named tuple
+(``ev.args.dfd``), signed integer arguments are sign-converted to their width
+and ``ev.ret`` to the return type's (an ``int`` -2 is -2, not 4294967294).
+Without BTF for the function the arguments are ``arg0..arg5``, raw.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+from ..errors import BadArgumentError, BadTypeError
+from .base import Tracer, named_tuple
+
+__all__ = ["FunctionTracer", "Signature", "signature", "KINDS", "FN_ENTRY", "FN_RETURN"]
+
+KINDS = ("fentry", "kprobe", "kprobe_multi")
+_REFUSED_ARG = re.compile(r"func '[^']*' arg(\d+) ")
+NARGS = 6
+MAX_TRAMPOLINE_SLOTS = 12  # trampoline.h reads up to ctx[12]
+FN_ENTRY, FN_RETURN, FN_HAS_ARGS, FN_HAS_RET, FN_HAS_LATENCY = 1, 2, 4, 8, 16
+
+
+def _conv(bits: int, signed: bool) -> Callable[[int], int]:
+    """Truncate a 64-bit register value to ``bits`` and sign-convert if ``signed``."""
+    mask = (1 << bits) - 1
+    if not signed:
+        return lambda v: v & mask
+    top = 1 << (bits - 1)
+    return lambda v: ((v & mask) ^ top) - top
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What the kernel's BTF says about a function, as the tracers need it."""
+
+    name: str
+    params: Tuple[str, ...]              # parameter names (first six)
+    types: Tuple[str, ...]               # their C types
+    ret_type: str                        # "void", "int", "long", "struct file *"...
+    slots: int                           # u64 slots the arguments take (trampolines)
+    arg_convs: Tuple[Callable[[int], int], ...]
+    ret_conv: Optional[Callable[[int], int]]   # None: void
+    first_slot: Tuple[int, ...] = ()     # each parameter's first slot
+
+    def param_of_slot(self, slot: int) -> Optional[int]:
+        """Index of the parameter occupying trampoline slot ``slot``."""
+        for i, s in enumerate(self.first_slot):
+            nxt = self.first_slot[i + 1] if i + 1 < len(self.first_slot) else self.slots
+            if s <= slot < nxt:
+                return i
+        return None
+
+    @property
+    def returns_void(self) -> bool:
+        return self.ret_conv is None
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{t} {n}" for t, n in zip(self.types, self.params)) or "void"
+        return f"{self.ret_type} {self.name}({args})"
+
+
+def _type_conv(btf: Any, type_id: int) -> Tuple[Optional[Callable[[int], int]], int]:
+    """(value converter or None for void, size) of a BTF type."""
+    from ..btf import Kind
+    if type_id == 0:
+        return None, 0
+    t = btf.resolve(type_id)
+    size = btf.size_of(t) if t.kind != Kind.VOID else 0
+    if t.kind in (Kind.INT, Kind.ENUM, Kind.ENUM64) and 0 < size <= 8:
+        if t.kind == Kind.INT and t.is_bool:
+            return _conv(8, False), size
+        return _conv(size * 8, bool(t.signed)), size
+    return _conv(64, False), size
+
+
+_SIGS: Dict[str, Optional[Signature]] = {}
+
+
+def signature(name: str) -> Optional[Signature]:
+    """The BTF signature of kernel function ``name`` (vmlinux, then loaded
+    modules), or None when the kernel has no BTF for it."""
+    if name in _SIGS:
+        return _SIGS[name]
+    from ..btf import Btf, BtfError
+    sig = None
+    try:
+        candidates = [Btf.vmlinux()]
+    except (OSError, BtfError):
+        candidates = []
+    found = None
+    for btf in candidates:
+        if btf.find(name, "func") is not None:
+            found = btf
+            break
+    if found is None and candidates:
+        for mod in Btf.module_names():
+            try:
+                b = Btf.module(mod)
+            except (OSError, BtfError):
+                continue
+            if b.functions(name):
+                found = b
+                break
+    if found is not None:
+        proto = found.func_proto(name)
+        convs: List[Callable[[int], int]] = []
+        firsts: List[int] = []
+        slots = 0
+        for tid in proto.param_type_ids:
+            conv, size = _type_conv(found, tid)
+            convs.append(conv or _conv(64, False))
+            firsts.append(slots)
+            slots += max(1, (size + 7) // 8)
+        ret_conv, _ = _type_conv(found, proto.ret_type_id)
+        sig = Signature(name, tuple(n or f"arg{i}" for i, (n, _t) in enumerate(proto.params)),
+                        tuple(t for _n, t in proto.params), proto.ret, slots, tuple(convs),
+                        ret_conv, tuple(firsts))
+    _SIGS[name] = sig
+    return sig
+
+
+class FunctionTracer(Tracer):
+    """Trace calls of a kernel function: ``ev.name``, ``ev.args`` (named from
+    BTF), ``ev.ret``, ``ev.latency_ns`` (None when the entry was not seen),
+    ``ev.pid``, ``ev.tid``, ``ev.comm``, ``ev.ts_ns``.
+
+    ``function``: a function name (kprobe_multi: a glob such as ``"vfs_*"``).
+    ``kind``: fentry, kprobe or kprobe_multi.  ``measure_latency``: time each
+    call (fentry: loads the fentry program too).  ``entry_events``: also emit
+    a record at each entry (``ev.entry`` True, no ret).
+    """
+
+    event_struct = "func_event"
+
+    def __init__(self, function: str, kind: str = "fentry", *, measure_latency: bool = True,
+                 entry_events: bool = False, **kw: Any) -> None:
+        if not isinstance(function, str) or not function:
+            raise BadTypeError("function must be a non-empty str")
+        if kind not in KINDS:
+            raise BadArgumentError(f"function tracer kind must be one of {', '.join(KINDS)}, "
+                                   f"not {kind!r}")
+        if kind != "kprobe_multi" and any(c in function for c in "*?["):
+            raise BadArgumentError(f"{function!r} is a pattern; only kind='kprobe_multi' "
+                                   "attaches to many functions")
+        self.function = function
+        self.kind = kind
+        self.object_name = "fentry" if kind == "fentry" else "kprobe"  # type: ignore[misc]
+        self.measure_latency = bool(measure_latency)
+        self.entry_events = bool(entry_events)
+        self.signature = signature(function) if kind != "kprobe_multi" else None
+        if kind == "fentry" and self.signature is None:
+            raise function_not_found(function, "fentry needs the function in the kernel's BTF")
+        self._names: Dict[int, str] = {}
+        # argument slots / return value the kernel's verifier refuses to expose
+        # to trampoline programs (5.10: pointers to anything but a struct)
+        self._skip_slots: List[int] = []
+        self._skip_ret = False
+        self.why = {
+            "fentry": ("fentry/fexit: BPF trampolines called directly from the function (no "
+                       "breakpoint trap), fexit sees arguments and return value together"),
+            "kprobe": "kprobe/kretprobe: breakpoint-based probes on the function's entry and "
+                      "return",
+            "kprobe_multi": "kprobe_multi: one multi-kprobe (fprobe) link over every function "
+                            "matching the pattern",
+        }[kind]
+        if kind != "kprobe_multi":
+            super().__init__(**kw)
+            return
+        from ..errors import PytracersError
+        from ..features import kprobe_multi_refusal
+        try:
+            super().__init__(**kw)
+        except PytracersError as e:
+            exc = kprobe_multi_refusal(e)
+            if exc is e:
+                raise
+            raise exc from e
+
+    # ---- setup ------------------------------------------------------------------------
+    def _configure(self, open_obj: Any) -> None:
+        cfg = open_obj.config
+        if self.entry_events:
+            cfg["cfg_emit_entry"] = 1
+        if self.kind == "fentry":
+            sig = self.signature
+            assert sig is not None
+            if sig.slots > MAX_TRAMPOLINE_SLOTS:
+                raise BadArgumentError(f"{self.function} takes {sig.slots} argument slots; "
+                                       f"trampolines handle at most {MAX_TRAMPOLINE_SLOTS}")
+            progs = ["fn_fexit"]
+            if self.measure_latency or self.entry_events:
+                progs.append("fn_fentry")
+            open_obj.only(*progs)
+            for p in progs:
+                open_obj.programs[p].set_attach_target(self.function)
+            cfg["cfg_nargs"] = sig.slots
+            cfg["cfg_skip_ret"] = 1 if sig.returns_void or self._skip_ret else 0
+            cfg["cfg_skip_args"] = sum(1 << i for i in self._skip_slots)
+            cfg["cfg_latency"] = 1 if self.measure_latency else 0
+        elif self.kind == "kprobe":
+            open_obj.only("fn_kprobe", "fn_kretprobe")
+        else:
+            open_obj.only("fn_kprobe_multi", "fn_kretprobe_multi")
+
+    def _retry_after(self, error: Any) -> bool:
+        """fentry/fexit: the verifier names an argument it will not expose
+        ("func 'vfs_read' arg3 type INT is not a struct"): skip that slot and
+        load again; its value is then reported as None."""
+        if self.kind != "fentry" or self.signature is None:
+            return False
+        m = _REFUSED_ARG.search(error.log)
+        if m is None:
+            return False
+        slot = int(m.group(1))
+        if slot == self.signature.slots and not self._skip_ret:
+            self._skip_ret = True
+            return True
+        if slot < self.signature.slots and slot not in self._skip_slots:
+            self._skip_slots.append(slot)
+            return True
+        return False
+
+    @property
+    def skipped_args(self) -> List[str]:
+        """Arguments the kernel would not let the program read (reported as None)."""
+        sig = self.signature
+        if sig is None:
+            return []
+        idx = {sig.param_of_slot(s) for s in self._skip_slots}
+        return [p for i, p in enumerate(sig.params) if i in idx]
+
+    def _attach(self, obj: Any) -> None:
+        if self.kind == "fentry":
+            if "fn_fentry" in obj.programs:
+                self._link(obj.programs["fn_fentry"].attach())
+            self._link(obj.programs["fn_fexit"].attach())
+        elif self.kind == "kprobe":
+            self._link(obj.programs["fn_kprobe"].attach_kprobe(self.function))
+            self._link(obj.programs["fn_kretprobe"].attach_kprobe(self.function, retprobe=True))
+        else:
+            self._link(obj.programs["fn_kprobe_multi"].attach_kprobe_multi(self.function))
+            self._link(obj.programs["fn_kretprobe_multi"].attach_kprobe_multi(
+                self.function, retprobe=True))
+
+    # ---- records ----------------------------------------------------------------------
+    def _name_of(self, ip: int) -> str:
+        """Function name of address ``ip`` (kprobe_multi records)."""
+        name = self._names.get(ip)
+        if name is None:
+            if not self._names:
+                self._names.update(_kallsyms_matching(self.function))
+            name = self._names.get(ip, f"0x{ip:x}")
+        return name
+
+    def _record_class(self, base: Type[Any]) -> Optional[Type[Any]]:
+        fields = base._fields
+        i_ip, i_args, i_ret, i_lat, i_flags = (fields.index(f) for f in
+                                               ("ip", "args", "ret", "latency_ns", "flags"))
+        getitem = tuple.__getitem__
+        multi = self.kind == "kprobe_multi"
+        fixed = self.function
+        tracer = self
+        shapes: Dict[str, Tuple[Any, Any]] = {}
+
+        def shape(fname: str) -> Tuple[Any, Any]:
+            s = shapes.get(fname)
+            if s is None:
+                sig = signature(fname)
+                if sig is None:
+                    nt = named_tuple("args", [f"arg{i}" for i in range(NARGS)])
+                    s = (lambda raw, _nt=nt: _nt._make(raw), _conv(64, True))
+                else:
+                    n = min(len(sig.params), NARGS)
+                    nt = named_tuple(f"{fname}_args", sig.params[:n])
+                    convs: List[Callable[[int], Any]] = list(sig.arg_convs[:n])
+                    if fname == fixed:
+                        for i, p in enumerate(sig.params[:n]):
+                            if p in tracer.skipped_args:
+                                convs[i] = _void
+                    s = (lambda raw, _nt=nt, _c=convs: _nt._make([c(v) for c, v in zip(_c, raw)]),
+                         sig.ret_conv or _void)
+                shapes[fname] = s
+            return s
+
+        def name(self: Any) -> str:
+            return tracer._name_of(getitem(self, i_ip)) if multi else fixed
+
+        def args(self: Any) -> Any:
+            if not getitem(self, i_flags) & FN_HAS_ARGS:
+                return None
+            return shape(self.name)[0](getitem(self, i_args))
+
+        def ret(self: Any) -> Any:
+            if not getitem(self, i_flags) & FN_HAS_RET:
+                return None
+            return shape(self.name)[1](getitem(self, i_ret) & 0xFFFFFFFFFFFFFFFF)
+
+        def latency_ns(self: Any) -> Optional[int]:
+            if not getitem(self, i_flags) & FN_HAS_LATENCY:
+                return None
+            return getitem(self, i_lat)
+
+        def entry(self: Any) -> bool:
+            return bool(getitem(self, i_flags) & FN_ENTRY)
+
+        def raw_args(self: Any) -> Tuple[int, ...]:
+            return getitem(self, i_args)
+
+        return type("FunctionEvent", (base,), {
+            "__slots__": (), "__doc__": "A func_event record with the arguments named and typed "
+                                        "from the function's BTF prototype",
+            "name": property(name), "args": property(args), "ret": property(ret),
+            "latency_ns": property(latency_ns), "entry": property(entry),
+            "raw_args": property(raw_args)})
+
+
+def _void(v: int) -> None:
+    return None
+
+
+def function_not_found(name: str, detail: str) -> Exception:
+    from .._errmap import function_suggestions
+    from ..errors import TargetNotFoundError
+    return TargetNotFoundError("kernel function", name, function_suggestions(name), detail=detail)
+
+
+def _kallsyms_matching(glob: str) -> Dict[int, str]:
+    import fnmatch
+    import re
+    match = re.compile(fnmatch.translate(glob)).match
+    out: Dict[int, str] = {}
+    try:
+        with open("/proc/kallsyms") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[1] in "tTwW" and match(parts[2]):
+                    addr = int(parts[0], 16)
+                    if addr:
+                        out.setdefault(addr, parts[2])
+    except OSError:
+        pass
+    return out

@@ -1,0 +1,283 @@
+"""SyscallTracer: one record per completed syscall (syscalls.bpf.o).
+
+Three kinds trace the same thing at different costs:
+
+* ``tp`` -- the per-syscall tracepoints ``syscalls:sys_enter_<X>`` /
+  ``sys_exit_<X>``: the probe runs only when X is called, so tracing
+  ``openat`` costs nothing for the other syscalls.  Needs tracefs and
+  CONFIG_FTRACE_SYSCALLS; needs the syscalls named.
+* ``raw_tp`` -- the raw ``sys_enter`` / ``sys_exit`` tracepoints: the probe
+  runs on *every* syscall of the system and drops the unwanted ones with an
+  id lookup in BPF.  Cheaper per traced call than ``tp``, dearer for the
+  system as a whole when you want a few rare syscalls.
+* ``tp_btf`` -- the same two tracepoints with typed (BTF) arguments: the
+  cheapest per call, and like ``raw_tp`` it runs on every syscall.
+
+Names and numbers
+-----------------
+Which syscalls the running kernel has, how many arguments each takes and
+their names are read from the kernel at run time: tracefs
+``events/syscalls/sys_enter_<X>/format`` (the fields after ``__syscall_nr``).
+The name -> number map is *not* published by the kernel in a readable form
+(not in BTF, not in the format files), so numbers come from the committed
+x86-64 table in :mod:`pytracers.tracers._x86_64_syscalls` (an ABI that never
+changes).  A few syscalls have a tracepoint named after the kernel function
+rather than the ABI name (``stat`` -> ``sys_enter_newstat``); both names are
+accepted.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+from .. import tracefs
+from ..errors import BadArgumentError, BadTypeError, TargetNotFoundError, TracefsError
+from ._x86_64_syscalls import X86_64
+from .base import Tracer, named_tuple
+
+__all__ = ["SyscallTracer", "syscall_number", "syscall_name", "syscall_params",
+           "kernel_syscalls", "tracepoint_name", "KINDS"]
+
+KINDS = ("tp", "raw_tp", "tp_btf")
+# tp: one entry program per arity (sc_tp_enter<N>: the kernel refuses a tp
+# program that reads past the end of the tracepoint's record), one exit.
+PROGRAMS = {"raw_tp": ("sc_raw_enter", "sc_raw_exit"), "tp_btf": ("sc_btf_enter", "sc_btf_exit")}
+MAX_ID = 1024  # size of the object's syscall_ids map
+
+# ABI name -> name of its syscalls:sys_enter_* tracepoint, where they differ.
+TP_ALIASES = {"stat": "newstat", "fstat": "newfstat", "lstat": "newlstat", "uname": "newuname",
+              "sendfile": "sendfile64", "umount2": "umount"}
+_ABI_OF_TP = {v: k for k, v in TP_ALIASES.items()}
+_NAME_OF_NR = {nr: name for name, nr in X86_64.items()}
+
+WHY = {
+    "tp": ("tp: the per-syscall tracepoints {tps} run only when {n} is called, so the rest of "
+           "the system pays nothing; a stable ABI"),
+    "raw_tp": ("raw_tp: the raw sys_enter/sys_exit tracepoints run on every syscall of the "
+               "system and drop the others by id in BPF: cheaper per traced call than tp "
+               "(no perf-event record), dearer overall when {n} is rare"),
+    "tp_btf": ("tp_btf: sys_enter/sys_exit with typed BTF arguments run on every syscall of "
+               "the system and drop the others by id in BPF: the cheapest per call, but every "
+               "syscall of the system pays for the check"),
+}
+
+
+def kernel_syscalls() -> Optional[List[str]]:
+    """Tracepoint names of the syscalls the running kernel traces
+    (``openat``, ``newstat``...), or None when tracefs has no syscall events."""
+    try:
+        d = os.path.join(tracefs.root(), "events", "syscalls")
+        names = os.listdir(d)
+    except (TracefsError, OSError):
+        return None
+    return sorted(n[len("sys_enter_"):] for n in names if n.startswith("sys_enter_"))
+
+
+def tracepoint_name(name: str) -> str:
+    """The syscalls:sys_enter_* name of ABI syscall ``name``."""
+    return TP_ALIASES.get(name, name)
+
+
+def _abi_name(name: str) -> str:
+    return _ABI_OF_TP.get(name, name)
+
+
+def syscall_number(name: Union[str, int]) -> int:
+    """The x86-64 number of syscall ``name`` (ABI or tracepoint name)."""
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        raise BadTypeError(f"a syscall is a name or a number, not {type(name).__name__}")
+    if isinstance(name, int):
+        if not 0 <= name < MAX_ID:
+            raise BadArgumentError(f"syscall number {name} out of range 0..{MAX_ID - 1}")
+        return name
+    nr = X86_64.get(_abi_name(name))
+    if nr is None:
+        known = set(X86_64) | set(kernel_syscalls() or ())
+        raise TargetNotFoundError("syscall", name, difflib.get_close_matches(name, known, n=5))
+    return nr
+
+
+def syscall_name(nr: int) -> str:
+    """The ABI name of x86-64 syscall ``nr`` (``"syscall_<nr>"`` if unknown)."""
+    return _NAME_OF_NR.get(nr, f"syscall_{nr}")
+
+
+_PARAMS: Dict[str, Optional[Tuple[str, ...]]] = {}
+_SIGNED: Dict[str, Tuple[int, ...]] = {}   # per syscall: bits of each signed argument (0: unsigned)
+# Argument types the kernel declares signed; the registers hold them
+# zero-extended (an int fd of -100 arrives as 0xffffff9c), so they are
+# sign-converted to their width.
+_SIGNED_TYPES = {"int": 32, "pid_t": 32, "clockid_t": 32, "key_serial_t": 32, "timer_t": 32,
+                 "long": 64, "off_t": 64, "loff_t": 64}
+
+
+def syscall_params(name: str) -> Optional[Tuple[str, ...]]:
+    """Argument names of syscall ``name`` as the running kernel declares them
+    (tracefs format of sys_enter_<name>), or None if tracefs cannot tell."""
+    tp = tracepoint_name(_abi_name(name))
+    if tp in _PARAMS:
+        return _PARAMS[tp]
+    out: Optional[Tuple[str, ...]] = None
+    try:
+        path = os.path.join(tracefs.root(), "events", "syscalls", f"sys_enter_{tp}", "format")
+        with open(path) as f:
+            text = f.read()
+    except (TracefsError, OSError):
+        text = None
+    if text is not None:
+        names: List[str] = []
+        bits: List[int] = []
+        seen_nr = False
+        for line in text.splitlines():
+            line = line.strip()
+            if not line.startswith("field:"):
+                continue
+            decl = line[len("field:"):].split(";", 1)[0].strip()
+            words = decl.split()
+            fname = words[-1].lstrip("*").split("[", 1)[0]
+            if fname == "__syscall_nr":
+                seen_nr = True
+            elif seen_nr:
+                names.append(fname)
+                ctype = " ".join(w for w in words[:-1] if w not in ("const", "volatile"))
+                bits.append(0 if "*" in decl else _SIGNED_TYPES.get(ctype, 0))
+        out = tuple(names) if seen_nr else None
+        _SIGNED[tp] = tuple(bits)
+    _PARAMS[tp] = out
+    return out
+
+
+def _signed(vals: Sequence[int], bits: Sequence[int]) -> List[int]:
+    out = list(vals)
+    for i, b in enumerate(bits[:len(out)]):
+        if b:
+            v = out[i] & ((1 << b) - 1)
+            out[i] = v - (1 << b) if v >> (b - 1) else v
+    return out
+
+
+def resolve(name: Union[str, int], kernel: Optional[List[str]]) -> Tuple[str, int, str]:
+    """(ABI name, number, tracepoint name) of a syscall the caller named."""
+    nr = syscall_number(name)
+    abi = syscall_name(nr) if isinstance(name, int) else _abi_name(name)
+    tp = tracepoint_name(abi)
+    if kernel is not None and tp not in kernel:
+        raise TargetNotFoundError("syscall", abi, difflib.get_close_matches(tp, kernel, n=5),
+                                  detail="this kernel has no syscalls:sys_enter_" + tp)
+    return abi, nr, tp
+
+
+class SyscallTracer(Tracer):
+    """Trace completed syscalls: ``ev.name``, ``ev.id``, ``ev.args`` (named by
+    the kernel's declaration, only as many as the syscall takes), ``ev.ret``
+    (-errno on failure), ``ev.latency_ns`` plus the common header (``pid``,
+    ``tid``, ``cpu``, ``comm``, ``ts_ns``).
+
+    ``syscalls``: a name, a number or a list of them; None traces every
+    syscall (raw_tp and tp_btf only).  ``kind``: tp, raw_tp or tp_btf (see
+    the module docstring for what each costs).
+    """
+
+    object_name = "syscalls"
+    event_struct = "syscall_event"
+
+    def __init__(self, syscalls: Union[str, int, Sequence[Union[str, int]], None] = None,
+                 kind: str = "tp", **kw: Any) -> None:
+        if kind not in KINDS:
+            raise BadArgumentError(f"syscall tracer kind must be one of {', '.join(KINDS)}, "
+                                   f"not {kind!r}")
+        self.kind = kind
+        if syscalls is None:
+            if kind == "tp":
+                raise BadArgumentError("kind='tp' attaches one tracepoint pair per syscall: "
+                                       "name the syscalls, or trace all with kind='raw_tp' "
+                                       "or 'tp_btf'")
+            wanted: List[Union[str, int]] = []
+        elif isinstance(syscalls, (str, int)):
+            wanted = [syscalls]
+        else:
+            wanted = list(syscalls)
+            if not wanted:
+                raise BadArgumentError("syscalls= is empty")
+        kernel = kernel_syscalls()
+        if kind == "tp" and kernel is None:
+            from ..errors import NotSupportedError
+            raise NotSupportedError("tp syscall tracing", "tracefs has no events/syscalls "
+                                    "(CONFIG_FTRACE_SYSCALLS is off or tracefs is missing)",
+                                    hint="use kind='raw_tp' or 'tp_btf'")
+        self.syscalls: List[Tuple[str, int, str]] = [resolve(s, kernel) for s in wanted]
+        abis = [s[0] for s in self.syscalls]
+        names = (" or ".join([", ".join(abis[:-1]), abis[-1]]) if len(abis) > 1 else
+                 abis[0] if abis else "all syscalls")
+        tps = ", ".join(f"syscalls:sys_enter_{s[2]}/sys_exit_{s[2]}" for s in self.syscalls)
+        self.why = WHY[kind].format(n=names, tps=tps)
+        super().__init__(**kw)
+
+    def _tp_enter_program(self, abi: str) -> str:
+        params = syscall_params(abi)
+        if params is None:
+            raise TargetNotFoundError("syscall tracepoint format", f"sys_enter_{abi}",
+                                      detail="tracefs gives no __syscall_nr field for it")
+        return f"sc_tp_enter{min(len(params), 6)}"
+
+    def _configure(self, open_obj: Any) -> None:
+        if self.kind == "tp":
+            self._tp_programs = {abi: self._tp_enter_program(abi) for abi, _nr, _tp in self.syscalls}
+            open_obj.only(*sorted(set(self._tp_programs.values())), "sc_tp_exit")
+            return
+        open_obj.only(*PROGRAMS[self.kind])
+        if self.syscalls:
+            open_obj.config["cfg_filter_ids"] = 1
+
+    def _after_load(self, obj: Any) -> None:
+        if self.kind != "tp":
+            ids = obj.maps["syscall_ids"]
+            for _abi, nr, _tp in self.syscalls:
+                ids.update(nr, b"\x01")
+
+    def _attach(self, obj: Any) -> None:
+        if self.kind == "tp":
+            exit_ = obj.programs["sc_tp_exit"]
+            for abi, _nr, tp in self.syscalls:
+                enter = obj.programs[self._tp_programs[abi]]
+                self._link(enter.attach_tracepoint("syscalls", f"sys_enter_{tp}"))
+                self._link(exit_.attach_tracepoint("syscalls", f"sys_exit_{tp}"))
+        else:
+            enter, exit_ = (obj.programs[p] for p in PROGRAMS[self.kind])
+            self._link(enter.attach())
+            self._link(exit_.attach())
+
+    def _record_class(self, base: Type[Any]) -> Optional[Type[Any]]:
+        fields = base._fields
+        i_id, i_args = fields.index("id"), fields.index("args")
+        arg_classes: Dict[int, Any] = {}
+        getitem = tuple.__getitem__
+
+        def arg_class(nr: int) -> Any:
+            cls = arg_classes.get(nr)
+            if cls is None:
+                params = syscall_params(syscall_name(nr)) if nr in _NAME_OF_NR else None
+                if params is None:
+                    cls = tuple
+                else:
+                    nt = named_tuple(f"{syscall_name(nr)}_args", params)
+                    signed = _SIGNED.get(tracepoint_name(syscall_name(nr)), ())
+                    cls = (lambda vals, _nt=nt, _n=len(params), _s=signed:
+                           _nt._make(_signed(vals[:_n], _s)))
+                arg_classes[nr] = cls
+            return cls
+
+        def name(self: Any) -> str:
+            return syscall_name(getitem(self, i_id))
+
+        def args(self: Any) -> Any:
+            return arg_class(getitem(self, i_id))(getitem(self, i_args))
+
+        def raw_args(self: Any) -> Tuple[int, ...]:
+            return getitem(self, i_args)
+
+        return type("SyscallEvent", (base,), {
+            "__slots__": (), "__doc__": "A syscall_event record with the syscall's name and "
+                                        "its arguments named as the kernel declares them",
+            "name": property(name), "args": property(args), "raw_args": property(raw_args)})
