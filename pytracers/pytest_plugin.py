@@ -363,7 +363,7 @@ class EventCollector:
         return new
 
     def wait_for(self, predicate: Optional[Callable[[Any], bool]] = None, *,
-                 timeout: float = 2.0, count: int = 1, **fields: Any) -> Any:
+                 timeout: float = 10.0, count: int = 1, **fields: Any) -> Any:
         """The first record (``count`` > 1: the first ``count`` records)
         matching ``predicate`` and having the attribute values ``fields``,
         among the records already seen and those arriving within

@@ -61,7 +61,7 @@ def test_async_for_ring_buffer_gets_exec_events_beside_another_task():
                         if len(seen) == len(children):
                             return
 
-            await asyncio.wait_for(collect(), 5.0)
+            await asyncio.wait_for(collect(), 60.0)   # generous: slow VMs
             # the ticker ran while we waited for / read the records
             await asyncio.sleep(0.02)
             stop.set()
@@ -99,7 +99,7 @@ def test_raw_tp_producer_in_a_thread_async_consumer_gets_every_record():
 
             producer = asyncio.create_task(produce())
             seqs: list = []
-            async for batch in aio.batches(rb, timeout=10.0):
+            async for batch in aio.batches(rb, timeout=60.0):
                 seqs += [struct.unpack_from("<Q", r)[0] for r in batch]
                 if len(seqs) >= n * runs:
                     break
@@ -123,7 +123,7 @@ def test_numpy_batches_and_async_with_object():
             loop = asyncio.get_running_loop()
             producer = loop.run_in_executor(None, obj.programs["fill_64"].test_run, [n, 0])
             seqs: list = []
-            async for arr in aio.batches(rb, timeout=10.0, arrays=True, chunk=128):
+            async for arr in aio.batches(rb, timeout=60.0, arrays=True, chunk=128):
                 assert 1 <= len(arr) <= 128
                 assert (arr["pad"] == arr["seq"][:, None]).all()
                 seqs += arr["seq"].tolist()
@@ -141,7 +141,7 @@ def test_wait_is_driven_by_the_epoll_fd_not_by_polling():
     wakes the ring (an exec in another task), well before the bound."""
     async def main():
         with _exec_object() as obj:
-            rb = obj.ring_buffer(latency=30.0)
+            rb = obj.ring_buffer(latency=120.0)
             loop = asyncio.get_running_loop()
 
             async def spawn():
@@ -152,12 +152,14 @@ def test_wait_is_driven_by_the_epoll_fd_not_by_polling():
 
             t0 = loop.time()
             spawner = asyncio.create_task(spawn())
-            assert await aio.wait(rb, timeout=10.0) is True
+            assert await aio.wait(rb, timeout=60.0) is True
             waited = loop.time() - t0
             pid = await spawner
-            assert waited < 5.0, f"woke after {waited:.2f}s: not driven by the fd"
-            got = []
-            while pid not in got:
+            # far below the 120 s latency bound: the kernel's wakeup ended it
+            assert waited < 20.0, f"woke after {waited:.2f}s: not driven by the fd"
+            got: list = []
+            deadline = loop.time() + 60
+            while pid not in got and loop.time() < deadline:
                 got += [_pid_of(r) for r in await aio.read(rb, timeout=2.0)]
             assert pid in got
             # the one-shot registration is gone: nothing left on the loop
@@ -182,7 +184,7 @@ def test_batches_and_read_timeout():
                 await p.wait()
                 pids.append(p.pid)
             seen: set = set()
-            async for batch in aio.batches(rb, timeout=5.0, chunk=2):
+            async for batch in aio.batches(rb, timeout=60.0, chunk=2):
                 assert isinstance(batch, list) and 1 <= len(batch) <= 2
                 seen.update(_pid_of(r) for r in batch)
                 if set(pids) <= seen:

@@ -27,35 +27,35 @@ def _pid_of(rec: bytes) -> int:
     return struct.unpack_from("<QI", rec)[1]
 
 
-# "bpf_loop"/"bpf_timer" are not features the prober knows, so these exercise the rule on
-# the exceptions the tests raise, the same on every kernel.
+# "some_feature"/"other_feature" are made-up names the prober does not know, so
+# these exercise the rule on the exceptions the tests raise, alike on every kernel.
 RULE = '''
 import pytest
 from pytracers.errors import NotSupportedError
 
-@pytest.mark.bpf_requires("bpf_loop", min_kernel="5.17")
+@pytest.mark.bpf_requires("some_feature", min_kernel="5.4")
 def test_known_lack_skips():
-    raise NotSupportedError("bpf_loop", "program load refused with EPERM and no "
+    raise NotSupportedError("some_feature", "program load refused with EPERM and no "
                             "verifier log (kernel lockdown is 'integrity')")
 
-@pytest.mark.bpf_requires("bpf_loop", min_kernel="5.5")
+@pytest.mark.bpf_requires("some_feature", min_kernel="5.5")
 def test_unexplained_lack_fails():
-    raise NotSupportedError("bpf_loop", "EINVAL with no explanation")
+    raise NotSupportedError("some_feature", "EINVAL with no explanation")
 
-@pytest.mark.bpf_requires("bpf_loop", min_kernel="99.1")
+@pytest.mark.bpf_requires("some_feature", min_kernel="99.1")
 def test_old_kernel_skips_before_running():
     raise AssertionError("must not run")
 
-@pytest.mark.bpf_requires("bpf_loop", min_kernel="5.5")
+@pytest.mark.bpf_requires("some_feature", min_kernel="5.5")
 def test_other_feature_is_not_covered():
     raise NotSupportedError("kprobe_multi", "CONFIG_FPROBE is off")
 
 def test_unmarked_not_supported_fails():
-    raise NotSupportedError("bpf_loop", "CONFIG_X is off")
+    raise NotSupportedError("some_feature", "CONFIG_X is off")
 
-@pytest.mark.bpf_requires("bpf_timer", min_kernel="5.15")
-def test_expected_feature_fails_even_for_a_known_lack():   # run with --bpf-expect=bpf_timer
-    raise NotSupportedError("bpf_timer", "CONFIG_BPF_TIMER is off")
+@pytest.mark.bpf_requires("other_feature", min_kernel="5.4")
+def test_expected_feature_fails_even_for_a_known_lack():   # --bpf-expect=other_feature
+    raise NotSupportedError("other_feature", "CONFIG_OTHER is off")
 
 @pytest.mark.bpf_requires("BPF_PROG_TEST_RUN")
 def test_tp_test_run(bpf_object, bpf_test_run):
@@ -72,17 +72,17 @@ def test_example_and_marker_rule_in_a_fresh_pytest(pytester):
     with open(EXAMPLE) as f:
         pytester.makepyfile(test_exec_hook=f.read(), test_rule=RULE)
     res = pytester.runpytest_subprocess("-rsf", "-p", "no:cacheprovider",
-                                        "--bpf-expect=bpf_timer,nothing_else")
+                                        "--bpf-expect=other_feature,nothing_else")
     # example: 3 passed, 1 skipped; rule: 2 skipped + test_tp_test_run skipped, 4 failed
     res.assert_outcomes(passed=3, skipped=4, failed=4)
     res.stdout.fnmatch_lines_random([
         "*lacks kprobe_multi (first available in Linux 99.0)*",
-        "SKIPPED*lacks bpf_loop: program load refused with EPERM*",
-        "SKIPPED*lacks bpf_loop (first available in Linux 99.1)*",
+        "SKIPPED*lacks some_feature: program load refused with EPERM*",
+        "SKIPPED*lacks some_feature (first available in Linux 99.1)*",
         "SKIPPED*lacks BPF_PROG_TEST_RUN*",
-        "*bpf_loop is not supported on kernel * for an unexpected reason (Linux 5.5 or later "
+        "*some_feature is not supported on kernel * for an unexpected reason (Linux 5.5 or later "
         "should have it)*",
-        "*bpf_timer is expected to work on this machine (--bpf-expect)*",
+        "*other_feature is expected to work on this machine (--bpf-expect)*",
         "FAILED*test_unexplained_lack_fails*",
         "FAILED*test_other_feature_is_not_covered*",
         "FAILED*test_unmarked_not_supported_fails*",

@@ -26,7 +26,7 @@ def test_exec_is_traced(bpf_object, bpf_events):
     events = bpf_events(obj)              # collects the `events` ring buffer
     child = subprocess.Popen(["/bin/true", "from-the-example"])
     child.wait()
-    rec = events.wait_for(lambda r: pid_of(r) == child.pid, timeout=2.0)
+    rec = events.wait_for(lambda r: pid_of(r) == child.pid, timeout=10.0)
     filename = rec[56:56 + 256].split(b"\0")[0]
     ppid = struct.unpack_from("<I", rec, 40)[0]
     assert filename == b"/bin/true"
