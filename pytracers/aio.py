@@ -63,7 +63,7 @@ def ring_of(source: Any) -> RingBuffer:
     ``.rb``."""
     if isinstance(source, RingBuffer):
         return source
-    for attr in ("ring_buffer", "ring", "rb", "_ring"):   # _ring: pytracers' Tracer
+    for attr in ("ring_buffer", "ring", "rb"):
         rb = getattr(source, attr, None)
         if isinstance(rb, RingBuffer):
             return rb

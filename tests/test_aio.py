@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 
 import pytest
@@ -132,6 +133,45 @@ def test_numpy_batches_and_async_with_object():
             assert (await producer).retval == n
             assert seqs == list(range(n))
         assert obj.closed and rb.closed
+    asyncio.run(main())
+
+
+@pytest.mark.kind("raw_tp")
+def test_async_for_over_a_raw_tp_syscall_tracer():
+    """`async with` / `async for` over a SyscallTracer on the raw sys_enter /
+    sys_exit tracepoints, limited to our pid: exactly our getppid() calls
+    arrive, decoded, while a ticker task keeps running."""
+    from pytracers.tracers import SyscallTracer
+    k = 5
+
+    async def main():
+        ticks = [0]
+        stop = asyncio.Event()
+        ticker = asyncio.create_task(_ticker(ticks, stop))
+        async with SyscallTracer("getppid", kind="raw_tp", pid=os.getpid()) as tracer:
+            assert tracer.kind == "raw_tp"
+            for _ in range(k):
+                os.getppid()
+            seen = []
+
+            async def collect():
+                async for ev in tracer:
+                    seen.append(ev)
+                    if len(seen) == k:
+                        return
+
+            before = ticks[0]
+            await asyncio.wait_for(collect(), 60.0)
+            await asyncio.sleep(0.05)
+            assert await aio.read(tracer, timeout=0.2) == []       # nothing more
+            assert ticks[0] > before
+            assert tracer.lost == 0
+        assert tracer.closed
+        stop.set()
+        await ticker
+        assert [ev.name for ev in seen] == ["getppid"] * k
+        assert {(ev.pid, ev.ret) for ev in seen} == {(os.getpid(), os.getppid())}
+        assert all(ev.latency_ns > 0 for ev in seen)
     asyncio.run(main())
 
 

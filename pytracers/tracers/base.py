@@ -15,8 +15,8 @@ from __future__ import annotations
 
 
 import collections
-from typing import (Any, Callable, ClassVar, Dict, Iterator, List, Literal, Optional, Sequence,
-                    Type)
+from typing import (Any, AsyncIterator, Callable, ClassVar, Dict, Iterator, List, Literal,
+                    Optional, Sequence, Type)
 
 import pytracers
 from .._resource import Resource
@@ -186,6 +186,18 @@ class Tracer(Resource):
 
     def __iter__(self) -> Iterator[Any]:
         return self.events()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for ev in tracer`` (and ``async with tracer``): see
+        :mod:`pytracers.aio`."""
+        from ..aio import events
+        self._check()
+        return events(self._ring)
+
+    @property
+    def ring(self) -> Any:
+        """The :class:`~pytracers.ringbuf.RingBuffer` the events come from."""
+        return self._ring
 
     def poll(self, timeout: Optional[float] = None,
              callback: Optional[Callable[[Any], Any]] = None) -> int:
