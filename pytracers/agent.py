@@ -18,7 +18,9 @@ long-running service.  Top to bottom:
    same whatever the event rate.
 3. :func:`pump` -- one asyncio task per tracer: ``async for batch in
    pytracers.aio.batches(tracer)`` wakes on the ring buffer's fd (no thread,
-   no busy polling) and hands each batch to :class:`Stats`.
+   no busy polling) and hands each batch to :class:`Stats`.  Exec events come
+   as decoded records; syscall events, many more, as numpy rows
+   (``arrays=True``), which :meth:`Stats.add_syscall_rows` groups with numpy.
 4. :func:`run` -- opens the tracers (:class:`~pytracers.tracers.ExecTracer`
    on the execve tracepoints; :class:`~pytracers.tracers.SyscallTracer` with
    the probe kind chosen below), serves ``/metrics`` with
@@ -28,10 +30,12 @@ long-running service.  Top to bottom:
 5. :func:`main` -- the command line; ``pytracers agent`` calls it with its
    parsed arguments, ``python -m pytracers.agent`` with ``sys.argv``.
 
-Which syscall probe: named syscalls (``--syscalls``) use ``tp``, the
-per-syscall tracepoints, so the rest of the system pays nothing; all
-syscalls use ``tp_btf`` (the cheapest per call, but it runs on every syscall
-of the system), falling back to ``raw_tp`` where tp_btf is missing.
+Which syscall probe: named syscalls (``--syscalls``) are traced as
+:func:`pytracers.choose.trace_syscall` decides -- ``tp``, the per-syscall
+tracepoints, so the rest of the system pays nothing (else tp_btf, else
+raw_tp); all syscalls use ``tp_btf`` (the cheapest per call, but it runs on
+every syscall of the system), falling back to ``raw_tp`` where tp_btf is
+missing.
 ``--syscall-kind`` overrides.  See docs/which-probe.md.
 
 Metrics (``comm`` is the 15-byte command name; past ``--max-comms`` distinct
@@ -135,6 +139,43 @@ class Stats:
                 h.sum += lat
 
 
+    def add_syscall_rows(self, rows: Any) -> None:
+        """The same as :meth:`add_syscalls`, from a numpy structured array
+        (``RingBuffer.read_batch()``: fields ``comm``, ``id``,
+        ``latency_ns``).  numpy groups the batch, so the Python work is per
+        distinct (comm, syscall) in the batch rather than per event -- what
+        lets the agent keep up with every syscall of a busy machine."""
+        import numpy as np
+
+        from .tracers.syscalls import syscall_name
+        if not len(rows):
+            return
+        comms, comm_of_row = np.unique(rows["comm"], return_inverse=True)
+        comm_of_row = comm_of_row.reshape(-1)
+        ids = rows["id"]
+        nb = len(self._bounds_ns) + 1
+        bucket = np.searchsorted(np.asarray(self._bounds_ns), rows["latency_ns"], side="left")
+        # one flat index per (comm, id) and per (comm, bucket), counted by bincount
+        pair, pair_counts = np.unique(comm_of_row.astype(np.int64) * (1 << 32)
+                                      + (ids & 0xFFFFFFFF), return_counts=True)
+        hist = np.bincount(comm_of_row * nb + bucket, minlength=len(comms) * nb)
+        sums = np.bincount(comm_of_row, weights=rows["latency_ns"], minlength=len(comms))
+        names = [c.partition(b"\0")[0].decode("utf-8", "replace") for c in comms.tolist()]
+        with self.lock:
+            local = [self._comm(n) for n in names]
+            counts, hists = self.syscalls, self.latency
+            for p, n in zip(pair.tolist(), pair_counts.tolist()):
+                key = (local[p >> 32], syscall_name(p & 0xFFFFFFFF))
+                counts[key] = counts.get(key, 0) + n
+            for ci, comm in enumerate(local):
+                h = hists.get(comm)
+                if h is None:
+                    h = hists[comm] = _Histogram(nb - 1)
+                for b, n in enumerate(hist[ci * nb:(ci + 1) * nb].tolist()):
+                    h.counts[b] += n
+                h.sum += float(sums[ci])
+
+
 # ---- 2. export ----------------------------------------------------------------------------
 
 class StatsCollector:
@@ -193,10 +234,11 @@ class StatsCollector:
 
 # ---- 3. reading ---------------------------------------------------------------------------
 
-async def pump(tracer: Any, sink: Any) -> None:
+async def pump(tracer: Any, sink: Any, arrays: bool = False) -> None:
     """Feed ``tracer``'s events to ``sink(batch)`` until cancelled or the
-    tracer closes."""
-    async for batch in aio.batches(tracer):
+    tracer closes; ``arrays``: batches are numpy structured arrays rather
+    than lists of decoded records."""
+    async for batch in aio.batches(tracer, arrays=arrays):
         sink(batch)
 
 
@@ -211,7 +253,8 @@ def _syscall_tracer(syscalls: Optional[List[str]], kind: str, **kw: Any) -> Any:
     if kind != "auto":
         return SyscallTracer(syscalls, kind=kind, **kw)
     if syscalls:
-        return SyscallTracer(syscalls, kind="tp", **kw)
+        from .choose import trace_syscall      # tp, else tp_btf, else raw_tp
+        return trace_syscall(syscalls, **kw)
     try:
         return SyscallTracer(None, kind="tp_btf", **kw)
     except NotSupportedError as e:
@@ -250,7 +293,8 @@ def run(host: str = DEFAULT_LISTEN[0], port: int = DEFAULT_LISTEN[1], *,
 
     stats = Stats(max_comms=max_comms)
     tracers: Dict[str, Any] = {}
-    sinks = {"exec": stats.add_execs, "syscalls": stats.add_syscalls}
+    # exec events are rare: decoded records; syscalls are many: numpy rows
+    sinks = {"exec": (stats.add_execs, False), "syscalls": (stats.add_syscall_rows, True)}
     server = None
     previous = _install_early_stop()
     try:
@@ -292,7 +336,7 @@ async def _serve(tracers: Dict[str, Any], sinks: Dict[str, Any],
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(pump(t, sinks[name]), name=f"pump-{name}")
+    tasks = [asyncio.create_task(pump(t, *sinks[name]), name=f"pump-{name}")
              for name, t in tracers.items()]
     stopper = asyncio.create_task(stop.wait())
     try:

@@ -175,3 +175,45 @@ except OSError:
     assert "Traceback" not in text, text
     assert "stopped, links detached" in text, text
     assert not (introspect.link_ids() & agent_links), "agent links left in the kernel"
+
+
+def test_numpy_rows_aggregate_like_decoded_records():
+    """Stats.add_syscall_rows (the agent's numpy path) and add_syscalls (one
+    record at a time) agree on the same events, bucket edges included."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pytracers.agent import LATENCY_BUCKETS, OTHER_COMM, Stats
+    from pytracers.tracers.syscalls import syscall_name
+
+    rnd = random.Random(7)
+    edges = [int(b * 1e9) for b in LATENCY_BUCKETS]
+    lat = [rnd.choice(edges + [e + 1 for e in edges] + [0, 10**10]) for _ in range(2000)]
+    comms = [rnd.choice(["bash", "python", "sshd", "x" * 15, "a"]) for _ in lat]
+    ids = [rnd.choice([0, 1, 39, 110, 257]) for _ in lat]
+    rows = np.zeros(len(lat), dtype=[("comm", "S16"), ("id", "<i8"), ("latency_ns", "<u8")])
+    rows["comm"] = [c.encode() for c in comms]
+    rows["id"] = ids
+    rows["latency_ns"] = lat
+    events = [SimpleNamespace(comm=c, name=syscall_name(i), latency_ns=v)
+              for c, i, v in zip(comms, ids, lat)]
+
+    a, b = Stats(), Stats()
+    a.add_syscalls(events)
+    b.add_syscall_rows(rows[:700])
+    b.add_syscall_rows(rows[700:])
+    b.add_syscall_rows(rows[:0])
+    assert set(a.latency) == set(b.latency) == set(comms)
+    assert a.syscalls == b.syscalls
+    assert sum(a.syscalls.values()) == len(lat)
+    for comm in a.latency:
+        assert a.latency[comm].counts == b.latency[comm].counts
+        assert a.latency[comm].sum == pytest.approx(b.latency[comm].sum)
+    # past max_comms distinct names, the rest count under OTHER_COMM
+    c = Stats(max_comms=3)
+    c.add_syscall_rows(rows)
+    assert len(c.latency) == 4 and OTHER_COMM in c.latency
+    assert sum(sum(h.counts) for h in c.latency.values()) == len(lat)
+
