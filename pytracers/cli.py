@@ -28,13 +28,14 @@ import importlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
 import time
 from types import FrameType
 from typing import (Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional,
-                    Sequence, TextIO, Tuple)
+                    Sequence, Set, TextIO, Tuple)
 
 from . import errors as E
 
@@ -100,15 +101,22 @@ def classify(exc: BaseException, command: str = "") -> Tuple[int, str, str]:
         return exc.code, msg, exc.hint
     msg, more = _one_line(str(exc))
     if isinstance(exc, E.TargetNotFoundError):
-        what = {"function": "functions", "tracepoint": "tracepoints"}.get(exc.kind)
-        if what:
-            stem = exc.name.split(":")[-1][:4] or "*"
-            hint = f"search with: {PROG} list {what} '*{stem}*'"
+        stem = _glob_stem(exc.name)
+        if "function" in exc.kind:
+            hint = f"search with: {PROG} list functions '*{stem}*'"
+        elif "tracepoint" in exc.kind:
+            hint = f"search with: {PROG} list tracepoints '*{stem}*'"
+        elif "syscall" in exc.kind:
+            hint = f"search with: {PROG} list tracepoints 'sys_enter_*{stem}*'"
         else:
             hint = f"check the name; {PROG} {command or 'COMMAND'} --help"
         return EXIT_NOT_FOUND, msg, hint
     if isinstance(exc, E.NotSupportedError):
-        hint = "" if exc.hint else f"`{PROG} doctor` shows what this kernel supports"
+        older = exc.min_kernel and _kernel_older_than(exc.min_kernel)
+        msg, _ = _one_line(f"{exc.feature} is not supported by this kernel: {exc.reason}"
+                           + (f" (first available in Linux {exc.min_kernel})" if older else ""))
+        hint = _cli_words(exc.hint) if exc.hint else \
+            f"`{PROG} doctor` shows what this kernel supports"
         return EXIT_NOT_SUPPORTED, msg, hint
     if isinstance(exc, (E.PermissionDeniedError, E.InsecureFileError)) or (
             isinstance(exc, (E.TracefsError, PermissionError))
@@ -125,6 +133,28 @@ def classify(exc: BaseException, command: str = "") -> Tuple[int, str, str]:
         msg = f"{type(exc).__name__}: {msg}"
         hint = "this is a bug in pytracers; --debug shows the traceback"
     return EXIT_ERROR, msg, hint
+
+
+def _glob_stem(name: str) -> str:
+    """A piece of a mistyped name worth searching for: the start of its
+    longest word ("no_such_function_xyz" -> "funct", "do_unlinkatt" -> "unlin")."""
+    words = [w for w in re.split(r"[^A-Za-z0-9]+", name.split(":")[-1]) if w]
+    return max(words, key=len)[:5] if words else ""
+
+
+def _kernel_older_than(version: str) -> bool:
+    def nums(v: str) -> Tuple[int, ...]:
+        out = []
+        for part in v.split(".")[:2]:
+            digits = "".join(c for c in part if c.isdigit()) or "0"
+            out.append(int(digits))
+        return tuple(out)
+    return nums(os.uname().release) < nums(version)
+
+
+def _cli_words(hint: str) -> str:
+    """A library hint in command-line terms: kind='kprobe' -> --kind kprobe."""
+    return re.sub(r"\bkind='(\w+)'", r"--kind \1", hint)
 
 
 def _report_error(exc: BaseException, command: str, debug: bool) -> int:
@@ -349,27 +379,6 @@ class Source:
         pass
 
 
-class ObjectSource(Source):
-    """A shipped object loaded and attached here, read through its ring buffer."""
-
-    def __init__(self, obj: Any, ring: Any, kind: str, target: str, why: str) -> None:
-        self.obj = obj
-        self.ring = ring
-        self.kind = kind
-        self.target = target
-        self.why = why
-
-    def poll(self, timeout: float, callback: Callable[[Any], Any]) -> int:
-        return int(self.ring.poll(timeout, callback))
-
-    @property
-    def lost(self) -> int:
-        return int(self.obj.maps["lost"].sum_percpu_u64())
-
-    def close(self) -> None:
-        self.obj.close()
-
-
 class TracerSource(Source):
     """A pytracers tracer object (pytracers.tracers / trace_function / trace_syscall)."""
 
@@ -399,14 +408,14 @@ class TracerSource(Source):
 
 
 def run_events(source: Source, out: Output, stopper: Stopper, duration: Optional[float],
-               on_event: Callable[[Any], None], *, what: str,
-               tick: Optional[Tuple[float, Callable[[], None]]] = None) -> int:
-    """The event loop shared by every streaming command: poll until the
-    duration ends, a signal arrives or stdout closes; then detach, and print
-    the summary (events seen and lost) on stderr."""
+               on_event: Callable[[Any], None], *, what: str, ready: str,
+               tick: Optional[Tuple[float, Callable[[], None]]] = None,
+               at_end: Optional[Callable[[], None]] = None) -> int:
+    """The event loop shared by every streaming command.  It owns ``source``
+    from the start: prints the header (human mode) and then ``ready`` on
+    stderr, polls until the duration ends, a signal arrives or stdout closes;
+    then detaches, and prints the summary (events seen and lost) on stderr."""
     start = time.monotonic()
-    deadline = None if not duration else start + duration
-    next_tick = None if tick is None else start + tick[0]
     seen = [0]
 
     def deliver(ev: Any) -> None:
@@ -417,6 +426,12 @@ def run_events(source: Source, out: Output, stopper: Stopper, duration: Optional
     elapsed = 0.0
     try:
         try:
+            out.header()
+            out.flush()
+            note(ready + "; Ctrl-C to stop")
+            start = time.monotonic()
+            deadline = None if not duration else start + duration
+            next_tick = None if tick is None else start + tick[0]
             while not stopper.stopped:
                 now = time.monotonic()
                 if deadline is not None and now >= deadline:
@@ -434,16 +449,18 @@ def run_events(source: Source, out: Output, stopper: Stopper, duration: Optional
                     out.flush()
                     next_tick += tick[0]
             source.poll(0.0, deliver)            # what was already in the ring
+            if at_end is not None:
+                at_end()
             out.flush()
         except BrokenPipeError:
             stopper.stop("stdout closed")
             _silence_stdout()
-        lost = source.lost
         elapsed = time.monotonic() - start
+        lost = source.lost
     finally:
         source.close()
     reason = stopper.reason or "stopped"
-    shown = "" if out.rows == seen[0] or tick is not None else f", {out.rows} shown"
+    shown = "" if out.rows == seen[0] or not out.columns else f", {out.rows} shown"
     note(f"{what}: {seen[0]} event{'s' if seen[0] != 1 else ''} seen{shown}, {lost} lost "
          f"in {elapsed:.1f} s ({reason}); probes detached")
     return EXIT_OK
@@ -492,27 +509,6 @@ def _seconds(value: str) -> float:
     return s
 
 
-def _record_dict(rec: Any) -> Dict[str, Any]:
-    """A decoded record as a plain dict: private fields dropped, argN folded into args."""
-    if hasattr(rec, "_asdict"):
-        d = dict(rec._asdict())
-    elif isinstance(rec, Mapping):
-        d = dict(rec)
-    else:
-        d = {k: getattr(rec, k) for k in dir(rec) if not k.startswith("_")
-             and not callable(getattr(rec, k))}
-    d = {k: _jsonable(v) for k, v in d.items() if not k.startswith("_")}
-    argn = sorted((k for k in d if k.startswith("arg") and k[3:].isdigit()),
-                  key=lambda k: int(k[3:]))
-    if argn and "args" not in d:
-        vals = [d.pop(k) for k in argn]
-        n = d.pop("argc", None)
-        if isinstance(n, int) and all(isinstance(v, str) for v in vals):
-            vals = vals[:n]
-        d["args"] = vals
-    return d
-
-
 def _common(p: argparse.ArgumentParser, *, kinds: Sequence[str] = (),
             filters: bool = True, duration: bool = True) -> None:
     g = p.add_argument_group("common options")
@@ -544,63 +540,37 @@ class _Parser(argparse.ArgumentParser):
 # exec
 
 EXEC_COLUMNS = [
-    Column("TIME", 8, lambda r: r["_clock"].hms(r["ts_ns"])),
-    Column("PCOMM", 16, lambda r: r["comm"]),
-    Column("PID", 7, lambda r: r["pid"], right=True),
-    Column("PPID", 7, lambda r: r["ppid"], right=True),
-    Column("UID", 5, lambda r: r.get("uid"), right=True),
-    Column("RET", 4, lambda r: r.get("ret"), right=True),
-    Column("ARGS", 0, lambda r: _exec_args(r)),
+    Column("TIME", 8, lambda d: _hms(d)),
+    Column("PCOMM", 16, lambda d: d.get("comm")),
+    Column("PID", 7, lambda d: d.get("pid"), right=True),
+    Column("PPID", 7, lambda d: d.get("ppid"), right=True),
+    Column("UID", 5, lambda d: d.get("uid"), right=True),
+    Column("RET", 4, lambda d: d.get("ret"), right=True),
+    Column("ARGS", 0, lambda d: _exec_args(d)),
 ]
+EXEC_KINDS = ("tp", "tp_btf")
 
 
-def _exec_args(r: Mapping[str, Any]) -> str:
-    args = [a for a in r.get("args", []) if a]
-    words = [r.get("filename") or (args[0] if args else "")] + args[1:]
+def _exec_args(d: Mapping[str, Any]) -> str:
+    args = [a for a in d.get("args") or [] if a]
+    words = [d.get("filename") or (args[0] if args else "")] + args[1:]
     return " ".join(shlex.quote(w) if w else "''" for w in words)
 
 
 def _open_exec(args: argparse.Namespace) -> Source:
-    tracers = _tracers_module()
-    if tracers is not None and hasattr(tracers, "ExecTracer"):
-        kw: Dict[str, Any] = {}
-        if args.pid:
-            kw["pid"] = args.pid
-        if args.comm:
-            kw["comm"] = args.comm
-        t = tracers.ExecTracer(**kw)
-        src = TracerSource(t, "syscalls:sys_enter_execve + sys_exit_execve")
-        src.kind = src.kind or "tp"
-        return src
-    import pytracers
-    o = pytracers.open(pytracers.object_path("exec"))
-    try:
-        if args.pid:
-            o.config["cfg_pid"] = args.pid
-        if args.comm:
-            o.config["cfg_comm"] = args.comm
-    except BaseException:
-        o.close()
-        raise
-    obj = o.load()
-    try:
-        obj.programs["exec_enter"].attach()
-        obj.programs["exec_exit"].attach()
-        ring = obj.ring_buffer(event="exec_event")
-    except BaseException:
-        obj.close()
-        raise
-    return ObjectSource(obj, ring, "tp", "syscalls:sys_enter_execve + sys_exit_execve",
-                        "stable tracepoints on both sides of execve give the file name, "
-                        "arguments and result")
-
-
-def _tracers_module() -> Any:
-    try:
-        return importlib.import_module("pytracers.tracers")
-    except ImportError as e:
-        log.debug("pytracers.tracers unavailable (%s): using the shipped objects directly", e)
-        return None
+    """tp (default): ExecTracer on the execve tracepoints -- arguments, uid,
+    failed execs.  tp_btf: ProcessTracer's sched_process_exec -- successful
+    execs only, no arguments, but the kernel's own view of the file run."""
+    kw = _tracer_options(args)
+    if args.kind == "tp_btf":
+        from .tracers.process import ProcessTracer
+        t = ProcessTracer(events=("exec",), **kw)
+        if args.failed:
+            note("exec: --failed has no effect with tp_btf (sched_process_exec fires only "
+                 "for execs that succeeded)")
+        return TracerSource(t, "sched:sched_process_exec")
+    from .tracers import ExecTracer
+    return TracerSource(ExecTracer(**kw), "syscalls:sys_enter_execve + sys_exit_execve")
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -609,26 +579,17 @@ def cmd_exec(args: argparse.Namespace) -> int:
     out = Output(args.json, EXEC_COLUMNS)
     with Stopper() as stopper:
         src = _open_exec(args)
-        note(f"exec: tracing with {src.kind} on {src.target}"
-             + (f" ({src.why})" if src.why else "")
-             + ("; failed execs included" if args.failed else "")
-             + "; Ctrl-C to stop")
 
         def on_event(rec: Any) -> None:
-            d = _record_dict(rec)
+            d = event_dict(rec)
             if not args.failed and d.get("ret", 0) != 0:
                 return
-            if args.json:
-                d = {"event": "exec", "time": round(clock.wall(d["ts_ns"]), 6), **d}
-                out.row(d)
-            else:
-                d["_clock"] = clock
-                out.row(d)
+            d = {"event": "exec", "time": round(clock.wall(d["ts_ns"]), 6), **d}
+            out.row(d)
 
-        if not args.json:
-            out.header()
-            out.flush()
-        return run_events(src, out, stopper, args.duration, on_event, what="exec")
+        ready = (f"exec: {src.target} with {src.kind}" + (f": {src.why}" if src.why else "")
+                 + ("; failed execs included" if args.failed else ""))
+        return run_events(src, out, stopper, args.duration, on_event, what="exec", ready=ready)
 
 
 # --------------------------------------------------------------------------------------
@@ -693,100 +654,533 @@ def cmd_list_functions(args: argparse.Namespace) -> int:
                                   min_kernel="5.2", hint="build with CONFIG_DEBUG_INFO_BTF=y")
     names = btf.functions(args.glob)
     if not names:
-        sugg = btf.suggest(args.glob.strip("*?[]"), kind="func") if args.glob else []
+        stem = args.glob.strip("*?[]")
+        sugg = btf.suggest(stem, kind="func") if stem else []
         raise CliError(f"no kernel function matches {args.glob!r}"
                        + (f"; did you mean: {', '.join(sugg)}?" if sugg else ""),
-                       EXIT_NOT_FOUND, "globs are shell-style, e.g. 'do_sys_*'")
-    limit = args.limit
-    shown = names if not limit else names[:limit]
-    kinds = [k for k in ("fentry", "kprobe") if not args.kind or k == args.kind]
-    rows = []
+                       EXIT_NOT_FOUND, f"globs are shell-style: {PROG} list functions "
+                       f"'*{stem[:6]}*'")
+    shown = names if not args.limit else names[:args.limit]
+    kinds = [args.kind] if args.kind else ["fentry", "kprobe"]
+    # A kind this kernel lacks altogether is said once, not on every row.
+    kernel_no: Dict[str, str] = {}
+    for k in kinds:
+        f = features.probe_one(k)
+        if not f.supported:
+            kernel_no[k] = f.reason + (f" (fix: {f.fix})" if f.fix else "")
+    syms = features.kallsyms_functions()
+    sites = features.filter_functions()
+    blacklist = features.kprobe_blacklist()
+    rows: List[Dict[str, Any]] = []
     for fn in shown:
-        answers = {}
+        row: Dict[str, Any] = {"function": fn}
         for k in kinds:
-            a = features.can_attach(fn, k)
-            answers[k] = (bool(a), _reason_of(a))
-        rows.append((fn, answers))
+            if k in kernel_no:
+                row[k] = {"ok": False, "reason": f"{k} is not available on this kernel: "
+                          f"{kernel_no[k]}"}
+            else:
+                a = features.can_attach(k, fn)
+                row[k] = {"ok": bool(a.supported), "reason": a.reason}
+        row["symbol"] = _symbol_notes(fn, syms, sites, blacklist)
+        rows.append(row)
     if args.json:
-        for fn, answers in rows:
-            sys.stdout.write(dumps({"function": fn, **{
-                k: {"ok": ok, "reason": why} for k, (ok, why) in answers.items()}}) + "\n")
+        for row in rows:
+            sys.stdout.write(dumps(row) + "\n")
     else:
         table = []
-        for fn, answers in rows:
-            cells: List[Any] = [fn]
-            reasons = []
+        for row in rows:
+            cells: List[Any] = [row["function"]]
+            why = []
             for k in kinds:
-                ok, why = answers[k]
-                cells.append("yes" if ok else "no")
-                if not ok and why and why not in reasons:
-                    reasons.append(why)
-            cells.append("; ".join(reasons))
+                ok = row[k]["ok"]
+                cells.append("yes" if ok else ("no*" if k in kernel_no else "no"))
+                if not ok and k not in kernel_no:
+                    why.append(f"{k}: {row[k]['reason']}")
+            cells.append(", ".join(row["symbol"]) or "-")
+            cells.append("; ".join(why))
             table.append(cells)
-        print_table(table, ["FUNCTION", *[k.upper() for k in kinds], "WHY NOT"])
-    more = f" (showing {len(shown)}; --limit 0 shows all)" if len(shown) < len(names) else ""
+        print_table(table, ["FUNCTION", *[k.upper() for k in kinds], "SYMBOL", "WHY NOT"])
+    for k, reason in kernel_no.items():
+        note(f"no*: {k} is not available on this kernel: {reason}")
+    more = (f" (showing the first {len(shown)}; --limit 0 shows all)"
+            if len(shown) < len(names) else "")
     note(f"{len(names)} function{'s' if len(names) != 1 else ''} match {args.glob!r}{more}")
     return EXIT_OK
 
 
-def _reason_of(answer: Any) -> str:
-    for attr in ("reason", "why", "detail"):
-        v = getattr(answer, attr, None)
-        if v:
-            return str(v)
-    return ""
+def _symbol_notes(fn: str, syms: Optional[Set[str]], sites: Optional[Set[str]],
+                  blacklist: Optional[Set[str]]) -> List[str]:
+    """What the kernel's own lists say about a function (BTF has it: it is listed)."""
+    out = []
+    if syms is not None:
+        out.append("kallsyms" if fn in syms else "inlined (not in kallsyms)")
+    if sites is not None:
+        out.append("ftrace site" if fn in sites else "notrace (no ftrace site)")
+    if blacklist is not None and fn in blacklist:
+        out.append("kprobe-blacklisted")
+    return out
 
 
 # --------------------------------------------------------------------------------------
-# doctor, trace, syscalls: driven by the feature prober and the tracers
+# doctor
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     features = _optional_module("pytracers.features", "the feature prober")
     report = features.probe()
-    rows = _report_rows(report)
+    rows = [_feature_row(f) for f in report]
     if args.json:
         for r in rows:
             sys.stdout.write(dumps(r) + "\n")
-        return EXIT_OK
-    print_table([(r["feature"], "yes" if r["available"] else "no",
-                  r.get("reason") or "", r.get("fix") or "") for r in rows],
-                ["FEATURE", "OK", "REASON", "FIX"])
+    else:
+        print_table([(r["feature"], "yes" if r["available"] else
+                      ("no" if r["conclusive"] else "?"), r["reason"], r["fix"] or "")
+                     for r in rows], ["FEATURE", "OK", "REASON", "FIX"])
+    from ._errmap import missing_bpf_caps
+    cap = missing_bpf_caps(tracing=True)
+    tail = (f"; not privileged (needs {cap}): answers marked ? are inconclusive, run as root"
+            if cap else "")
+    note(f"kernel {report.kernel}, probed in {report.seconds * 1000:.0f} ms{tail}")
     return EXIT_OK
 
 
-def _report_rows(report: Any) -> List[Dict[str, Any]]:
-    """The prober's report as rows {feature, available, reason, fix, ...}."""
-    items: Iterable[Tuple[str, Any]]
-    if hasattr(report, "items"):
-        items = report.items()
-    else:
-        items = [(getattr(a, "feature", getattr(a, "name", "?")), a) for a in report]
-    rows = []
-    for name, a in items:
-        if isinstance(a, Mapping):
-            get = a.get
+def _feature_row(f: Any) -> Dict[str, Any]:
+    return {"feature": f.name, "available": bool(f.supported), "reason": f.reason or "",
+            "fix": f.fix or None, "conclusive": bool(f.conclusive),
+            "min_kernel": f.min_kernel}
+
+
+# --------------------------------------------------------------------------------------
+# events of the tracers: JSON and columns
+
+def event_dict(rec: Any) -> Dict[str, Any]:
+    """A tracer record as a JSON-ready dict: its fields, with the computed
+    attributes of the record class (name, args, ret, latency_ns, argv, ...)
+    in place of the raw ones; private and bookkeeping fields dropped."""
+    d: Dict[str, Any] = dict(rec._asdict()) if hasattr(rec, "_asdict") else dict(rec)
+    cls = type(rec)
+    for attr in dir(cls):
+        if not attr.startswith("_") and isinstance(getattr(cls, attr, None), property):
+            d[attr] = getattr(rec, attr)
+    for k in ("flags", "raw_args"):
+        d.pop(k, None)
+    if "argv" in d:                                  # exec: argv replaces arg0..3, argc
+        d["args"] = d.pop("argv")
+    argn = [k for k in d if k.startswith("arg") and k[3:].isdigit()]
+    if argn and "args" not in d:
+        vals = [d.pop(k) for k in sorted(argn, key=lambda k: int(k[3:]))]
+        n = d.get("argc")
+        d["args"] = vals[:n] if isinstance(n, int) else vals
+    for k in argn + ["argc"]:
+        d.pop(k, None)
+    return {k: _jsonable(v) for k, v in d.items() if not k.startswith("_")}
+
+
+def _value(v: Any, ret: bool = False) -> str:
+    """An integer as people read kernel values: addresses in hex, and a
+    return value of -errno by its name."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        return _text(v)
+    if ret and -4095 <= v < 0 and -v in _errno.errorcode:
+        return f"-{_errno.errorcode[-v]}"
+    if v >= 1 << 32 or v < -(1 << 40):
+        return hex(v & 0xFFFFFFFFFFFFFFFF)
+    return str(v)
+
+
+def _args_text(args: Any) -> str:
+    if args is None:
+        return ""
+    if isinstance(args, Mapping):
+        return " ".join(f"{k}={_value(v)}" for k, v in args.items())
+    if isinstance(args, (list, tuple)):
+        return " ".join(_value(v) for v in args)
+    return str(args)
+
+
+def _lat_us(d: Mapping[str, Any]) -> Any:
+    ns = d.get("latency_ns")
+    return None if ns is None else f"{ns / 1000:.1f}"
+
+
+def _hms(d: Mapping[str, Any]) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(d["time"]))
+
+
+FUNCTION_COLUMNS = [
+    Column("TIME", 8, _hms),
+    Column("PCOMM", 16, lambda d: d.get("comm")),
+    Column("PID", 7, lambda d: d.get("pid"), right=True),
+    Column("TID", 7, lambda d: d.get("tid"), right=True),
+    Column("LAT(us)", 9, _lat_us, right=True),
+    Column("RET", 10, lambda d: _value(d.get("ret"), ret=True), right=True),
+    Column("FUNCTION", 24, lambda d: d.get("name")),
+    Column("ARGS", 0, lambda d: _args_text(d.get("args"))),
+]
+SYSCALL_COLUMNS = [
+    Column("TIME", 8, _hms),
+    Column("PCOMM", 16, lambda d: d.get("comm")),
+    Column("PID", 7, lambda d: d.get("pid"), right=True),
+    Column("TID", 7, lambda d: d.get("tid"), right=True),
+    Column("SYSCALL", 16, lambda d: d.get("name")),
+    Column("LAT(us)", 9, _lat_us, right=True),
+    Column("RET", 10, lambda d: _value(d.get("ret"), ret=True), right=True),
+    Column("ARGS", 0, lambda d: _args_text(d.get("args"))),
+]
+PROCESS_COLUMNS = [
+    Column("TIME", 8, _hms),
+    Column("PCOMM", 16, lambda d: d.get("comm")),
+    Column("PID", 7, lambda d: d.get("pid"), right=True),
+    Column("PPID", 7, lambda d: d.get("ppid"), right=True),
+    Column("EVENT", 5, lambda d: d.get("event")),
+    Column("DETAIL", 0, lambda d: _process_detail(d)),
+]
+
+
+def _process_detail(d: Mapping[str, Any]) -> str:
+    ev = d.get("event")
+    life = d.get("lifetime_ns")
+    if ev == "exec":
+        return f"{d.get('filename')} (process age {life / 1e6:.1f} ms)" if life else \
+            str(d.get("filename"))
+    if ev == "fork":
+        return f"child {d.get('child_pid')}"
+    if ev == "exit":
+        if d.get("exit_signal") is not None:
+            how = f"killed by signal {d['exit_signal']}" + \
+                (" (core dumped)" if d.get("core_dumped") else "")
         else:
-            def get(k: str, default: Any = None, _a: Any = a) -> Any:
-                return getattr(_a, k, default)
-        ok = get("available", get("supported", get("ok", None)))
-        if ok is None:
-            ok = bool(a)
-        row: Dict[str, Any] = {"feature": str(name), "available": bool(ok),
-                               "reason": get("reason", "") or "",
-                               "fix": get("hint", get("fix", "")) or ""}
-        mk = get("min_kernel", None)
-        if mk:
-            row["min_kernel"] = mk
-        rows.append(row)
-    return rows
+            how = f"status {d.get('exit_status')}"
+        return how + (f" after {life / 1e6:.1f} ms" if life else "")
+    return ""
+
+
+# --------------------------------------------------------------------------------------
+# trace
+
+PROCESS_EVENTS = {"sched_process_exec": "exec", "sched_process_fork": "fork",
+                  "sched_process_exit": "exit"}
+
+
+class Target:
+    """What `trace` was asked for: a function, syscall(s) or process events."""
+
+    def __init__(self, what: str, names: List[str], kind: Optional[str]) -> None:
+        self.what = what          # "function", "syscall" or "process"
+        self.names = names
+        self.kind = kind
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.names)
+
+
+def parse_target(spec: str, kind: Optional[str]) -> Target:
+    """`[KIND:]TARGET` (and --kind) -> Target; raises CliError for contradictions."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix in ALL_KINDS:
+        if kind and kind != prefix:
+            raise CliError(f"{spec!r} names kind {prefix} but --kind says {kind}", EXIT_USAGE,
+                           "give the kind once")
+        kind, spec = prefix, rest
+        prefix, sep, rest = spec.partition(":")
+    if not spec:
+        raise CliError("no target after the kind", EXIT_USAGE,
+                       f"e.g. {PROG} trace fentry:do_unlinkat")
+    if sep:
+        if prefix in ("syscall", "sys"):
+            return Target("syscall", _split_names(rest), _syscall_kind(kind, spec))
+        if prefix == "syscalls":                       # the tracefs name of one
+            name = rest
+            for p in ("sys_enter_", "sys_exit_"):
+                if name.startswith(p):
+                    name = name[len(p):]
+            return Target("syscall", [name], _syscall_kind(kind, spec))
+        if prefix == "sched" and rest in PROCESS_EVENTS:
+            if kind not in (None, "tp_btf"):
+                raise CliError(f"{spec} is traced with tp_btf only, not {kind}",
+                               EXIT_NOT_SUPPORTED,
+                               f"use tp_btf:{rest}, or `{PROG} exec` for execs with kind tp")
+            return Target("process", [PROCESS_EVENTS[rest]], "tp_btf")
+        from . import tracefs
+        tracefs.require_tracepoint(prefix, rest)      # TargetNotFoundError with suggestions
+        raise CliError(f"the command line cannot trace tracepoint {spec}: its tracers cover "
+                       "kernel functions, syscalls (syscall:NAME) and "
+                       "sched:sched_process_exec/fork/exit", EXIT_NOT_SUPPORTED,
+                       "load an object of your own for other tracepoints (pytracers.open)")
+    if spec in PROCESS_EVENTS and kind == "tp_btf":
+        return Target("process", [PROCESS_EVENTS[spec]], kind)
+    if kind in SYSCALL_KINDS:
+        return Target("syscall", _split_names(spec), kind)
+    if any(c in spec for c in "*?[") and kind in (None, "kprobe_multi"):
+        return Target("function", [spec], "kprobe_multi")
+    return Target("function", [spec], kind)
+
+
+def _split_names(text: str) -> List[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise CliError("no syscall named", EXIT_USAGE, f"e.g. {PROG} trace syscall:openat")
+    return names
+
+
+def _syscall_kind(kind: Optional[str], spec: str) -> Optional[str]:
+    if kind is not None and kind not in SYSCALL_KINDS:
+        raise CliError(f"syscall target {spec} cannot be traced with {kind}: syscalls are "
+                       f"traced with {', '.join(SYSCALL_KINDS)}", EXIT_NOT_SUPPORTED,
+                       f"trace the kernel function instead, e.g. {kind}:__x64_sys_NAME")
+    return kind
+
+
+def _tracer_options(args: argparse.Namespace, **extra: Any) -> Dict[str, Any]:
+    kw: Dict[str, Any] = dict(extra)
+    if getattr(args, "pid", None):
+        kw["pid"] = args.pid
+    if getattr(args, "comm", None):
+        kw["comm"] = args.comm
+    return kw
+
+
+# Batch wakeups: the CLI's own syscalls (reading the ring, writing stdout)
+# must not wake it once per event, or tracing e.g. write(2) would feed itself.
+WAKEUP_BYTES = 64 * 1024
+LATENCY = 0.1
+
+
+def _is_syscall(name: str) -> bool:
+    try:
+        from .tracers.syscalls import syscall_number
+        syscall_number(name)
+        return True
+    except (E.TargetNotFoundError, E.BadArgumentError, ImportError):
+        return False
+
+
+def open_trace(target: Target, args: argparse.Namespace) -> Tuple[Source, str]:
+    """Start the tracer for a target; (source, what to say on stderr about the choice)."""
+    import pytracers
+    kw = _tracer_options(args, wakeup_bytes=WAKEUP_BYTES, latency=LATENCY)
+    t: Any
+    if target.what == "process":
+        from .tracers.process import ProcessTracer
+        t = ProcessTracer(events=target.names, **kw)
+        return TracerSource(t, f"sched:sched_process_{target.label}"), ""
+    if target.what == "syscall":
+        t = pytracers.trace_syscall(target.names, kind=target.kind, **kw)
+        return TracerSource(t, f"syscall {target.label}"), ""
+    name = target.names[0]
+    stable = bool(getattr(args, "stable", False))
+    try:
+        t = pytracers.trace_function(name, kind=target.kind, stable=stable, **kw)
+    except E.TargetNotFoundError:
+        if target.kind is None and not stable and _is_syscall(name):
+            t = pytracers.trace_syscall(name, **kw)
+            return (TracerSource(t, f"syscall {name}"),
+                    f"{name} is not a kernel function but a syscall; ")
+        raise
+    except E.NotSupportedError as e:
+        if target.kind is None and not stable:
+            from .choose import stable_tracepoints
+            alt = stable_tracepoints(name)
+            if alt:
+                raise CliError(_one_line(f"{e.feature} is not supported by this kernel: "
+                                         f"{e.reason}")[0], EXIT_NOT_SUPPORTED,
+                               f"`{PROG} trace --stable {name}` traces the syscall "
+                               f"tracepoint{'s' if len(alt) > 1 else ''} of "
+                               f"{', '.join(alt)} instead") from e
+        raise
+    return TracerSource(t, name), ""
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    raise CliError("trace is not wired yet", EXIT_NOT_SUPPORTED)
+    target = parse_target(args.target, args.kind)
+    need_bpf_privileges()
+    with Stopper() as stopper:
+        src, prefix = open_trace(target, args)
+        columns = {"function": FUNCTION_COLUMNS, "syscall": SYSCALL_COLUMNS,
+                   "process": PROCESS_COLUMNS}[target.what]
+        if src.kind in ("tp", "raw_tp", "tp_btf") and target.what == "function":
+            columns = SYSCALL_COLUMNS                   # stable=True traced the syscalls
+        label = "syscall" if columns is SYSCALL_COLUMNS else target.what
+        out = Output(args.json, columns)
+        clock = Clock()
+        me = os.getpid()
+
+        def on_event(rec: Any) -> None:
+            d = event_dict(rec)
+            if d.get("pid") == me:                   # the CLI itself is never the story
+                return
+            d = {"event": d.get("event", label), "time": round(clock.wall(d["ts_ns"]), 6), **d}
+            out.row(d)
+
+        ready = f"trace: {prefix}{src.target} with {src.kind}: {_cli_words(src.why)}"
+        return run_events(src, out, stopper, args.duration, on_event, what="trace",
+                          ready=ready)
+
+
+# --------------------------------------------------------------------------------------
+# syscalls: counts and latency per syscall and process
+
+class LatencyHistogram:
+    """Log-linear buckets (4 per power of two, ~19% wide): percentiles in
+    bounded memory however many calls are seen."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        self.buckets: Dict[int, int] = {}
+
+    @staticmethod
+    def bucket(ns: int) -> int:
+        if ns < 8:
+            return max(ns, 0)
+        bl = ns.bit_length()
+        return (bl << 2) | ((ns >> (bl - 3)) & 3)
+
+    @staticmethod
+    def upper(b: int) -> int:
+        if b < 8:
+            return b
+        bl, frac = b >> 2, b & 3
+        return ((5 + frac) << (bl - 3)) - 1
+
+    def add(self, ns: int) -> None:
+        b = self.bucket(ns)
+        self.buckets[b] = self.buckets.get(b, 0) + 1
+
+    def percentile(self, q: float) -> Optional[int]:
+        total = sum(self.buckets.values())
+        if not total:
+            return None
+        want = q * total
+        run = 0
+        for b in sorted(self.buckets):
+            run += self.buckets[b]
+            if run >= want:
+                return self.upper(b)
+        return self.upper(max(self.buckets))
+
+
+class SyscallStats:
+    """Count, errors and latency per (syscall, process)."""
+
+    def __init__(self) -> None:
+        self.rows: Dict[Tuple[str, int], Dict[str, Any]] = {}
+        self.events = 0
+
+    def add(self, ev: Any) -> None:
+        self.events += 1
+        key = (ev.name, ev.pid)
+        r = self.rows.get(key)
+        if r is None:
+            r = self.rows[key] = {"syscall": ev.name, "pid": ev.pid, "comm": ev.comm,
+                                  "count": 0, "errors": 0, "total_ns": 0, "max_ns": 0,
+                                  "hist": LatencyHistogram()}
+        r["count"] += 1
+        r["comm"] = ev.comm                      # the latest name (exec changes it)
+        if ev.ret < 0:
+            r["errors"] += 1
+        lat = ev.latency_ns
+        r["total_ns"] += lat
+        if lat > r["max_ns"]:
+            r["max_ns"] = lat
+        r["hist"].add(lat)
+
+    def top(self, n: int) -> List[Dict[str, Any]]:
+        rows = sorted(self.rows.values(), key=lambda r: (-r["count"], r["syscall"], r["pid"]))
+        out = []
+        for r in rows[:n] if n else rows:
+            h = r["hist"]
+            out.append({"syscall": r["syscall"], "pid": r["pid"], "comm": r["comm"],
+                        "count": r["count"], "errors": r["errors"],
+                        "avg_ns": r["total_ns"] // r["count"], "p50_ns": h.percentile(0.5),
+                        "p99_ns": h.percentile(0.99), "max_ns": r["max_ns"],
+                        "total_ns": r["total_ns"]})
+        return out
+
+    def reset(self) -> None:
+        self.rows.clear()
+        self.events = 0
+
+
+def _us(ns: Optional[int]) -> str:
+    return "-" if ns is None else f"{ns / 1000:.1f}"
+
+
+def open_syscalls(args: argparse.Namespace) -> Source:
+    import pytracers
+    kw = _tracer_options(args, wakeup_bytes=256 * 1024, latency=LATENCY, ring_size=1 << 22)
+    names = [n for s in (args.syscall or []) for n in _split_names(s)]
+    if names:
+        return TracerSource(pytracers.trace_syscall(names, kind=args.kind, **kw),
+                            "syscalls " + ",".join(names))
+    if args.kind == "tp":
+        raise CliError("kind tp attaches one tracepoint pair per syscall, so it needs the "
+                       "syscalls named", EXIT_USAGE,
+                       "add -s NAME (repeatable), or use --kind tp_btf/raw_tp for all")
+    from .tracers.syscalls import SyscallTracer
+    refused: List[str] = []
+    for k in ([args.kind] if args.kind else ["tp_btf", "raw_tp"]):
+        try:
+            t = SyscallTracer(None, kind=k, **kw)
+        except E.NotSupportedError as e:
+            if args.kind:
+                raise
+            refused.append(f"{k} unavailable ({e.reason})")
+            continue
+        src = TracerSource(t, "all syscalls")
+        if args.kind:
+            src.why = f"kind {k} requested. " + src.why
+        else:
+            src.why = "; ".join(refused + [src.why + " (every syscall is wanted here, so "
+                                           "the per-call cost decides)"])
+        return src
+    raise E.NotSupportedError("syscall tracing", "; ".join(refused))
 
 
 def cmd_syscalls(args: argparse.Namespace) -> int:
-    raise CliError("syscalls is not wired yet", EXIT_NOT_SUPPORTED)
+    need_bpf_privileges()
+    stats = SyscallStats()
+    me = os.getpid()
+    out = Output(args.json)
+    with Stopper() as stopper:
+        src = open_syscalls(args)
+        started = [time.time()]
+
+        def on_event(ev: Any) -> None:
+            if ev.pid != me:
+                stats.add(ev)
+
+        def flush_table() -> None:
+            now = time.time()
+            rows = stats.top(args.top)
+            span = now - started[0]
+            if args.json:
+                for r in rows:
+                    out.row({"event": "syscall_stats", "time": round(now, 6),
+                             "interval_s": round(span, 3), **r})
+            else:
+                out.stream.write(f"\n{time.strftime('%H:%M:%S', time.localtime(now))}  "
+                                 f"{stats.events} syscalls in {span:.1f} s"
+                                 + (f", top {len(rows)} of {len(stats.rows)}"
+                                    if len(rows) < len(stats.rows) else "") + "\n")
+                print_table([(r["syscall"], r["pid"], r["comm"], r["count"], r["errors"],
+                              _us(r["avg_ns"]), _us(r["p50_ns"]), _us(r["p99_ns"]),
+                              _us(r["max_ns"])) for r in rows],
+                            ["SYSCALL", "PID", "COMM", "COUNT", "ERRORS", "AVG(us)",
+                             "P50(us)", "P99(us)", "MAX(us)"],
+                            stream=out.stream, right=(1, 3, 4, 5, 6, 7, 8))
+            out.flush()
+            stats.reset()
+            started[0] = now
+
+        def at_end() -> None:
+            if stats.events or not args.interval:
+                flush_table()
+
+        tick = (args.interval, flush_table) if args.interval else None
+        ready = f"syscalls: {src.target} with {src.kind}: {_cli_words(src.why)}"
+        return run_events(src, out, stopper, args.duration, on_event, what="syscalls",
+                          ready=ready, tick=tick, at_end=at_end)
 
 
 # --------------------------------------------------------------------------------------
@@ -804,7 +1198,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 def _listen(value: str) -> Tuple[str, int]:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return (host.strip("[]") or "0.0.0.0", int(port))
 
@@ -853,14 +1247,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     t.add_argument("target", metavar="[KIND:]TARGET",
                    help="a kernel function (do_unlinkat), a syscall (syscall:openat), or "
                         f"KIND:TARGET with KIND one of {', '.join(ALL_KINDS)} "
-                        "(tp/raw_tp/tp_btf take a syscall name)")
+                        "(tp/raw_tp/tp_btf take a syscall name; kprobe_multi a glob), "
+                        "or sched:sched_process_exec|fork|exit")
+    t.add_argument("--stable", action="store_true",
+                   help="trace the syscall tracepoints that stand in for a kernel function "
+                        "(a stable interface) instead of the function itself")
     _common(t, kinds=ALL_KINDS)
     t.set_defaults(func=cmd_trace)
 
     x = add("exec", "trace process executions (like execsnoop)")
     x.add_argument("-x", "--failed", action="store_true",
                    help="also show execs that failed (RET is -errno)")
-    _common(x)
+    _common(x, kinds=EXEC_KINDS)
     x.set_defaults(func=cmd_exec)
 
     s = add("syscalls", "live syscall counts and latency per syscall and process")
@@ -876,7 +1274,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     a = add("agent", "serve Prometheus metrics (exec counts, syscall counts and latency, "
             "lost events) over HTTP")
     a.add_argument("--listen", type=_listen, default=("127.0.0.1", 9435), metavar="HOST:PORT",
-                   help="address to serve /metrics on (default 127.0.0.1:9435)")
+                   help="address to serve /metrics on (default 127.0.0.1:9435; port 0: any free port)")
     _common(a, duration=True)
     a.set_defaults(func=cmd_agent)
     if argv and "agent" in argv[:1]:
@@ -895,6 +1293,10 @@ def _configure_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(name)s: %(message)s",
                         stream=sys.stderr)
+    if not debug:
+        # libbpf's own messages are folded into the one-line errors (and some,
+        # like its "try raising ulimit -l" guess, mislead); --debug shows them.
+        logging.getLogger("pytracers.libbpf").setLevel(logging.CRITICAL)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

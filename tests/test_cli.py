@@ -17,13 +17,14 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import pytest
 
 from pytracers import cli, introspect
+from pytracers.errors import NotSupportedError
 
-from conftest import VM_KERNEL, expected
+from conftest import VM_KERNEL, expected, kernel_label, known_lack
 
 # Under qemu TCG, importing the package takes several seconds.
 READY_TIMEOUT = 180.0 if VM_KERNEL else 30.0
@@ -33,7 +34,7 @@ CLI = [sys.executable, "-m", "pytracers"]
 
 
 def run(*args: str, timeout: float = RUN_TIMEOUT,
-        **kw) -> subprocess.CompletedProcess:  # type: ignore[type-arg]
+        **kw) -> "subprocess.CompletedProcess[bytes]":
     return subprocess.run([*CLI, *args], capture_output=True, timeout=timeout, **kw)
 
 
@@ -51,7 +52,7 @@ def json_lines(stdout: bytes) -> List[dict]:
     return out
 
 
-def assert_one_line_error(r: subprocess.CompletedProcess, code: int,  # type: ignore[type-arg]
+def assert_one_line_error(r: "subprocess.CompletedProcess[bytes]", code: int,
                           *needles: str) -> str:
     err = text(r.stderr).strip()
     assert r.returncode == code, (r.returncode, err)
@@ -81,17 +82,120 @@ def fd_bpf_ids(pid: int) -> Dict[str, Set[int]]:
     return ids
 
 
-class Cli:
-    """A long-running CLI process: wait until it is tracing, then stop it."""
+class Forked:
+    """``pytracers.cli.main(argv)`` in a forked child: a real process (own pid,
+    signals, fds, exit status, stdout/stderr pipes) without starting a new
+    interpreter -- `import pytracers` takes 10-20 s under qemu TCG, so the
+    kernel matrix could not afford one per test.  The subset of Popen the
+    tests use."""
 
-    def __init__(self, *args: str, **kw) -> None:
-        self.proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, **kw)
+    def __init__(self, argv: Sequence[str]) -> None:
+        r_out, w_out = os.pipe()
+        r_err, w_err = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:                                   # the child: never returns
+            rc = 70
+            try:
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.dup2(w_out, 1)
+                os.dup2(w_err, 2)
+                os.closerange(3, 65536)                # as exec with close_fds would
+                sys.stdin = open(0, closefd=False)
+                sys.stdout = open(1, "w", closefd=False)
+                sys.stderr = open(2, "w", closefd=False)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                rc = cli.main(list(argv))
+                sys.stdout.flush()
+                sys.stderr.flush()
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(rc)
+        os.close(w_out)
+        os.close(w_err)
+        self.pid = pid
+        self.stdout = os.fdopen(r_out, "rb")
+        self.stderr = os.fdopen(r_err, "rb")
+        self.returncode: Optional[int] = None
+
+    def _reap(self, flags: int) -> Optional[int]:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, flags)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> Optional[int]:
+        return self._reap(os.WNOHANG)
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("pytracers (forked)", timeout or 0)
+            time.sleep(0.02)
+        assert self.returncode is not None
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: Optional[float] = None) -> Tuple[bytes, bytes]:
+        """Read both pipes to EOF, then reap the child."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bufs = {self.stdout: b"", self.stderr: b""}
+        sel = selectors.DefaultSelector()
+        for f in bufs:
+            if not f.closed:
+                sel.register(f, selectors.EVENT_READ)
+        try:
+            while sel.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired("pytracers (forked)", timeout or 0)
+                for key, _ in sel.select(left):
+                    chunk = os.read(key.fd, 65536)
+                    if chunk:
+                        bufs[key.fileobj] += chunk      # type: ignore[index]
+                    else:
+                        sel.unregister(key.fileobj)
+        finally:
+            sel.close()
+        for f in bufs:
+            f.close()
+        self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()) + 5)
+        return bufs[self.stdout], bufs[self.stderr]
+
+
+class Cli:
+    """A long-running CLI process: wait until it is tracing, then stop it.
+
+    ``real=True`` runs ``python -m pytracers`` (the must-show items do);
+    otherwise the CLI runs in a forked child (see Forked)."""
+
+    def __init__(self, *args: str, real: bool = False) -> None:
+        self.proc: Any
+        if real:
+            self.proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE)
+        else:
+            self.proc = Forked(args)
         self.err = b""
         self.held: Dict[str, Set[int]] = {}
 
-    def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Read stderr until the CLI says it is attached; note its BPF ids."""
+    def wait_ready(self, timeout: float = READY_TIMEOUT, must: bool = True) -> bool:
+        """Read stderr until the CLI says it is attached; note its BPF ids.
+        If it exits first: fail, or (``must=False``) return False."""
         assert self.proc.stderr is not None
         sel = selectors.DefaultSelector()
         sel.register(self.proc.stderr, selectors.EVENT_READ)
@@ -107,12 +211,22 @@ class Cli:
                     if not chunk:
                         rc = self.proc.wait()
                         self.kill()
-                        pytest.fail(f"CLI exited ({rc}) before tracing: {text(self.err)}")
+                        if must:
+                            pytest.fail(f"CLI exited ({rc}) before tracing: {text(self.err)}")
+                        return False
                     self.err += chunk
         finally:
             sel.close()
         self.held = fd_bpf_ids(self.proc.pid)
         assert self.held["link"], f"the CLI holds no BPF link while tracing: {self.held}"
+        return True
+
+    def stop(self, sig: int = signal.SIGINT) -> Tuple[int, bytes, str]:
+        """Let records already produced reach the reader (its latency bound is
+        0.1 s), then send ``sig`` and collect the output."""
+        time.sleep(0.3)
+        self.proc.send_signal(sig)
+        return self.finish()
 
     def finish(self, timeout: float = RUN_TIMEOUT) -> Tuple[int, bytes, str]:
         try:
@@ -126,15 +240,69 @@ class Cli:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate()
+        out, err = self.proc.communicate()
+        self.err += err
 
     def assert_detached(self) -> None:
-        """Nothing the CLI attached or loaded is left in the kernel."""
+        """Nothing the CLI attached or loaded is left in the kernel.  The
+        kernel frees programs after an RCU grace period (tracing programs
+        after an RCU-tasks one), so the ids get a few seconds to go."""
         assert self.proc.returncode is not None
-        left_links = self.held["link"] & introspect.link_ids()
-        left_progs = self.held["prog"] & introspect.prog_ids()
+        deadline = time.monotonic() + (60.0 if VM_KERNEL else 10.0)
+        while True:
+            left_links = self.held["link"] & introspect.link_ids()
+            left_progs = self.held["prog"] & introspect.prog_ids()
+            if not left_links and not left_progs:
+                return
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert not left_links, f"links still attached after the CLI exited: {left_links}"
         assert not left_progs, f"programs still loaded after the CLI exited: {left_progs}"
+
+
+class Gate:
+    """A child that waits for a byte on stdin and then runs ``code``: its pid
+    is known before it acts, so a CLI can be started with --pid first."""
+
+    def __init__(self, code: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import os, sys\nsys.stdin.read(1)\n" + code],
+            stdin=subprocess.PIPE)
+        self.pid = self.proc.pid
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"g")
+        self.proc.stdin.close()
+        assert self.proc.wait(timeout=RUN_TIMEOUT) == 0
+
+    def __enter__(self) -> "Gate":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc.stdin and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+def skip_or_fail_unsupported(kind: str, err: str) -> None:
+    """The CLI said exit 4 for ``kind``: the conftest skip rule decides."""
+    line = err.strip().splitlines()[-1] if err.strip() else ""
+    if expected(kind) and VM_KERNEL:
+        pytest.fail(f"{kind} should work on {kernel_label()} but the CLI said: {line}")
+    if known_lack(kind, NotSupportedError(kind, line)) is None:
+        pytest.fail(f"{kind} not supported for an unexpected reason on {kernel_label()}: {line}")
+    pytest.skip(f"{kernel_label()} lacks {kind}: {line}")
+
+
+# A new interpreter costs 10-20 s under qemu TCG: checks of the entry point
+# itself, which do not depend on the kernel, run on the host only.
+host_only = pytest.mark.skipif(
+    bool(VM_KERNEL), reason="kernel-independent check of the `python -m pytracers` entry "
+                            "point; run on the host (an interpreter start costs 10-20 s under TCG)")
 
 
 def summary(err: str) -> Tuple[int, int]:
@@ -147,6 +315,7 @@ def summary(err: str) -> Tuple[int, int]:
 
 # ---- help, usage, exit codes ------------------------------------------------------------
 
+@host_only
 def test_help_documents_subcommands_and_exit_codes(capsys):
     r = run("--help")
     assert r.returncode == 0
@@ -168,6 +337,7 @@ def test_help_documents_subcommands_and_exit_codes(capsys):
         assert "exit status:" in usage
 
 
+@host_only
 def test_usage_error_as_a_process():
     assert_one_line_error(run("exec", "--pid", "nope"), 2, "not a process id")
 
@@ -189,6 +359,7 @@ def test_usage_errors_are_one_line_with_status_2(argv, needle, capsys):
     assert needle in err and "(hint: " in err, err
 
 
+@host_only
 def test_without_capabilities_is_one_line_with_status_5():
     """Root with every capability dropped (uid 0 keeps read access to the
     interpreter under /root; SECBIT_NOROOT stops exec from granting caps)."""
@@ -208,11 +379,11 @@ def test_exec_json_reports_our_bin_true():
     """Must show: `pytracers exec --json --duration 2` while the test runs
     /bin/true prints a JSON line whose filename is /bin/true and whose pid is
     the child's."""
-    cli = Cli("exec", "--json", "--duration", "2")
-    cli.wait_ready()
+    c = Cli("exec", "--json", "--duration", "2", real=True)
+    c.wait_ready()
     child = subprocess.Popen(["/bin/true", "cli-json-marker"])
     child.wait()
-    rc, out, err = cli.finish()
+    rc, out, err = c.finish()
     assert rc == 0, err
     events = json_lines(out)
     mine = [e for e in events if e["pid"] == child.pid]
@@ -231,8 +402,8 @@ def test_exec_json_reports_our_bin_true():
     assert all(e["ret"] == 0 for e in events)          # failed execs only with --failed
     seen, lost = summary(err)
     assert seen >= len(events) and lost == 0
-    assert "tracing with tp" in err
-    cli.assert_detached()
+    assert "sys_exit_execve with tp: " in err
+    c.assert_detached()
 
 
 @pytest.mark.kind("tp")
@@ -247,8 +418,8 @@ def test_exec_human_columns_pid_filter_and_failed(tmp_path):
          "os.execv('/bin/true', ['/bin/true', 'pid-filter', 'two words'])"],
         stdin=subprocess.PIPE)
     try:
-        cli_ = Cli("exec", "--pid", str(gate.pid), "--failed", "--duration", "1")
-        cli_.wait_ready()
+        c = Cli("exec", "--pid", str(gate.pid), "--failed", "--duration", "1")
+        c.wait_ready()
         subprocess.Popen(["/bin/true", "not-this-one"]).wait()
         assert gate.stdin is not None
         gate.stdin.write(b"g")
@@ -258,7 +429,7 @@ def test_exec_human_columns_pid_filter_and_failed(tmp_path):
         if gate.poll() is None:
             gate.kill()
             gate.wait()
-    rc, out, err = cli_.finish()
+    rc, out, err = c.finish()
     assert rc == 0, err
     lines = text(out).splitlines()
     assert len(lines) == 3, lines
@@ -276,19 +447,19 @@ def test_exec_human_columns_pid_filter_and_failed(tmp_path):
         for line in (failed, row):
             assert line[end - 1] != " " and line[end] == " ", (col, header, line)
     assert summary(err) == (2, 0)
-    cli_.assert_detached()
+    c.assert_detached()
 
 
 @pytest.mark.kind("tp")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_ends_cleanly(sig):
-    cli = Cli("exec", "--json")
-    cli.wait_ready()
+    c = Cli("exec", "--json")
+    c.wait_ready()
     child = subprocess.Popen(["/bin/true", "before-signal"])
     child.wait()
     time.sleep(0.3)
-    cli.proc.send_signal(sig)
-    rc, out, err = cli.finish()
+    c.proc.send_signal(sig)
+    rc, out, err = c.finish()
     assert rc == 0, err
     assert "Traceback" not in err
     assert f"stopped by {sig.name}" in err, err
@@ -296,15 +467,14 @@ def test_signal_ends_cleanly(sig):
     assert lost == 0 and seen >= 1
     events = json_lines(out)
     assert any(e["pid"] == child.pid and e["filename"] == "/bin/true" for e in events)
-    cli.assert_detached()
+    c.assert_detached()
 
 
 # ---- list tracepoints -------------------------------------------------------------------
 
-def test_list_tracepoints_json_and_table():
-    r = run("list", "tracepoints", "sched:sched_process_e*", "--json")
-    assert r.returncode == 0, text(r.stderr)
-    rows = {d["tracepoint"]: d for d in json_lines(r.stdout)}
+def test_list_tracepoints_json_and_table(capsys):
+    assert cli.main(["list", "tracepoints", "sched:sched_process_e*", "--json"]) == 0
+    rows = {d["tracepoint"]: d for d in json_lines(capsys.readouterr().out.encode())}
     assert {"sched:sched_process_exec", "sched:sched_process_exit"} <= set(rows)
     assert all(t.startswith("sched:sched_process_e") for t in rows)
     ex = rows["sched:sched_process_exec"]
@@ -313,13 +483,13 @@ def test_list_tracepoints_json_and_table():
     # sched_process_exec has a BTF-typed tracepoint on every kernel we run on
     assert "tp_btf" in ex["kinds"]
 
-    r = run("list", "tracepoints", "sys_enter_openat")
-    assert r.returncode == 0, text(r.stderr)
-    lines = text(r.stdout).splitlines()
+    assert cli.main(["list", "tracepoints", "sys_enter_openat"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
     assert lines[0].split() == ["TRACEPOINT", "KINDS", "NOTE"]
     assert lines[1].split()[:2] == ["syscalls:sys_enter_openat", "tp"]
     assert "only via sys_enter" in lines[1]
-    assert "1 tracepoint match" in text(r.stderr)
+    assert "1 tracepoint match" in err
 
 
 def test_list_tracepoints_no_match_is_status_3(capsys):
@@ -343,3 +513,266 @@ def test_agent_subcommand_is_wired(capsys):
         out, err = capsys.readouterr()
         assert out == "" and len(err.strip().splitlines()) == 1
         assert "agent is not available" in err and "(hint: " in err
+
+
+@pytest.mark.kind("tp_btf")
+def test_exec_tp_btf_kind():
+    """--kind tp_btf: the same execs seen through sched_process_exec."""
+    with Gate("os.execv('/bin/true', ['/bin/true', 'btf'])") as gate:
+        c = Cli("exec", "--kind", "tp_btf", "--pid", str(gate.pid), "--json")
+        c.wait_ready()
+        gate.release()
+    rc, out, err = c.stop(signal.SIGINT)
+    assert rc == 0, err
+    assert "sched:sched_process_exec with tp_btf" in err
+    events = json_lines(out)
+    assert [(e["event"], e["pid"], e["ppid"], e["comm"], e["filename"]) for e in events] == [
+        ("exec", gate.pid, os.getpid(), "true", "/bin/true")]
+    assert summary(err) == (1, 0)
+    c.assert_detached()
+
+
+# ---- doctor -----------------------------------------------------------------------------
+
+def test_doctor_json_reports_every_kind_with_its_reason(capsys):
+    """Must show: on the host tp/raw_tp/tp_btf are available and kprobe/fentry
+    are not, each with its reason; on the VM kernels kprobe/fentry work."""
+    r = run("doctor", "--json")
+    assert r.returncode == 0, text(r.stderr)
+    rows = {d["feature"]: d for d in json_lines(r.stdout)}
+    assert set(rows) == {"btf", "ringbuf", "tp", "raw_tp", "tp_btf", "kprobe", "kretprobe",
+                         "kprobe_multi", "fentry", "fexit", "fmod_ret", "cookies", "tracefs",
+                         "lockdown"}
+    for d in rows.values():
+        assert isinstance(d["available"], bool) and d["reason"], d
+        if not d["available"]:
+            assert d["conclusive"], d          # run as root: every no is a real answer
+    for k in ("btf", "ringbuf", "tp", "raw_tp", "tp_btf", "tracefs"):
+        assert rows[k]["available"], rows[k]
+    if VM_KERNEL:
+        for k in ("kprobe", "kretprobe", "fentry", "fexit", "kprobe_multi"):
+            assert rows[k]["available"] is expected(k), rows[k]
+    else:
+        from pytracers._errmap import lockdown, no_kprobes_reason
+        if no_kprobes_reason():                  # this CI host: CONFIG_KPROBES off
+            assert not rows["kprobe"]["available"]
+            assert "CONFIG_KPROBES is off" in rows["kprobe"]["reason"]
+            assert rows["kprobe"]["fix"]
+        if lockdown() not in (None, "none"):     # this CI host: trampolines refused
+            assert not rows["fentry"]["available"]
+            assert "EPERM" in rows["fentry"]["reason"]
+            assert rows["fentry"]["fix"]
+    if VM_KERNEL:
+        return       # the table's layout is the same everywhere; probing again costs ~15 s
+    # the table for people says the same
+    assert cli.main(["doctor"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["FEATURE", "OK", "REASON"]
+    by_name = {line.split()[0]: line for line in table[1:]}
+    for name, d in rows.items():
+        assert by_name[name].split()[1] == ("yes" if d["available"] else "no"), by_name[name]
+        assert d["reason"][:30] in by_name[name]
+
+
+# ---- trace ------------------------------------------------------------------------------
+
+def test_trace_unknown_function_is_status_3_with_suggestions():
+    """Must show: `pytracers trace no_such_function_xyz` exits non-zero with a
+    one-line message and suggestions."""
+    err = assert_one_line_error(run("trace", "no_such_function_xyz"), 3,
+                                "'no_such_function_xyz' not found", "did you mean: ",
+                                "list functions")
+    suggestions = err.split("did you mean: ", 1)[1].split("?", 1)[0].split(", ")
+    assert 1 <= len(suggestions) <= 5 and all(re.fullmatch(r"\w+", s) for s in suggestions)
+
+
+@pytest.mark.parametrize("spec, kind", [
+    pytest.param("syscall:getppid", "tp", marks=pytest.mark.kind("tp")),
+    pytest.param("raw_tp:getppid", "raw_tp", marks=pytest.mark.kind("raw_tp")),
+    pytest.param("tp_btf:getppid", "tp_btf", marks=pytest.mark.kind("tp_btf")),
+])
+def test_trace_syscall_exact_events(spec, kind):
+    with Gate("for _ in range(3): os.getppid()") as gate:
+        c = Cli("trace", spec, "--pid", str(gate.pid), "--json")
+        c.wait_ready()
+        gate.release()
+    rc, out, err = c.stop(signal.SIGINT)
+    assert rc == 0, err
+    assert f"syscall getppid with {kind}: " in err, err
+    events = json_lines(out)
+    assert len(events) == 3, events
+    for e in events:
+        assert (e["event"], e["name"], e["id"]) == ("syscall", "getppid", 110)
+        assert e["pid"] == e["tid"] == gate.pid
+        assert e["ret"] == os.getpid()            # getppid() of our child: us
+        assert e["args"] == {}
+        assert e["latency_ns"] > 0 and e["comm"] == os.path.basename(sys.executable)[:15]
+    assert summary(err) == (3, 0)
+    c.assert_detached()
+
+
+def _unlink_gate(tmp_path) -> Tuple[Gate, str, str]:
+    victim, missing = str(tmp_path / "victim"), str(tmp_path / "missing")
+    with open(victim, "w"):
+        pass
+    return Gate(f"os.unlink({victim!r})\ntry:\n    os.unlink({missing!r})\n"
+                "except FileNotFoundError:\n    pass"), victim, missing
+
+
+def _check_unlink_events(events: List[dict], pid: int) -> None:
+    """do_unlinkat(AT_FDCWD, name) twice: once 0 (removed), once -ENOENT."""
+    assert [(e["event"], e["name"], e["pid"], e["ret"]) for e in events] == [
+        ("function", "do_unlinkat", pid, 0), ("function", "do_unlinkat", pid, -2)], events
+    for e in events:
+        assert e["args"]["dfd"] == -100                 # AT_FDCWD
+        assert e["latency_ns"] is not None and e["latency_ns"] > 0
+
+
+@pytest.mark.parametrize("kind", [pytest.param("fentry", marks=pytest.mark.kind("fentry")),
+                                  pytest.param("kprobe", marks=pytest.mark.kind("kprobe"))])
+def test_trace_function_exact_events(kind, tmp_path):
+    gate, _, _ = _unlink_gate(tmp_path)
+    with gate:
+        c = Cli("trace", f"{kind}:do_unlinkat", "--pid", str(gate.pid), "--json")
+        if not c.wait_ready(must=False):
+            assert c.proc.returncode == 4, c.err
+            skip_or_fail_unsupported(kind, text(c.err))
+        gate.release()
+    rc, out, err = c.stop(signal.SIGTERM)
+    assert rc == 0, err
+    assert f"do_unlinkat with {kind}: --kind {kind} requested" in err, err
+    _check_unlink_events(json_lines(out), gate.pid)
+    assert summary(err) == (2, 0)
+    c.assert_detached()
+
+
+def test_trace_function_automatic_choice(tmp_path):
+    """fentry first, kprobe when trampolines are refused; neither: status 4
+    naming both refusals and pointing at --stable."""
+    from pytracers import features
+    fentry, kprobe = features.probe_one("fentry"), features.probe_one("kprobe")
+    if not fentry and not kprobe:
+        err = assert_one_line_error(run("trace", "do_unlinkat"), 4, "not supported",
+                                    f"fentry: {fentry.reason}", f"kprobe: {kprobe.reason}",
+                                    "trace --stable do_unlinkat")
+        assert "Traceback" not in err
+        return
+    chosen = "fentry" if fentry else "kprobe"
+    gate, _, _ = _unlink_gate(tmp_path)
+    with gate:
+        c = Cli("trace", "do_unlinkat", "--pid", str(gate.pid), "--json")
+        c.wait_ready()
+        gate.release()
+    rc, out, err = c.stop(signal.SIGINT)
+    assert rc == 0, err
+    assert f"do_unlinkat with {chosen}: " in err
+    assert len([ln for ln in err.splitlines() if " with " in ln]) == 1   # said once
+    _check_unlink_events(json_lines(out), gate.pid)
+    c.assert_detached()
+
+
+# ---- syscalls ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, kind", [
+    pytest.param(["-s", "getppid"], "tp", marks=pytest.mark.kind("tp")),
+    pytest.param([], "tp_btf", marks=pytest.mark.kind("tp_btf")),   # all syscalls
+])
+def test_syscalls_counts_and_latency_per_process(extra, kind):
+    with Gate("for _ in range(37): os.getppid()") as gate:
+        c = Cli("syscalls", *extra, "--pid", str(gate.pid), "--json", "--top", "0")
+        c.wait_ready()
+        gate.release()
+    rc, out, err = c.stop(signal.SIGTERM)
+    assert rc == 0, err
+    assert f"with {kind}: " in err and "stopped by SIGTERM" in err
+    rows = json_lines(out)
+    assert rows and all(r["event"] == "syscall_stats" and r["pid"] == gate.pid for r in rows)
+    mine = [r for r in rows if r["syscall"] == "getppid"]
+    assert len(mine) == 1, rows
+    r = mine[0]
+    assert (r["count"], r["errors"]) == (37, 0)
+    assert r["total_ns"] > 0 and r["avg_ns"] == r["total_ns"] // 37
+    assert 0 < r["p50_ns"] <= r["p99_ns"] and r["avg_ns"] <= r["max_ns"]
+    assert r["p99_ns"] <= r["max_ns"] * 1.25          # a bucket's upper bound
+    seen, lost = summary(err)
+    assert lost == 0 and seen == sum(x["count"] for x in rows)
+    if kind == "tp":
+        assert {x["syscall"] for x in rows} == {"getppid"}
+    c.assert_detached()
+
+
+def test_syscalls_tp_without_names_is_a_usage_error(capsys):
+    assert cli.main(["syscalls", "--kind", "tp", "--duration", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "needs the syscalls named" in err and "-s NAME" in err
+
+
+@pytest.mark.kind("tp")
+def test_closed_stdout_ends_cleanly():
+    """`pytracers exec | head -1`: the reader goes away, the CLI stops, detaches
+    and exits 0 without a traceback."""
+    c = Cli("exec")
+    c.wait_ready()
+    c.proc.stdout.close()                       # as `head` does once it has enough
+    for _ in range(3):
+        subprocess.run(["/bin/true"], check=True)
+    rc = c.proc.wait(timeout=RUN_TIMEOUT)
+    _, err = c.proc.communicate(timeout=RUN_TIMEOUT)
+    err = text(c.err + err)
+    assert rc == 0, err
+    assert "(stdout closed); probes detached" in err and "Traceback" not in err
+    c.assert_detached()
+
+
+# ---- in-process: target syntax and exit status of each error class ---------------------
+
+@pytest.mark.parametrize("spec, kind, want", [
+    ("do_unlinkat", None, ("function", ["do_unlinkat"], None)),
+    ("fentry:do_unlinkat", None, ("function", ["do_unlinkat"], "fentry")),
+    ("do_unlinkat", "kprobe", ("function", ["do_unlinkat"], "kprobe")),
+    ("vfs_*", None, ("function", ["vfs_*"], "kprobe_multi")),
+    ("syscall:openat,read", None, ("syscall", ["openat", "read"], None)),
+    ("tp_btf:openat", None, ("syscall", ["openat"], "tp_btf")),
+    ("openat", "raw_tp", ("syscall", ["openat"], "raw_tp")),
+    ("syscalls:sys_enter_openat", None, ("syscall", ["openat"], None)),
+    ("tp:syscalls:sys_exit_read", None, ("syscall", ["read"], "tp")),
+    ("sched:sched_process_fork", None, ("process", ["fork"], "tp_btf")),
+    ("tp_btf:sched_process_exit", None, ("process", ["exit"], "tp_btf")),
+])
+def test_parse_target(spec, kind, want):
+    t = cli.parse_target(spec, kind)
+    assert (t.what, t.names, t.kind) == want
+
+
+@pytest.mark.parametrize("spec, kind, code", [
+    ("fentry:x", "kprobe", 2),            # two different kinds
+    ("fentry:", None, 2),                 # no target
+    ("syscall:", None, 2),
+    ("kprobe:syscall:openat", None, 4),   # syscalls are tp/raw_tp/tp_btf
+    ("tp:sched:sched_process_exec", None, 4),   # process events are tp_btf only
+])
+def test_parse_target_errors(spec, kind, code):
+    with pytest.raises(cli.CliError) as ei:
+        cli.parse_target(spec, kind)
+    assert ei.value.code == code and ei.value.hint
+
+
+def test_every_error_class_has_its_exit_status():
+    from pytracers import errors as E
+    cases = [
+        (E.TargetNotFoundError("kernel function", "nope_fn", ["nope_fm"]), 3, "list functions"),
+        (E.TargetNotFoundError("tracepoint", "a:b"), 3, "list tracepoints"),
+        (E.NotSupportedError("kprobe", "CONFIG_KPROBES is off", hint="use kind='fentry'"), 4,
+         "--kind fentry"),
+        (E.PermissionDeniedError("load", "CAP_BPF"), 5, "run as root"),
+        (E.TracefsError("mount failed", 1), 5, "run as root"),     # EPERM
+        (E.BadArgumentError("comm too long"), 2, "--help"),
+        (E.VerifierError("p", 13, "line 1\nline 2\nR1 invalid mem access"), 1, "--debug"),
+        (E.LoadError("load x", 12), 1, ""),
+        (RuntimeError("boom"), 1, "bug"),
+    ]
+    for exc, code, hint in cases:
+        got, msg, got_hint = cli.classify(exc, "trace")
+        assert got == code, (exc, got)
+        assert "\n" not in msg and msg, exc
+        assert hint in got_hint, (exc, got_hint)
