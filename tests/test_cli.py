@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -265,9 +266,17 @@ class Gate:
     """A child that waits for a byte on stdin and then runs ``code``: its pid
     is known before it acts, so a CLI can be started with --pid first."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, comm: Optional[str] = None) -> None:
+        """``comm``: run the interpreter through a symlink of that name, so
+        the child's command name is unique (for --comm filters)."""
+        exe = sys.executable
+        self.tmp: Optional[str] = None
+        if comm:
+            self.tmp = tempfile.mkdtemp(prefix="pytracers-cli-")
+            exe = os.path.join(self.tmp, comm)
+            os.symlink(os.path.realpath(sys.executable), exe)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import os, sys\nsys.stdin.read(1)\n" + code],
+            [exe, "-c", "import os, sys\nsys.stdin.read(1)\n" + code],
             stdin=subprocess.PIPE)
         self.pid = self.proc.pid
 
@@ -286,6 +295,8 @@ class Gate:
         if self.proc.stdin and not self.proc.stdin.closed:
             self.proc.stdin.close()
         self.proc.wait()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def skip_or_fail_unsupported(kind: str, err: str) -> None:
@@ -586,14 +597,16 @@ def test_trace_unknown_function_is_status_3_with_suggestions():
     assert 1 <= len(suggestions) <= 5 and all(re.fullmatch(r"\w+", s) for s in suggestions)
 
 
-@pytest.mark.parametrize("spec, kind", [
-    pytest.param("syscall:getppid", "tp", marks=pytest.mark.kind("tp")),
-    pytest.param("raw_tp:getppid", "raw_tp", marks=pytest.mark.kind("raw_tp")),
-    pytest.param("tp_btf:getppid", "tp_btf", marks=pytest.mark.kind("tp_btf")),
+@pytest.mark.parametrize("spec, kind, by", [
+    pytest.param("syscall:getppid", "tp", "pid", marks=pytest.mark.kind("tp")),
+    pytest.param("raw_tp:getppid", "raw_tp", "comm", marks=pytest.mark.kind("raw_tp")),
+    pytest.param("tp_btf:getppid", "tp_btf", "pid", marks=pytest.mark.kind("tp_btf")),
 ])
-def test_trace_syscall_exact_events(spec, kind):
-    with Gate("for _ in range(3): os.getppid()") as gate:
-        c = Cli("trace", spec, "--pid", str(gate.pid), "--json")
+def test_trace_syscall_exact_events(spec, kind, by):
+    comm = "pt-cli-getppid"
+    with Gate("for _ in range(3): os.getppid()", comm=comm) as gate:
+        filt = ["--pid", str(gate.pid)] if by == "pid" else ["--comm", comm]
+        c = Cli("trace", spec, *filt, "--json")
         c.wait_ready()
         gate.release()
     rc, out, err = c.stop(signal.SIGINT)
@@ -606,7 +619,7 @@ def test_trace_syscall_exact_events(spec, kind):
         assert e["pid"] == e["tid"] == gate.pid
         assert e["ret"] == os.getpid()            # getppid() of our child: us
         assert e["args"] == {}
-        assert e["latency_ns"] > 0 and e["comm"] == os.path.basename(sys.executable)[:15]
+        assert e["latency_ns"] > 0 and e["comm"] == comm
     assert summary(err) == (3, 0)
     c.assert_detached()
 
@@ -776,3 +789,29 @@ def test_every_error_class_has_its_exit_status():
         assert got == code, (exc, got)
         assert "\n" not in msg and msg, exc
         assert hint in got_hint, (exc, got_hint)
+
+
+def test_list_functions_says_which_kinds_attach(capsys):
+    """One row per function; a kind the kernel lacks is a "no" with the
+    kernel's reason, a kind it has is decided per function (can_attach)."""
+    from pytracers import features
+    assert cli.main(["list", "functions", "do_unlinkat", "--json"]) == 0
+    out, err = capsys.readouterr()
+    rows = json_lines(out.encode())
+    assert [r["function"] for r in rows] == ["do_unlinkat"]
+    row = rows[0]
+    for kind in ("fentry", "kprobe"):
+        f = features.probe_one(kind)
+        assert row[kind]["ok"] is bool(f.supported), (kind, row[kind])
+        if not f.supported:
+            assert f.reason in row[kind]["reason"]
+            assert f"no*: {kind} is not available on this kernel" in err
+        else:
+            assert features.can_attach(kind, "do_unlinkat").reason == row[kind]["reason"]
+    if features.kallsyms_functions() is not None:
+        assert "kallsyms" in row["symbol"]        # do_unlinkat is a real symbol everywhere
+    assert cli.main(["list", "functions", "do_unlink*", "--kind", "fentry"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].split() == ["FUNCTION", "FENTRY", "SYMBOL", "WHY", "NOT"]
+    assert lines[1].split()[0] == "do_unlinkat"
