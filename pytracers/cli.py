@@ -510,7 +510,7 @@ def _seconds(value: str) -> float:
 
 
 def _common(p: argparse.ArgumentParser, *, kinds: Sequence[str] = (),
-            filters: bool = True, duration: bool = True) -> None:
+            filters: bool = True, duration: bool = True, json_lines: bool = True) -> None:
     g = p.add_argument_group("common options")
     if filters:
         g.add_argument("-p", "--pid", type=_pid, help="only this process (thread group) id")
@@ -519,8 +519,9 @@ def _common(p: argparse.ArgumentParser, *, kinds: Sequence[str] = (),
     if duration:
         g.add_argument("-d", "--duration", type=_seconds, metavar="SECONDS",
                        help="stop after this many seconds (default: until Ctrl-C/SIGTERM)")
-    g.add_argument("--json", action="store_true",
-                   help="JSON lines on stdout (one per event/row), nothing else on stdout")
+    if json_lines:
+        g.add_argument("--json", action="store_true",
+                       help="JSON lines on stdout (one per event/row), nothing else on stdout")
     if kinds:
         g.add_argument("-k", "--kind", choices=list(kinds),
                        help="the probe kind to use instead of the automatic choice")
@@ -1275,7 +1276,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
             "lost events) over HTTP")
     a.add_argument("--listen", type=_listen, default=("127.0.0.1", 9435), metavar="HOST:PORT",
                    help="address to serve /metrics on (default 127.0.0.1:9435; port 0: any free port)")
-    _common(a, duration=True)
+    _common(a, json_lines=False)      # the agent's output is its /metrics page
     a.set_defaults(func=cmd_agent)
     if argv and "agent" in argv[:1]:
         # pytracers.agent may add options of its own.
