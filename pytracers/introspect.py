@@ -5,11 +5,12 @@ gone after close().  Needs CAP_SYS_ADMIN to walk ids.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, FrozenSet
+import os
+from typing import Callable, Dict, FrozenSet, Optional, Tuple, Union
 
 from ._libbpf import ffi, lib
 
-__all__ = ["prog_ids", "map_ids", "link_ids", "snapshot"]
+__all__ = ["prog_ids", "map_ids", "link_ids", "snapshot", "fdinfo", "kernel_id", "process_ids"]
 
 
 def _walk(next_id: Callable[..., int]) -> FrozenSet[int]:
@@ -32,6 +33,45 @@ def map_ids() -> FrozenSet[int]:
 
 def link_ids() -> FrozenSet[int]:
     return _walk(lib.bpf_link_get_next_id)
+
+
+def fdinfo(fd: int, pid: Union[int, str] = "self") -> Dict[str, str]:
+    """The kernel's /proc/PID/fdinfo/FD for a descriptor: for BPF objects it
+    holds ``prog_id``, ``map_id`` or ``link_id`` (empty dict if unreadable)."""
+    out: Dict[str, str] = {}
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def kernel_id(fd: int) -> Optional[Tuple[str, int]]:
+    """("progs" | "maps" | "links", id) of the BPF object behind ``fd``, or None."""
+    info = fdinfo(fd)
+    # a link's fdinfo also names its program: look for link_id first
+    for key, kind in (("link_id", "links"), ("map_id", "maps"), ("prog_id", "progs")):
+        if key in info:
+            return kind, int(info[key])
+    return None
+
+
+def process_ids(pid: Union[int, str] = "self") -> Dict[str, FrozenSet[int]]:
+    """Ids of the BPF programs, maps and links a process holds fds of."""
+    out: Dict[str, set] = {"progs": set(), "maps": set(), "links": set()}
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        fds = []
+    for fd in fds:
+        info = fdinfo(int(fd), pid)
+        for key, kind in (("prog_id", "progs"), ("map_id", "maps"), ("link_id", "links")):
+            if key in info:
+                out[kind].add(int(info[key]))
+    return {k: frozenset(v) for k, v in out.items()}
 
 
 def snapshot() -> Dict[str, FrozenSet[int]]:
