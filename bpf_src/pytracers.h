@@ -154,12 +154,31 @@ static __always_inline void *pt_reserve(__u64 size)
 	bpf_get_current_comm((e)->comm, sizeof((e)->comm));          \
 } while (0)
 
+/* With cfg_wakeup_bytes set, a record wakes the consumer only when it finds
+ * the pending data at or past the threshold while the wakeup is armed; that
+ * disarms it until a record finds the pending data below the threshold again
+ * (the consumer has drained).  So: one wakeup per threshold's worth of data,
+ * none while the consumer lags.  Forcing a wakeup for every record past the
+ * threshold would cost the traced path an irq_work interrupt per event exactly
+ * when the consumer is behind (measured: one interrupt per event).  Two CPUs
+ * may both find it armed and both wake the consumer, which is harmless; a
+ * consumer that went to sleep with data pending finds it within its latency
+ * bound. */
+__u32 pt_wakeup_armed = 1;
+
 static __always_inline __u64 pt_wakeup_flags(void)
 {
 	if (!cfg_wakeup_bytes)
 		return 0;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg_wakeup_bytes)
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) < cfg_wakeup_bytes) {
+		if (!pt_wakeup_armed)
+			pt_wakeup_armed = 1;
+		return BPF_RB_NO_WAKEUP;
+	}
+	if (pt_wakeup_armed) {
+		pt_wakeup_armed = 0;
 		return BPF_RB_FORCE_WAKEUP;
+	}
 	return BPF_RB_NO_WAKEUP;
 }
 
