@@ -415,12 +415,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--corpus", action="append", default=None,
                     help="seed .bpf.o files or directories (default: pytracers/bpf)")
     ap.add_argument("--load", action="store_true", help="also load() inputs that open")
-    ap.add_argument("--timeout", type=float, default=30.0, help="seconds per input")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per input before it counts as a hang (default 30, or 120 "
+                         "with --load: a mutated object can keep the kernel's verifier busy "
+                         "for tens of seconds)")
     ap.add_argument("--save", help="directory for crashing inputs")
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     args.corpus = args.corpus or [DEFAULT_CORPUS]
+    if args.timeout is None:
+        args.timeout = 120.0 if args.load else 30.0
     if args.child:
         child_main(args)
         return 0
