@@ -99,9 +99,12 @@ class _Recorder:
             line = ""
         self.summary = f"{line} in {time.time() - self.started:.2f}s" if line else ""
 
-    @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):
         self.exitstatus = int(exitstatus)
+
+    def pytest_unconfigure(self, config):
+        # Last hook: the terminal summary (and our summary line) is done.
+        self._lines.close()
         data = {
             "exitstatus": self.exitstatus,
             "summary": self.summary,
@@ -112,9 +115,6 @@ class _Recorder:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1)
         os.replace(tmp, self.path)
-
-    def pytest_unconfigure(self, config):
-        self._lines.close()
 
 
 def _skip_reason(report) -> str:

@@ -51,6 +51,7 @@ class GuestOptions:
     smp: int = 2
     verbose: bool = False
     prefix: str = ""                 # printed before each console line
+    cpu: str = "max"
     cmdline_extra: str = ""
 
 
@@ -88,19 +89,40 @@ def _write_kernel_env(xfer: Path, kernel: Kernel) -> None:
         f"KERNEL_CONFIG={shlex.quote(cfg)}\nKERNEL_MODDIR={shlex.quote(str(kernel.moddir))}\n")
 
 
+# 9p message size per series.  5.10's 9p client allocates two msize-sized
+# buffers for every request, so a large msize slows down the many small
+# (metadata) requests Python's imports make; newer kernels size small
+# requests' buffers to fit, and a large msize makes file reads cheaper.
+NINEP_MSIZE = {"5.10": 65536}
+NINEP_MSIZE_DEFAULT = 512000
+
+
+def kernel_cmdline(kernel: Kernel, opts: GuestOptions) -> str:
+    parts = [
+        "console=ttyS0", "quiet",
+        "panic=-1",             # reboot at once on panic; -no-reboot turns that into exit
+        # Under TCG every vCPU reads the host's TSC, so it is synchronised,
+        # but the boot-time sync check can fail by timing and leave the
+        # guest on the (emulated, slow) HPET.
+        "tsc=reliable",
+        f"vmtest.msize={NINEP_MSIZE.get(kernel.series, NINEP_MSIZE_DEFAULT)}",
+    ]
+    return " ".join(parts + opts.cmdline_extra.split())
+
+
 def qemu_command(kernel: Kernel, initrd: Path, xfer: Path, opts: GuestOptions) -> List[str]:
-    append = "console=ttyS0 quiet panic=-1 " + opts.cmdline_extra
+    append = kernel_cmdline(kernel, opts)
     return [
         qemu_binary(),
         "-machine", "pc,accel=tcg",
-        "-cpu", "max",
+        "-cpu", opts.cpu,
         "-smp", str(opts.smp),
         "-m", str(opts.memory_mb),
         "-nodefaults", "-no-user-config", "-no-reboot",
         "-display", "none", "-serial", "stdio", "-monitor", "none",
         "-kernel", str(kernel.vmlinuz),
         "-initrd", str(initrd),
-        "-append", append.strip(),
+        "-append", append,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={xfer},mount_tag=vmtest,security_model=none",
         "-device", "virtio-rng-pci",

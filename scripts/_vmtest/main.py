@@ -143,7 +143,8 @@ def suite_command(tests: str, pytest_args: str) -> List[str]:
 def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: int) -> Dict[str, Any]:
     from guest import GuestOptions, run_guest
     opts = GuestOptions(timeout=args.timeout, memory_mb=args.memory, smp=smp,
-                        verbose=args.verbose, prefix=prefix, cmdline_extra=args.append)
+                        verbose=args.verbose, prefix=prefix, cmdline_extra=args.append,
+                        cpu=args.cpu)
     log(f"{prefix}booting {kernel.release} ({kernel.series})")
     res = run_guest(kernel, argv, guest_env(kernel.series, args.env), str(REPO), opts,
                     keep_dir=args.keep)
@@ -203,6 +204,7 @@ def parse_args(argv: List[str]):
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
     p.add_argument("--smp", type=int, default=0, help="guest CPUs (default: host CPUs / jobs)")
     p.add_argument("--append", default="", help="extra kernel command line")
+    p.add_argument("--cpu", default="max", help="qemu CPU model (default max)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment variable for the guest command")
     p.add_argument("--offline", action="store_true",

@@ -84,7 +84,7 @@ def format_table(runs: List[Dict[str, Any]]) -> str:
     cols = [r["series"] for r in runs]
     kinds = [k for k in KINDS if any(k in r["table"] for r in runs)]
     kinds += sorted({k for r in runs for k in r["table"]} - set(kinds))
-    width = max([12] + [len(c) + 2 for c in cols])
+    width = max([12] + [len(c) + 2 for c in cols] + [len(r.get("release") or "") + 2 for r in runs])
     out = []
     out.append("probe kind".ljust(14) + "".join(c.rjust(width) for c in cols))
     out.append("".ljust(14) + "".join(
