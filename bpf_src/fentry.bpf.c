@@ -15,7 +15,9 @@
  * cfg_skip_ret = 1: the return slot is not read and FN_HAS_RET is unset (for a
  * target returning void, or a return type the kernel does not expose).
  * cfg_func_ip is copied into ip (0: left for Python to fill in;
- * bpf_get_func_ip would need 5.15).
+ * bpf_get_func_ip would need 5.15).  args and ret are the raw 64-bit slots:
+ * for a type narrower than 64 bits the upper bits are not meaningful (5.10
+ * leaves garbage there for an int argument).
  */
 #include "func_event.h"
 #include "trampoline.h"

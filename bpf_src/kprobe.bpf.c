@@ -14,10 +14,13 @@
  * cfg_emit_entry the entry program also emits an FN_ENTRY event.
  *
  * Only the pair Python autoloads is loaded.  fn_kprobe/fn_kretprobe use
- * nothing newer than 5.10; ip is then the probed address taken from the
- * registers at entry (the kprobe's regs->ip is one past the probed
- * instruction), and 0 in a return event whose entry was not seen -- Python
- * knows which function it attached to.  The kprobe.multi pair needs a kernel
+ * nothing newer than 5.10; ip is then the probed address, taken at entry
+ * from regs->ip, which a kprobe handler sees one byte past the probed
+ * address (as after an int3) -- the function's address for a probe on its
+ * first instruction -- and 0 in a return event whose entry was not seen
+ * (Python knows which function it attached to).  args and ret are the raw
+ * 64-bit registers: for an argument or return type narrower than 64 bits
+ * the upper bits are not meaningful.  The kprobe.multi pair needs a kernel
  * with kprobe_multi links (5.18+, where bpf_get_func_ip is also available):
  * ip is then the function's address in every event, and returns are matched
  * to entries of the same function.

@@ -105,6 +105,17 @@ _Static_assert(__builtin_offsetof(struct pt_regs, di) -
 	       sizeof(struct sc_regs_window) - sizeof(__u64),
 	       "x86-64 pt_regs layout: r10 .. di must be contiguous");
 
+/* args[0..5] from a pt_regs (or sc_regs_window) `r`: the x86-64 syscall
+ * argument registers. */
+#define SC_X86_64_ARGS(args, r) do {      \
+	(args)[0] = (r).di;               \
+	(args)[1] = (r).si;               \
+	(args)[2] = (r).dx;               \
+	(args)[3] = (r).r10;              \
+	(args)[4] = (r).r8;               \
+	(args)[5] = (r).r9;               \
+} while (0)
+
 static __always_inline bool sc_id_wanted(long id)
 {
 	__u32 key;
@@ -117,6 +128,15 @@ static __always_inline bool sc_id_wanted(long id)
 	key = (__u32)id;
 	on = bpf_map_lookup_elem(&syscall_ids, &key);
 	return on && *on;
+}
+
+/* Filters of the raw_tp/tp_btf entry programs: syscall id, then process. */
+static __always_inline bool sc_enter_wanted(long id, __u64 *pid_tgid)
+{
+	if (!sc_id_wanted(id))
+		return false;
+	*pid_tgid = bpf_get_current_pid_tgid();
+	return pt_wanted(*pid_tgid >> 32);
 }
 
 /* Store the entry of the current thread's syscall (`in->args` filled by the
@@ -217,23 +237,15 @@ int sc_raw_enter(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
 	long id = (long)ctx->args[1];
-	__u64 pid_tgid;
 	struct sc_regs_window w;
 	struct sc_inflight in;
+	__u64 pid_tgid;
 
-	if (!sc_id_wanted(id))
-		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	if (!pt_wanted(pid_tgid >> 32))
+	if (!sc_enter_wanted(id, &pid_tgid))
 		return 0;
 	if (bpf_probe_read_kernel(&w, sizeof(w), &regs->r10))
 		return 0;
-	in.args[0] = w.di;
-	in.args[1] = w.si;
-	in.args[2] = w.dx;
-	in.args[3] = w.r10;
-	in.args[4] = w.r8;
-	in.args[5] = w.r9;
+	SC_X86_64_ARGS(in.args, w);
 	sc_store(&in, id, pid_tgid);
 	return 0;
 }
@@ -263,20 +275,12 @@ int sc_raw_count(struct bpf_raw_tracepoint_args *ctx)
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sc_btf_enter, struct pt_regs *regs, long id)
 {
-	__u64 pid_tgid;
 	struct sc_inflight in;
+	__u64 pid_tgid;
 
-	if (!sc_id_wanted(id))
+	if (!sc_enter_wanted(id, &pid_tgid))
 		return 0;
-	pid_tgid = bpf_get_current_pid_tgid();
-	if (!pt_wanted(pid_tgid >> 32))
-		return 0;
-	in.args[0] = regs->di;
-	in.args[1] = regs->si;
-	in.args[2] = regs->dx;
-	in.args[3] = regs->r10;
-	in.args[4] = regs->r8;
-	in.args[5] = regs->r9;
+	SC_X86_64_ARGS(in.args, *regs);
 	sc_store(&in, id, pid_tgid);
 	return 0;
 }
