@@ -57,6 +57,16 @@ class Program:
         self.object._adopt(link)
         return link
 
+    def _refuse_duplicate(self, kind: str, target: str) -> None:
+        """A second link to the same target would deliver every event twice
+        (the kernel refuses some kinds with a bare EEXIST)."""
+        for other in list(getattr(self.object, "_children", {}).values()):
+            if isinstance(other, Link) and other.program is self and other.kind == kind \
+                    and other.target == target and not other.closed:
+                raise BadArgumentError(f"program {self.name!r} is already attached to {target} "
+                                       f"({kind}); close that link first, or attach to "
+                                       "another target")
+
     def attach(self, target: Optional[str] = None) -> Link:
         """Attach by kind: tracepoints take "category/name" (or "category:name"),
         raw tracepoints a name, kprobes a function; BTF-based programs (tp_btf,
@@ -105,6 +115,7 @@ class Program:
                 raise BadArgumentError(f"bad tracepoint name part {v!r}")
         tracefs.root()   # libbpf reads the tracepoint id from tracefs
         tracefs.require_tracepoint(category, name)
+        self._refuse_duplicate("tp", f"{category}:{name}")
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_tracepoint,
                                               self._ptr, category.encode(), name.encode())
         return self._link(ptr, err, cap, "tp", f"{category}:{name}")
@@ -114,6 +125,7 @@ class Program:
         self.object._check()
         if not isinstance(name, str) or not name:
             raise BadTypeError("raw tracepoint name must be a non-empty str")
+        self._refuse_duplicate("raw_tp", name)
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_raw_tracepoint,
                                               self._ptr, name.encode())
         return self._link(ptr, err, cap, "raw_tp", name)
@@ -126,6 +138,7 @@ class Program:
         if retprobe is None:
             retprobe = self.kind == "kretprobe"
         kind = "kretprobe" if retprobe else "kprobe"
+        self._refuse_duplicate(kind, function)
         reason = _errmap.no_kprobes_reason()
         if reason:  # libbpf would fail with a bare ENOENT
             raise NotSupportedError(kind, reason, min_kernel=_errmap.MIN_KERNEL[kind],
@@ -178,8 +191,9 @@ class Program:
         """Attach a BTF-based program (tp_btf, fentry, fexit, fmod_ret)."""
         self._check_kind("tp_btf", "fentry", "fexit", "fmod_ret")
         self.object._check()
-        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_trace, self._ptr)
         target = self.attach_target or section_target(self.section) or "?"
+        self._refuse_duplicate(self.kind, target)
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_trace, self._ptr)
         if ptr == ffi.NULL and self.kind in _errmap.TRAMPOLINE_KINDS and err in (
                 1, 13, 95, 524):
             raise _errmap.trampoline_refused(self.kind, err, cap.last_line())

@@ -320,6 +320,41 @@ def _trampoline_refused(tmp: str) -> Any:
     o.load().close()
 
 
+def _attach_twice(tmp: str) -> Any:
+    with pytracers.open(EXEC).load() as obj:
+        obj.programs["exec_enter"].attach()
+        return obj.programs["exec_enter"].attach()
+
+
+def _tracer_after_close(tmp: str) -> Any:
+    t = pytracers.SyscallTracer(["getppid"], kind="tp", pid=os.getpid())
+    t.close()
+    return t.read()
+
+
+def _tracefs_absent(tmp: str) -> Any:
+    """In a private mount namespace, hide tracefs (a tmpfs over /sys/kernel,
+    after the load, which needs /sys/kernel/btf) and attach a tracepoint."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    code = textwrap.dedent(f"""
+        import subprocess, pytracers
+        obj = pytracers.open({EXEC!r}).load()
+        subprocess.run(["mount", "-t", "tmpfs", "none", "/sys/kernel"], check=True)
+        try:
+            obj.programs["exec_enter"].attach()
+            print("ok")
+        except Exception as e:
+            print(type(e).__name__ + "|" + str(e))
+        obj.close()
+    """)
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", code],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    name, _, msg = p.stdout.strip().partition("|")
+    return name, msg
+
+
 NO_BTF_SRC = MINIMAL % "tp/syscalls/sys_enter_getppid"
 
 CASES: List[Case] = [
@@ -435,9 +470,32 @@ CASES: List[Case] = [
          ["is not supported by this kernel", "instead" if VM_KERNEL else "use fentry/fexit"]),
     Case("bpf-trampolines-refused", _trampoline_refused, E.NotSupportedError,
          ["fentry is not supported by this kernel", "use kind='kprobe'"]),
+    Case("attach-twice", _attach_twice, E.BadArgumentError,
+         ["already attached to syscalls:sys_enter_execve", "close that link first"]),
+    Case("tracefs-absent", _tracefs_absent, E.TracefsError,
+         ["tracefs is not available", "/sys/kernel/tracing does not exist"]),
     Case("pin-outside-bpffs",
          with_loaded(lambda o: o.programs["exec_enter"].attach().pin("/tmp/x")),
          E.BadArgumentError, ["pin paths must lie under /sys/fs/bpf/"]),
+    # -- tracers -----------------------------------------------------------------------------
+    Case("unknown-syscall", lambda t: pytracers.trace_syscall("nosuchcall"),
+         E.TargetNotFoundError, ["syscall 'nosuchcall' not found", "man 2 syscalls"]),
+    Case("misspelt-syscall", lambda t: pytracers.trace_syscall("opnat"),
+         E.TargetNotFoundError, ["syscall 'opnat' not found", "did you mean: openat"]),
+    Case("unknown-function-tracer", lambda t: pytracers.trace_function("vfs_raed"),
+         E.TargetNotFoundError, ["kernel function 'vfs_raed' not found", "did you mean",
+                                 "vfs_read"]),
+    Case("inlined-function", lambda t: pytracers.trace_function("copy_to_user"),
+         E.TargetNotFoundError, ["kernel function 'copy_to_user' not found",
+                                 "did you mean", "_copy_to_user"]),
+    Case("tracer-bad-pid", lambda t: pytracers.SyscallTracer(["getppid"], pid=-4),
+         E.BadArgumentError, ["must be a positive process id"]),
+    Case("tracer-comm-too-long", lambda t: pytracers.SyscallTracer(["getppid"], comm="x" * 40),
+         E.BadArgumentError, ["comm must be 1..15 bytes"]),
+    Case("tracer-unknown-kind", lambda t: pytracers.trace_syscall("openat", kind="uprobe"),
+         E.BadArgumentError, ["kind must be one of"]),
+    Case("tracer-use-after-close", _tracer_after_close, E.ClosedError,
+         ["tracer is closed", "open or create it again"]),
     # -- test runs ---------------------------------------------------------------------------
     Case("test-run-bad-ctx",
          with_loaded(lambda o: o.programs["fill_8"].test_run(ctx=["a"]),

@@ -85,3 +85,89 @@ def test_ring_records_survive_wraparound_many_times():
         0, per_run=50, take=1000)
     assert lost == 0
     assert delivered == N and seqs == list(range(N))
+
+
+@pytest.mark.kind("tp")
+def test_syscall_tracer_reports_lost_exactly():
+    from pytracers.tracers import SyscallTracer
+    calls = 3000
+    with SyscallTracer(["getppid"], pid=os.getpid(), ring_size=PAGE, kind="tp") as t:
+        for _ in range(calls):
+            os.getppid()
+        got = []
+        while t.poll(0.05, got.append):
+            pass
+        ours = [e for e in got if e.pid == os.getpid()]
+        print(f"tracer: calls {calls}, delivered {t.delivered}, lost {t.lost}")
+        assert len(ours) == len(got) == t.delivered
+        assert t.lost > 0, "the ring never filled up: the test proves nothing"
+        assert t.delivered + t.lost == calls
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.kind(k))
+                                  for k in ("tp", "raw_tp", "tp_btf")])
+def test_tracer_kinds_account_for_every_event(kind: str) -> None:
+    from pytracers.tracers import SyscallTracer
+    calls = 2000
+    with SyscallTracer(["getppid"], pid=os.getpid(), ring_size=PAGE, kind=kind) as t:
+        for _ in range(calls):
+            os.getppid()
+        n = 0
+        while True:
+            got = t.read(0.05)
+            if not got:
+                break
+            n += len(got)
+        print(f"{kind}: calls {calls}, delivered {t.delivered}, lost {t.lost}")
+        assert n == t.delivered and t.lost > 0
+        assert t.delivered + t.lost == calls
+
+
+@pytest.mark.kind("tp")
+def test_cli_reports_lost_exactly() -> None:
+    """The CLI is blocked on a full stdout pipe while a process makes N
+    syscalls, so its ring overflows; its summary's seen + lost == N and seen
+    equals the JSON lines it printed."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+    calls = 30000
+    caller = subprocess.Popen([sys.executable, "-c",
+                               "import os, sys\nsys.stdin.readline()\n"
+                               f"for _ in range({calls}): os.getppid()\n"],
+                              stdin=subprocess.PIPE, text=True)
+    cli = subprocess.Popen([sys.executable, "-m", "pytracers", "trace", "syscall:getppid",
+                            "-k", "tp", "-p", str(caller.pid), "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert cli.stderr is not None and cli.stdout is not None and caller.stdin is not None
+        deadline = time.monotonic() + 120
+        err = b""
+        while b"Ctrl-C to stop" not in err and time.monotonic() < deadline:
+            line = cli.stderr.readline()
+            if not line:
+                break
+            err += line
+        assert b"Ctrl-C to stop" in err, err.decode()
+        caller.stdin.write("go\n")       # the CLI's stdout is not read meanwhile
+        caller.stdin.flush()
+        assert caller.wait(120) == 0
+        time.sleep(0.5)
+        cli.send_signal(signal.SIGINT)   # the CLI drains its ring, then stops
+        out, rest = cli.communicate(timeout=120)
+    finally:
+        for p in (cli, caller):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    err += rest
+    lines = [ln for ln in out.decode().splitlines() if ln.strip()]
+    m = re.search(rb"(\d+) events? seen.*?, (\d+) lost", err)
+    assert m, err.decode()
+    seen, lost = int(m.group(1)), int(m.group(2))
+    print(f"CLI: calls {calls}, printed {len(lines)}, seen {seen}, lost {lost}")
+    assert len(lines) == seen
+    assert lost > 0, "the CLI's ring never filled: the test proves nothing"
+    assert seen + lost == calls

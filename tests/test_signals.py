@@ -245,3 +245,24 @@ def test_fork_after_attach_child_does_not_detach_parent(child_does: str) -> None
         while child.pid not in pids and time.monotonic() < deadline:
             pids += [struct.unpack_from("<I", r, 8)[0] for r in rb.read(0.2)]
         assert child.pid in pids, "no exec event after the fork: the parent's probe was detached"
+
+
+@pytest.mark.kind("tp")
+def test_tracer_callback_exception_propagates_after_detach() -> None:
+    """The same through a tracer: the exception leaves ``with tracer`` after
+    the tracer closed, and no probe of it is left in the kernel."""
+    class Stop(Exception):
+        pass
+
+    def cb(ev: Any) -> None:
+        raise Stop(f"event of pid {ev.pid}")
+
+    with pytest.raises(Stop, match=f"event of pid {os.getpid()}"):
+        with pytracers.SyscallTracer(["getppid"], kind="tp", pid=os.getpid()) as t:
+            ids = _link_ids(t.object, t.links)
+            assert ids["links"] or ids["progs"]
+            for _ in range(3):
+                os.getppid()
+            t.poll(2.0, cb)
+    assert t.closed and all(ln.closed for ln in t.links)
+    assert not _gone(ids), "probes still attached after the exception left the tracer"

@@ -94,7 +94,9 @@ def syscall_number(name: Union[str, int]) -> int:
     nr = X86_64.get(_abi_name(name))
     if nr is None:
         known = set(X86_64) | set(kernel_syscalls() or ())
-        raise TargetNotFoundError("syscall", name, difflib.get_close_matches(name, known, n=5))
+        raise TargetNotFoundError("syscall", name, difflib.get_close_matches(name, known, n=5),
+                                  detail="x86-64 syscall names as in man 2 syscalls, e.g. "
+                                         "openat, or a number")
     return nr
 
 
