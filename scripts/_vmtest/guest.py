@@ -32,7 +32,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from initramfs import build_initramfs
 from kernels import Kernel
@@ -68,6 +68,22 @@ class GuestResult:
     message: str = ""
     results: Optional[Dict[str, Any]] = None  # from the pytest plugin
     modules: List[str] = field(default_factory=list)
+
+
+# Running qemu processes, so that an interrupted harness can stop them all.
+_live: Set[subprocess.Popen] = set()
+_live_lock = threading.Lock()
+
+
+_stopping = threading.Event()
+
+
+def kill_all() -> None:
+    _stopping.set()
+    with _live_lock:
+        for proc in list(_live):
+            if proc.poll() is None:
+                proc.kill()
 
 
 def qemu_binary() -> str:
@@ -197,9 +213,15 @@ def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
         cmd = qemu_command(kernel, initrd, xfer, opts)
         if opts.verbose:
             print(f"{opts.prefix}vmtest: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr)
+        # If we die without cleaning up (SIGKILL), the kernel kills qemu.
+        setpriv = shutil.which("setpriv")
+        if setpriv:
+            cmd = [setpriv, "--pdeathsig", "KILL", "--"] + cmd
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+        with _live_lock:
+            _live.add(proc)
         console = _Console(proc.stdout, opts, t0)
         try:
             proc.wait(timeout=opts.timeout)
@@ -212,6 +234,9 @@ def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
             proc.kill()
             proc.wait()
             raise
+        finally:
+            with _live_lock:
+                _live.discard(proc)
         console.thread.join(timeout=10)
         t_end = time.monotonic()
         res.total_seconds = round(t_end - t0, 1)
@@ -229,7 +254,9 @@ def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
         elif console.status is not None:
             res.rc = console.status
 
-        if res.status != "timeout":
+        if _stopping.is_set():
+            res.status, res.message = "interrupted", "stopped by the harness"
+        elif res.status != "timeout":
             if res.rc is not None:
                 res.status = "ok"
             elif console.start_time is None:

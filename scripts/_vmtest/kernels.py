@@ -380,9 +380,13 @@ def _unpack(series: str, debs: List[Path], vdir: Path, packages: Dict[str, str])
     return k
 
 
-def _prune(series: str, keep: Path, root: Path) -> None:
+def _prune(series: str, root: Path) -> None:
+    """Keep the two newest kernels of a series (another run may still be
+    using the previous one) and remove older or unfinished ones.  Called
+    with the series lock held, so nothing else is downloading."""
+    keep = {k.tree for k in cached_kernels(series, root)[:2]}
     for d in (root / series).glob("*"):
-        if d != keep and d.is_dir():
+        if d.is_dir() and d not in keep:
             shutil.rmtree(d, ignore_errors=True)
 
 
@@ -445,7 +449,7 @@ def get_kernel(series: str, offline: bool = False) -> Kernel:
             shutil.rmtree(dl, ignore_errors=True)
             log(f"{series}: downloaded {size / 1e6:.0f} MB in {t1 - t0:.1f}s, "
                 f"unpacked in {time.monotonic() - t1:.1f}s -> {k.release}")
-            _prune(series, vdir, root)
+            _prune(series, root)
             return k
         except (FetchError, subprocess.CalledProcessError, OSError) as e:
             if cached:

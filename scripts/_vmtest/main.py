@@ -26,6 +26,7 @@ import concurrent.futures
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -169,8 +170,10 @@ def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: i
     }
     if res.results is not None and not run["summary"] and res.status != "ok":
         run["summary"] = f"incomplete: {len(run['tests'])} tests recorded before the guest stopped"
-    log(f"{prefix}{run['release']}: {res.status}, exit status {res.rc}, "
-        f"boot {res.boot_seconds}s, command {res.run_seconds}s, total {res.total_seconds}s"
+    times = ", ".join(f"{what} {secs}s" for what, secs in (
+        ("boot", res.boot_seconds), ("command", res.run_seconds), ("total", res.total_seconds))
+        if secs is not None)
+    log(f"{prefix}{run['release']}: {res.status}, exit status {res.rc}, {times}"
         + (f" -- {res.message}" if res.message else ""))
     return run
 
@@ -253,13 +256,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     smp = args.smp or max(1, (os.cpu_count() or 1) // jobs)
     multi = len(fetched) > 1
     runs: List[Dict[str, Any]] = []
+    from guest import kill_all
     if jobs == 1:
         for k in fetched:
             runs.append(run_one(k, argv, args, f"[{k.series}] " if multi else "", smp))
     else:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
             futs = [pool.submit(run_one, k, argv, args, f"[{k.series}] ", smp) for k in fetched]
-            runs = [f.result() for f in futs]
+            try:
+                runs = [f.result() for f in futs]
+            except BaseException:
+                # Interrupted: stop the guests, or leaving this block would
+                # wait for them.
+                for f in futs:
+                    f.cancel()
+                kill_all()
+                raise
 
     # 3. report
     violations = sum(_violations(r) for r in runs)
@@ -282,8 +294,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0 if all_ok else 1
 
 
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         sys.exit(main())
     except KeyboardInterrupt:
+        from guest import kill_all
+        kill_all()
+        log("interrupted; guests stopped")
         sys.exit(130)
