@@ -59,6 +59,7 @@ SYSCALL_FALLBACK = ("tp", "tp_btf", "raw_tp")
 # Kernel functions whose callers are several syscalls (the name rule finds one).
 STABLE = {
     "do_unlinkat": ("unlink", "unlinkat"),
+    "filename_unlinkat": ("unlink", "unlinkat"),        # do_unlinkat's name in 7.x
     "do_rmdir": ("rmdir", "unlinkat"),
     "do_mkdirat": ("mkdir", "mkdirat"),
     "do_sys_open": ("open", "openat"),

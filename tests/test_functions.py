@@ -2,10 +2,11 @@
 fmod_ret policy, on the test's own calls.  They skip on a kernel known to lack
 the kind (naming what it lacks) and must pass in the VM kernels that have it.
 
-The target, do_unlinkat, exists from 5.10 to 7.x, but its BTF signature is
-``long do_unlinkat(int, struct filename *)`` on 5.10 and returns ``int`` later:
+The target is do_faccessat (access(2)), present from 5.10 to 7.x with the
+same parameters, but ``long do_faccessat(...)`` on 5.10 and ``int`` on 7.x:
 the tracer types the return value from the running kernel's BTF, so -ENOENT
-reads as -2 either way.
+reads as -2 either way.  (do_unlinkat, the issue's example, is gone in 7.x:
+renamed filename_unlinkat.)
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pytracers.tracers import FmodRetPolicy, FunctionTracer
 from pytracers.tracers.function import signature
 
 AT_FDCWD = -100
-TARGET = "do_unlinkat"
+TARGET = "do_faccessat"
 
 
 def _comm() -> str:
@@ -30,14 +31,12 @@ def _comm() -> str:
         return f.read().strip()
 
 
-def _unlink_two(tmp_path):
-    """Unlink a file we created, then a missing one; return the paths."""
-    p = tmp_path / "victim"
+def _access_two(tmp_path):
+    """access(R_OK) on a file we created, then on a missing one."""
+    p = tmp_path / "there"
     p.write_bytes(b"")
-    os.unlink(p)
-    with pytest.raises(FileNotFoundError):
-        os.unlink(tmp_path / "never-existed")
-    return p
+    assert os.access(p, os.R_OK)
+    assert not os.access(tmp_path / "never-existed", os.R_OK)
 
 
 def _check_two_calls(evs, name=TARGET, latency=True):
@@ -47,8 +46,8 @@ def _check_two_calls(evs, name=TARGET, latency=True):
     ok, missing = mine
     for ev in (ok, missing):
         assert (ev.pid, ev.tid, ev.comm, ev.name) == (os.getpid(), me, _comm(), name)
-        assert ev.args.dfd == AT_FDCWD
-        assert ev.args._fields[:2] == ("dfd", "name")
+        assert ev.args._fields == ("dfd", "filename", "mode", "flags")
+        assert (ev.args.dfd, ev.args.mode, ev.args.flags) == (AT_FDCWD, os.R_OK, 0)
         if latency:
             assert ev.latency_ns > 0
     assert ok.ret == 0
@@ -56,23 +55,23 @@ def _check_two_calls(evs, name=TARGET, latency=True):
 
 
 @pytest.mark.kind("kretprobe")      # the return value and latency come from the kretprobe
-def test_kprobe_kretprobe_do_unlinkat(need, tmp_path):
+def test_kprobe_kretprobe_do_faccessat(need, tmp_path):
     with need("kprobe"):
         t = FunctionTracer(TARGET, kind="kprobe", pid=os.getpid())
     with t:
         assert t.kind == "kprobe"
-        _unlink_two(tmp_path)
+        _access_two(tmp_path)
         _check_two_calls(t.read(1.0) + t.read(0.1))
         assert t.lost == 0
 
 
 @pytest.mark.kind("fentry")
-def test_fentry_fexit_do_unlinkat(need, tmp_path):
+def test_fentry_fexit_do_faccessat(need, tmp_path):
     with need("fentry"):
         t = FunctionTracer(TARGET, kind="fentry", pid=os.getpid())
     with t:
         assert t.kind == "fentry"
-        _unlink_two(tmp_path)
+        _access_two(tmp_path)
         _check_two_calls(t.read(1.0) + t.read(0.1))
 
 
@@ -82,7 +81,7 @@ def test_fexit_alone_has_args_and_ret_but_no_latency(need, tmp_path):
         t = FunctionTracer(TARGET, kind="fentry", pid=os.getpid(), measure_latency=False)
     with t:
         assert list(t.object.programs) == ["fn_fexit"]
-        _unlink_two(tmp_path)
+        _access_two(tmp_path)
         evs = [e for e in t.read(1.0) + t.read(0.1) if e.tid == threading.get_native_id()]
         _check_two_calls(evs, latency=False)
         assert [e.latency_ns for e in evs] == [None, None]
@@ -93,19 +92,19 @@ def test_kprobe_entry_events(need, tmp_path):
     with need("kprobe"):
         t = FunctionTracer(TARGET, kind="kprobe", pid=os.getpid(), entry_events=True)
     with t:
-        _unlink_two(tmp_path)
+        _access_two(tmp_path)
         evs = [e for e in t.read(1.0) + t.read(0.1) if e.tid == threading.get_native_id()]
     assert [e.entry for e in evs] == [True, False, True, False]
-    assert evs[0].ret is None and evs[0].args.dfd == AT_FDCWD
+    assert evs[0].ret is None and evs[0].args.dfd == AT_FDCWD and evs[0].latency_ns is None
 
 
 @pytest.mark.kind("kprobe_multi")
 def test_kprobe_multi_glob(need, tmp_path):
     with need("kprobe_multi"):
-        t = FunctionTracer("do_unlinka*", kind="kprobe_multi", pid=os.getpid())
+        t = FunctionTracer("do_facces*", kind="kprobe_multi", pid=os.getpid())
     with t:
         assert t.kind == "kprobe_multi"
-        _unlink_two(tmp_path)
+        _access_two(tmp_path)
         _check_two_calls(t.read(1.0) + t.read(0.1))
 
 
@@ -120,12 +119,15 @@ def test_function_tracer_arguments():
 def test_signature_from_kernel_btf():
     sig = signature(TARGET)
     assert sig is not None
-    assert sig.params[:2] == ("dfd", "name")
-    assert sig.types[0] == "int"
+    assert sig.params == ("dfd", "filename", "mode", "flags")
+    assert sig.types[0] == "int" and sig.types[2] == "int"
     assert sig.ret_type in ("int", "long int")      # long on 5.10
     assert sig.ret_conv is not None and sig.ret_conv(0xFFFFFFFE if sig.ret_type == "int"
                                                      else 2**64 - 2) == -2
-    assert sig.slots == 2
+    assert sig.slots == 4
+    # the issue's example was renamed in 7.x; its parameters stayed
+    unlink = signature("do_unlinkat") or signature("filename_unlinkat")
+    assert unlink is not None and unlink.params == ("dfd", "name")
 
 
 # ---------------------------------------------------------------- fmod_ret

@@ -170,6 +170,7 @@ class FunctionTracer(Tracer):
         if kind == "fentry" and self.signature is None:
             raise function_not_found(function, "fentry needs the function in the kernel's BTF")
         self._names: Dict[int, str] = {}
+        self.functions: List[str] = [] if kind == "kprobe_multi" else [function]
         # argument slots / return value the kernel's verifier refuses to expose
         # to trampoline programs (5.10: pointers to anything but a struct)
         self._skip_slots: List[int] = []
@@ -257,19 +258,31 @@ class FunctionTracer(Tracer):
             self._link(obj.programs["fn_kprobe"].attach_kprobe(self.function))
             self._link(obj.programs["fn_kretprobe"].attach_kprobe(self.function, retprobe=True))
         else:
-            self._link(obj.programs["fn_kprobe_multi"].attach_kprobe_multi(self.function))
+            names = self._multi_targets()
+            self._link(obj.programs["fn_kprobe_multi"].attach_kprobe_multi(functions=names))
             self._link(obj.programs["fn_kretprobe_multi"].attach_kprobe_multi(
-                self.function, retprobe=True))
+                functions=names, retprobe=True))
+
+    def _multi_targets(self) -> List[str]:
+        """The functions a kprobe_multi glob attaches to: text symbols of
+        kallsyms matching it (read once; their addresses name the records),
+        keeping only ftrace sites (available_filter_functions, when readable)
+        -- a multi-kprobe is an fprobe, which needs one for every function."""
+        from ..features import filter_functions
+        self._names = _kallsyms_matching(self.function)
+        names = sorted(set(self._names.values()))
+        sites = filter_functions()
+        if sites is not None:
+            names = [n for n in names if n in sites]
+        if not names:
+            raise function_not_found(self.function, "no traceable kernel function matches")
+        self.functions = names
+        return names
 
     # ---- records ----------------------------------------------------------------------
     def _name_of(self, ip: int) -> str:
         """Function name of address ``ip`` (kprobe_multi records)."""
-        name = self._names.get(ip)
-        if name is None:
-            if not self._names:
-                self._names.update(_kallsyms_matching(self.function))
-            name = self._names.get(ip, f"0x{ip:x}")
-        return name
+        return self._names.get(ip) or f"0x{ip:x}"
 
     def _record_class(self, base: Type[Any]) -> Optional[Type[Any]]:
         fields = base._fields

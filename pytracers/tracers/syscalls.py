@@ -135,12 +135,20 @@ def syscall_params(name: str) -> Optional[Tuple[str, ...]]:
             line = line.strip()
             if not line.startswith("field:"):
                 continue
-            decl = line[len("field:"):].split(";", 1)[0].strip()
+            parts = dict(p.strip().split(":", 1) for p in line.split(";") if ":" in p)
+            decl = parts.get("field", "").strip()
             words = decl.split()
             fname = words[-1].lstrip("*").split("[", 1)[0]
             if fname == "__syscall_nr":
                 seen_nr = True
             elif seen_nr:
+                # the arguments: one 8-byte slot each from offset 16 on.  Later
+                # kernels append fields of their own (7.x: "__data_loc char[]
+                # __filename_val", the string read at entry), which are not
+                # arguments and must not be read as such.
+                if fname.startswith("__") or parts.get("size") != "8" or \
+                        parts.get("offset") != str(16 + 8 * len(names)):
+                    break
                 names.append(fname)
                 ctype = " ".join(w for w in words[:-1] if w not in ("const", "volatile"))
                 bits.append(0 if "*" in decl else _SIGNED_TYPES.get(ctype, 0))
