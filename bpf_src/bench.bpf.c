@@ -22,6 +22,10 @@
  *   count_only                  SEC("raw_tp")
  *     Adds one to `counts` and emits nothing: attach it to a raw tracepoint
  *     to measure the bare cost of a probe.
+ *   count_kprobe, count_fentry  SEC("?kprobe"), SEC("?fentry")
+ *     The same for the kinds that attach to a kernel function (bench/run
+ *     uses __x64_sys_getpgid).  Not loaded unless asked for (the "?"):
+ *     kprobes may be missing and fentry needs set_attach_target() first.
  *
  * The per-record work is in global functions, which the verifier checks
  * once rather than per loop iteration; that keeps the loop within what the
@@ -100,6 +104,20 @@ BENCH_FILL(256)
 
 SEC("raw_tp")
 int count_only(void *ctx)
+{
+	pt_percpu_inc(&counts);
+	return 0;
+}
+
+SEC("?kprobe")
+int count_kprobe(void *ctx)
+{
+	pt_percpu_inc(&counts);
+	return 0;
+}
+
+SEC("?fentry")
+int count_fentry(void *ctx)
 {
 	pt_percpu_inc(&counts);
 	return 0;

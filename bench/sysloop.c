@@ -1,0 +1,57 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The traced workload of bench/run: getpgid(2) in a tight loop.
+ *
+ *   sysloop count N     N calls; prints "<ns per call>" (CLOCK_MONOTONIC)
+ *   sysloop tick US     one call every US microseconds until stdin closes
+ *                       or it is killed (the trigger of the start-up figure)
+ *
+ * getpgid is cheap, has a per-syscall tracepoint (syscalls:sys_enter_getpgid)
+ * and nothing else on the machine calls it often.  The raw syscall is used
+ * so no libc wrapper or caching sits in between.
+ */
+#define _GNU_SOURCE
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 3 && !strcmp(argv[1], "count")) {
+		long n = atol(argv[2]);
+		uint64_t t0 = now_ns();
+
+		for (long i = 0; i < n; i++)
+			syscall(SYS_getpgid, 0);
+		uint64_t t1 = now_ns();
+		printf("%.2f\n", (double)(t1 - t0) / (double)n);
+		return 0;
+	}
+	if (argc == 3 && !strcmp(argv[1], "tick")) {
+		int us = atoi(argv[2]);
+		struct pollfd in = { .fd = 0, .events = POLLIN };
+
+		for (;;) {
+			syscall(SYS_getpgid, 0);
+			/* wait US microseconds, or stop when the parent closes stdin */
+			struct timespec ts = { 0, (long)us * 1000 };
+			if (ppoll(&in, 1, &ts, NULL) > 0)
+				return 0;
+		}
+	}
+	fprintf(stderr, "usage: %s count N | tick MICROSECONDS\n", argv[0]);
+	return 2;
+}
