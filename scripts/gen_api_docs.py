@@ -18,6 +18,7 @@ import argparse
 import difflib
 import importlib
 import inspect
+import linecache
 import os
 import re
 import sys
@@ -72,6 +73,7 @@ def rst_to_md(text: str) -> str:
         if body.startswith("~"):
             return f"`{body[1:].rsplit('.', 1)[-1]}`"
         return f"`{body}`"
+    text = "\n".join(_tables(text.splitlines()))   # before the spans change widths
     text = re.sub(r":[a-z]+:`([^`]+)`", role, text)
     text = re.sub(r"``([^`]+)``", r"`\1`", text)
     out: List[str] = []
@@ -79,6 +81,19 @@ def rst_to_md(text: str) -> str:
     i = 0
     while i < len(lines):
         line = lines[i]
+        # definition list: a `term` line, its description indented below it
+        ind = len(line) - len(line.lstrip())
+        if (line.lstrip().startswith("`") and i + 1 < len(lines) and lines[i + 1].strip()
+                and len(lines[i + 1]) - len(lines[i + 1].lstrip()) >= ind + 4
+                and (i == 0 or not lines[i - 1].strip())):
+            out.append(" " * ind + f"**{line.strip()}**")
+            out.append("")
+            i += 1
+            while i < len(lines) and (not lines[i].strip()
+                                      or len(lines[i]) - len(lines[i].lstrip()) >= ind + 4):
+                out.append(lines[i][4:] if lines[i].startswith(" " * (ind + 4)) else lines[i])
+                i += 1
+            continue
         # section underlines (---- / ====) -> bold headings
         if (i + 1 < len(lines) and line.strip() and re.fullmatch(r"[-=~]{3,}", lines[i + 1].strip())
                 and len(lines[i + 1].strip()) >= len(line.strip()) - 1):
@@ -96,6 +111,72 @@ def rst_to_md(text: str) -> str:
     return "\n".join(out).strip()
 
 
+_BORDER = re.compile(r"^\s*=+( +=+)+\s*$")
+
+
+def _tables(lines: List[str]) -> List[str]:
+    """reStructuredText simple tables (``====  ====`` borders) -> Markdown."""
+    out: List[str] = []
+    i = 0
+    while i < len(lines):
+        if not _BORDER.match(lines[i]):
+            out.append(lines[i])
+            i += 1
+            continue
+        border = lines[i]
+        starts = [m.start() for m in re.finditer(r"=+", border)]
+        rows: List[List[str]] = []
+        header: Optional[List[str]] = None
+        i += 1
+        while i < len(lines) and not _BORDER.match(lines[i]):
+            if lines[i].strip():
+                cells = [lines[i][a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+                rows.append([c.replace("|", "\\|") for c in cells])
+            i += 1
+        i += 1                                  # the closing (or header) border
+        if i < len(lines) and len(rows) == 1 and any(
+                _BORDER.match(l) for l in lines[i:i + 50]):
+            header, rows = rows[0], []          # border, header, border, rows, border
+            while i < len(lines) and not _BORDER.match(lines[i]):
+                if lines[i].strip():
+                    cells = [lines[i][a:b].strip()
+                             for a, b in zip(starts, starts[1:] + [None])]
+                    rows.append([c.replace("|", "\\|") for c in cells])
+                i += 1
+            i += 1
+        head = header or [" "] * len(starts)
+        out.append("| " + " | ".join(head) + " |")
+        out.append("|" + "---|" * len(starts))
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        out.append("")
+    return out
+
+
+def _def_indent(fn: Any) -> Optional[int]:
+    """Indentation of the ``def`` (or first decorator) line of function ``fn``."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    if code is None:
+        return None
+    line = linecache.getline(code.co_filename, code.co_firstlineno)
+    if not line.strip():
+        return None
+    return len(line) - len(line.lstrip())
+
+
+def _body_indent(obj: Any) -> Optional[int]:
+    """Indentation of the body (and so of the docstring) of a function or
+    class -- cheaper than inspect.getsource, which parses the whole module
+    to find a class."""
+    if inspect.isclass(obj):
+        for v in vars(obj).values():
+            fn = v.__func__ if isinstance(v, (staticmethod, classmethod)) else v
+            if inspect.isfunction(fn) and fn.__qualname__.startswith(obj.__qualname__ + "."):
+                return _def_indent(fn)
+        return None
+    d = _def_indent(obj)
+    return None if d is None else d + 4
+
+
 def getdoc(obj: Any) -> Optional[str]:
     """``obj``'s own docstring, dedented by its source indentation rather than
     by its least-indented line (inspect.getdoc), so an indented example in a
@@ -106,11 +187,10 @@ def getdoc(obj: Any) -> Optional[str]:
     if inspect.ismodule(obj):
         margin = 0
     else:
-        try:
-            first = inspect.getsourcelines(obj)[0][0]
-            margin = len(first) - len(first.lstrip()) + 4
-        except (OSError, TypeError, IndexError):
+        body = _body_indent(obj)
+        if body is None:
             return inspect.cleandoc(raw)
+        margin = body
     lines = raw.expandtabs().splitlines()
     out = [lines[0].strip()]
     for line in lines[1:]:
@@ -171,7 +251,7 @@ def _anchor(title: str) -> str:
 def document_class(cls: type, qual: str) -> List[str]:
     out = [f"### class `{qual}`", ""]
     try:
-        init_sig = signature(cls.__init__) if "__init__" in vars(cls) else ""
+        init_sig = signature(vars(cls)["__init__"]) if "__init__" in vars(cls) else ""
     except Exception:
         init_sig = ""
     if init_sig:
