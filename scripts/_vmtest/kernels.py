@@ -229,6 +229,18 @@ class PrivateApt:
         r = self.run("apt-get", ["-q", "update"])
         if r.returncode != 0 or re.search(r"^(W|E): .*(Failed|not signed|NO_PUBKEY)", r.stderr, re.M):
             raise FetchError(f"apt-get update for {self.series} failed:\n{r.stderr.strip()}")
+        (self.dir / "updated").write_text(self.sources.read_text())
+
+    def index_age(self) -> float:
+        """Seconds since the last successful update with the current sources
+        (infinite if never, or if the sources changed since)."""
+        stamp = self.dir / "updated"
+        try:
+            if stamp.read_text() != self.sources.read_text():
+                return float("inf")
+            return max(0.0, time.time() - stamp.stat().st_mtime)
+        except OSError:
+            return float("inf")
 
     def show(self, package: str) -> Dict[str, str]:
         """The candidate version's control record of *package*."""
@@ -406,12 +418,43 @@ class _Lock:
         self.f.close()
 
 
-def get_kernel(series: str, offline: bool = False) -> Kernel:
+DEFAULT_INDEX_MAX_AGE = 6 * 3600
+
+
+def _fetch(series: str, apt: PrivateApt, root: Path, packages: Dict[str, str]) -> Kernel:
+    """Download and unpack *packages* (exact versions) into the cache."""
+    version = packages[next(p for p in packages
+                            if p.startswith(("linux-image-", "linux-binary-")))]
+    vdir = root / series / version
+    dl = root / series / (version + ".download")
+    shutil.rmtree(dl, ignore_errors=True)
+    dl.mkdir(parents=True)
+    t0 = time.monotonic()
+    log(f"{series}: downloading {' '.join(packages)}")
+    apt.download(packages, dl)
+    debs = sorted(dl.glob("*.deb"))
+    if len(debs) != len(packages):
+        raise FetchError(f"expected {len(packages)} .deb files, got {[d.name for d in debs]}")
+    size = sum(d.stat().st_size for d in debs)
+    t1 = time.monotonic()
+    k = _unpack(series, debs, vdir, packages)
+    shutil.rmtree(dl, ignore_errors=True)
+    log(f"{series}: downloaded {size / 1e6:.0f} MB in {t1 - t0:.1f}s, "
+        f"unpacked in {time.monotonic() - t1:.1f}s -> {k.release}")
+    _prune(series, root)
+    return k
+
+
+def get_kernel(series: str, offline: bool = False,
+               index_max_age: float = DEFAULT_INDEX_MAX_AGE) -> Kernel:
     """Return the newest kernel of *series*, downloading it if needed.
 
-    The index is refreshed every run (cheap when unchanged).  If refreshing,
+    The series' package index is refreshed when it is older than
+    *index_max_age* seconds (0: always).  The packages it names are used from
+    the cache when present, else downloaded (if that fails with an older
+    index, the index is refreshed and the download retried).  If refreshing,
     resolving or downloading fails, the newest cached kernel of the series is
-    used with a warning.
+    used with a warning.  *offline* uses the cache only.
     """
     root = cache_root()
     with _Lock(root / f".{series}.lock"):
@@ -420,37 +463,34 @@ def get_kernel(series: str, offline: bool = False) -> Kernel:
             if not cached:
                 raise FetchError(f"--offline and no cached kernel for {series}")
             return cached[0]
+        apt = PrivateApt(series, root)
         try:
-            apt = PrivateApt(series, root)
             apt.write_config(host_mirrors())
-            t0 = time.monotonic()
-            apt.update()
+            refreshed = False
+            if apt.index_age() > index_max_age:
+                t0 = time.monotonic()
+                apt.update()
+                refreshed = True
+                log(f"{series}: index refreshed in {time.monotonic() - t0:.1f}s")
             packages = resolve_packages(apt)
-            log(f"{series}: index refreshed in {time.monotonic() - t0:.1f}s; "
-                + ", ".join(f"{p} {v}" for p, v in sorted(packages.items())))
-            version = packages.get(next(p for p in packages if p.startswith(("linux-image-", "linux-binary-"))))
-            vdir = root / series / version
-            k = _load_cached(series, vdir)
-            if k and k.packages == packages:
-                log(f"{series}: using cached {k.release} ({vdir})")
-                return k
-            dl = root / series / (version + ".download")
-            shutil.rmtree(dl, ignore_errors=True)
-            dl.mkdir(parents=True)
-            t0 = time.monotonic()
-            log(f"{series}: downloading {' '.join(packages)}")
-            apt.download(packages, dl)
-            debs = sorted(dl.glob("*.deb"))
-            if len(debs) != len(packages):
-                raise FetchError(f"expected {len(packages)} .deb files, got {[d.name for d in debs]}")
-            size = sum(d.stat().st_size for d in debs)
-            t1 = time.monotonic()
-            k = _unpack(series, debs, vdir, packages)
-            shutil.rmtree(dl, ignore_errors=True)
-            log(f"{series}: downloaded {size / 1e6:.0f} MB in {t1 - t0:.1f}s, "
-                f"unpacked in {time.monotonic() - t1:.1f}s -> {k.release}")
-            _prune(series, root)
-            return k
+            log(f"{series}: " + ", ".join(f"{p} {v}" for p, v in sorted(packages.items())))
+            for k in cached:
+                if k.packages == packages:
+                    log(f"{series}: using cached {k.release} ({k.tree})")
+                    return k
+            try:
+                return _fetch(series, apt, root, packages)
+            except FetchError:
+                if refreshed:
+                    raise
+                log(f"{series}: download failed with an index "
+                    f"{apt.index_age() / 3600:.1f} h old; refreshing it")
+                apt.update()
+                packages = resolve_packages(apt)
+                for k in cached:
+                    if k.packages == packages:
+                        return k
+                return _fetch(series, apt, root, packages)
         except (FetchError, subprocess.CalledProcessError, OSError) as e:
             if cached:
                 log(f"WARNING: {series}: {e}\nvmtest: WARNING: {series}: falling back to "

@@ -212,6 +212,9 @@ def parse_args(argv: List[str]):
                    help="extra environment variable for the guest command")
     p.add_argument("--offline", action="store_true",
                    help="use cached kernels only; no apt index refresh")
+    p.add_argument("--refresh", action="store_true",
+                   help="refresh the package indexes even if they are recent "
+                        "(default: when older than 6 h, env VMTEST_INDEX_MAX_AGE seconds)")
     p.add_argument("--setup", action="store_true",
                    help="install host prerequisites and download the kernels, then exit")
     p.add_argument("--keep", action="store_true", help="keep the exchange dir (debugging)")
@@ -236,14 +239,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     ensure_prerequisites(install=True)
 
     # 1. kernels (all before booting any, so fetch problems show up early)
+    # (in parallel: each series has its own apt state and lock)
     t0 = time.monotonic()
-    fetched = []
-    for s in args.series:
-        try:
-            fetched.append(kernels.get_kernel(s, offline=args.offline))
-        except kernels.FetchError as e:
-            log(f"ERROR: {e}")
-            return EXIT_GUEST_FAILED
+    max_age = 0 if args.refresh else float(os.environ.get(
+        "VMTEST_INDEX_MAX_AGE", kernels.DEFAULT_INDEX_MAX_AGE))
+    with concurrent.futures.ThreadPoolExecutor(len(args.series)) as pool:
+        futs = [pool.submit(kernels.get_kernel, s, args.offline, max_age) for s in args.series]
+        fetched, errors = [], []
+        for f in futs:
+            try:
+                fetched.append(f.result())
+            except kernels.FetchError as e:
+                errors.append(e)
+    for e in errors:
+        log(f"ERROR: {e}")
+    if errors:
+        return EXIT_GUEST_FAILED
     log(f"kernels ready in {time.monotonic() - t0:.1f}s: "
         + ", ".join(f"{k.series}={k.release}" for k in fetched))
     if args.setup:
