@@ -231,6 +231,19 @@ class PrivateApt:
             raise FetchError(f"apt-get update for {self.series} failed:\n{r.stderr.strip()}")
         (self.dir / "updated").write_text(self.sources.read_text())
 
+    def resolved(self, refreshed: bool) -> Dict[str, str]:
+        """resolve_packages(self), remembered until the index changes."""
+        memo = self.dir / "resolved.json"
+        stamp = self.dir / "updated"
+        try:
+            if not refreshed and memo.stat().st_mtime >= stamp.stat().st_mtime:
+                return json.loads(memo.read_text())
+        except (OSError, ValueError):
+            pass
+        packages = resolve_packages(self)
+        memo.write_text(json.dumps(packages))
+        return packages
+
     def index_age(self) -> float:
         """Seconds since the last successful update with the current sources
         (infinite if never, or if the sources changed since)."""
@@ -472,7 +485,7 @@ def get_kernel(series: str, offline: bool = False,
                 apt.update()
                 refreshed = True
                 log(f"{series}: index refreshed in {time.monotonic() - t0:.1f}s")
-            packages = resolve_packages(apt)
+            packages = apt.resolved(refreshed)
             log(f"{series}: " + ", ".join(f"{p} {v}" for p, v in sorted(packages.items())))
             for k in cached:
                 if k.packages == packages:
