@@ -33,7 +33,11 @@ from .base import Tracer, named_tuple
 __all__ = ["FunctionTracer", "Signature", "signature", "KINDS", "FN_ENTRY", "FN_RETURN"]
 
 KINDS = ("fentry", "kprobe", "kprobe_multi")
-_REFUSED_ARG = re.compile(r"func '[^']*' arg(\d+) ")
+# The verifier's refusals of a trampoline argument (kernel/bpf/btf.c,
+# btf_ctx_access); its log also has "func 'f' argN has btf_id ..." lines for
+# the arguments it accepted, which must not match.
+_REFUSED_ARG = re.compile(r"func '[^']*' arg(\d+) (?:type \w+ is not a struct|"
+                          r"'[^']*' has type \w+\. Only pointer access is allowed)")
 NARGS = 6
 MAX_TRAMPOLINE_SLOTS = 12  # trampoline.h reads up to ctx[12]
 FN_ENTRY, FN_RETURN, FN_HAS_ARGS, FN_HAS_RET, FN_HAS_LATENCY = 1, 2, 4, 8, 16
