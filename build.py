@@ -9,14 +9,17 @@ and needs no clang, no kernel headers and no bpftool.
     python build.py --check       # rebuild in a temp dir; exit 1 if anything differs
     python build.py vmlinux       # regenerate vmlinux/x86/vmlinux.h from this kernel's BTF
 
-Each object is compiled with a pinned clang (Debian's clang-19) and then passed
-through ``bpftool gen object``, which links it and drops the DWARF sections
-(keeping ``.BTF`` and ``.BTF.ext``), so the output depends only on the source,
-the compiler and the committed vmlinux.h -- not on the build directory.
+Each object is compiled with a pinned clang (Debian's clang-19) from a copy of
+the sources at one fixed path and then passed through ``bpftool gen object``,
+which links it and drops the DWARF sections (keeping ``.BTF`` and
+``.BTF.ext``), so the output depends only on the source, the compiler and the
+committed vmlinux.h -- not on where the repository is checked out.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import filecmp
 import os
 import platform
@@ -25,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent
 SRC = ROOT / "bpf_src"
@@ -56,18 +60,36 @@ def tool(name: str, package: str) -> str:
     return path
 
 
-def compile_one(src: Path, out_dir: Path, clang: str, bpftool: str) -> Path:
-    name = src.name[: -len(".c")] + ".o"          # foo.bpf.c -> foo.bpf.o
+# clang's BTF output depends on the source directory's path (the order of
+# some forward-declared types changed between clones at different paths), so
+# every build compiles a copy of the sources at one fixed path, under a lock.
+STAGE = Path(tempfile.gettempdir()) / "pytracers-bpf-build"
+
+
+@contextlib.contextmanager
+def staged_sources() -> Iterator[Path]:
+    STAGE.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(STAGE) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shutil.rmtree(STAGE, ignore_errors=True)
+        (STAGE / "obj").mkdir(parents=True)
+        shutil.copytree(SRC, STAGE / "bpf_src")
+        shutil.copytree(VMLINUX_DIR, STAGE / "vmlinux" / "x86")
+        try:
+            yield STAGE
+        finally:
+            shutil.rmtree(STAGE, ignore_errors=True)
+
+
+def compile_one(stage: Path, src_name: str, out_dir: Path, clang: str, bpftool: str) -> Path:
+    name = src_name[: -len(".c")] + ".o"          # foo.bpf.c -> foo.bpf.o
     out = out_dir / name
-    with tempfile.TemporaryDirectory(prefix="pytracers-build-") as tmp:
-        raw = Path(tmp) / name
-        flags = [f.format(root=ROOT) for f in CFLAGS]
-        run([clang, *flags,
-             "-I", str(VMLINUX_DIR.relative_to(ROOT)), "-I", str(SRC.relative_to(ROOT)),
-             "-idirafter", str(LIBBPF_INCLUDE),
-             "-c", str(src.relative_to(ROOT)), "-o", str(raw)], cwd=ROOT)
-        run([bpftool, "gen", "object", str(out), str(raw)],
-            stdout=subprocess.DEVNULL)
+    raw = stage / "obj" / name
+    flags = [f.format(root=stage) for f in CFLAGS]
+    run([clang, *flags, "-I", "vmlinux/x86", "-I", "bpf_src",
+         "-idirafter", str(LIBBPF_INCLUDE),
+         "-c", f"bpf_src/{src_name}", "-o", f"obj/{name}"], cwd=stage)
+    run([bpftool, "gen", "object", str(out), str(raw)], stdout=subprocess.DEVNULL)
     return out
 
 
@@ -77,8 +99,9 @@ def build(out_dir: Path) -> list[Path]:
     if not (VMLINUX_DIR / "vmlinux.h").exists():
         sys.exit("build.py: vmlinux/x86/vmlinux.h is missing; run `python build.py vmlinux`")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [compile_one(src, out_dir, clang, bpftool)
-            for src in sorted(SRC.glob("*.bpf.c"))]
+    with staged_sources() as stage:
+        return [compile_one(stage, src.name, out_dir.resolve(), clang, bpftool)
+                for src in sorted(SRC.glob("*.bpf.c"))]
 
 
 def check() -> int:
