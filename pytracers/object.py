@@ -191,6 +191,13 @@ class OpenProgram:
             raise BadArgumentError(f"program {self.name!r} is a {self.kind} program; only "
                                    "BTF-based programs (fentry, fexit, fmod_ret, tp_btf) take "
                                    "a target before load -- attach others with attach()")
+        if self.kind in _errmap.TRAMPOLINE_KINDS and _errmap.function_exists(function) is False:
+            # Refused here, not by libbpf: libbpf 1.1 then opens every kernel
+            # module's BTF and only closes those fds at load, so an object
+            # closed without loading would leak one fd per module.
+            raise TargetNotFoundError("kernel function", function,
+                                      _errmap.function_suggestions(function),
+                                      detail="in neither the kernel's BTF nor kallsyms")
         rc, err, cap = _libbpf.call_with_log(lib.bpf_program__set_attach_target,
                                              self._ptr, 0, function.encode())
         if rc < 0:
