@@ -9,6 +9,9 @@ global variable of the data sections lives (for read-only configuration).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
 import os
 import stat
 import struct
@@ -16,8 +19,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 
-from .errors import InsecureFileError, InvalidObjectError
+from elftools.common.exceptions import ELFError
+
 from . import elfvalidate
+from .errors import InsecureFileError, InvalidObjectError
 
 EM_BPF = 247
 SHF_EXECINSTR = 0x4
@@ -188,11 +193,30 @@ MACHINES = {0: "EM_NONE", 3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64
 def inspect(path: str, data: bytes) -> ObjectInfo:
     """Check ``data`` (the contents of ``path``) and describe it.
 
-    Parsing is done here and in :mod:`pytracers.elfvalidate` with ``struct``
-    (no ELF library): every index is checked before it is followed, so a
-    damaged file becomes an :class:`InvalidObjectError`, and an open costs a
-    few milliseconds.
+    Two passes: :mod:`pytracers.elfvalidate` first checks, with ``struct``,
+    every index and extent that libelf/libbpf would follow (fuzzing showed
+    libbpf 1.1 crashing on damaged files that a plain ELF reader accepts);
+    then pyelftools reads the now-trusted file for what pytracers needs --
+    section names and kinds, programs and global variables.  The result is
+    cached by content, so opening the same object again costs a hash.
     """
+    key = hashlib.sha256(data).digest()
+    hit = _INFO_CACHE.get(key)
+    if hit is not None:
+        return dataclasses.replace(hit, path=path, programs=dict(hit.programs),
+                                   variables=dict(hit.variables), sections=list(hit.sections))
+    info = _inspect(path, data)
+    if len(_INFO_CACHE) >= 64:
+        _INFO_CACHE.pop(next(iter(_INFO_CACHE)))
+    _INFO_CACHE[key] = info
+    return dataclasses.replace(info, programs=dict(info.programs),
+                               variables=dict(info.variables), sections=list(info.sections))
+
+
+_INFO_CACHE: Dict[bytes, ObjectInfo] = {}
+
+
+def _inspect(path: str, data: bytes) -> ObjectInfo:
     if not data:
         raise _fail(path, "is empty", "expected an eBPF object built with clang -target bpf")
     if not data.startswith(b"\x7fELF"):
@@ -240,31 +264,38 @@ def inspect(path: str, data: bytes) -> ObjectInfo:
         if btf_ext is not None:
             elfvalidate.check_btf_ext(path, data[btf_ext.offset:btf_ext.offset + btf_ext.size],
                                       ntypes, str_len)
-        _collect_symbols(info, elfvalidate.symbols(data, sections), sections)
+        _collect_symbols(info, data)
         if not info.programs:
             raise _fail(path, "contains no BPF programs",
                         "mark each program with SEC(\"<kind>/<target>\"), e.g. SEC(\"tp/...\")")
         return info
     except InvalidObjectError:
         raise
-    except (struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError) as e:
+    except (struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError, ELFError) as e:
         raise _fail(path, f"is a damaged ELF file ({type(e).__name__}: {e})",
                     elfvalidate.REBUILD) from None
 
 
-STT_OBJECT, STT_FUNC, STB_GLOBAL = 1, 2, 1
-
-
-def _collect_symbols(info: ObjectInfo, syms: List["elfvalidate.Symbol"],
-                     sections: List["elfvalidate.Section"]) -> None:
-    for sym in syms:
-        if sym.shndx == 0 or sym.shndx >= len(sections):   # undefined, absolute
+def _collect_symbols(info: ObjectInfo, data: bytes) -> None:
+    """Programs (global functions outside .text) and data-section variables,
+    read with pyelftools from a file elfvalidate has already checked."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.elf.sections import SymbolTableSection
+    elf = ELFFile(io.BytesIO(data))
+    names = [sec.name for sec in elf.iter_sections()]
+    symtab = elf.get_section_by_name(".symtab")
+    if not isinstance(symtab, SymbolTableSection):
+        raise _fail(info.path, "has no symbol table", "do not strip eBPF objects with strip(1)")
+    for sym in symtab.iter_symbols():
+        shndx = sym["st_shndx"]
+        if not isinstance(shndx, int) or not 0 < shndx < len(names):   # undefined, absolute
             continue
-        sec = sections[sym.shndx].name
-        if sym.type == STT_FUNC and sym.bind == STB_GLOBAL and sec != ".text":
+        sec = names[shndx]
+        typ, bind = sym["st_info"]["type"], sym["st_info"]["bind"]
+        if typ == "STT_FUNC" and bind == "STB_GLOBAL" and sec != ".text":
             info.programs[sym.name] = sec
-        elif sym.type == STT_OBJECT and sec.startswith((".rodata", ".data", ".bss")):
-            info.variables[sym.name] = Variable(sym.name, sec, sym.value, sym.size)
+        elif typ == "STT_OBJECT" and sec.startswith((".rodata", ".data", ".bss")):
+            info.variables[sym.name] = Variable(sym.name, sec, sym["st_value"], sym["st_size"])
 
 
 def program_kind(section: str) -> str:
