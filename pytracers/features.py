@@ -238,30 +238,40 @@ def filter_functions() -> Optional[Set[str]]:
     return _filter_functions
 
 
+_lists: Dict[str, Optional[Set[str]]] = {}
+
+
 def kprobe_blacklist() -> Optional[Set[str]]:
-    """Functions on the kprobe blacklist (debugfs), or None when unreadable."""
-    text = _read("/sys/kernel/debug/kprobes/blacklist")
-    if text is None:
-        return None
-    out = set()
-    for line in text.splitlines():
-        parts = line.split()
-        if parts:
-            out.add(parts[-1].split("+", 1)[0])
-    return out
+    """Functions on the kprobe blacklist (debugfs; cached), or None when unreadable."""
+    if "blacklist" not in _lists:
+        text = _read("/sys/kernel/debug/kprobes/blacklist")
+        out: Optional[Set[str]] = None
+        if text is not None:
+            out = set()
+            for line in text.splitlines():
+                parts = line.split()
+                if parts:
+                    out.add(parts[-1].split("+", 1)[0])
+        _lists["blacklist"] = out
+    return _lists["blacklist"]
 
 
 def error_injection_list() -> Optional[Set[str]]:
-    """Functions fmod_ret may modify besides security_* (debugfs), or None."""
-    text = _read("/sys/kernel/debug/error_injection/list")
-    if text is None:
-        return None
-    return {line.split()[0].split("+", 1)[0] for line in text.splitlines() if line.strip()}
+    """Functions fmod_ret may modify besides security_* (debugfs; cached), or None."""
+    if "error_injection" not in _lists:
+        text = _read("/sys/kernel/debug/error_injection/list")
+        _lists["error_injection"] = None if text is None else {
+            line.split()[0].split("+", 1)[0] for line in text.splitlines() if line.strip()}
+    return _lists["error_injection"]
 
 
 def _btf_has(function: str) -> bool:
+    """In vmlinux BTF (a name look-up), else in a loaded module's BTF."""
+    from .btf import Btf
     from .tracers.function import signature
     try:
+        if Btf.vmlinux().find(function, "func") is not None:
+            return True
         return signature(function) is not None
     except Exception:
         return False
@@ -552,7 +562,12 @@ def probe(refresh: bool = False) -> FeatureReport:
 
 
 def clear_cache() -> None:
+    """Forget every cached answer and list (kallsyms, ftrace sites, blacklists)."""
+    global _kallsyms, _filter_functions, _filter_functions_read
     _cache.clear()
+    _lists.clear()
+    _kallsyms = None
+    _filter_functions, _filter_functions_read = None, False
 
 
 # ---------------------------------------------------------------------- per function
