@@ -192,7 +192,9 @@ def parse_args(argv: List[str]):
         argv, command = argv[:i], argv[i + 1:]
     else:
         command = []
-    p = argparse.ArgumentParser(prog="scripts/vmtest", description=__doc__.split("\n\n")[0],
+    doc = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(prog="scripts/vmtest", description=doc[0],
+                                epilog="\n\n".join(doc[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernel", action="append", metavar="SERIES",
                    help="5.10, 6.1, 6.12, latest or all (repeatable; default: all)")
@@ -203,7 +205,9 @@ def parse_args(argv: List[str]):
                    help="extra pytest arguments, one shell-quoted string (env VMTEST_PYTEST_ARGS)")
     p.add_argument("--timeout", type=float, default=float(os.environ.get("VMTEST_TIMEOUT", 900)),
                    help="seconds before a guest is killed (default 900, env VMTEST_TIMEOUT)")
-    p.add_argument("--jobs", type=int, default=1, help="kernels to run at once (default 1)")
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("VMTEST_JOBS", 1)),
+                   help="kernels to run at once (default 1, env VMTEST_JOBS); each guest "
+                        "gets host CPUs / jobs vCPUs")
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
     p.add_argument("--smp", type=int, default=0, help="guest CPUs (default: host CPUs / jobs)")
     p.add_argument("--append", default="", help="extra kernel command line")
