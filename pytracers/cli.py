@@ -979,16 +979,19 @@ def open_trace(target: Target, args: argparse.Namespace) -> Tuple[Source, str]:
                     f"{name} is not a kernel function but a syscall; ")
         raise
     except E.NotSupportedError as e:
-        if target.kind is None and not stable:
-            from .choose import stable_tracepoints
-            alt = stable_tracepoints(name)
-            if alt:
-                raise CliError(_one_line(f"{e.feature} is not supported by this kernel: "
-                                         f"{e.reason}")[0], EXIT_NOT_SUPPORTED,
-                               f"`{PROG} trace --stable {name}` traces the syscall "
-                               f"tracepoint{'s' if len(alt) > 1 else ''} of "
-                               f"{', '.join(alt)} instead") from e
-        raise
+        if target.kind is not None or stable:
+            raise
+        # Neither fentry nor kprobe: point at what does work, in CLI terms.
+        from .choose import stable_tracepoints
+        alt = stable_tracepoints(name)
+        if alt:
+            hint = (f"`{PROG} trace --stable {name}` traces the syscall "
+                    f"tracepoint{'s' if len(alt) > 1 else ''} of {', '.join(alt)} instead")
+        else:
+            hint = (f"syscall tracepoints may work here (`{PROG} trace syscall:NAME`); "
+                    f"`{PROG} doctor` shows what this kernel supports")
+        raise CliError(_one_line(f"{e.feature} is not supported by this kernel: "
+                                 f"{e.reason}")[0], EXIT_NOT_SUPPORTED, hint) from e
     return TracerSource(t, name), ""
 
 
