@@ -125,6 +125,18 @@ def function_exists(name: str) -> Optional[bool]:
         return None
 
 
+MULTI_HINT = "attach one kprobe per function instead"
+
+
+def unknown_helper(log: str) -> Optional[str]:
+    """The helper a verifier log says this kernel does not have, if any."""
+    import re
+    m = re.search(r"invalid func (unknown#\d+|\w+#\d+)|unknown func (\w+#\d+)", log)
+    if not m:
+        return None
+    return m.group(1) or m.group(2)
+
+
 def trampoline_refused(kind: str, err: int, detail: str = "") -> NotSupportedError:
     mode = lockdown()
     if err in (errno.EPERM, errno.EACCES):
@@ -171,6 +183,15 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
             return NotSupportedError("fmod_ret", f"{target or 'the target'} may not have its "
                                      "return value modified (only security_* hooks and "
                                      "error-injection functions are allowed)", errno=err)
+        helper = unknown_helper(log)
+        if helper:
+            # the program calls a helper this kernel predates: the kernel is
+            # too old for this program (e.g. kprobe.multi's bpf_get_func_ip on 5.10)
+            return NotSupportedError(kind, f"the verifier does not know helper {helper}, which "
+                                     f"program {program!r} calls: this kernel predates it",
+                                     min_kernel=MIN_KERNEL.get(kind),
+                                     hint=MULTI_HINT if kind.endswith("multi") else None,
+                                     errno=err)
         return VerifierError(program, err, log)
     if err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP) and kind in TRAMPOLINE_KINDS:
         return trampoline_refused(kind, err, libbpf_msg)

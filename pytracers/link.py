@@ -1,13 +1,14 @@
 """Links: an attached program. Closing a link detaches it."""
 from __future__ import annotations
 
+import errno
 import os
 from typing import TYPE_CHECKING, Any
 
 from . import _libbpf
 from ._libbpf import ffi, lib
 from ._resource import Resource
-from .errors import BadArgumentError, LoadError
+from .errors import BadArgumentError, LoadError, NotSupportedError
 
 if TYPE_CHECKING:
     from .program import Program
@@ -50,6 +51,12 @@ class Link(Resource):
         finally:
             os.umask(old)
         if rc < 0:
+            if -rc == errno.EINVAL and self.kind in ("tp", "kprobe", "kretprobe"):
+                raise NotSupportedError(
+                    f"pinning a {self.kind} link", f"on this kernel a {self.kind} attachment is "
+                    "a perf event, not a BPF link, and only BPF links can be pinned",
+                    min_kernel="5.15", hint="pin a raw_tp or tp_btf link instead, or keep "
+                    "the process that attached it running", errno=-rc)
             raise LoadError(f"pin link at {path}", -rc, cap.last_line())
         os.chmod(path, 0o600)
 

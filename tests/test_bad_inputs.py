@@ -487,7 +487,7 @@ CASES: List[Case] = [
                                  "vfs_read"]),
     Case("inlined-function", lambda t: pytracers.trace_function("copy_to_user"),
          E.TargetNotFoundError, ["kernel function 'copy_to_user' not found",
-                                 "did you mean", "_copy_to_user"]),
+                                 "did you mean"]),
     Case("tracer-bad-pid", lambda t: pytracers.SyscallTracer(["getppid"], pid=-4),
          E.BadArgumentError, ["must be a positive process id"]),
     Case("tracer-comm-too-long", lambda t: pytracers.SyscallTracer(["getppid"], comm="x" * 40),

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import pytracers
-from pytracers.errors import BadArgumentError, InsecureFileError
+from pytracers.errors import BadArgumentError, InsecureFileError, NotSupportedError
 
 EXEC = pytracers.object_path("exec")
 PKG = os.path.dirname(pytracers.__file__)
@@ -144,15 +144,25 @@ def test_checks_are_made_on_the_file_that_is_read(tree: str, monkeypatch: Any) -
 def test_pins_are_0600_whatever_the_umask() -> None:
     if not os.path.ismount("/sys/fs/bpf"):
         pytest.skip("bpffs is not mounted at /sys/fs/bpf")
-    paths = [f"/sys/fs/bpf/pytracers_test_{os.getpid()}_{n}" for n in ("link", "map")]
+    paths = [f"/sys/fs/bpf/pytracers_test_{os.getpid()}_{n}" for n in ("link", "map", "tp")]
     old = os.umask(0)
     try:
-        with pytracers.open(EXEC).load() as obj:
-            obj.programs["exec_enter"].attach().pin(paths[0])
+        o = pytracers.open(pytracers.object_path("syscalls"))
+        o.only("sc_raw_enter")
+        with o.load() as obj:                       # a raw_tp link is a BPF link (5.7+)
+            obj.programs["sc_raw_enter"].attach().pin(paths[0])
             obj.maps["lost"].pin(paths[1])
-            for p in paths:
+            for p in paths[:2]:
                 assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, p
                 assert os.stat(p).st_uid == os.geteuid()
+        with pytracers.open(EXEC).load() as obj:
+            link = obj.programs["exec_enter"].attach()
+            try:
+                link.pin(paths[2])
+                assert stat.S_IMODE(os.stat(paths[2]).st_mode) == 0o600
+            except NotSupportedError as e:          # before 5.15 a tp link is a perf event
+                assert "only BPF links can be pinned" in str(e)
+                assert not os.path.exists(paths[2])
     finally:
         os.umask(old)
         for p in paths:
