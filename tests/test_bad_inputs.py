@@ -333,26 +333,27 @@ def _tracer_after_close(tmp: str) -> Any:
 
 
 def _tracefs_absent(tmp: str) -> Any:
-    """In a private mount namespace, hide tracefs (a tmpfs over /sys/kernel,
-    after the load, which needs /sys/kernel/btf) and attach a tracepoint."""
-    if os.geteuid() != 0 or not shutil.which("unshare"):
-        pytest.skip("needs root and unshare(1) for a private mount namespace")
-    code = textwrap.dedent(f"""
-        import subprocess, pytracers
-        obj = pytracers.open({EXEC!r}).load()
-        subprocess.run(["mount", "-t", "tmpfs", "none", "/sys/kernel"], check=True)
+    """In a forked child with a private mount namespace, hide tracefs (a
+    tmpfs over /sys/kernel, after the load, which needs /sys/kernel/btf) and
+    attach a tracepoint."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private mount namespace")
+    import ctypes
+    CLONE_NEWNS, MS_REC, MS_PRIVATE = 0x00020000, 0x4000, 0x40000
+
+    def attach() -> Any:
+        libc = ctypes.CDLL(None, use_errno=True)
+        obj = pytracers.open(EXEC).load()
         try:
-            obj.programs["exec_enter"].attach()
-            print("ok")
-        except Exception as e:
-            print(type(e).__name__ + "|" + str(e))
-        obj.close()
-    """)
-    p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    name, _, msg = p.stdout.strip().partition("|")
-    return name, msg
+            for rc in (libc.unshare(CLONE_NEWNS),
+                       libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None),
+                       libc.mount(b"none", b"/sys/kernel", b"tmpfs", 0, None)):
+                if rc != 0:
+                    raise OSError(ctypes.get_errno(), "mount namespace setup failed")
+            return obj.programs["exec_enter"].attach()
+        finally:
+            obj.close()
+    return in_child(attach)
 
 
 NO_BTF_SRC = MINIMAL % "tp/syscalls/sys_enter_getppid"

@@ -12,7 +12,7 @@ After the cycles, compared with a baseline taken after one warm-up cycle:
 
 Each cycle triggers one event (this process calls getppid) and reads it.
 PYTRACERS_LEAK_CYCLES sets the number of cycles per kind.  The default is
-100 on the host and 10 in the qemu kernel matrix (PYTRACERS_VM_KERNEL set):
+100 on the host and 5 in the qemu kernel matrix (PYTRACERS_VM_KERNEL set):
 a cycle is not cheap -- libbpf parses the kernel's 5 MB BTF at every load
 (~50-80 ms) and detaching a perf-event tracepoint waits for RCU (tp: ~300 ms
 a cycle on a busy 2-core host) -- so 1000 cycles per kind take ~8 minutes on
@@ -32,7 +32,7 @@ import pytracers
 from pytracers import introspect
 
 VM_KERNEL = os.environ.get("PYTRACERS_VM_KERNEL")
-CYCLES = int(os.environ.get("PYTRACERS_LEAK_CYCLES", "10" if VM_KERNEL else "100"))
+CYCLES = int(os.environ.get("PYTRACERS_LEAK_CYCLES", "5" if VM_KERNEL else "100"))
 RSS_LIMIT = float(os.environ.get("PYTRACERS_LEAK_RSS_MB", "4")) * (1 << 20)
 SYSCALLS = pytracers.object_path("syscalls")
 KPROBE = pytracers.object_path("kprobe")

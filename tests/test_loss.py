@@ -26,7 +26,8 @@ import pytracers
 
 BENCH = pytracers.object_path("bench")
 PAGE = os.sysconf("SC_PAGE_SIZE")
-N = int(os.environ.get("PYTRACERS_LOSS_EVENTS", "20000"))
+N = int(os.environ.get("PYTRACERS_LOSS_EVENTS",
+                       "4000" if os.environ.get("PYTRACERS_VM_KERNEL") else "20000"))
 
 
 def _run_producer(discard_every: int, *, per_run: int = 100, take: int = 10):

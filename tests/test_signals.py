@@ -1,10 +1,11 @@
 """Signals, forks and callback errors leave nothing attached and nothing lost.
 
-Each signal test runs a child process that loads and attaches real programs
-and reports the kernel ids of what it holds (from /proc/self/fdinfo); the
-parent signals it and then checks, by walking the kernel's ids, that every
-one of those programs, maps and links is gone.  Only the child's own ids are
-checked, so other processes' BPF objects do not matter.
+Each signal test forks a child that loads and attaches real programs and
+reports the kernel ids of what it holds (from /proc/self/fdinfo); the parent
+signals it and then checks, by walking the kernel's ids, that every one of
+those programs, maps and links is gone.  Only the child's own ids are
+checked, so other processes' BPF objects do not matter.  (Forked, not
+spawned: a new Python that imports pytracers takes ~15 s under qemu.)
 """
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ import signal
 import struct
 import subprocess
 import sys
-import textwrap
 import time
-from typing import Any, Dict, List, Set
+from typing import IO, Any, Callable, Dict, List, Set, Tuple
 
 import pytest
 
@@ -25,26 +25,24 @@ from pytracers import introspect
 EXEC = pytracers.object_path("exec")
 SYSCALLS = pytracers.object_path("syscalls")
 
-CHILD_PRELUDE = f"""
-import os, signal, sys, time
-import pytracers
-from pytracers import introspect
+Say = Callable[[str], None]
 
-def report():
+
+def report(say: Say) -> None:
     ids = introspect.process_ids()
-    print("IDS", *[f"{{k}}:{{i}}" for k, v in ids.items() for i in v], flush=True)
+    say("IDS " + " ".join(f"{k}:{i}" for k, v in ids.items() for i in v))
 
-def load_and_attach():
-    o = pytracers.open({SYSCALLS!r})
+
+def load_and_attach() -> Any:
+    o = pytracers.open(SYSCALLS)
     o.only("sc_raw_enter", "sc_raw_exit")
     o.config["cfg_filter_ids"] = 1
     o.config["cfg_pid"] = os.getpid()
     obj = o.load()
-    obj.maps["syscall_ids"][110] = b"\\x01"
+    obj.maps["syscall_ids"][110] = b"\x01"
     for p in obj.programs.values():
         p.attach()
     return obj
-"""
 
 
 def _ids(line: str) -> Dict[str, Set[int]]:
@@ -71,34 +69,74 @@ def _gone(ids: Dict[str, Set[int]], timeout: float = 10.0) -> Dict[str, Set[int]
         time.sleep(0.05)
 
 
-def _spawn(body: str) -> subprocess.Popen:
-    code = CHILD_PRELUDE + textwrap.dedent(body)
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+class Child:
+    """A forked child running ``body(say)``; ``say`` writes a line to the parent.
+    KeyboardInterrupt and SystemExit are reported and turned into exit codes
+    (130, the SystemExit code); signals keep their default actions."""
 
+    def __init__(self, body: Callable[[Say], None]) -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            os.close(r)
+            code = 0
 
-def _reap(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.kill()
-        p.wait()
-    for f in (p.stdout, p.stderr):
-        if f is not None:
-            f.close()
+            def say(line: str) -> None:
+                os.write(w, (line + "\n").encode())
+            try:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                body(say)
+            except KeyboardInterrupt:
+                say("KeyboardInterrupt")
+                code = 130
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException as e:  # noqa: BLE001
+                say(f"ERROR {e!r}")
+                code = 1
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid = pid
+        self.out: IO[str] = os.fdopen(r)
+        self.status: Any = None
+        self.lines: List[str] = []
 
+    def read_until(self, word: str, ids: Dict[str, Set[int]]) -> None:
+        while True:
+            line = self.out.readline()
+            if not line:
+                raise AssertionError(f"child exited before {word!r}: {self.lines}")
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            if line.startswith("IDS"):
+                _merge(ids, _ids(line))
+            if line == word:
+                return
 
-def _read_until(p: subprocess.Popen, word: str, ids: Dict[str, Set[int]],
-                timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    assert p.stdout is not None
-    while time.monotonic() < deadline:
-        line = p.stdout.readline()
-        if not line:
-            raise AssertionError(f"child exited before {word!r}: {p.stderr.read() if p.stderr else ''}")
-        if line.startswith("IDS"):
-            _merge(ids, _ids(line))
-        if line.strip() == word:
-            return
-    raise AssertionError(f"child did not say {word!r} in time")
+    def wait(self, timeout: float = 60.0) -> Tuple[List[str], int]:
+        """The rest of its output and its wait status (killed after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+            elif time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+            else:
+                time.sleep(0.02)
+        self.lines += [ln.rstrip("\n") for ln in self.out.readlines()]
+        self.out.close()
+        return self.lines, self.status
+
+    def reap(self) -> None:
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.wait()
 
 
 @pytest.mark.kind("raw_tp")
@@ -108,33 +146,34 @@ def _read_until(p: subprocess.Popen, word: str, ids: Dict[str, Set[int]],
     (signal.SIGTERM, "exit"),          # an agent turning SIGTERM into SystemExit
 ], ids=["sigint-keyboardinterrupt", "sigterm-killed", "sigterm-systemexit"])
 def test_signal_during_poll_leaves_nothing_attached(sig: int, handled: str) -> None:
-    p = _spawn(f"""
-        if {handled!r} == "exit":
+    def body(say: Say) -> None:
+        if handled == "exit":
             signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))
         with load_and_attach() as obj:
             rb = obj.ring_buffer()
-            report()
-            print("READY", flush=True)
+            report(say)
+            say("READY")
             rb.poll(None, lambda r: None)      # blocks: nothing matches
-        print("UNREACHED", flush=True)
-    """)
+        say("UNREACHED")
+
+    child = Child(body)
     ids: Dict[str, Set[int]] = {"progs": set(), "maps": set(), "links": set()}
     try:
-        _read_until(p, "READY", ids)
+        child.read_until("READY", ids)
         assert ids["links"] and ids["progs"] and ids["maps"], ids
         assert _gone(ids, timeout=0) == ids, "the child's objects must exist while it runs"
         time.sleep(0.2)                    # let it block in epoll
-        p.send_signal(sig)
-        out, err = p.communicate(timeout=60)
+        os.kill(child.pid, sig)
+        lines, status = child.wait()
     finally:
-        _reap(p)
-    assert "UNREACHED" not in out
+        child.reap()
+    assert "UNREACHED" not in lines
     if sig == signal.SIGINT:
-        assert "KeyboardInterrupt" in err
+        assert "KeyboardInterrupt" in lines and os.WEXITSTATUS(status) == 130
     elif handled == "exit":
-        assert p.returncode == 3
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
     else:
-        assert p.returncode == -signal.SIGTERM
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
     left = _gone(ids)
     print(f"{signal.Signals(sig).name}/{handled}: child held {ids}; left {left}")
     assert not left
@@ -145,26 +184,27 @@ def test_sigterm_during_load_leaves_nothing() -> None:
     """Kill the child while it loads objects over and over (it is inside
     bpf_object__load most of the time); what it held, read from its fdinfo
     just before the kill and reported after each load, is all gone."""
-    p = _spawn("""
+    def body(say: Say) -> None:
         n = 0
         while True:
             obj = load_and_attach()
-            report()
+            report(say)
             obj.close()
             n += 1
             if n == 3:
-                print("LOADING", flush=True)
-    """)
+                say("LOADING")
+
+    child = Child(body)
     ids: Dict[str, Set[int]] = {"progs": set(), "maps": set(), "links": set()}
     try:
-        _read_until(p, "LOADING", ids)
+        child.read_until("LOADING", ids)
         time.sleep(0.05)
-        _merge(ids, introspect.process_ids(p.pid))     # what it holds right now
-        p.send_signal(signal.SIGTERM)
-        p.communicate(timeout=60)
+        _merge(ids, introspect.process_ids(child.pid))     # what it holds right now
+        os.kill(child.pid, signal.SIGTERM)
+        _, status = child.wait()
     finally:
-        _reap(p)
-    assert p.returncode == -signal.SIGTERM
+        child.reap()
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
     left = _gone(ids)
     print(f"SIGTERM during load: child held {sum(map(len, ids.values()))} objects; left {left}")
     assert not left
