@@ -141,10 +141,12 @@ def trampoline_refused(kind: str, err: int, detail: str = "") -> NotSupportedErr
     mode = lockdown()
     if err in (errno.EPERM, errno.EACCES):
         why = f"program load refused with {errno_name(err)} and no verifier log"
+        why += " (refused by a security module or kernel policy"
         if mode and mode != "none":
-            why += f" (kernel lockdown is '{mode}'; a security module refuses BPF trampolines)"
-        else:
-            why += " (refused by a security module or kernel policy)"
+            # mainline 'integrity' lockdown alone does not forbid trampolines;
+            # report the mode as a fact, not as the cause
+            why += f"; kernel lockdown mode: '{mode}'"
+        why += ")"
         hint = "use kind='kprobe' where kprobes exist, or boot without the restriction"
     elif err in (ENOTSUPP, errno.EOPNOTSUPP):
         why = "the kernel has no BPF trampoline for this architecture/config"
