@@ -131,3 +131,6 @@ def no_leaks(request):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "allow_leaks: the test manages its own fds")
+    config.addinivalue_line(
+        "markers", "kernel_independent: the outcome cannot depend on the running kernel (pure "
+        "parsing, docs, typing); the kernel matrix deselects these and the host runs them")

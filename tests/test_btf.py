@@ -261,6 +261,7 @@ def pack_event(order: str = "<", comm: bytes = b"bash\0garbage\0\0\0\0") -> byte
 
 # --------------------------------------------------------------------------- sample blob
 
+@pytest.mark.kernel_independent
 def test_every_kind_parses(sample: Tuple[Btf, Dict[str, int]]) -> None:
     btf, ids = sample
     kinds = {t.kind for t in btf.types()}
@@ -270,6 +271,7 @@ def test_every_kind_parses(sample: Tuple[Btf, Dict[str, int]]) -> None:
     assert btf.type(0).kind == Kind.VOID and btf.type_str(0) == "void"
 
 
+@pytest.mark.kernel_independent
 def test_decoded_types(sample: Tuple[Btf, Dict[str, int]]) -> None:
     btf, ids = sample
     t = btf.type(ids["int"])
@@ -299,6 +301,7 @@ def test_decoded_types(sample: Tuple[Btf, Dict[str, int]]) -> None:
     assert btf.type(btf.type(ids["event"])) is btf.type(ids["event"])
 
 
+@pytest.mark.kernel_independent
 def test_find_resolve_size(sample: Tuple[Btf, Dict[str, int]]) -> None:
     btf, ids = sample
     assert btf.get("event", "struct").id == ids["event"]
@@ -332,6 +335,7 @@ def test_find_resolve_size(sample: Tuple[Btf, Dict[str, int]]) -> None:
     assert "did you mean: event" in str(ei.value)
 
 
+@pytest.mark.kernel_independent
 def test_type_strings(sample: Tuple[Btf, Dict[str, int]]) -> None:
     btf, ids = sample
     ts = btf.type_str
@@ -358,6 +362,7 @@ def test_type_strings(sample: Tuple[Btf, Dict[str, int]]) -> None:
     assert ts(ids["sec"]) == "SEC('.bss')"
 
 
+@pytest.mark.kernel_independent
 def test_functions_and_protos(sample: Tuple[Btf, Dict[str, int]]) -> None:
     btf, _ = sample
     assert btf.functions() == ["do_cb", "do_nothing", "do_open", "printk"]
@@ -394,6 +399,7 @@ def check_event_layout(layout: StructLayout, fields: Sequence[Tuple[str, int, in
     assert got == list(fields)
 
 
+@pytest.mark.kernel_independent
 def test_struct_layout(sample: Tuple[Btf, Dict[str, int]]) -> None:
     btf, ids = sample
     layout = btf.struct_layout("event")
@@ -416,6 +422,7 @@ def test_struct_layout(sample: Tuple[Btf, Dict[str, int]]) -> None:
         btf.struct_layout(ids["int"])
 
 
+@pytest.mark.kernel_independent
 def test_numpy_dtype(sample: Tuple[Btf, Dict[str, int]]) -> None:
     np = pytest.importorskip("numpy")
     btf, _ = sample
@@ -443,6 +450,7 @@ EXPECTED_RECORD = {
 }
 
 
+@pytest.mark.kernel_independent
 def test_decoder(sample: Tuple[Btf, Dict[str, int]]) -> None:
     btf, _ = sample
     layout = btf.struct_layout("event")
@@ -471,6 +479,7 @@ def test_decoder(sample: Tuple[Btf, Dict[str, int]]) -> None:
     assert cls._make(range(14))[3] == 3
 
 
+@pytest.mark.kernel_independent
 def test_decoder_string_memo_stays_correct(sample: Tuple[Btf, Dict[str, int]]) -> None:
     btf, _ = sample
     dec = btf.struct_layout("event").decoder()
@@ -481,6 +490,7 @@ def test_decoder_string_memo_stays_correct(sample: Tuple[Btf, Dict[str, int]]) -
         assert dec(pack_event(comm=raw)).comm == want
 
 
+@pytest.mark.kernel_independent
 def test_plain_decoder_and_big_layouts() -> None:
     b = BtfBuilder()
     u32 = b.int_("u32", 4)
@@ -518,6 +528,7 @@ def test_plain_decoder_and_big_layouts() -> None:
     assert w.numpy_dtype()["x"] == np.dtype("V16")
 
 
+@pytest.mark.kernel_independent
 def test_bitfields_rejected() -> None:
     b = BtfBuilder()
     u32 = b.int_("u32", 4)
@@ -531,6 +542,7 @@ def test_bitfields_rejected() -> None:
             btf.struct_layout(name)
 
 
+@pytest.mark.kernel_independent
 def test_big_endian_blob() -> None:
     b, _ = make_sample()
     btf = Btf.from_bytes(b.build(">"))
@@ -545,12 +557,14 @@ def test_big_endian_blob() -> None:
     assert [(v.name, v.value) for v in btf.get("big").enum_values] == [("BIG_A", 1 << 40), ("BIG_NEG", -5)]
 
 
+@pytest.mark.kernel_independent
 def test_longer_header_is_accepted() -> None:
     b, _ = make_sample()
     btf = Btf.from_bytes(b.build(hdr_extra=b"\0" * 8))
     assert btf.struct_layout("event").size == 96
 
 
+@pytest.mark.kernel_independent
 def test_split_btf_and_module(tmp_path: Any) -> None:
     base, ids = make_sample()
     split = BtfBuilder(base)
@@ -591,6 +605,7 @@ def test_split_btf_and_module(tmp_path: Any) -> None:
         B._VMLINUX_CACHE.pop(str(tmp_path / "vmlinux"), None)
 
 
+@pytest.mark.kernel_independent
 def test_close_matches_equals_difflib_when_small() -> None:
     rnd = random.Random(1)
     alphabet = "abcdefg_"
@@ -719,6 +734,7 @@ def _elf_without_btf() -> bytes:
 
 
 @pytest.mark.parametrize("name,make,action", CORRUPT, ids=[c[0] for c in CORRUPT])
+@pytest.mark.kernel_independent
 def test_corrupt_input_raises_btf_error(name: str, make: Callable[[], bytes],
                                         action: Callable[[Btf], Any]) -> None:
     data = make()
@@ -759,6 +775,7 @@ def _exercise(data: bytes) -> None:
     btf.validate()
 
 
+@pytest.mark.kernel_independent
 def test_fuzz_mutations_only_raise_btf_error() -> None:
     pytest.importorskip("numpy")
     base = _valid()
@@ -907,6 +924,7 @@ CLANG_EVENT_FIELDS = [f if f[0] != "st" else ("st", 72, 4, "uint", 1) for f in E
 
 @pytest.mark.skipif(not os.path.exists(CLANG), reason="clang-19 not installed")
 @pytest.mark.parametrize("target,order", [("bpfel", "<"), ("bpfeb", ">")])
+@pytest.mark.kernel_independent
 def test_clang_object(tmp_path: Any, target: str, order: str) -> None:
     src = tmp_path / "ev.c"
     obj = tmp_path / "ev.bpf.o"

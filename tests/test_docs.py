@@ -5,7 +5,12 @@ import functools
 import importlib.util
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# pure file/docs checks: the kernel matrix deselects these (they run on the host)
+pytestmark = pytest.mark.kernel_independent
 
 
 @functools.lru_cache(maxsize=None)

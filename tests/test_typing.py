@@ -10,6 +10,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# pure file/type checks: the kernel matrix deselects these (they run on the host)
+pytestmark = pytest.mark.kernel_independent
+
 
 def test_py_typed_marker_is_shipped():
     assert os.path.isfile(os.path.join(ROOT, "pytracers", "py.typed"))
