@@ -12,7 +12,10 @@ drain       Ring drain rate for 8, 64 and 256-byte records.  The ring
             (b) pytracers per event: RingBuffer.consume() with a Python
                 callback that adds up ``rec.seq`` of the BTF-decoded record;
             (c) pytracers batch: RingBuffer.read_batch() (a numpy structured
-                array) and ``arr["seq"].sum()``.
+                array copied out of the ring) and ``arr["seq"].sum()``;
+            (d) pytracers zero-copy batch: RingBuffer.consume_views() with a
+                callback doing ``rows["seq"].sum()`` on a view into the ring
+                (libbpf's contract: the data is valid during the callback).
             Each drain is checked: exactly the records filled, seqs complete.
 probe-cost  ns per getpgid(2) in a C loop (bench/sysloop.c) with nothing
             attached, with the count-only program, with the built-in
@@ -27,9 +30,12 @@ start       Process start to probe attached, pytracers vs bpftrace on
             before the tool's process is spawned.  So it measures start-up
             + compile/load + attach, not how fast the first event is read.
 
-Figures are medians over repetitions.  The machine (CPU, kernel, load, qemu
-guests running) is printed first: on a shared 2-core machine other work
-changes the figures, so read them with the load line.
+Figures are medians over repetitions.  Throughput and per-call costs are in
+CPU time (the consumer thread's; the loop process's user + system time, which
+includes the BPF programs run in its syscalls), so time spent preempted by
+other work on a shared machine does not count; cache and memory-bandwidth
+contention still do.  The machine (CPU, kernel, load, qemu guests running) is
+printed first: read the figures with the load line.
 """
 from __future__ import annotations
 
@@ -57,6 +63,7 @@ BUILD = os.environ.get("PYTRACERS_BENCH_BUILD", os.path.join(HERE, "_build"))
 GETPGID_NR = 121                    # x86-64
 TARGETS = {
     "batch64": ("batch drain, 64-byte records", ">= 0.5x the C consumer", 0.5),
+    "views64": ("batch drain, 64-byte records", ">= 0.5x the C consumer", 0.5),
     "per_event": ("per-event path, one field decoded", ">= 1 M events/s", 1e6),
     "tracer_vs_count": ("built-in tracer added cost", "<= 1.5x count-only's", 1.5),
     "consumer_vs_none": ("added cost with a reader draining", "<= 2x without a reader", 2.0),
@@ -164,14 +171,14 @@ def target(key: str, value: float, ok: bool, shown: str) -> None:
 
 def drain_section(quick: bool) -> None:
     ring = (2 if quick else 16) << 20
-    reps = 3 if quick else 7
+    reps = 5 if quick else 9
     heading(f"ring drain: ring of {ring >> 20} MiB filled to capacity by BPF_PROG_TEST_RUN, "
-            f"median of {reps}")
+            f"median of {reps}; records per second of the consumer's CPU time")
     ringdrain = build("ringdrain", ("-lbpf",))
     obj_path = pytracers.object_path("bench")
     rows = {}
-    print(f"   {'record':>7} {'records':>8}  {'libbpf C':>12}  {'pytracers per event':>26}  "
-          f"{'pytracers batch':>26}")
+    print(f"   {'record':>7} {'records':>8}  {'libbpf C':>12}  {'per event (x C)':>22}  "
+          f"{'read_batch (x C)':>22}  {'consume_views (x C)':>22}")
     for size in (8, 64, 256):
         stride = (size + 8 + 7) & ~7
         cap = ring // stride
@@ -212,36 +219,54 @@ def drain_section(quick: bool) -> None:
 
                 def cb(rec: Any, acc: List[int] = acc) -> None:
                     acc[0] += rec.seq
-                t0 = time.perf_counter()
+                t0 = time.thread_time()
                 got = rb.consume(cb)
-                dt = time.perf_counter() - t0
+                dt = time.thread_time() - t0
                 if got != n or acc[0] != expect_sum(n, first):
                     sys.exit(f"bench/run: per-event drain returned {got}/{n} records")
                 ev_rates.append(n / dt)
             batch_rates = []
             for _ in range(reps):
                 n, first = refill()
-                t0 = time.perf_counter()
+                t0 = time.thread_time()
                 arr = rb.read_batch()
                 total = int(arr["seq"].sum())
-                dt = time.perf_counter() - t0
+                dt = time.thread_time() - t0
                 if len(arr) != n or total != expect_sum(n, first):
                     sys.exit(f"bench/run: batch drain returned {len(arr)}/{n} records")
                 del arr
                 batch_rates.append(n / dt)
+            view_rates = []
+            for _ in range(reps):
+                n, first = refill()
+                acc = [0]
+
+                def vcb(rows: Any, acc: List[int] = acc) -> None:
+                    acc[0] += int(rows["seq"].sum())
+                t0 = time.thread_time()
+                got = rb.consume_views(vcb)
+                dt = time.thread_time() - t0
+                if got != n or acc[0] != expect_sum(n, first):
+                    sys.exit(f"bench/run: view drain returned {got}/{n} records")
+                view_rates.append(n / dt)
             rb.close()
-        c, ev, b = median(c_rates), median(ev_rates), median(batch_rates)
-        rows[size] = {"records": cap, "c": c, "per_event": ev, "batch": b,
-                      "per_event_ratio": ev / c, "batch_ratio": b / c}
-        print(f"   {size:>5} B {cap:>8}  {fmt_rate(c)}  {fmt_rate(ev)} ({ev / c:5.3f}x C)  "
-              f"{fmt_rate(b)} ({b / c:5.3f}x C)")
+        c, ev = median(c_rates), median(ev_rates)
+        b, v = median(batch_rates), median(view_rates)
+        rows[size] = {"records": cap, "c": c, "per_event": ev, "batch": b, "views": v,
+                      "per_event_ratio": ev / c, "batch_ratio": b / c, "views_ratio": v / c,
+                      "c_all": c_rates, "per_event_all": ev_rates, "batch_all": batch_rates,
+                      "views_all": view_rates}
+        print(f"   {size:>5} B {cap:>8}  {fmt_rate(c)}  {fmt_rate(ev)} ({ev / c:5.3f}x)  "
+              f"{fmt_rate(b)} ({b / c:5.3f}x)  {fmt_rate(v)} ({v / c:5.3f}x)")
     results["sections"]["drain"] = {"ring_bytes": ring, "reps": reps, "rows": rows}
-    b64 = rows[64]["batch_ratio"]
-    target("batch64", b64, b64 >= 0.5, f"{b64:.3f}x")
+    b64, v64 = rows[64]["batch_ratio"], rows[64]["views_ratio"]
+    target("batch64", b64, b64 >= 0.5, f"{b64:.3f}x (read_batch, copies)")
+    target("views64", v64, v64 >= 0.5, f"{v64:.3f}x (consume_views, zero-copy)")
     pe = rows[8]["per_event"]
     target("per_event", pe, pe >= 1e6, f"{pe / 1e6:.2f} M/s (8-byte records: seq)")
-    print("   per event: decoded through the BTF layout, the callback reads rec.seq; batch:"
-          " read_batch() + arr['seq'].sum()")
+    print("   per event: consume(cb), records decoded through the BTF layout, cb reads rec.seq;")
+    print("   read_batch: arr = read_batch() (a copy) + arr['seq'].sum(); consume_views: "
+          "callback(rows) on views into the ring, rows['seq'].sum()")
 
 
 # ---- 2. probe cost -------------------------------------------------------------------------
@@ -251,11 +276,15 @@ class Loop:
         self.bin = build("sysloop")
         self.n = n
         self.trials = trials
+        self.wall: List[float] = []
 
     def once(self) -> float:
+        """CPU ns per call (user + system of the loop process)."""
         r = subprocess.run([self.bin, "count", str(self.n)], capture_output=True, text=True,
                            check=True)
-        return float(r.stdout)
+        cpu, wall = (float(x) for x in r.stdout.split())
+        self.wall.append(wall)
+        return cpu
 
     def measure(self, between: Optional[Callable[[], None]] = None) -> float:
         xs = []
@@ -349,7 +378,8 @@ def probe_cost_section(quick: bool) -> None:
     n = 200_000 if quick else 1_000_000
     trials = 3 if quick else 5
     label = "EMULATED (qemu TCG) -- " if in_vm_matrix() else ""
-    heading(f"{label}probe cost: ns per getpgid() over {n} calls, median of {trials} trials")
+    heading(f"{label}probe cost: CPU ns per getpgid() (user + system time of the loop) over "
+            f"{n} calls, median of {trials} trials")
     print("   tracer = the built-in tracer of the kind (SyscallTracer, or FunctionTracer on "
           f"{FUNCTION}), one event per call;")
     print("   reader = a thread reading it per event (Tracer.events()); default wakeup: "

@@ -23,7 +23,8 @@ Two ways to read:
   and handed over one at a time.  A run of same-length records is found with
   one vectorised header scan, then decoded by ``map()`` over its offsets, so
   the per-record Python work is the decoder and the callback only.
-* in batches -- :meth:`RingBuffer.read_batch`, :meth:`~RingBuffer.iter_batches`:
+* in batches -- :meth:`RingBuffer.read_batch`, :meth:`~RingBuffer.iter_batches`
+  (and the zero-copy :meth:`~RingBuffer.consume_views`):
   records become rows of a numpy structured array whose dtype comes from the
   event's BTF (``StructLayout.numpy_dtype()``).  A run of fixed-size records
   is copied by numpy in one operation (a few ns per record); a record of
@@ -61,12 +62,13 @@ import os
 import platform
 import select
 import struct
+import sys
 import time
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
-from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Iterator, List, Optional,
-                    Tuple)
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Generator, Iterator, List,
+                    Optional, Tuple)
 
 from ._resource import Resource
 from .errors import BadArgumentError, BadTypeError, CallbackError, NotSupportedError
@@ -307,11 +309,30 @@ class RingReader:
         return n
 
     # -- batches -------------------------------------------------------------------------
-    def read_batch(self, max_records: Optional[int] = None, dtype: Any = None) -> "numpy.ndarray":
-        """Every complete record available now (at most ``max_records``) as a
-        numpy structured array of ``dtype`` (default: the reader's)."""
+    def _dtype(self, dtype: Any) -> Any:
         np = _np()
-        dt = np.dtype(dtype if dtype is not None else self.dtype)
+        dt = dtype if dtype is not None else self.dtype
+        if dt is None:
+            raise BadArgumentError("no record dtype: pass dtype= (or give the reader one)")
+        return np.dtype(dt)
+
+    def _chunks(self, dt: Any, max_records: Optional[int],
+                copy: bool) -> Generator[Tuple[Any, int, int], None, None]:
+        """The records available now, in ring order, as ``(rows, pos,
+        discarded)``: ``rows`` an array of ``dt`` (None for the last item when
+        it holds no rows), ``pos`` the consumer position just past them and
+        ``discarded`` how many discarded records were skipped since the
+        previous item.  The caller moves the consumer position: to ``pos`` of
+        each item once done with its rows.
+
+        A run of records whose length is ``dt.itemsize`` is checked with one
+        vectorised pass over the headers (stop at the first BUSY record or
+        one of another length) and becomes one array: a copy out of the ring
+        (``copy``) or a read-only view into it, ``stride`` bytes per row
+        (discarded records in the run force a compacting copy).  Records of
+        any other length are copied one by one (what fits in the dtype,
+        zero-filled) and grouped into one array until the next run."""
+        np = _np()
         itemsize = dt.itemsize
         if max_records is not None and max_records < 0:
             raise BadArgumentError("max_records must be >= 0")
@@ -322,71 +343,137 @@ class RingReader:
         base = self._base
         mask = self._mask
         unpack_u32 = _U32.unpack_from
-        chunks: List[Any] = []
         odd = bytearray()          # rows from the per-record path, waiting to become a chunk
         nodd = 0
         total = 0
         discarded = 0
         cons = self.consumer_pos()
-        try:
-            while max_records is None or total < max_records:
-                prod = self.producer_pos()
-                if cons >= prod:
-                    break
-                off = base + (cons & mask)
-                hdr = unpack_u32(data, off)[0]
-                if hdr & BUSY_BIT:
-                    break
-                length = hdr & LEN_MASK
-                stride = _stride(length)
-                count = (prod - cons) // stride
-                if max_records is not None:
-                    count = min(count, max_records - total)
-                if length == itemsize and count >= 2:
-                    # Fast path: the records from here with this length (discarded
-                    # or not) up to the first busy one or one of another length.
-                    h = np.ndarray((count,), "<u4", buffer=arr, offset=off,
-                                   strides=(stride,)).copy()
+        while max_records is None or total < max_records:
+            prod = self.producer_pos()
+            if cons >= prod:
+                break
+            off = base + (cons & mask)
+            hdr = unpack_u32(data, off)[0]
+            if hdr & BUSY_BIT:
+                break
+            length = hdr & LEN_MASK
+            stride = _stride(length)
+            count = (prod - cons) // stride
+            if max_records is not None:
+                count = min(count, max_records - total)
+            if length == itemsize and count >= 2:
+                hv = np.ndarray((count,), "<u4", buffer=arr, offset=off, strides=(stride,))
+                keep = None
+                if (hv == length).all():     # the common case: all complete, none discarded
+                    run = count
+                else:
+                    h = hv.copy()            # one snapshot for the detailed scan
                     ok = (h & np.uint32(~DISCARD_BIT & 0xFFFFFFFF)) == length
                     run = count if ok.all() else int(ok.argmin())
-                    if run:
-                        if nodd:
-                            chunks.append(np.frombuffer(bytearray(odd), dt))
-                            odd.clear()
-                            nodd = 0
+                    keep = (h[:run] & np.uint32(DISCARD_BIT)) == 0
+                    if keep.all():
+                        keep = None
+                del hv
+                if run:
+                    if nodd:
+                        yield np.frombuffer(bytearray(odd), dt), cons, discarded
+                        odd.clear()
+                        nodd = 0
+                        discarded = 0
+                    if copy:
                         rows = self._copy_rows(arr, off + HEADER_SIZE, run, stride, length, dt)
-                        keep = (h[:run] & np.uint32(DISCARD_BIT)) == 0
-                        if not keep.all():
-                            rows = rows[keep]
-                            discarded += run - len(rows)
-                        chunks.append(rows)
-                        total += len(rows)
-                        cons += run * stride
-                        continue
-                    # run == 0: this record is not fixed-size after all -- fall through
-                # Slow path: one record.
-                if hdr & DISCARD_BIT:
-                    discarded += 1
-                else:
-                    start = off + HEADER_SIZE
-                    take = min(length, itemsize)
-                    odd += data[start:start + take]
-                    if take < itemsize:
-                        odd += bytes(itemsize - take)
-                    nodd += 1
-                    total += 1
-                cons += stride
-            if nodd:
-                chunks.append(np.frombuffer(odd, dt))
+                    else:
+                        rows = np.ndarray((run,), dt, buffer=arr, offset=off + HEADER_SIZE,
+                                          strides=(stride,))
+                        rows.flags.writeable = False
+                    if keep is not None:
+                        rows = rows[keep]
+                        discarded += run - len(rows)
+                    cons += run * stride
+                    total += len(rows)
+                    yield rows, cons, discarded
+                    discarded = 0
+                    continue
+                # run == 0: this record is not fixed-size after all -- fall through
+            # Slow path: one record.
+            if hdr & DISCARD_BIT:
+                discarded += 1
+            else:
+                start = off + HEADER_SIZE
+                take = min(length, itemsize)
+                odd += data[start:start + take]
+                if take < itemsize:
+                    odd += bytes(itemsize - take)
+                nodd += 1
+                total += 1
+            cons += stride
+        yield (np.frombuffer(odd, dt) if nodd else None), cons, discarded
+
+    def read_batch(self, max_records: Optional[int] = None, dtype: Any = None) -> "numpy.ndarray":
+        """Every complete record available now (at most ``max_records``) as a
+        numpy structured array of ``dtype`` (default: the reader's), copied
+        out of the ring."""
+        np = _np()
+        dt = self._dtype(dtype)
+        chunks: List[Any] = []
+        pos = None
+        try:
+            for rows, pos, discarded in self._chunks(dt, max_records, True):
+                self.discarded += discarded
+                if rows is not None:
+                    chunks.append(rows)
+                    self.delivered += len(rows)
         finally:
-            self._set_consumer_pos(cons)
-            self.delivered += total
-            self.discarded += discarded
+            if pos is not None:
+                self._set_consumer_pos(pos)
         if not chunks:
             return np.empty(0, dt)
         if len(chunks) == 1:
             return chunks[0]
         return np.concatenate(chunks)
+
+    def consume_views(self, callback: Callable[[Any], Any], max_records: Optional[int] = None,
+                      dtype: Any = None) -> int:
+        """Zero-copy batches: ``callback(rows)`` for each run of records
+        available now, ``rows`` a read-only numpy view into the ring; the
+        consumer position moves past them when the callback returns (or
+        raises).  See :meth:`RingBuffer.consume_views`."""
+        dt = self._dtype(dtype)
+        n = 0
+        it = self._chunks(dt, max_records, False)
+        try:
+            for rows, pos, discarded in it:
+                self.discarded += discarded
+                if rows is None:
+                    self._set_consumer_pos(pos)
+                    break
+                k = len(rows)
+                view = rows.base is self._arr
+                # A view the callback kept holds one more reference to `rows`; a
+                # view derived from it (rows["pid"]) one more to the ring array.
+                before = (sys.getrefcount(rows), sys.getrefcount(self._arr))
+                try:
+                    r = callback(rows)
+                finally:
+                    after = (sys.getrefcount(rows), sys.getrefcount(self._arr))
+                    escaped = view and (after[0] > before[0] or after[1] > before[1])
+                    del rows
+                    self._set_consumer_pos(pos)
+                    n += k
+                    self.delivered += k
+                if escaped:
+                    raise CallbackError(
+                        "consume_views(): the callback kept a view into the ring, which the "
+                        "producer will overwrite; keep a copy instead (rows.copy())")
+                if r is None or r is True:
+                    continue
+                if r is False or (type(r) is int and r < 0):
+                    break
+                if type(r) is not int:
+                    raise _bad_return(r)
+        finally:
+            it.close()
+        return n
 
     @staticmethod
     def _copy_rows(arr: Any, start: int, run: int, stride: int, length: int, dt: Any) -> Any:
@@ -628,6 +715,26 @@ class RingBuffer(Resource):
             if len(out):
                 return out
         return self._reader.read_batch(max_records, dt)
+
+    def consume_views(self, callback: Callable[[Any], Any], *,
+                      max_records: Optional[int] = None) -> int:
+        """Zero-copy batches of the records available now: ``callback(rows)``
+        for each run of records, ``rows`` a read-only numpy array of
+        :attr:`dtype` that views the ring itself (no copy), in ring order.
+        Returns how many records were delivered.
+
+        ``rows`` is valid only during the call: the consumer position moves
+        past them when the callback returns (or raises -- the exception then
+        propagates), and the producer reuses the space.  Keep what you need
+        as a copy (``rows.copy()``, ``rows["pid"].sum()``...); a callback that
+        keeps the view itself, or a view derived from it, gets CallbackError
+        once it returns.  Return False (or a negative int) to stop after this
+        batch.  This is libbpf's ``ring_buffer__consume`` contract, one call
+        per run of records instead of one per record; :meth:`read_batch` is
+        the copying, always-safe form.
+        """
+        self._check()
+        return self._reader.consume_views(callback, max_records, self.dtype)
 
     def iter_batches(self, timeout: Optional[float] = None, *,
                      max_records: Optional[int] = None) -> Iterator["numpy.ndarray"]:

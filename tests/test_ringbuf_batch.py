@@ -252,6 +252,46 @@ def test_batch_rows_are_copies(layout):
             assert (arr["pad"] == arr["seq"][:, None]).all()
 
 
+def test_views_are_zero_copy_and_must_not_escape():
+    ring = FakeRing(size=4 * PAGE, start=4 * PAGE - 200)
+    r = ring.reader(dtype=REC64.numpy_dtype())
+    got: list = []
+    kinds: list = []
+
+    def take(rows):
+        assert rows.dtype == REC64.numpy_dtype()
+        kinds.append("view" if np.shares_memory(rows, ring.data) else "copy")
+        assert kinds[-1] == "copy" or not rows.flags.writeable
+        got.extend(rows["seq"].tolist())
+
+    fill_fake(ring, range(10))
+    busy = ring.put(rec64(10), busy=True)
+    assert r.consume_views(take) == 10
+    assert got == list(range(10)) and ring.consumer_pos() == busy
+    ring.set_header(busy, 64)
+    kept = fill_fake(ring, range(11, 30), discard_every=7)
+    busy = ring.put(rec64(30), busy=True)
+    assert r.consume_views(take) == 1 + len(kept)
+    assert got == list(range(11)) + kept and ring.consumer_pos() == busy
+    assert kinds == ["view", "copy"]        # a run with discarded records is compacted
+    ring.set_header(busy, 64)
+    fill_fake(ring, range(31, 60))
+    # a kept view (or a view derived from it) is an error, after the position moved
+    for keep in (lambda rows: rows, lambda rows: rows["seq"]):
+        held: list = []
+        start = ring.consumer_pos()
+        with pytest.raises(CallbackError, match="copy"):
+            r.consume_views(lambda rows: held.append(keep(rows)), max_records=10)
+        assert ring.consumer_pos() == start + 10 * 72
+        held.clear()
+    copies: list = []
+    assert r.consume_views(lambda rows: copies.append(rows.copy()) or False, max_records=5) == 5
+    assert list(copies[0]["seq"]) == [50, 51, 52, 53, 54]
+    with pytest.raises(KeyError):
+        r.consume_views(lambda rows: {}["x"])
+    assert ring.consumer_pos() == ring.prod            # moved past the batch that raised
+
+
 # ---- the kernel ring ---------------------------------------------------------------------
 
 def load_bench(ring_size: int, *progs: str, **config):
@@ -305,6 +345,11 @@ def test_kernel_ring_per_event_equals_batch():
         reader._set_consumer_pos(start)
         batch = rb.read_batch()
         assert reader.consumer_pos() == end
+        reader._set_consumer_pos(start)
+        views: list = []
+        rb.consume_views(lambda rows: views.extend(rows["seq"].tolist()))
+        assert reader.consumer_pos() == end
+        assert views == list(batch["seq"])
         assert len(events) == len(batch)
         assert [e.seq for e in events] == list(batch["seq"])
         assert [tuple(e.pad) for e in events] == [tuple(int(x) for x in p) for p in batch["pad"]]
