@@ -95,12 +95,35 @@ def write(tmp: str, name: str, data: bytes) -> str:
     return p
 
 
+CLANG_CACHE = f"/tmp/pytracers-test-clang-{os.getuid()}"
+
+
 def clang(tmp: str, name: str, source: str, *flags: str) -> str:
+    """Compile ``source`` with clang-19; the result is cached per machine in a
+    private directory (the kernel matrix reuses what the host run compiled:
+    clang under qemu takes half a minute a file)."""
     if not CLANG:
         pytest.skip("clang-19 not installed")
-    src = write(tmp, name + ".c", textwrap.dedent(source).encode())
+    import hashlib
+    src_text = textwrap.dedent(source).encode()
+    key = hashlib.sha256(src_text + repr(flags).encode() + CLANG.encode()).hexdigest()[:16]
+    cached = os.path.join(CLANG_CACHE, f"{name}-{key}.o")
     out = os.path.join(tmp, name + ".o")
+    try:
+        st = os.stat(CLANG_CACHE)
+        if st.st_uid == os.getuid() and not st.st_mode & 0o077 and os.path.exists(cached):
+            shutil.copy(cached, out)
+            return out
+    except OSError:
+        pass
+    src = write(tmp, name + ".c", src_text)
     subprocess.run([CLANG, "-O2", *flags, "-c", src, "-o", out], check=True)
+    try:
+        os.makedirs(CLANG_CACHE, mode=0o700, exist_ok=True)
+        shutil.copy(out, cached + ".tmp")
+        os.replace(cached + ".tmp", cached)
+    except OSError:
+        pass
     return out
 
 

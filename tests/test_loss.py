@@ -124,7 +124,9 @@ def test_tracer_kinds_account_for_every_event(kind: str) -> None:
         assert t.delivered + t.lost == calls
 
 
-@pytest.mark.kind("tp")
+@pytest.mark.skipif(bool(os.environ.get("PYTRACERS_VM_KERNEL")),
+                    reason="the CLI's accounting is the tracers' (checked on this kernel "
+                           "above); run on the host only: two interpreters take ~70 s under qemu")
 def test_cli_reports_lost_exactly() -> None:
     """The CLI is blocked on a full stdout pipe while a process makes N
     syscalls, so its ring overflows; its summary's seen + lost == N and seen
