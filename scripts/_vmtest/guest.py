@@ -20,10 +20,10 @@ starts (boot noise) are only shown with --verbose or when the boot fails.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
-from initramfs import build_initramfs
 from kernels import Kernel
 
 START = re.compile(r"@@vmtest-start@@ ([0-9.]+)")
@@ -203,6 +202,7 @@ class _Console:
 
 def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
               opts: GuestOptions, keep_dir: bool = False) -> GuestResult:
+    from initramfs import build_initramfs  # needs pyelftools; checked by main first
     res = GuestResult(series=kernel.series)
     xfer = Path(tempfile.mkdtemp(prefix=f"vmtest-{kernel.series}-"))
     try:
@@ -254,6 +254,11 @@ def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
         elif console.status is not None:
             res.rc = console.status
 
+        qemu_exit = f"qemu exit status {proc.returncode}"
+        if proc.returncode is not None and proc.returncode < 0:
+            sig = signal.Signals(-proc.returncode).name
+            qemu_exit = f"qemu killed by {sig}" + (
+                " -- not by us; the host's OOM killer?" if sig == "SIGKILL" else "")
         if _stopping.is_set():
             res.status, res.message = "interrupted", "stopped by the harness"
         elif res.status != "timeout":
@@ -261,10 +266,10 @@ def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
                 res.status = "ok"
             elif console.start_time is None:
                 res.status = "boot-failure"
-                res.message = console.error or f"guest did not reach the command (qemu exit {proc.returncode})"
+                res.message = console.error or f"guest did not reach the command ({qemu_exit})"
             else:
                 res.status = "crashed"
-                res.message = console.error or f"guest stopped without an exit status (qemu exit {proc.returncode})"
+                res.message = console.error or f"guest stopped without an exit status ({qemu_exit})"
         if res.status in ("boot-failure",) or (res.status == "timeout" and console.start_time is None):
             console.dump_boot_log()
         res.results = _read_results(xfer)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import importlib.util
 import os
 import shlex
 import shutil
@@ -39,6 +40,7 @@ SCRIPTS = HERE.parent
 
 import kernels  # noqa: E402
 import report  # noqa: E402
+from guest import GUEST_RESULTS, kill_all  # noqa: E402
 
 APT_PREREQS = {
     # package: how we notice it is missing
@@ -46,6 +48,11 @@ APT_PREREQS = {
     "busybox-static": lambda: _static_busybox() is not None,
     "debian-archive-keyring": lambda: os.path.exists(kernels.KEYRING),
 }
+
+# Kernel options worth seeing next to the results (None: not set).
+REPORTED_CONFIG = ["CONFIG_KPROBES", "CONFIG_FPROBE", "CONFIG_DEBUG_INFO_BTF",
+                   "CONFIG_FUNCTION_ERROR_INJECTION", "CONFIG_BPF_KPROBE_OVERRIDE",
+                   "CONFIG_BPF_LSM", "CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS"]
 
 EXIT_TIMEOUT = 124
 EXIT_GUEST_FAILED = 125
@@ -74,9 +81,7 @@ def _apt_get(args: List[str]) -> int:
 
 
 def ensure_prerequisites(install: bool) -> None:
-    try:
-        import elftools  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("elftools") is None:
         sys.exit(f"vmtest: pyelftools is missing from {sys.executable}; install the project "
                  f"(pip install -e .) or run: {sys.executable} -m pip install pyelftools")
     missing = [pkg for pkg, present in APT_PREREQS.items() if not present()]
@@ -119,7 +124,7 @@ def guest_env(series: str, extra: List[str]) -> Dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "PYTHONPATH": str(SCRIPTS),
         "PYTRACERS_VM_KERNEL": series,
-        "VMTEST_RESULTS": "/run/vmtest/results.json",
+        "VMTEST_RESULTS": GUEST_RESULTS,
     }
     venv = os.environ.get("VIRTUAL_ENV")
     if sys.prefix != sys.base_prefix:
@@ -154,7 +159,7 @@ def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: i
         "series": kernel.series,
         "release": res.release or kernel.release,
         "packages": kernel.packages,
-        "fprobe_config": kernel.config_value("CONFIG_FPROBE"),
+        "config": {name: kernel.config_value(name) for name in REPORTED_CONFIG},
         "status": res.status,
         "rc": res.rc,
         "message": res.message,
@@ -166,8 +171,10 @@ def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: i
         "summary": results.get("summary", ""),
         "results_complete": results.get("complete"),
         "table": report.summarize(kernel.series, results) if results else {},
+        "unexpected_skips": 0,
         "tests": results.get("tests", []),
     }
+    run["unexpected_skips"] = _violations(run)
     if res.results is not None and not run["summary"] and res.status != "ok":
         run["summary"] = f"incomplete: {len(run['tests'])} tests recorded before the guest stopped"
     times = ", ".join(f"{what} {secs}s" for what, secs in (
@@ -247,16 +254,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.monotonic()
     max_age = 0 if args.refresh else float(os.environ.get(
         "VMTEST_INDEX_MAX_AGE", kernels.DEFAULT_INDEX_MAX_AGE))
-    with concurrent.futures.ThreadPoolExecutor(len(args.series)) as pool:
-        futs = [pool.submit(kernels.get_kernel, s, args.offline, max_age) for s in args.series]
-        fetched, errors = [], []
-        for f in futs:
+    fetched: List[kernels.Kernel] = []
+    errors: List[str] = []
+    with concurrent.futures.ThreadPoolExecutor(len(args.series)) as fetch_pool:
+        for fut in [fetch_pool.submit(kernels.get_kernel, s, args.offline, max_age)
+                    for s in args.series]:
             try:
-                fetched.append(f.result())
-            except kernels.FetchError as e:
-                errors.append(e)
-    for e in errors:
-        log(f"ERROR: {e}")
+                fetched.append(fut.result())
+            except kernels.FetchError as err:
+                errors.append(str(err))
+    for msg in errors:
+        log(f"ERROR: {msg}")
     if errors:
         return EXIT_GUEST_FAILED
     log(f"kernels ready in {time.monotonic() - t0:.1f}s: "
@@ -271,7 +279,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     smp = args.smp or max(1, (os.cpu_count() or 1) // jobs)
     multi = len(fetched) > 1
     runs: List[Dict[str, Any]] = []
-    from guest import kill_all
     if jobs == 1:
         for k in fetched:
             runs.append(run_one(k, argv, args, f"[{k.series}] " if multi else "", smp))
@@ -291,12 +298,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     # 3. report
     violations = sum(_violations(r) for r in runs)
     all_ok = all(r["status"] == "ok" and r["rc"] == 0 for r in runs) and violations == 0
+    table = ""
     if suite or any(r["tests"] for r in runs):
-        print("\n" + report.format_table(runs), flush=True)
+        table = report.format_table(runs)
+        print("\n" + table, flush=True)
     if violations:
         log(f"{violations} test(s) skipped on a kernel that supports their probe kind")
     if args.json:
-        report.write_json(args.json, runs, all_ok)
+        report.write_json(args.json, runs, all_ok, table)
         log(f"results written to {args.json}")
 
     if len(runs) == 1:
@@ -318,7 +327,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
-        from guest import kill_all
         kill_all()
         log("interrupted; guests stopped")
         sys.exit(130)

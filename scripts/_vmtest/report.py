@@ -116,9 +116,10 @@ def format_table(runs: List[Dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_json(path: str, runs: List[Dict[str, Any]], ok: bool) -> None:
+def write_json(path: str, runs: List[Dict[str, Any]], ok: bool, table: str = "") -> None:
     data = {
         "ok": ok,
+        "table": table,
         "expected": {k: list(v) for k, v in EXPECTED.items()},
         "kernels": OrderedDict((r["series"], r) for r in runs),
     }
