@@ -137,6 +137,15 @@ def unknown_helper(log: str) -> Optional[str]:
     return m.group(1) or m.group(2)
 
 
+def untraceable(kind: str, target: str, err: int) -> NotSupportedError:
+    """A trampoline attach refused with EBUSY: the function has no ftrace entry."""
+    return NotSupportedError(kind, f"{target} cannot be traced with a BPF trampoline "
+                             f"({errno_name(err)} at attach): it has no ftrace entry "
+                             "(notrace, e.g. interrupt entry code)",
+                             hint="use kind='kprobe' where kprobes exist, or trace a caller",
+                             errno=err)
+
+
 def trampoline_refused(kind: str, err: int, detail: str = "") -> NotSupportedError:
     mode = lockdown()
     if err in (errno.EPERM, errno.EACCES):
@@ -179,6 +188,13 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
                                        + " in the kernel's BTF")
         return TargetNotFoundError("kernel function", target, function_suggestions(target),
                                    detail="not in the kernel's BTF")
+    if kind in TRAMPOLINE_KINDS and err == errno.EINVAL and "processed 0 insns" in log:
+        # refused before the first instruction: the target check failed
+        return NotSupportedError(kind, f"the kernel refuses {kind} programs on "
+                                 f"{target or 'this function'} (EINVAL before verifying any "
+                                 "instruction): it is on the kernel's deny list for tracing "
+                                 "programs (BPF's own machinery, RCU, preemption counting)",
+                                 hint="trace a caller of it instead", errno=err)
     if log.strip():
         if kind == "fmod_ret" and "not modifiable" in log or (
                 kind == "fmod_ret" and "attach to unsupported member" in log):

@@ -1,6 +1,7 @@
 """Loaded programs: attach them (one method per probe kind) and test-run them."""
 from __future__ import annotations
 
+import errno
 import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
@@ -197,6 +198,8 @@ class Program:
         if ptr == ffi.NULL and self.kind in _errmap.TRAMPOLINE_KINDS and err in (
                 1, 13, 95, 524):
             raise _errmap.trampoline_refused(self.kind, err, cap.last_line())
+        if ptr == ffi.NULL and self.kind in _errmap.TRAMPOLINE_KINDS and err == errno.EBUSY:
+            raise _errmap.untraceable(self.kind, target, err)
         return self._link(ptr, err, cap, self.kind, target)
 
     # ---- BPF_PROG_TEST_RUN ---------------------------------------------------
