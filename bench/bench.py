@@ -277,6 +277,7 @@ class Loop:
         self.n = n
         self.trials = trials
         self.wall: List[float] = []
+        self.irq_work = 0.0
 
     def once(self) -> float:
         """CPU ns per call (user + system of the loop process)."""
@@ -287,12 +288,32 @@ class Loop:
         return cpu
 
     def measure(self, between: Optional[Callable[[], None]] = None) -> float:
+        """Median CPU ns per call over the trials; also counts the irq_work
+        interrupts (how the ring buffer wakes readers) during the loops in
+        ``self.irq_work`` (per 1000 calls)."""
         xs = []
+        iwi = 0
         for _ in range(self.trials):
+            before = irq_work_interrupts()
             xs.append(self.once())
+            iwi += irq_work_interrupts() - before
             if between is not None:
                 between()
+        self.irq_work = 1000 * iwi / (self.n * self.trials)
         return median(xs)
+
+
+def irq_work_interrupts() -> int:
+    """The IWI line of /proc/interrupts, all CPUs (other work adds a few)."""
+    try:
+        with open("/proc/interrupts") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] == "IWI:":
+                    return sum(int(x) for x in parts[1:] if x.isdigit())
+    except OSError:
+        pass
+    return 0
 
 
 FUNCTION = "__x64_sys_getpgid"       # where the function-attached kinds probe getpgid
@@ -385,7 +406,8 @@ def probe_cost_section(quick: bool) -> None:
     print("   reader = a thread reading it per event (Tracer.events()); default wakeup: "
           "a quarter of the ring")
     loop = Loop(n, trials)
-    ring = 1 << max(22, (n * 128 * 2 - 1).bit_length())      # holds every event of a trial
+    ring = 1 << max(22, (n * 128 - 1).bit_length())      # holds every event of a trial
+    loop.once()                                          # warm-up, not counted
     base0 = loop.measure()
     print(f"   {'no probe':<44} {base0:8.1f} ns/call")
     kinds: Dict[str, Any] = {}
@@ -430,6 +452,7 @@ def probe_cost_section(quick: bool) -> None:
                 print(f"   warning: {kind} {name}: {got} events read, {lost} lost "
                       f"for {n * trials} calls")
             row[name] = ns
+            row[name + " irq_work/1000"] = loop.irq_work
         base = loop.measure()
         bl = (base0 + base) / 2
         added = {k: row[k] - bl for k in CONDITIONS}
@@ -438,7 +461,9 @@ def probe_cost_section(quick: bool) -> None:
         kinds[kind] = row
         print(f"   {kind}:")
         for k in CONDITIONS:
-            print(f"     {k:<42} {row[k]:8.1f} ns/call   added {added[k]:7.1f} ns")
+            iw = row.get(k + " irq_work/1000")
+            print(f"     {k:<42} {row[k]:8.1f} ns/call   added {added[k]:7.1f} ns"
+                  + (f"   wakeup interrupts {iw:6.2f} per 1000 calls" if iw is not None else ""))
         print(f"     {'(no probe, after)':<42} {base:8.1f} ns/call")
         base0 = base
     results["sections"]["probe_cost"] = {"calls": n, "trials": trials, "kinds": kinds,
