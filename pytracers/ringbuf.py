@@ -27,7 +27,9 @@ Two ways to read:
   (and the zero-copy :meth:`~RingBuffer.consume_views`):
   records become rows of a numpy structured array whose dtype comes from the
   event's BTF (``StructLayout.numpy_dtype()``).  A run of fixed-size records
-  is copied by numpy in one operation (a few ns per record); a record of
+  is copied by numpy in one operation (a few ns per record), or with
+  ``consume_views`` not copied at all: the callback gets a read-only view of
+  the run in the ring, valid until it returns; a record of
   another length takes a slower per-record path that copies what fits in
   the dtype and zero-fills the rest.  Rows of records of 24 bytes or more
   keep the ring's 8-byte record headers between them (the array is strided:
@@ -35,12 +37,14 @@ Two ways to read:
 
 Both stop at the first record still BUSY (the kernel consumer does the
 same: records must be consumed in order), skip DISCARDed ones, and move the
-consumer position only after the records before it have been copied out.
+consumer position only after the records before it have been copied out (or
+the view's callback has returned).
 
 numpy is a dependency of pytracers for this batch path alone: it is the only
 way to turn a run of records in the mapping into typed columns without a
-Python operation per record.  It is imported on first use, so tools that
-only read per event do not pay for the import at start-up.
+Python operation per record (the per-event path also uses it to find runs
+of 8 records or more).  It is imported on first use, not with pytracers, so
+start-up does not pay for it.
 
 The parsing core, :class:`RingReader`, works on any pair of buffers with the
 kernel's layout (tests drive it with a synthetic ring to produce states a
@@ -699,7 +703,9 @@ class RingBuffer(Resource):
         """The records available now (at most ``max_records``) as one numpy
         structured array of :attr:`dtype`, copied out of the ring; waits up
         to ``timeout`` seconds for the first when there are none.  An empty
-        array when nothing arrived."""
+        array when nothing arrived.  The array owns its memory; for records
+        of 24 bytes or more its rows are strided (``np.ascontiguousarray()``
+        packs them)."""
         self._check()
         if max_records is not None and (not isinstance(max_records, int)
                                         or isinstance(max_records, bool)):
