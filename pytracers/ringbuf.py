@@ -703,7 +703,7 @@ class RingBuffer(Resource):
         """The records available now (at most ``max_records``) as one numpy
         structured array of :attr:`dtype`, copied out of the ring; waits up
         to ``timeout`` seconds for the first when there are none.  An empty
-        array when nothing arrived.  The array owns its memory; for records
+        array when nothing arrived.  The array does not share the ring; for records
         of 24 bytes or more its rows are strided (``np.ascontiguousarray()``
         packs them)."""
         self._check()
