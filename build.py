@@ -104,8 +104,47 @@ def build(out_dir: Path) -> list[Path]:
                 for src in sorted(SRC.glob("*.bpf.c"))]
 
 
+FFI_MODULE = ROOT / "pytracers" / "_libbpf_ffi.py"
+
+
+def _binding():
+    """pytracers/_libbpf.py loaded on its own (not the whole package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_pytracers_binding",
+                                                  ROOT / "pytracers" / "_libbpf.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def gen_ffi_module() -> Path:
+    """cffi's out-of-line ABI module for the binding (pure Python, pre-parsed)."""
+    _binding().generate_ffi_module(str(FFI_MODULE))
+    return FFI_MODULE
+
+
+def check_ffi_module() -> bool:
+    """True when the committed _libbpf_ffi.py was generated from the current
+    declarations (compared by digest, since the exact text depends on the
+    cffi version that wrote it)."""
+    want = _binding().cdef_digest()
+    have = None
+    if FFI_MODULE.exists():
+        for line in FFI_MODULE.read_text().splitlines():
+            if line.startswith("CDEF_DIGEST = "):
+                have = line.split("=", 1)[1].strip().strip("'\"")
+    if have != want:
+        print(f"build.py --check: {FFI_MODULE.relative_to(ROOT)} is stale "
+              "(run `python build.py` and commit)")
+        return False
+    return True
+
+
 def check() -> int:
     """Rebuild into a temporary directory and compare with the committed objects."""
+    if not check_ffi_module():
+        return 1
     with tempfile.TemporaryDirectory(prefix="pytracers-check-") as tmp:
         built = build(Path(tmp))
         fresh = {p.name for p in built}
@@ -154,6 +193,7 @@ def main() -> int:
     except subprocess.CalledProcessError as e:
         print(f"build.py: {e.cmd[0]} failed with exit status {e.returncode}", file=sys.stderr)
         return 1
+    built.append(gen_ffi_module())
     for p in built:
         print("built", p.relative_to(ROOT))
     return 0

@@ -10,7 +10,6 @@ global variable of the data sections lives (for read-only configuration).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import os
 import stat
@@ -198,17 +197,17 @@ def inspect(path: str, data: bytes) -> ObjectInfo:
     libbpf 1.1 crashing on damaged files that a plain ELF reader accepts);
     then pyelftools reads the now-trusted file for what pytracers needs --
     section names and kinds, programs and global variables.  The result is
-    cached by content, so opening the same object again costs a hash.
+    cached by content, so opening the same object again costs a dict look-up.
     """
-    key = hashlib.sha256(data).digest()
-    hit = _INFO_CACHE.get(key)
+    # keyed by the bytes themselves: a hit means the very same content
+    hit = _INFO_CACHE.get(data)
     if hit is not None:
         return dataclasses.replace(hit, path=path, programs=dict(hit.programs),
                                    variables=dict(hit.variables), sections=list(hit.sections))
     info = _inspect(path, data)
-    if len(_INFO_CACHE) >= 64:
+    if len(_INFO_CACHE) >= 16:
         _INFO_CACHE.pop(next(iter(_INFO_CACHE)))
-    _INFO_CACHE[key] = info
+    _INFO_CACHE[data] = info
     return dataclasses.replace(info, programs=dict(info.programs),
                                variables=dict(info.variables), sections=list(info.sections))
 
