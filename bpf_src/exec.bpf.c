@@ -98,7 +98,9 @@ int exec_exit(struct trace_event_raw_sys_exit *ctx)
 	if (e) {
 		__builtin_memcpy(e, p, sizeof(*e));
 		e->ret = (__s32)ctx->ret;
-		/* after a successful exec the task runs the new program */
+		/* after a successful exec the task runs the new program; older
+		 * kernels copy the name without padding, so clear it first */
+		__builtin_memset(e->comm, 0, sizeof(e->comm));
 		bpf_get_current_comm(e->comm, sizeof(e->comm));
 		pt_submit(e);
 	}
