@@ -379,6 +379,16 @@ def _tracefs_absent(tmp: str) -> Any:
     return in_child(attach)
 
 
+def _fentry_on(function: str) -> Callable[[str], Any]:
+    def run(tmp: str) -> Any:
+        from pytracers.btf import Btf
+        if Btf.vmlinux().find(function, "func") is None:
+            pytest.skip(f"this kernel's BTF has no {function} (5.10's has neither exc_int3 "
+                        "nor migrate_disable)")
+        return pytracers.FunctionTracer(function, kind="fentry")
+    return run
+
+
 NO_BTF_SRC = MINIMAL % "tp/syscalls/sys_enter_getppid"
 
 CASES: List[Case] = [
@@ -512,13 +522,10 @@ CASES: List[Case] = [
     Case("inlined-function", lambda t: pytracers.trace_function("copy_to_user"),
          E.TargetNotFoundError, ["kernel function 'copy_to_user' not found",
                                  "did you mean"]),
-    Case("notrace-function-fentry",
-         lambda t: pytracers.FunctionTracer("exc_int3", kind="fentry"), E.NotSupportedError,
+    Case("notrace-function-fentry", _fentry_on("exc_int3"), E.NotSupportedError,
          ["fentry is not supported by this kernel",
           "no ftrace entry" if VM_KERNEL else "use kind='kprobe'"]),
-    Case("deny-listed-function-fentry",
-         lambda t: pytracers.FunctionTracer("migrate_disable", kind="fentry"),
-         E.NotSupportedError, ["fentry is not supported by this kernel",
+    Case("deny-listed-function-fentry", _fentry_on("migrate_disable"), E.NotSupportedError, ["fentry is not supported by this kernel",
                                "deny list" if VM_KERNEL else "use kind='kprobe'"]),
     Case("kprobe-blacklisted-function",
          lambda t: pytracers.FunctionTracer("exc_int3", kind="kprobe"), E.NotSupportedError,
