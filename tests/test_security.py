@@ -48,11 +48,13 @@ def _opens(path: str, **kw: Any) -> None:
     pytracers.open(path, **kw).close()
 
 
+@pytest.mark.kernel_independent
 @root_only
 def test_safe_file_opens(tree: str) -> None:
     _opens(tree)
 
 
+@pytest.mark.kernel_independent
 @root_only
 @pytest.mark.parametrize("mode,who", [(0o664, "group"), (0o646, "others"), (0o666, "group")])
 def test_writable_file_refused(tree: str, mode: int, who: str) -> None:
@@ -63,6 +65,7 @@ def test_writable_file_refused(tree: str, mode: int, who: str) -> None:
     _opens(tree, allow_insecure=True)
 
 
+@pytest.mark.kernel_independent
 @root_only
 def test_file_of_other_user_refused(tree: str) -> None:
     os.chown(tree, 1000, 1000)
@@ -71,6 +74,7 @@ def test_file_of_other_user_refused(tree: str) -> None:
     _opens(tree, allow_insecure=True)
 
 
+@pytest.mark.kernel_independent
 @root_only
 def test_writable_directory_on_path_refused(tree: str) -> None:
     a = os.path.dirname(os.path.dirname(tree))
@@ -81,6 +85,7 @@ def test_writable_directory_on_path_refused(tree: str) -> None:
     _opens(tree)
 
 
+@pytest.mark.kernel_independent
 @root_only
 def test_directory_of_other_user_refused(tree: str) -> None:
     b = os.path.dirname(tree)
@@ -89,6 +94,7 @@ def test_directory_of_other_user_refused(tree: str) -> None:
         _opens(tree)
 
 
+@pytest.mark.kernel_independent
 @root_only
 def test_symlink_from_insecure_directory_refused(tree: str, tmp_path: Any) -> None:
     """A safe file reached through a symlink that others could re-point."""
@@ -101,6 +107,7 @@ def test_symlink_from_insecure_directory_refused(tree: str, tmp_path: Any) -> No
         _opens(link)
 
 
+@pytest.mark.kernel_independent
 @root_only
 def test_symlink_to_insecure_file_refused(tree: str, tmp_path: Any) -> None:
     pub = os.path.join(str(tmp_path), "pub")
@@ -115,6 +122,7 @@ def test_symlink_to_insecure_file_refused(tree: str, tmp_path: Any) -> None:
         _opens(link)
 
 
+@pytest.mark.kernel_independent
 @root_only
 def test_checks_are_made_on_the_file_that_is_read(tree: str, monkeypatch: Any) -> None:
     """Swapping the file between the check and the read cannot work: the
@@ -199,9 +207,7 @@ def _shell_uses(tree: ast.AST) -> list:
     return bad
 
 
-@pytest.mark.skipif(bool(os.environ.get("PYTRACERS_VM_KERNEL")),
-                    reason="a check of the source code, the same on every kernel: run on the "
-                           "host only (parsing takes ~20 s under qemu)")
+@pytest.mark.kernel_independent   # a check of the source code
 def test_nothing_runs_a_shell() -> None:
     found = []
     for root, _, files in os.walk(PKG):
