@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
-from kernels import Kernel
+from kernels import Kernel, log
 
 START = re.compile(r"@@vmtest-start@@ ([0-9.]+)")
 STATUS = re.compile(r"@@vmtest-status@@ (\d+)")
@@ -75,6 +75,7 @@ _live_lock = threading.Lock()
 
 
 _stopping = threading.Event()
+_out_lock = threading.Lock()
 
 
 def kill_all() -> None:
@@ -162,8 +163,9 @@ class _Console:
         self.thread.start()
 
     def _emit(self, text: str) -> None:
-        sys.stdout.write(f"{self.opts.prefix}{text}\n")
-        sys.stdout.flush()
+        with _out_lock:     # whole lines, also with several guests at once
+            sys.stdout.write(f"{self.opts.prefix}{text}\n")
+            sys.stdout.flush()
 
     def _run(self) -> None:
         for raw in iter(self.stream.readline, b""):
@@ -212,7 +214,7 @@ def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
         _write_command(xfer, argv, env, cwd)
         cmd = qemu_command(kernel, initrd, xfer, opts)
         if opts.verbose:
-            print(f"{opts.prefix}vmtest: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr)
+            log(f"{opts.prefix}{' '.join(shlex.quote(c) for c in cmd)}")
         # If we die without cleaning up (SIGKILL), the kernel kills qemu.
         setpriv = shutil.which("setpriv")
         if setpriv:
@@ -276,7 +278,7 @@ def run_guest(kernel: Kernel, argv: List[str], env: Dict[str, str], cwd: str,
         return res
     finally:
         if keep_dir:
-            print(f"{opts.prefix}vmtest: exchange dir kept: {xfer}", file=sys.stderr)
+            log(f"{opts.prefix}exchange dir kept: {xfer}")
         else:
             shutil.rmtree(xfer, ignore_errors=True)
 

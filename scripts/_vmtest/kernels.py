@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +60,14 @@ class FetchError(RuntimeError):
     pass
 
 
+_log_lock = threading.Lock()
+
+
 def log(msg: str) -> None:
-    print(f"vmtest: {msg}", file=sys.stderr, flush=True)
+    """A status line on stderr (whole lines, also from several threads)."""
+    with _log_lock:
+        sys.stderr.write("".join(f"vmtest: {line}\n" for line in msg.splitlines()))
+        sys.stderr.flush()
 
 
 def cache_root() -> Path:
@@ -506,7 +513,7 @@ def get_kernel(series: str, offline: bool = False,
                 return _fetch(series, apt, root, packages)
         except (FetchError, subprocess.CalledProcessError, OSError) as e:
             if cached:
-                log(f"WARNING: {series}: {e}\nvmtest: WARNING: {series}: falling back to "
+                log(f"WARNING: {series}: {e}\nWARNING: {series}: falling back to "
                     f"cached {cached[0].release} ({cached[0].tree})")
                 return cached[0]
             raise FetchError(f"{series}: {e}") from e

@@ -58,8 +58,7 @@ EXIT_TIMEOUT = 124
 EXIT_GUEST_FAILED = 125
 
 
-def log(msg: str) -> None:
-    print(f"vmtest: {msg}", file=sys.stderr, flush=True)
+log = kernels.log
 
 
 def _static_busybox():
