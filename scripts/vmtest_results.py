@@ -36,8 +36,16 @@ class _Recorder:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items):
         for item in items:
-            marker = item.get_closest_marker("kind")
-            kind = str(marker.args[0]) if marker is not None and marker.args else "other"
+            # A kind given on a parameter (pytest.param(..., marks=...)) is
+            # more specific than one on the function.
+            callspec = getattr(item, "callspec", None)
+            marker = next((m for m in getattr(callspec, "marks", []) if m.name == "kind"), None)
+            if marker is None:
+                marker = item.get_closest_marker("kind")
+            kind = "other"
+            if marker is not None:
+                name = marker.args[0] if marker.args else marker.kwargs.get("name")
+                kind = str(name) if name else "other"
             self.kinds[item.nodeid] = kind
 
     def pytest_collectreport(self, report):

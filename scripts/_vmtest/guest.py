@@ -45,7 +45,7 @@ GUEST_RESULTS = "/run/vmtest/results.json"
 
 @dataclass
 class GuestOptions:
-    timeout: float = 1200.0
+    timeout: float = 900.0
     memory_mb: int = 2048
     smp: int = 2
     verbose: bool = False
@@ -57,7 +57,7 @@ class GuestOptions:
 @dataclass
 class GuestResult:
     series: str
-    status: str = "error"            # ok | timeout | boot-failure | crashed | error
+    status: str = "error"            # ok | timeout | boot-failure | crashed | interrupted
     rc: Optional[int] = None
     release: Optional[str] = None
     boot_seconds: Optional[float] = None      # qemu start -> command start (host clock)
