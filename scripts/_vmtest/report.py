@@ -60,7 +60,7 @@ def summarize(series: str, results: Optional[Dict[str, Any]]) -> Dict[str, Any]:
             if expected(kind, series):
                 cell["unexpected_skips"] += 1
                 cell["failed"] += 1
-                cell["unexpected"].append(f"{rec['nodeid']}: {reason}")
+                cell["unexpected"].append(f"{rec['nodeid']} ({outcome}): {reason}")
             else:
                 cell["skipped"] += 1
                 cell["skip_reasons"][reason] += 1
