@@ -239,6 +239,10 @@ def parse_args(argv: List[str]):
                 series.append(s)
     args.series = series
     args.command = command
+    # The guest runs from the repository root; a test path that exists from
+    # here is made absolute so it means the same there.
+    if not os.path.isabs(args.tests) and os.path.exists(args.tests):
+        args.tests = os.path.abspath(args.tests)
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     return args
