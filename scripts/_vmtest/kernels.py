@@ -189,7 +189,7 @@ class PrivateApt:
             # Some hosts disable apt's binary cache; ours is private and
             # makes the repeated apt-cache calls below fast.
             "Dir::Cache::pkgcache": "pkgcache.bin",
-            "Dir::Cache::srcpkgcache": "srcpkgcache.bin",
+            "Dir::Cache::srcpkgcache": "",
             "APT::Architecture": ARCH,
             "APT::Architectures": ARCH,
             "Acquire::Languages": "none",
