@@ -6,7 +6,8 @@ gone after close().  Needs CAP_SYS_ADMIN to walk ids.
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, FrozenSet, Optional, Tuple, Union
+import time
+from typing import Callable, Dict, FrozenSet, Optional, Set, Tuple, Union
 
 from ._libbpf import ffi, lib
 
@@ -77,3 +78,17 @@ def process_ids(pid: Union[int, str] = "self") -> Dict[str, FrozenSet[int]]:
 def snapshot() -> Dict[str, FrozenSet[int]]:
     """Ids of every BPF program, map and link in the kernel."""
     return {"progs": prog_ids(), "maps": map_ids(), "links": link_ids()}
+
+
+def still_present(ids: Dict[str, Set[int]], timeout: float = 10.0) -> Dict[str, Set[int]]:
+    """The ids of ``ids`` (as from :func:`snapshot`) still in the kernel.
+
+    The kernel frees some objects asynchronously (RCU, workqueues), so this
+    waits up to ``timeout`` seconds for them to go; empty means all gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = snapshot()
+        left = {k: ids[k] & set(now[k]) for k in ids if ids[k] & set(now[k])}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)

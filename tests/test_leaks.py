@@ -145,16 +145,8 @@ def _fds() -> Set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def _still_there(ids: Ids, timeout: float = 10.0) -> Dict[str, Set[int]]:
-    """Ids from ``ids`` still in the kernel; the kernel frees some objects
-    asynchronously (RCU, workqueues), so wait a little for them to go."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now = introspect.snapshot()
-        left = {k: ids[k] & set(now[k]) for k in ids if ids[k] & set(now[k])}
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+def _still_there(ids, timeout: float = 10.0):
+    return introspect.still_present(ids, timeout)
 
 
 @pytest.mark.parametrize("kind", list(CYCLE))

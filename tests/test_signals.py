@@ -58,15 +58,8 @@ def _merge(into: Dict[str, Set[int]], more: Dict[str, Any]) -> None:
         into[k] |= set(v)
 
 
-def _gone(ids: Dict[str, Set[int]], timeout: float = 10.0) -> Dict[str, Set[int]]:
-    """What of ``ids`` is still in the kernel once freeing settles (empty: all gone)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        now = introspect.snapshot()
-        left = {k: ids[k] & set(now[k]) for k in ids if ids[k] & set(now[k])}
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.05)
+def _gone(ids, timeout: float = 10.0):
+    return introspect.still_present(ids, timeout)
 
 
 class Child:
