@@ -21,7 +21,9 @@ probe-cost  ns per getpgid(2) in a C loop (bench/sysloop.c) with nothing
             attached, with the count-only program, with the built-in
             SyscallTracer and no reader, and with the tracer and a reader
             thread draining it (per event), for each probe kind this kernel
-            allows.  "added" = the condition's ns/call minus the bare loop's.
+            allows; the tracer both with measure_latency=False (one program
+            per call, as the count-only program: the target is judged on
+            it) and with measure_latency=True (entry + exit, paired).  "added" = the condition's ns/call minus the bare loop's.
 start       Process start to probe attached, pytracers vs bpftrace on
             syscalls:sys_enter_getpgid of a trigger process that calls
             getpgid every 100 us: both tools print the kernel timestamp
@@ -320,16 +322,20 @@ FUNCTION = "__x64_sys_getpgid"       # where the function-attached kinds probe g
 KINDS = ("tp", "raw_tp", "tp_btf", "kprobe", "fentry")
 
 
-def count_only(kind: str) -> Tuple[Any, Callable[[], int]]:
+def count_only(kind: str, what: str = "count") -> Tuple[Any, Callable[[], int]]:
     """Load and attach the count-only program of ``kind`` on getpgid: the
     syscall tracer object's count programs (tracepoint kinds, after the same
-    syscall-id filter the tracer uses), bench.bpf.o's for kprobe/fentry."""
+    syscall-id filter the tracer uses), bench.bpf.o's for kprobe/fentry.
+    ``what="floor"``: the floor program instead (same filters, one record of
+    the tracer's size with only the header); hits are then records emitted."""
     if kind in ("kprobe", "fentry"):
-        prog = f"count_{kind}"
+        prog = f"{what}_{kind}"
         o = pytracers.open(pytracers.object_path("bench"))
         o.only(prog)
         if kind == "fentry":
             o.programs[prog].set_attach_target(FUNCTION)
+        if what == "floor":
+            o.maps["events"].max_entries = FLOOR_RING
         obj = o.load()
         try:
             p = obj.programs[prog]
@@ -340,12 +346,14 @@ def count_only(kind: str) -> Tuple[Any, Callable[[], int]]:
         except BaseException:
             obj.close()
             raise
-        return obj, lambda: obj.maps["counts"].sum_percpu_u64()
-    prog = {"tp": "sc_tp_count", "raw_tp": "sc_raw_count", "tp_btf": "sc_btf_count"}[kind]
+        return obj, hits_of(obj, what)
+    prog = {"tp": "sc_tp_", "raw_tp": "sc_raw_", "tp_btf": "sc_btf_"}[kind] + what
     o = pytracers.open(pytracers.object_path("syscalls"))
     o.only(prog)
     if kind != "tp":
         o.config["cfg_filter_ids"] = 1
+    if what == "floor":
+        o.maps["events"].max_entries = FLOOR_RING
     obj = o.load()
     try:
         if kind != "tp":
@@ -358,7 +366,26 @@ def count_only(kind: str) -> Tuple[Any, Callable[[], int]]:
     except BaseException:
         obj.close()
         raise
-    return obj, lambda: obj.maps["counts"].sum_percpu_u64()
+    return obj, hits_of(obj, what)
+
+
+FLOOR_RING = 1 << 22          # set per run by probe_cost_section: the tracer's ring size
+
+
+def hits_of(obj: Any, what: str) -> Callable[[], int]:
+    """How many times the count (or floor) program ran: its count, or the
+    records it emitted plus those lost; the floor's ring is drained by
+    the caller between trials."""
+    if what == "count":
+        return lambda: obj.maps["counts"].sum_percpu_u64()
+    import numpy as np
+    ring = obj.ring_buffer("events", dtype=np.dtype((np.void, 120)))   # 120: both records
+    seen = [0]
+
+    def drain() -> int:
+        seen[0] += ring.consume_views(lambda rows: None)
+        return seen[0] + obj.maps["lost"].sum_percpu_u64()
+    return drain
 
 
 def tracer(kind: str, **kw: Any) -> Any:
@@ -391,8 +418,16 @@ class Reader:
         return self.count
 
 
-CONDITIONS = ("count-only", "tracer, no reader", "tracer + reader (wakeup_bytes=0)",
-              "tracer + reader (default wakeup)")
+# (name, measure_latency, reader, wakeup_bytes).  "tracer": the built-in
+# tracer with measure_latency=False -- one program per call, like the
+# count-only program (the issue's target is judged on it); "timed": the
+# default measure_latency=True -- entry and exit programs paired per thread.
+CONDITIONS = (("tracer, no reader", False, False, None),
+              ("tracer + reader (wakeup_bytes=0)", False, True, 0),
+              ("tracer + reader (default wakeup)", False, True, None),
+              ("timed tracer, no reader", True, False, None),
+              ("timed tracer + reader (default wakeup)", True, True, None))
+ROWS = ("count-only", "floor: header-only record") + tuple(c[0] for c in CONDITIONS)
 
 
 def probe_cost_section(quick: bool) -> None:
@@ -402,7 +437,10 @@ def probe_cost_section(quick: bool) -> None:
     heading(f"{label}probe cost: CPU ns per getpgid() (user + system time of the loop) over "
             f"{n} calls, median of {trials} trials")
     print("   tracer = the built-in tracer of the kind (SyscallTracer, or FunctionTracer on "
-          f"{FUNCTION}), one event per call;")
+          f"{FUNCTION}), one event per call,")
+    print("     measure_latency=False: one program per call (at exit: args + return value);")
+    print("   timed tracer = the same with measure_latency=True (the default): entry and exit "
+          "programs paired per thread, + latency;")
     print("   reader = a thread reading it per event (Tracer.events()); default wakeup: "
           "a quarter of the ring")
     loop = Loop(n, trials)
@@ -426,10 +464,19 @@ def probe_cost_section(quick: bool) -> None:
         if fired < n * trials:
             sys.exit(f"bench/run: the {kind} count program fired {fired} times for "
                      f"{n * trials} calls")
-        for name in CONDITIONS[1:]:
-            wakeup = 0 if "wakeup_bytes=0" in name else None
-            with tracer(kind, ring_size=ring, wakeup_bytes=wakeup) as tr:
-                if "reader" not in name or "no reader" in name:
+        global FLOOR_RING
+        FLOOR_RING = ring
+        obj, hits = count_only(kind, "floor")
+        with obj:
+            row["floor: header-only record"] = loop.measure(hits)
+            fired = hits()
+        if fired < n * trials:
+            sys.exit(f"bench/run: the {kind} floor program emitted {fired} records for "
+                     f"{n * trials} calls")
+        for name, timed, reading, wakeup in CONDITIONS:
+            with tracer(kind, ring_size=ring, wakeup_bytes=wakeup,
+                        measure_latency=timed) as tr:
+                if not reading:
                     drained = [0]
 
                     def drain(tr: Any = tr, drained: List[int] = drained) -> None:
@@ -455,12 +502,12 @@ def probe_cost_section(quick: bool) -> None:
             row[name + " irq_work/1000"] = loop.irq_work
         base = loop.measure()
         bl = (base0 + base) / 2
-        added = {k: row[k] - bl for k in CONDITIONS}
+        added = {k: row[k] - bl for k in ROWS}
         row["no probe, after"] = base
         row["added"] = added
         kinds[kind] = row
         print(f"   {kind}:")
-        for k in CONDITIONS:
+        for k in ROWS:
             iw = row.get(k + " irq_work/1000")
             print(f"     {k:<42} {row[k]:8.1f} ns/call   added {added[k]:7.1f} ns"
                   + (f"   wakeup interrupts {iw:6.2f} per 1000 calls" if iw is not None else ""))
@@ -470,14 +517,28 @@ def probe_cost_section(quick: bool) -> None:
                                          "emulated": bool(in_vm_matrix())}
     t_ratios = []
     c_ratios = []
+    timed_ratios = []
     for kind, row in kinds.items():
         if "added" not in row:
             continue
         a = row["added"]
         if a["count-only"] > 0:
             t_ratios.append((kind, a["tracer, no reader"] / a["count-only"]))
+            timed_ratios.append((kind, a["timed tracer, no reader"] / a["count-only"]))
         if a["tracer, no reader"] > 0:
             c_ratios.append((kind, a["tracer + reader (default wakeup)"] / a["tracer, no reader"]))
+    floors = [(k, r["added"]["floor: header-only record"], r["added"]) for k, r in kinds.items()
+              if "added" in r]
+    if floors:
+        print("   floor (one header-only record per call) / count-only: " +
+              ", ".join(f"{k} {f / a['count-only']:.2f}x" for k, f, a in floors
+                        if a["count-only"] > 0))
+        print("   tracer / floor: " +
+              ", ".join(f"{k} {a['tracer, no reader'] / f:.2f}x" for k, f, a in floors if f > 0) +
+              "  (what the tracer adds beyond emitting a record at all)")
+    if timed_ratios:
+        print("   timed tracer (two programs per call + pairing) / count-only: " +
+              ", ".join(f"{k} {r:.2f}x" for k, r in timed_ratios) + "  (not a target)")
     if t_ratios:
         worst = max(r for _, r in t_ratios)
         target("tracer_vs_count", worst, worst <= 1.5,
@@ -564,6 +625,8 @@ def start_section(quick: bool) -> None:
         py: List[float] = []
         bt: List[float] = []
         bare: List[float] = []
+        bare_s: List[float] = []
+        inproc: List[float] = []
         marks: Dict[str, List[float]] = {}
         for _ in range(trials):
             ms, m = first_event(py_cmd, env)
@@ -575,6 +638,23 @@ def start_section(quick: bool) -> None:
             t0 = time.monotonic_ns()
             subprocess.run([sys.executable, "-c", "pass"], check=True, env=env)
             bare.append((time.monotonic_ns() - t0) / 1e6)
+            t0 = time.monotonic_ns()
+            subprocess.run([sys.executable, "-S", "-c", "pass"], check=True, env=env)
+            bare_s.append((time.monotonic_ns() - t0) / 1e6)
+        # A process that is already running Python with pytracers imported (a
+        # monitoring agent adding a probe): SyscallTracer() -> first event.
+        # One untimed round first (imports, page cache).
+        for i in range(trials + 1):
+            t0 = time.monotonic_ns()
+            tr = pytracers.SyscallTracer("getpgid", kind="tp", pid=trigger.pid)
+            try:
+                ev = next(iter(tr.events(timeout=10)), None)
+            finally:
+                tr.close()
+            if ev is None:
+                raise RuntimeError("in-process SyscallTracer saw no event in 10 s")
+            if i:
+                inproc.append((ev.ts_ns - t0) / 1e6)
     finally:
         assert trigger.stdin is not None
         trigger.stdin.close()
@@ -589,17 +669,30 @@ def start_section(quick: bool) -> None:
         print(f"     {'SyscallTracer(): open, load, attach':<46} "
               f"{m['attached'] - m['import']:8.1f} ms")
         print(f"     {'attached -> first event (100 us trigger)':<46} {p_ms - m['attached']:8.1f} ms")
-    row: Dict[str, Any] = {"pytracers_ms": py, "python_bare_ms": bare, "pytracers_marks_ms": m}
-    if bt:
-        b_ms = median(bt)
+    row: Dict[str, Any] = {"pytracers_ms": py, "python_bare_ms": bare,
+                           "python_S_bare_ms": bare_s, "pytracers_marks_ms": m,
+                           "in_process_ms": inproc}
+    b_ms = median(bt) if bt else None
+    if b_ms:
         print(f"   {'bpftrace one-liner':<48} {b_ms:8.1f} ms   (range {min(bt):.1f}-{max(bt):.1f})")
         print(f"   {'ratio pytracers / bpftrace':<48} {p_ms / b_ms:8.3f}")
         row["bpftrace_ms"] = bt
-        target("start", p_ms / b_ms, p_ms / b_ms <= 0.2, f"{p_ms / b_ms:.3f}x "
-               f"({p_ms:.0f} ms vs {b_ms:.0f} ms)")
     else:
         print("   bpftrace: not installed")
-    print(f"   {'(python -c pass, spawn to exit)':<48} {median(bare):8.1f} ms")
+
+    def vs_bpftrace(ms: float) -> str:
+        return f"   ({ms / b_ms:.3f}x bpftrace)" if b_ms else ""
+    print("   floor: the interpreter alone, spawn to exit (same run, same environment)")
+    for label, xs in (("python -S -c pass", bare_s), ("python -c pass", bare)):
+        print(f"     {label:<46} {median(xs):8.1f} ms{vs_bpftrace(median(xs))}")
+    print(f"   in-process: SyscallTracer() -> first event in an already running Python\n"
+          f"   process with pytracers imported (an agent adding a probe), median of {trials}")
+    i_ms = median(inproc)
+    print(f"     {'SyscallTracer(tp) -> first event':<46} {i_ms:8.1f} ms{vs_bpftrace(i_ms)}"
+          f"   (range {min(inproc):.1f}-{max(inproc):.1f}; vs bpftrace's process start)")
+    if b_ms:
+        target("start", p_ms / b_ms, p_ms / b_ms <= 0.2, f"{p_ms / b_ms:.3f}x "
+               f"({p_ms:.0f} ms vs {b_ms:.0f} ms)")
     results["sections"]["start"] = row
 
 

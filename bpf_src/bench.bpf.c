@@ -26,6 +26,10 @@
  *     The same for the kinds that attach to a kernel function (bench/run
  *     uses __x64_sys_getpgid).  Not loaded unless asked for (the "?"):
  *     kprobes may be missing and fentry needs set_attach_target() first.
+ *   floor_kprobe, floor_fentry  SEC("?kprobe"), SEC("?fentry")
+ *     Emit a record of the function tracer's size (func_event, 120 bytes)
+ *     with only the header filled: the least a tracer emitting one ring
+ *     record per call costs (syscalls.bpf.o has the tracepoint ones).
  *
  * The per-record work is in global functions, which the verifier checks
  * once rather than per loop iteration; that keeps the loop within what the
@@ -120,6 +124,35 @@ SEC("?fentry")
 int count_fentry(void *ctx)
 {
 	pt_percpu_inc(&counts);
+	return 0;
+}
+
+struct bench_floor_event {
+	PT_EVENT_HEADER;
+	__u64 body[10];            /* sizeof == sizeof(struct func_event) */
+};
+
+static __always_inline void bench_floor_record(void)
+{
+	struct bench_floor_event *e = PT_RESERVE(struct bench_floor_event);
+
+	if (e) {
+		PT_FILL_HEADER(e, bpf_get_current_pid_tgid());
+		pt_submit(e);
+	}
+}
+
+SEC("?kprobe")
+int floor_kprobe(void *ctx)
+{
+	bench_floor_record();
+	return 0;
+}
+
+SEC("?fentry")
+int floor_fentry(void *ctx)
+{
+	bench_floor_record();
 	return 0;
 }
 

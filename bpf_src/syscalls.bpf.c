@@ -16,9 +16,21 @@
  *   tp_btf  sc_btf_enter / sc_btf_exit: the same two tracepoints with typed
  *           (BTF) arguments, so pt_regs is read without bpf_probe_read.
  *
+ * Without latency (Python's measure_latency=False) each variant has one
+ * program per syscall, at exit, and no pairing: sc_tp_exit_regs,
+ * sc_raw_exit_regs, sc_btf_exit_regs read the id, the return value and the
+ * argument registers from the task's saved user registers (pt_regs), which
+ * the syscall leaves as they were at entry -- except execve/execveat (the new
+ * image's registers) and rt_sigreturn (the restored context).  The tp one
+ * reaches pt_regs through bpf_task_pt_regs() (kernel 5.15+); Python falls
+ * back to the entry/exit pair where the kernel refuses it.
+ *
  * sc_tp_count / sc_raw_count / sc_btf_count only add one to `counts` (after
  * the id filter, and cfg_pid when set) and emit nothing: the benchmark's
- * measure of the bare probe cost.
+ * measure of the bare probe cost.  sc_tp_floor / sc_raw_floor / sc_btf_floor
+ * pass the same filters and emit a syscall_event-sized record holding only
+ * the header: the least a tracer emitting one ring record per call can cost
+ * (the benchmark's floor for the tracers).
  *
  * Entry and exit are paired per thread through `inflight`.  It is an LRU
  * hash: exit(2)/exit_group(2) have an entry but never an exit, and an LRU map
@@ -97,13 +109,13 @@ struct sc_tp_exit_args {
 /* x86-64 passes syscall arguments in di, si, dx, r10, r8, r9, which lie in
  * pt_regs between r10 and di; one read of that window fetches all six. */
 struct sc_regs_window {
-	__u64 r10, r9, r8, ax, cx, dx, si, di;
+	__u64 r10, r9, r8, ax, cx, dx, si, di, orig_ax;
 };
 
-_Static_assert(__builtin_offsetof(struct pt_regs, di) -
+_Static_assert(__builtin_offsetof(struct pt_regs, orig_ax) -
 	       __builtin_offsetof(struct pt_regs, r10) ==
 	       sizeof(struct sc_regs_window) - sizeof(__u64),
-	       "x86-64 pt_regs layout: r10 .. di must be contiguous");
+	       "x86-64 pt_regs layout: r10 .. di, orig_ax must be contiguous");
 
 /* args[0..5] from a pt_regs (or sc_regs_window) `r`: the x86-64 syscall
  * argument registers. */
@@ -176,9 +188,40 @@ static __always_inline void sc_complete(long id, long ret)
 	bpf_map_delete_elem(&inflight, &tid);
 }
 
+/* measure_latency=False: emit the current thread's syscall `id` with `ret`
+ * and the argument registers of `r` (a pt_regs or sc_regs_window) in one
+ * program, at exit.  No entry, no pairing map. */
+#define SC_EMIT_AT_EXIT(id_, ret_, r) do {                               \
+	__u64 pid_tgid_ = bpf_get_current_pid_tgid();                     \
+	struct syscall_event *e_;                                        \
+                                                                         \
+	if (!pt_wanted(pid_tgid_ >> 32))                                 \
+		break;                                                   \
+	e_ = PT_RESERVE(struct syscall_event);                           \
+	if (!e_)                                                         \
+		break;                                                   \
+	PT_FILL_HEADER(e_, pid_tgid_);                                   \
+	e_->id = (id_);                                                  \
+	e_->ret = (ret_);                                                \
+	e_->latency_ns = 0;                                              \
+	SC_X86_64_ARGS(e_->args, r);                                     \
+	pt_submit(e_);                                                   \
+} while (0)
+
 static __always_inline bool sc_count_wanted(void)
 {
 	return !cfg_pid || (bpf_get_current_pid_tgid() >> 32) == cfg_pid;
+}
+
+/* The benchmark's floor: a record with only the header filled. */
+static __always_inline void sc_floor_record(void)
+{
+	struct syscall_event *e = PT_RESERVE(struct syscall_event);
+
+	if (e) {
+		PT_FILL_HEADER(e, bpf_get_current_pid_tgid());
+		pt_submit(e);
+	}
 }
 
 /* ---- tp: syscalls:sys_enter_<X> / syscalls:sys_exit_<X> ----------------- */
@@ -222,11 +265,29 @@ int sc_tp_exit(struct sc_tp_exit_args *ctx)
 	return 0;
 }
 
+/* The user registers of the current task (5.15+: bpf_task_pt_regs). */
+SEC("tp")
+int sc_tp_exit_regs(struct sc_tp_exit_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+	SC_EMIT_AT_EXIT(ctx->nr, ctx->ret, *regs);
+	return 0;
+}
+
 SEC("tp")
 int sc_tp_count(void *ctx)
 {
 	if (sc_count_wanted())
 		pt_percpu_inc(&counts);
+	return 0;
+}
+
+SEC("tp")
+int sc_tp_floor(void *ctx)
+{
+	if (sc_count_wanted())
+		sc_floor_record();
 	return 0;
 }
 
@@ -262,11 +323,33 @@ int sc_raw_exit(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
+SEC("raw_tp/sys_exit")
+int sc_raw_exit_regs(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	struct sc_regs_window w;
+
+	if (bpf_probe_read_kernel(&w, sizeof(w), &regs->r10))
+		return 0;
+	if (!sc_id_wanted(w.orig_ax))
+		return 0;
+	SC_EMIT_AT_EXIT(w.orig_ax, (long)ctx->args[1], w);
+	return 0;
+}
+
 SEC("raw_tp/sys_enter")
 int sc_raw_count(struct bpf_raw_tracepoint_args *ctx)
 {
 	if (sc_id_wanted((long)ctx->args[1]) && sc_count_wanted())
 		pt_percpu_inc(&counts);
+	return 0;
+}
+
+SEC("raw_tp/sys_enter")
+int sc_raw_floor(struct bpf_raw_tracepoint_args *ctx)
+{
+	if (sc_id_wanted((long)ctx->args[1]) && sc_count_wanted())
+		sc_floor_record();
 	return 0;
 }
 
@@ -296,11 +379,30 @@ int BPF_PROG(sc_btf_exit, struct pt_regs *regs, long ret)
 	return 0;
 }
 
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sc_btf_exit_regs, struct pt_regs *regs, long ret)
+{
+	long id = regs->orig_ax;
+
+	if (!sc_id_wanted(id))
+		return 0;
+	SC_EMIT_AT_EXIT(id, ret, *regs);
+	return 0;
+}
+
 SEC("tp_btf/sys_enter")
 int BPF_PROG(sc_btf_count, struct pt_regs *regs, long id)
 {
 	if (sc_id_wanted(id) && sc_count_wanted())
 		pt_percpu_inc(&counts);
+	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sc_btf_floor, struct pt_regs *regs, long id)
+{
+	if (sc_id_wanted(id) && sc_count_wanted())
+		sc_floor_record();
 	return 0;
 }
 

@@ -965,6 +965,8 @@ def open_trace(target: Target, args: argparse.Namespace) -> Tuple[Source, str]:
         from .tracers.process import ProcessTracer
         t = ProcessTracer(events=target.names, **kw)
         return TracerSource(t, f"sched:sched_process_{target.label}"), ""
+    if getattr(args, "no_latency", False):
+        kw["measure_latency"] = False
     if target.what == "syscall":
         t = pytracers.trace_syscall(target.names, kind=target.kind, **kw)
         return TracerSource(t, f"syscall {target.label}"), ""
@@ -1256,6 +1258,9 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     t.add_argument("--stable", action="store_true",
                    help="trace the syscall tracepoints that stand in for a kernel function "
                         "(a stable interface) instead of the function itself")
+    t.add_argument("--no-latency", dest="no_latency", action="store_true",
+                   help="do not time the calls: one program per call, at exit (arguments "
+                        "and return value), about half the cost on the traced path")
     _common(t, kinds=ALL_KINDS)
     t.set_defaults(func=cmd_trace)
 

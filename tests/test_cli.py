@@ -622,6 +622,24 @@ def test_trace_syscall_exact_events(spec, kind, by):
     c.assert_detached()
 
 
+@pytest.mark.kind("tp_btf")
+def test_trace_syscall_no_latency():
+    """--no-latency: one program per syscall, at exit; the records carry the
+    arguments and return value and a null latency."""
+    with Gate("os.getpgid(0); os.getppid()") as gate:
+        c = Cli("trace", "tp_btf:getppid", "--no-latency", "--pid", str(gate.pid), "--json")
+        c.wait_ready()
+        gate.release()
+    rc, out, err = c.stop(signal.SIGINT)
+    assert rc == 0, err
+    assert "without latency: one program per syscall" in err, err
+    events = json_lines(out)
+    assert [(e["name"], e["args"], e["ret"], e["latency_ns"]) for e in events] == \
+        [("getppid", {}, os.getpid(), None)], events
+    assert summary(err) == (1, 0)
+    c.assert_detached()
+
+
 # vfs_write(file, buf, count, pos): the same name and parameters on every
 # kernel of the matrix (do_unlinkat, for one, is gone by 7.2).
 WRITE_GATE = ("fd = os.open('/dev/null', os.O_WRONLY)\n"

@@ -97,6 +97,8 @@ def test_bad_filters_rejected():
         ExecTracer(comm="x" * 16)
     with pytest.raises(TypeError):
         ExecTracer(pid="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="measure_latency must be a bool"):
+        SyscallTracer("getppid", measure_latency="no")  # type: ignore[arg-type]
 
 
 def test_close_twice_and_use_after_close():
@@ -114,14 +116,39 @@ def test_close_twice_and_use_after_close():
 SYSCALL_KINDS = [pytest.param(k, marks=pytest.mark.kind(k)) for k in ("tp", "raw_tp", "tp_btf")]
 
 
+def tp_reads_task_pt_regs() -> bool:
+    """Whether this kernel lets a tp program call bpf_task_pt_regs (5.15+),
+    which SyscallTracer(kind="tp", measure_latency=False) needs; asked of
+    libbpf's helper probe, and checked against the release that added it."""
+    from pytracers._libbpf import lib
+    from pytracers.features import kernel_version
+    BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_task_pt_regs = 5, 175
+    ok = lib.libbpf_probe_bpf_helper(BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_task_pt_regs,
+                                     pytracers._libbpf.ffi.NULL) == 1
+    assert ok == (kernel_version() >= (5, 15)), (ok, kernel_version())
+    return ok
+
+
+@pytest.mark.parametrize("timed", [True, False], ids=["timed", "exit_only"])
 @pytest.mark.parametrize("kind", SYSCALL_KINDS)
-def test_syscall_tracer_openat_exact(kind, tmp_path):
+def test_syscall_tracer_openat_exact(kind, timed, tmp_path):
+    """Exact records of our own openat/getppid calls, with latency
+    (entry + exit paired) and without (one program per syscall, at exit,
+    arguments read from the saved registers)."""
     path = tmp_path / "f"
     path.write_bytes(b"x")
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
     me = threading.get_native_id()
-    with SyscallTracer(["openat", "getppid"], kind=kind, pid=os.getpid()) as t:
+    # tp without latency needs bpf_task_pt_regs; older kernels pair entry/exit
+    expect_timed = timed or (kind == "tp" and not tp_reads_task_pt_regs())
+    with SyscallTracer(["openat", "getppid"], kind=kind, pid=os.getpid(),
+                       measure_latency=timed) as t:
         assert t.kind == kind
+        assert t.measure_latency == expect_timed
+        hooks = 2 if kind == "tp" else 1          # tp: a tracepoint per syscall
+        assert len(t.links) == hooks * (2 if expect_timed else 1)
+        if expect_timed and not timed:
+            assert "bpf_task_pt_regs" in t.why, t.why
         fd = os.open(path, flags)
         os.close(fd)
         with pytest.raises(FileNotFoundError):
@@ -137,8 +164,12 @@ def test_syscall_tracer_openat_exact(kind, tmp_path):
     assert ok.args.dfd == AT_FDCWD           # signed, as the kernel declares it
     assert ok.args.flags == flags
     assert ok.args._fields == ("dfd", "filename", "flags", "mode")
-    assert ok.latency_ns > 0
+    if expect_timed:
+        assert ok.latency_ns > 0
+    else:
+        assert ok.latency_ns is None
     assert missing.ret == -errno.ENOENT
+    assert missing.args.flags == os.O_RDONLY | os.O_CLOEXEC
     gp = [e for e in evs if e.name == "getppid"]
     assert len(gp) == 1 and gp[0].ret == ppid and gp[0].args == ()
     assert all(e.name in ("openat", "getppid") for e in evs)

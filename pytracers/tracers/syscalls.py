@@ -13,6 +13,23 @@ Three kinds trace the same thing at different costs:
 * ``tp_btf`` -- the same two tracepoints with typed (BTF) arguments: the
   cheapest per call, and like ``raw_tp`` it runs on every syscall.
 
+Latency or not
+--------------
+By default (``measure_latency=True``) each syscall runs two programs: the
+entry one stores the arguments and a timestamp per thread, the exit one
+pairs them with the return value and emits the record.  With
+``measure_latency=False`` one program per syscall runs, at exit, with no
+pairing map: it reads the id, the return value and the argument registers
+from the task's saved user registers, which the syscall leaves as they were
+at entry (not for ``execve``/``execveat``, whose registers are the new
+image's -- use :class:`~pytracers.tracers.ExecTracer` -- nor for
+``rt_sigreturn``).  ``ev.latency_ns`` is then None.  That costs the traced
+path about half of what the pair costs (``bench/run --only probe-cost``;
+BENCHMARKS.md).  The
+``tp`` kind reads the registers through ``bpf_task_pt_regs`` (kernel 5.15);
+an older kernel refuses it and the tracer falls back to the entry/exit pair
+(``t.measure_latency`` then says True, and ``t.why`` says so).
+
 Names and numbers
 -----------------
 Which syscalls the running kernel has, how many arguments each takes and
@@ -43,6 +60,8 @@ KINDS = ("tp", "raw_tp", "tp_btf")
 # tp: one entry program per arity (sc_tp_enter<N>: the kernel refuses a tp
 # program that reads past the end of the tracepoint's record), one exit.
 PROGRAMS = {"raw_tp": ("sc_raw_enter", "sc_raw_exit"), "tp_btf": ("sc_btf_enter", "sc_btf_exit")}
+# measure_latency=False: one program per syscall, at exit (reads pt_regs).
+EXIT_ONLY = {"tp": "sc_tp_exit_regs", "raw_tp": "sc_raw_exit_regs", "tp_btf": "sc_btf_exit_regs"}
 MAX_ID = 1024  # size of the object's syscall_ids map
 
 # ABI name -> name of its syscalls:sys_enter_* tracepoint, where they differ.
@@ -186,18 +205,25 @@ class SyscallTracer(Tracer):
 
     ``syscalls``: a name, a number or a list of them; None traces every
     syscall (raw_tp and tp_btf only).  ``kind``: tp, raw_tp or tp_btf (see
-    the module docstring for what each costs).
+    the module docstring for what each costs).  ``measure_latency``: pair
+    entry and exit to time each call (two programs per syscall); False runs
+    one program per syscall, at exit, and ``ev.latency_ns`` is None.
     """
 
     object_name = "syscalls"
     event_struct = "syscall_event"
 
     def __init__(self, syscalls: Union[str, int, Sequence[Union[str, int]], None] = None,
-                 kind: str = "tp", **kw: Any) -> None:
+                 kind: str = "tp", *, measure_latency: bool = True, **kw: Any) -> None:
+        if not isinstance(measure_latency, bool):
+            raise BadTypeError(f"measure_latency must be a bool, not "
+                               f"{type(measure_latency).__name__}")
         if kind not in KINDS:
             raise BadArgumentError(f"syscall tracer kind must be one of {', '.join(KINDS)}, "
                                    f"not {kind!r}")
         self.kind = kind
+        self.measure_latency = measure_latency
+        self._fell_back = ""
         if syscalls is None:
             if kind == "tp":
                 raise BadArgumentError("kind='tp' attaches one tracepoint pair per syscall: "
@@ -222,7 +248,12 @@ class SyscallTracer(Tracer):
                  abis[0] if abis else "all syscalls")
         tps = ", ".join(f"syscalls:sys_enter_{s[2]}/sys_exit_{s[2]}" for s in self.syscalls)
         self.why = WHY[kind].format(n=names, tps=tps)
+        if not measure_latency:
+            self.why += ("; without latency: one program per syscall, at exit "
+                         "(arguments read from the saved user registers)")
         super().__init__(**kw)
+        if self._fell_back:
+            self.why += "; " + self._fell_back
 
     def _tp_enter_program(self, abi: str) -> str:
         params = syscall_params(abi)
@@ -232,6 +263,11 @@ class SyscallTracer(Tracer):
         return f"sc_tp_enter{min(len(params), 6)}"
 
     def _configure(self, open_obj: Any) -> None:
+        if not self.measure_latency:
+            open_obj.only(EXIT_ONLY[self.kind])
+            if self.kind != "tp" and self.syscalls:
+                open_obj.config["cfg_filter_ids"] = 1
+            return
         if self.kind == "tp":
             self._tp_programs = {abi: self._tp_enter_program(abi) for abi, _nr, _tp in self.syscalls}
             open_obj.only(*sorted(set(self._tp_programs.values())), "sc_tp_exit")
@@ -240,6 +276,19 @@ class SyscallTracer(Tracer):
         if self.syscalls:
             open_obj.config["cfg_filter_ids"] = 1
 
+    def _retry_after(self, error: Any) -> bool:
+        """tp without latency on a kernel older than 5.15: the verifier does
+        not know bpf_task_pt_regs; pair entry and exit instead (then latency
+        is measured after all)."""
+        if self.kind != "tp" or self.measure_latency:
+            return False
+        if "unknown func" not in error.log and "invalid func" not in error.log:
+            return False
+        self.measure_latency = True
+        self._fell_back = ("this kernel refuses bpf_task_pt_regs (5.15+) in tp programs, so "
+                           "entry and exit are paired (latency is measured)")
+        return True
+
     def _after_load(self, obj: Any) -> None:
         if self.kind != "tp":
             ids = obj.maps["syscall_ids"]
@@ -247,6 +296,14 @@ class SyscallTracer(Tracer):
                 ids.update(nr, b"\x01")
 
     def _attach(self, obj: Any) -> None:
+        if not self.measure_latency:
+            prog = obj.programs[EXIT_ONLY[self.kind]]
+            if self.kind == "tp":
+                for _abi, _nr, tp in self.syscalls:
+                    self._link(prog.attach_tracepoint("syscalls", f"sys_exit_{tp}"))
+            else:
+                self._link(prog.attach())
+            return
         if self.kind == "tp":
             exit_ = obj.programs["sc_tp_exit"]
             for abi, _nr, tp in self.syscalls:
@@ -261,6 +318,8 @@ class SyscallTracer(Tracer):
     def _record_class(self, base: Type[Any]) -> Optional[Type[Any]]:
         fields = base._fields
         i_id, i_args = fields.index("id"), fields.index("args")
+        i_lat = fields.index("latency_ns")
+        timed = self.measure_latency
         arg_classes: Dict[int, Any] = {}
         getitem = tuple.__getitem__
 
@@ -287,7 +346,11 @@ class SyscallTracer(Tracer):
         def raw_args(self: Any) -> Tuple[int, ...]:
             return getitem(self, i_args)
 
+        def latency_ns(self: Any) -> Optional[int]:
+            return getitem(self, i_lat) if timed else None
+
         return type("SyscallEvent", (base,), {
             "__slots__": (), "__doc__": "A syscall_event record with the syscall's name and "
                                         "its arguments named as the kernel declares them",
-            "name": property(name), "args": property(args), "raw_args": property(raw_args)})
+            "name": property(name), "args": property(args), "raw_args": property(raw_args),
+            "latency_ns": property(latency_ns)})
