@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .errors import (AttachError, LoadError, NotSupportedError, PermissionDeniedError,
                      PytracersError, TargetNotFoundError, VerifierError, errno_name)
@@ -26,6 +26,23 @@ MIN_KERNEL = {
     "kretprobe_multi": "5.18", "ringbuf": "5.8", "cookie": "5.15",
 }
 TRAMPOLINE_KINDS = ("fentry", "fexit", "fmod_ret")
+# The release that added each helper the shipped objects call and an older
+# supported kernel may lack (ids from enum bpf_func_id).
+HELPER_SINCE = {
+    "bpf_get_current_task_btf": (158, "5.11"), "bpf_get_func_ip": (173, "5.15"),
+    "bpf_task_pt_regs": (175, "5.15"), "bpf_get_attach_cookie": (174, "5.15"),
+}
+_HELPER_OF_ID = {i: (name, since) for name, (i, since) in HELPER_SINCE.items()}
+
+
+def helper_since(helper: str) -> Tuple[str, Optional[str]]:
+    """(name, first release) of a helper as a verifier log names it
+    ("unknown#158" or "bpf_foo#158"); the release is None when not known."""
+    import re
+    m = re.search(r"#(\d+)$", helper)
+    if m and int(m.group(1)) in _HELPER_OF_ID:
+        return _HELPER_OF_ID[int(m.group(1))]
+    return helper, None
 
 
 def effective_caps() -> int:
@@ -205,9 +222,12 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
         if helper:
             # the program calls a helper this kernel predates: the kernel is
             # too old for this program (e.g. kprobe.multi's bpf_get_func_ip on 5.10)
-            return NotSupportedError(kind, f"the verifier does not know helper {helper}, which "
+            name, since = helper_since(helper)
+            if kind.endswith("multi"):          # the kind itself came later (5.18)
+                since = MIN_KERNEL.get(kind)
+            return NotSupportedError(kind, f"the verifier does not know helper {name}, which "
                                      f"program {program!r} calls: this kernel predates it",
-                                     min_kernel=MIN_KERNEL.get(kind),
+                                     min_kernel=since,
                                      hint=MULTI_HINT if kind.endswith("multi") else None,
                                      errno=err)
         return VerifierError(program, err, log)

@@ -20,7 +20,7 @@ from typing import (Any, AsyncIterator, Callable, ClassVar, Dict, Iterator, List
 
 import pytracers
 from .._resource import Resource
-from ..errors import BadArgumentError, BadTypeError, VerifierError
+from ..errors import BadArgumentError, BadTypeError, NotSupportedError, VerifierError
 
 __all__ = ["Tracer", "encode_struct"]
 
@@ -125,7 +125,7 @@ class Tracer(Resource):
                     open_obj.config["cfg_wakeup_bytes"] = self.wakeup_bytes
                 obj = open_obj.load()
                 break
-            except VerifierError as e:
+            except (VerifierError, NotSupportedError) as e:
                 open_obj.close()
                 if attempt + 1 == self.MAX_LOAD_ATTEMPTS or not self._retry_after(e):
                     raise
@@ -147,9 +147,10 @@ class Tracer(Resource):
     def _configure(self, open_obj: Any) -> None:
         """Before load: choose programs (``open_obj.only(...)``), set config."""
 
-    def _retry_after(self, error: VerifierError) -> bool:
-        """The verifier refused the load: adjust the configuration and return
-        True to try again (at most MAX_LOAD_ATTEMPTS loads in all)."""
+    def _retry_after(self, error: Any) -> bool:
+        """The load failed (VerifierError, or NotSupportedError when the
+        program calls a helper the kernel lacks): adjust the configuration and
+        return True to try again (at most MAX_LOAD_ATTEMPTS loads in all)."""
         return False
 
     def _after_load(self, obj: Any) -> None:

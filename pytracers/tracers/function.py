@@ -232,7 +232,7 @@ class FunctionTracer(Tracer):
         load again; its value is then reported as None."""
         if self.kind != "fentry" or self.signature is None:
             return False
-        m = _REFUSED_ARG.search(error.log)
+        m = _REFUSED_ARG.search(getattr(error, "log", ""))
         if m is None:
             return False
         slot = int(m.group(1))

@@ -278,15 +278,16 @@ class SyscallTracer(Tracer):
 
     def _retry_after(self, error: Any) -> bool:
         """tp without latency on a kernel older than 5.15: the verifier does
-        not know bpf_task_pt_regs; pair entry and exit instead (then latency
-        is measured after all)."""
+        not know bpf_task_pt_regs (or, before 5.11, bpf_get_current_task_btf);
+        pair entry and exit instead (then latency is measured after all)."""
         if self.kind != "tp" or self.measure_latency:
             return False
-        if "unknown func" not in error.log and "invalid func" not in error.log:
+        if "does not know helper" not in str(error):
             return False
         self.measure_latency = True
-        self._fell_back = ("this kernel refuses bpf_task_pt_regs (5.15+) in tp programs, so "
-                           "entry and exit are paired (latency is measured)")
+        self._fell_back = ("this kernel lacks the helpers a tp program needs to read the "
+                           "saved registers (bpf_get_current_task_btf 5.11, bpf_task_pt_regs "
+                           "5.15), so entry and exit are paired (latency is measured)")
         return True
 
     def _after_load(self, obj: Any) -> None:
