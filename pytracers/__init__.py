@@ -12,9 +12,44 @@ import os as _os
 
 from . import errors
 from .errors import *  # noqa: F401,F403
-from .object import Object, OpenObject, open  # noqa: A004
 
 __version__ = "0.1.0"
+
+# Imported on first use (module __getattr__ below), so that `import pytracers`
+# costs only what is used: the object model loads libbpf, the feature prober
+# and the "which probe?" entry points are only needed by whoever calls them.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import features
+    from .choose import trace_function, trace_syscall
+    from .object import Object, OpenObject, open  # noqa: A004
+    from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
+                          SyscallTracer, Tracer)
+
+_LAZY = {
+    "open": ".object", "OpenObject": ".object", "Object": ".object",
+    "features": None,
+    "trace_function": ".choose", "trace_syscall": ".choose",
+    "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
+    "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
+}
+
+
+def __getattr__(name: str) -> object:
+    where = _LAZY.get(name, "")
+    if where == "":
+        raise AttributeError(f"module 'pytracers' has no attribute {name!r}")
+    import importlib
+    if where is None:                          # a submodule
+        value: object = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def objects_dir() -> str:
@@ -26,13 +61,6 @@ def object_path(name: str) -> str:
     """Path of a shipped object by short name ("exec" -> .../bpf/exec.bpf.o)."""
     return _os.path.join(objects_dir(), f"{name}.bpf.o")
 
-
-# The tracers, the feature prober and the "which probe?" entry points (they
-# use object_path above).
-from . import features  # noqa: E402
-from .choose import trace_function, trace_syscall  # noqa: E402
-from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,  # noqa: E402
-                      SyscallTracer, Tracer)
 
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",
            "features", "trace_function", "trace_syscall", "Tracer", "ExecTracer",

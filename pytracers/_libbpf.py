@@ -18,12 +18,9 @@ library lacks would raise AttributeError deep inside the library otherwise.
 """
 from __future__ import annotations
 
-import logging
+import sys
 import threading
-import zlib
 from typing import Any, Callable, List, Optional, Tuple
-
-import cffi
 
 __all__ = ["ffi", "lib", "libc", "has", "version", "LibbpfLogCapture", "call_with_log"]
 
@@ -158,6 +155,7 @@ GENERATED = "pytracers/_libbpf_ffi.py"
 
 def cdef_digest() -> str:
     """Identifies the declarations above; stamped into the generated module."""
+    import zlib
     return "%08x" % zlib.crc32((CDEF + LIBC_CDEF).encode())
 
 
@@ -176,6 +174,7 @@ def _make_ffi() -> Any:
             return _libbpf_ffi.ffi
     except Exception:  # missing, or made by an incompatible cffi: parse instead
         pass
+    import cffi
     f = cffi.FFI()
     f.cdef(CDEF)
     f.cdef(LIBC_CDEF)
@@ -184,6 +183,7 @@ def _make_ffi() -> Any:
 
 def generate_ffi_module(path: str) -> None:
     """Write the out-of-line ABI module (called by build.py)."""
+    import cffi
     f = cffi.FFI()
     f.cdef(CDEF)
     f.cdef(LIBC_CDEF)
@@ -245,9 +245,21 @@ if version() < (1, 1):  # pragma: no cover - depends on the machine
 # DEBUG -> DEBUG) and, while a pytracers call is in progress on this thread,
 # also keep the messages so that an exception can quote what libbpf said.
 
-log = logging.getLogger("pytracers.libbpf")
-_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
+# libbpf level -> logging.WARNING, INFO, DEBUG.  The logging module is
+# imported only when a message could be shown: before anything imports it,
+# nothing can have configured a logger, so only a WARNING (shown by logging's
+# last-resort handler, the root logger's default level) can come out.
+_LEVELS = {0: 30, 1: 20, 2: 10}
 _tls = threading.local()
+_log: Any = None
+
+
+def _logger() -> Any:
+    global _log
+    if _log is None:
+        import logging
+        _log = logging.getLogger("pytracers.libbpf")
+    return _log
 
 
 class LibbpfLogCapture:
@@ -280,7 +292,10 @@ class LibbpfLogCapture:
 @ffi.callback("int(int, const char *, void *)")
 def _print_cb(level: int, fmt: Any, ap: Any) -> int:
     try:
-        buf = ffi.new("char[]", 4096)
+        # one buffer per thread (a load prints hundreds of messages)
+        buf = getattr(_tls, "buf", None)
+        if buf is None:
+            buf = _tls.buf = ffi.new("char[]", 4096)
         n = libc.vsnprintf(buf, 4096, fmt, ap)
         text = ffi.string(buf).decode("utf-8", "replace")
         if n >= 4096:
@@ -288,9 +303,11 @@ def _print_cb(level: int, fmt: Any, ap: Any) -> int:
         stack = getattr(_tls, "stack", None)
         if stack:
             stack[-1].lines.append(text)
-        pylevel = _LEVELS.get(level, logging.DEBUG)
-        if log.isEnabledFor(pylevel):
-            log.log(pylevel, "%s", text.rstrip("\n"))
+        pylevel = _LEVELS.get(level, 10)
+        if pylevel >= 30 or "logging" in sys.modules:
+            log = _logger()
+            if log.isEnabledFor(pylevel):
+                log.log(pylevel, "%s", text.rstrip("\n"))
     except BaseException:  # never let an exception unwind through C
         pass
     return 0

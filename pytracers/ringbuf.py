@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import platform
 import select
 import struct
 import sys
@@ -537,9 +536,10 @@ class RingBuffer(Resource):
                  event: Optional[str] = None,
                  callback: Optional[Callback] = None,
                  latency: float = 0.1, dtype: Any = None) -> None:
-        if platform.machine() not in ("x86_64", "AMD64"):
+        machine = os.uname().machine     # what platform.machine() returns on Linux
+        if machine not in ("x86_64", "AMD64"):
             raise NotSupportedError("the mmap ring-buffer reader",
-                                    f"only x86-64 is supported, this is {platform.machine()}")
+                                    f"only x86-64 is supported, this is {machine}")
         if not isinstance(latency, (int, float)) or isinstance(latency, bool):
             raise BadTypeError("latency must be a number of seconds")
         if latency <= 0:

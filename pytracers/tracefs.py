@@ -8,7 +8,6 @@ with what to run.
 from __future__ import annotations
 
 import fnmatch
-import logging
 import os
 import threading
 from typing import List, Optional
@@ -16,7 +15,6 @@ from typing import List, Optional
 from . import _libbpf
 from .errors import TargetNotFoundError, TracefsError
 
-log = logging.getLogger("pytracers")
 
 TRACEFS = "/sys/kernel/tracing"
 DEBUGFS_TRACING = "/sys/kernel/debug/tracing"
@@ -50,7 +48,8 @@ def root(*, mount: bool = True) -> str:
             raise TracefsError(
                 f"tracefs is not mounted and mounting it at {TRACEFS} failed "
                 f"({os.strerror(err)}); run as root: mount -t tracefs tracefs {TRACEFS}", err)
-        log.info("mounted tracefs at %s", TRACEFS)
+        import logging
+        logging.getLogger("pytracers").info("mounted tracefs at %s", TRACEFS)
         _root = TRACEFS
         return TRACEFS
 
