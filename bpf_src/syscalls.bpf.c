@@ -106,14 +106,43 @@ struct sc_tp_exit_args {
 	__s64 ret;
 };
 
+/* The x86-64 register frame of a syscall (the kernel's struct pt_regs),
+ * declared here rather than taken from vmlinux.h so that accesses to it carry
+ * no CO-RE relocation: its layout is the ptrace ABI (struct user_regs_struct
+ * begins with these 21 fields) and has not changed since x86-64 Linux began;
+ * the asserts below hold it to vmlinux.h's.  An object without CO-RE
+ * relocations spares libbpf loading the kernel's BTF (~10 ms of every start;
+ * tp_btf still needs it to attach).  Likewise the raw_tp context. */
+struct sc_pt_regs {
+	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
+	__u64 ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
+};
+
+#define SC_SAME_OFFSET(f) \
+	_Static_assert(__builtin_offsetof(struct pt_regs, f) == \
+		       __builtin_offsetof(struct sc_pt_regs, f), "pt_regs." #f)
+SC_SAME_OFFSET(r10);
+SC_SAME_OFFSET(r9);
+SC_SAME_OFFSET(r8);
+SC_SAME_OFFSET(dx);
+SC_SAME_OFFSET(si);
+SC_SAME_OFFSET(di);
+SC_SAME_OFFSET(orig_ax);
+SC_SAME_OFFSET(ss);
+_Static_assert(sizeof(struct pt_regs) == sizeof(struct sc_pt_regs), "sizeof pt_regs");
+
+struct sc_raw_tp_args {
+	__u64 args[2];              /* sys_enter: regs, id; sys_exit: regs, ret */
+};
+
 /* x86-64 passes syscall arguments in di, si, dx, r10, r8, r9, which lie in
  * pt_regs between r10 and di; one read of that window fetches all six. */
 struct sc_regs_window {
 	__u64 r10, r9, r8, ax, cx, dx, si, di, orig_ax;
 };
 
-_Static_assert(__builtin_offsetof(struct pt_regs, orig_ax) -
-	       __builtin_offsetof(struct pt_regs, r10) ==
+_Static_assert(__builtin_offsetof(struct sc_pt_regs, orig_ax) -
+	       __builtin_offsetof(struct sc_pt_regs, r10) ==
 	       sizeof(struct sc_regs_window) - sizeof(__u64),
 	       "x86-64 pt_regs layout: r10 .. di, orig_ax must be contiguous");
 
@@ -269,7 +298,7 @@ int sc_tp_exit(struct sc_tp_exit_args *ctx)
 SEC("tp")
 int sc_tp_exit_regs(struct sc_tp_exit_args *ctx)
 {
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct sc_pt_regs *regs = (struct sc_pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
 	SC_EMIT_AT_EXIT(ctx->nr, ctx->ret, *regs);
 	return 0;
@@ -294,9 +323,9 @@ int sc_tp_floor(void *ctx)
 /* ---- raw_tp: raw sys_enter(regs, id) / sys_exit(regs, ret) -------------- */
 
 SEC("raw_tp/sys_enter")
-int sc_raw_enter(struct bpf_raw_tracepoint_args *ctx)
+int sc_raw_enter(struct sc_raw_tp_args *ctx)
 {
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	struct sc_pt_regs *regs = (struct sc_pt_regs *)ctx->args[0];
 	long id = (long)ctx->args[1];
 	struct sc_regs_window w;
 	struct sc_inflight in;
@@ -312,10 +341,13 @@ int sc_raw_enter(struct bpf_raw_tracepoint_args *ctx)
 }
 
 SEC("raw_tp/sys_exit")
-int sc_raw_exit(struct bpf_raw_tracepoint_args *ctx)
+int sc_raw_exit(struct sc_raw_tp_args *ctx)
 {
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	long id = BPF_CORE_READ(regs, orig_ax);
+	struct sc_pt_regs *regs = (struct sc_pt_regs *)ctx->args[0];
+	long id;
+
+	if (bpf_probe_read_kernel(&id, sizeof(id), &regs->orig_ax))
+		return 0;
 
 	if (!sc_id_wanted(id))
 		return 0;
@@ -324,9 +356,9 @@ int sc_raw_exit(struct bpf_raw_tracepoint_args *ctx)
 }
 
 SEC("raw_tp/sys_exit")
-int sc_raw_exit_regs(struct bpf_raw_tracepoint_args *ctx)
+int sc_raw_exit_regs(struct sc_raw_tp_args *ctx)
 {
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	struct sc_pt_regs *regs = (struct sc_pt_regs *)ctx->args[0];
 	struct sc_regs_window w;
 
 	if (bpf_probe_read_kernel(&w, sizeof(w), &regs->r10))
@@ -338,7 +370,7 @@ int sc_raw_exit_regs(struct bpf_raw_tracepoint_args *ctx)
 }
 
 SEC("raw_tp/sys_enter")
-int sc_raw_count(struct bpf_raw_tracepoint_args *ctx)
+int sc_raw_count(struct sc_raw_tp_args *ctx)
 {
 	if (sc_id_wanted((long)ctx->args[1]) && sc_count_wanted())
 		pt_percpu_inc(&counts);
@@ -346,7 +378,7 @@ int sc_raw_count(struct bpf_raw_tracepoint_args *ctx)
 }
 
 SEC("raw_tp/sys_enter")
-int sc_raw_floor(struct bpf_raw_tracepoint_args *ctx)
+int sc_raw_floor(struct sc_raw_tp_args *ctx)
 {
 	if (sc_id_wanted((long)ctx->args[1]) && sc_count_wanted())
 		sc_floor_record();
@@ -356,7 +388,7 @@ int sc_raw_floor(struct bpf_raw_tracepoint_args *ctx)
 /* ---- tp_btf: the same tracepoints, typed -------------------------------- */
 
 SEC("tp_btf/sys_enter")
-int BPF_PROG(sc_btf_enter, struct pt_regs *regs, long id)
+int BPF_PROG(sc_btf_enter, struct sc_pt_regs *regs, long id)
 {
 	struct sc_inflight in;
 	__u64 pid_tgid;
@@ -369,7 +401,7 @@ int BPF_PROG(sc_btf_enter, struct pt_regs *regs, long id)
 }
 
 SEC("tp_btf/sys_exit")
-int BPF_PROG(sc_btf_exit, struct pt_regs *regs, long ret)
+int BPF_PROG(sc_btf_exit, struct sc_pt_regs *regs, long ret)
 {
 	long id = regs->orig_ax;
 
@@ -380,7 +412,7 @@ int BPF_PROG(sc_btf_exit, struct pt_regs *regs, long ret)
 }
 
 SEC("tp_btf/sys_exit")
-int BPF_PROG(sc_btf_exit_regs, struct pt_regs *regs, long ret)
+int BPF_PROG(sc_btf_exit_regs, struct sc_pt_regs *regs, long ret)
 {
 	long id = regs->orig_ax;
 
@@ -391,7 +423,7 @@ int BPF_PROG(sc_btf_exit_regs, struct pt_regs *regs, long ret)
 }
 
 SEC("tp_btf/sys_enter")
-int BPF_PROG(sc_btf_count, struct pt_regs *regs, long id)
+int BPF_PROG(sc_btf_count, struct sc_pt_regs *regs, long id)
 {
 	if (sc_id_wanted(id) && sc_count_wanted())
 		pt_percpu_inc(&counts);
@@ -399,7 +431,7 @@ int BPF_PROG(sc_btf_count, struct pt_regs *regs, long id)
 }
 
 SEC("tp_btf/sys_enter")
-int BPF_PROG(sc_btf_floor, struct pt_regs *regs, long id)
+int BPF_PROG(sc_btf_floor, struct sc_pt_regs *regs, long id)
 {
 	if (sc_id_wanted(id) && sc_count_wanted())
 		sc_floor_record();

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = '97b47256a0be12e575b6b5b48669591eb695a4c3186506c8837a95a2fd5fdc19'
+VALIDATOR_DIGEST = '395b55e3a55eb0a2d8f06388a8b6d5f547046e583817ddc89ab7534c7d998edf'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
     'a1f87a377c4451872dba46acf1640e9d50459bf85819a51e20215f0160ddf62c': {
@@ -157,7 +157,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (8992, 29603),
     },
     # syscalls.bpf.o
-    '8ecfd6bdbb53b7d05715db8012184c4700fd9bf6c785993cb2ffddcfcb7b80b5': {
+    '2ea7543eb0293316db02b848965ecbaec78484751f7e3bae35481db12e4def21': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -191,6 +191,6 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (36416, 6925),
+        'btf': (36408, 6085),
     },
 }

@@ -15,9 +15,11 @@ import os
 import stat
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from . import elfvalidate
+if TYPE_CHECKING:
+    from . import elfvalidate
+
 from .errors import InsecureFileError, InvalidObjectError
 
 EM_BPF = 247
@@ -276,6 +278,7 @@ INSPECTED_FORMAT = 1
 
 def inspection_record(path: str, data: bytes) -> Dict[str, Any]:
     """The full inspection of ``data`` as plain data (what build.py stores)."""
+    from . import elfvalidate
     info = _inspect(path, data)
     btf = next(s for s in elfvalidate.check_structure(path, data) if s.name == ".BTF")
     assert data[btf.offset:btf.offset + btf.size] == info.btf
@@ -302,6 +305,7 @@ def _prevalidated(path: str, data: bytes) -> Optional[ObjectInfo]:
 
 
 def _inspect(path: str, data: bytes) -> ObjectInfo:
+    from . import elfvalidate     # not imported for shipped objects (stored results)
     from elftools.common.exceptions import ELFError
     if not data:
         raise _fail(path, "is empty", "expected an eBPF object built with clang -target bpf")
