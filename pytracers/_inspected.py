@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = '395b55e3a55eb0a2d8f06388a8b6d5f547046e583817ddc89ab7534c7d998edf'
+VALIDATOR_DIGEST = '7cbd6f8eace1f4b9f1b6ed4fb5db4289d1ac0954a30e6e8b0c2feaacc7313f4c'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
     'a1f87a377c4451872dba46acf1640e9d50459bf85819a51e20215f0160ddf62c': {

@@ -87,7 +87,6 @@ import os
 import re
 import struct
 import sys
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
                     Set, Tuple, Type, Union)
@@ -215,15 +214,72 @@ _U32 = _u32_typecode()
 
 
 # --------------------------------------------------------------------------- types
+#
+# The value classes below are written out rather than made by ``dataclasses``:
+# importing it, and building the classes with it, was a large part of the
+# import time of every tracer.
+# They behave as the frozen dataclasses they replace: positional or keyword
+# construction, a ``Name(field=value, ...)`` repr, ``==`` and ``hash`` over the
+# compared fields (instances of the same class only), ``__match_args__``, and
+# assigning or deleting a field raises ``dataclasses.FrozenInstanceError``.
+# ``_key`` gets the compared fields; ``__match_args__`` lists all of them.
 
-@dataclass(frozen=True)
+_set = object.__setattr__
+
+
+def _frozen_setattr(self: Any, name: str, value: Any) -> None:
+    from dataclasses import FrozenInstanceError   # imported only on misuse
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _frozen_delattr(self: Any, name: str) -> None:
+    from dataclasses import FrozenInstanceError
+    raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+def _value_repr(self: Any) -> str:
+    inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
+    return f"{type(self).__qualname__}({inner})"
+
+
+def _value_eq(self: Any, other: Any) -> bool:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return bool(self._key(self) == other._key(other))
+
+
+def _value_hash(self: Any) -> int:
+    return hash(self._key(self))
+
+
+def _value_reduce(self: Any) -> Any:
+    # the default reduction of a __slots__ class restores with setattr (refused)
+    return (type(self), tuple(getattr(self, n) for n in self.__match_args__))
+
+
 class Member:
     """A struct/union member.  ``bitfield_size`` is 0 for ordinary members."""
 
+    __match_args__ = ("name", "type_id", "bit_offset", "bitfield_size")
+    __slots__ = __match_args__
+    _key = operator.attrgetter(*__match_args__)
     name: str
     type_id: int
     bit_offset: int
-    bitfield_size: int = 0
+    bitfield_size: int
+
+    def __init__(self, name: str, type_id: int, bit_offset: int, bitfield_size: int = 0) -> None:
+        _set(self, "name", name)
+        _set(self, "type_id", type_id)
+        _set(self, "bit_offset", bit_offset)
+        _set(self, "bitfield_size", bitfield_size)
+
+    __repr__ = _value_repr
+    __eq__ = _value_eq
+    __hash__ = _value_hash
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
+    __reduce__ = _value_reduce
 
     @property
     def offset(self) -> int:
@@ -231,37 +287,94 @@ class Member:
         return self.bit_offset // 8
 
 
-@dataclass(frozen=True)
 class EnumValue:
+    """One enumerator of an ENUM or ENUM64 (``value`` signed if the enum is)."""
+
+    __match_args__ = ("name", "value")
+    __slots__ = __match_args__
+    _key = operator.attrgetter(*__match_args__)
     name: str
     value: int
 
+    def __init__(self, name: str, value: int) -> None:
+        _set(self, "name", name)
+        _set(self, "value", value)
 
-@dataclass(frozen=True)
+    __repr__ = _value_repr
+    __eq__ = _value_eq
+    __hash__ = _value_hash
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
+    __reduce__ = _value_reduce
+
+
 class Param:
     """A FUNC_PROTO parameter; a trailing ``Param("", 0)`` means varargs."""
 
+    __match_args__ = ("name", "type_id")
+    __slots__ = __match_args__
+    _key = operator.attrgetter(*__match_args__)
     name: str
     type_id: int
 
+    def __init__(self, name: str, type_id: int) -> None:
+        _set(self, "name", name)
+        _set(self, "type_id", type_id)
 
-@dataclass(frozen=True)
+    __repr__ = _value_repr
+    __eq__ = _value_eq
+    __hash__ = _value_hash
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
+    __reduce__ = _value_reduce
+
+
 class VarSecinfo:
     """One variable of a DATASEC."""
 
+    __match_args__ = ("type_id", "offset", "size")
+    __slots__ = __match_args__
+    _key = operator.attrgetter(*__match_args__)
     type_id: int
     offset: int
     size: int
 
+    def __init__(self, type_id: int, offset: int, size: int) -> None:
+        _set(self, "type_id", type_id)
+        _set(self, "offset", offset)
+        _set(self, "size", size)
 
-@dataclass(frozen=True)
+    __repr__ = _value_repr
+    __eq__ = _value_eq
+    __hash__ = _value_hash
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
+    __reduce__ = _value_reduce
+
+
 class ArrayInfo:
+    """An ARRAY: element type, index type and number of elements."""
+
+    __match_args__ = ("type_id", "index_type_id", "nelems")
+    __slots__ = __match_args__
+    _key = operator.attrgetter(*__match_args__)
     type_id: int        # element type
     index_type_id: int
     nelems: int
 
+    def __init__(self, type_id: int, index_type_id: int, nelems: int) -> None:
+        _set(self, "type_id", type_id)
+        _set(self, "index_type_id", index_type_id)
+        _set(self, "nelems", nelems)
 
-@dataclass(frozen=True)
+    __repr__ = _value_repr
+    __eq__ = _value_eq
+    __hash__ = _value_hash
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
+    __reduce__ = _value_reduce
+
+
 class BtfType:
     """One decoded BTF type.
 
@@ -271,23 +384,59 @@ class BtfType:
     FUNC_PROTO (the return type), VAR and DECL_TAG.
     """
 
+    __match_args__ = ("id", "kind", "name", "kind_flag", "vlen", "size", "type_id",
+                      "int_encoding", "int_offset", "int_bits", "array", "members",
+                      "enum_values", "params", "secinfo", "linkage", "component_idx")
+    __slots__ = __match_args__
+    _key = operator.attrgetter(*__match_args__)
     id: int
     kind: Kind
-    name: str = ""
-    kind_flag: bool = False
-    vlen: int = 0
-    size: int = 0
-    type_id: int = 0
-    int_encoding: int = 0      # INT: INT_SIGNED | INT_CHAR | INT_BOOL
-    int_offset: int = 0        # INT: bit offset (0 in practice)
-    int_bits: int = 0          # INT: number of bits
-    array: Optional[ArrayInfo] = None
-    members: Tuple[Member, ...] = ()
-    enum_values: Tuple[EnumValue, ...] = ()
-    params: Tuple[Param, ...] = ()
-    secinfo: Tuple[VarSecinfo, ...] = ()
-    linkage: int = 0           # FUNC and VAR
-    component_idx: int = -1    # DECL_TAG: -1 = the type itself, else member/param index
+    name: str
+    kind_flag: bool
+    vlen: int
+    size: int
+    type_id: int
+    int_encoding: int          # INT: INT_SIGNED | INT_CHAR | INT_BOOL
+    int_offset: int            # INT: bit offset (0 in practice)
+    int_bits: int              # INT: number of bits
+    array: Optional[ArrayInfo]
+    members: Tuple[Member, ...]
+    enum_values: Tuple[EnumValue, ...]
+    params: Tuple[Param, ...]
+    secinfo: Tuple[VarSecinfo, ...]
+    linkage: int               # FUNC and VAR
+    component_idx: int         # DECL_TAG: -1 = the type itself, else member/param index
+
+    def __init__(self, id: int, kind: Kind, name: str = "", kind_flag: bool = False,
+                 vlen: int = 0, size: int = 0, type_id: int = 0, int_encoding: int = 0,
+                 int_offset: int = 0, int_bits: int = 0, array: Optional[ArrayInfo] = None,
+                 members: Tuple[Member, ...] = (), enum_values: Tuple[EnumValue, ...] = (),
+                 params: Tuple[Param, ...] = (), secinfo: Tuple[VarSecinfo, ...] = (),
+                 linkage: int = 0, component_idx: int = -1) -> None:
+        _set(self, "id", id)
+        _set(self, "kind", kind)
+        _set(self, "name", name)
+        _set(self, "kind_flag", kind_flag)
+        _set(self, "vlen", vlen)
+        _set(self, "size", size)
+        _set(self, "type_id", type_id)
+        _set(self, "int_encoding", int_encoding)
+        _set(self, "int_offset", int_offset)
+        _set(self, "int_bits", int_bits)
+        _set(self, "array", array)
+        _set(self, "members", members)
+        _set(self, "enum_values", enum_values)
+        _set(self, "params", params)
+        _set(self, "secinfo", secinfo)
+        _set(self, "linkage", linkage)
+        _set(self, "component_idx", component_idx)
+
+    __repr__ = _value_repr
+    __eq__ = _value_eq
+    __hash__ = _value_hash
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
+    __reduce__ = _value_reduce
 
     @property
     def kind_name(self) -> str:
@@ -339,18 +488,41 @@ class BtfType:
 _VOID = BtfType(id=0, kind=Kind.VOID, name="void")
 
 
-@dataclass(frozen=True)
 class FuncProto:
     """A function's prototype as C-ish strings (plus the raw type ids)."""
 
+    __match_args__ = ("name", "params", "ret", "varargs", "linkage", "param_type_ids",
+                      "ret_type_id", "decl")
+    __slots__ = __match_args__
+    _key = operator.attrgetter(*__match_args__[:-1])   # ``decl`` is not compared
     name: str
     params: List[Tuple[str, str]]      # (parameter name, type string)
     ret: str                           # return type string
-    varargs: bool = False
-    linkage: str = "static"
-    param_type_ids: Tuple[int, ...] = ()
-    ret_type_id: int = 0
-    decl: str = field(default="", compare=False)  # the full C declaration, with parameter names
+    varargs: bool
+    linkage: str
+    param_type_ids: Tuple[int, ...]
+    ret_type_id: int
+    decl: str                          # the full C declaration, with parameter names
+
+    def __init__(self, name: str, params: List[Tuple[str, str]], ret: str,
+                 varargs: bool = False, linkage: str = "static",
+                 param_type_ids: Tuple[int, ...] = (), ret_type_id: int = 0,
+                 decl: str = "") -> None:
+        _set(self, "name", name)
+        _set(self, "params", params)
+        _set(self, "ret", ret)
+        _set(self, "varargs", varargs)
+        _set(self, "linkage", linkage)
+        _set(self, "param_type_ids", param_type_ids)
+        _set(self, "ret_type_id", ret_type_id)
+        _set(self, "decl", decl)
+
+    __repr__ = _value_repr
+    __eq__ = _value_eq
+    __hash__ = _value_hash      # TypeError, as for the dataclass: ``params`` is a list
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
+    __reduce__ = _value_reduce
 
     def __str__(self) -> str:
         if self.decl:
@@ -375,7 +547,6 @@ def _join_decl(type_str: str, name: str) -> str:
 _SCALAR_KINDS = ("int", "uint", "bool", "float", "ptr")
 
 
-@dataclass(frozen=True)
 class Field:
     """One field of a :class:`StructLayout`.
 
@@ -385,15 +556,39 @@ class Field:
     dimensions.  ``int128`` integers are ``int``/``uint`` of size 16.
     """
 
+    __match_args__ = ("name", "offset", "size", "kind", "count", "elem_kind", "elem_size",
+                      "shape", "type_name")
+    __slots__ = __match_args__
+    _key = operator.attrgetter(*__match_args__)
     name: str
     offset: int
     size: int
     kind: str
-    count: int = 1
-    elem_kind: str = ""
-    elem_size: int = 0
-    shape: Tuple[int, ...] = ()
-    type_name: str = ""
+    count: int
+    elem_kind: str
+    elem_size: int
+    shape: Tuple[int, ...]
+    type_name: str
+
+    def __init__(self, name: str, offset: int, size: int, kind: str, count: int = 1,
+                 elem_kind: str = "", elem_size: int = 0, shape: Tuple[int, ...] = (),
+                 type_name: str = "") -> None:
+        _set(self, "name", name)
+        _set(self, "offset", offset)
+        _set(self, "size", size)
+        _set(self, "kind", kind)
+        _set(self, "count", count)
+        _set(self, "elem_kind", elem_kind)
+        _set(self, "elem_size", elem_size)
+        _set(self, "shape", shape)
+        _set(self, "type_name", type_name)
+
+    __repr__ = _value_repr
+    __eq__ = _value_eq
+    __hash__ = _value_hash
+    __setattr__ = _frozen_setattr
+    __delattr__ = _frozen_delattr
+    __reduce__ = _value_reduce
 
 
 class Record(Tuple[Any, ...]):

@@ -9,12 +9,10 @@ global variable of the data sections lives (for read-only configuration).
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import stat
 import struct
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:
@@ -67,24 +65,70 @@ def is_program_section(name: str) -> bool:
     return False
 
 
-@dataclass
+# Plain classes, not dataclasses (whose import is costly at start-up): field-wise
+# ``==`` (same class only, unhashable), a dataclass-style repr.
+
 class Variable:
     """A global variable in a data section (.rodata, .data, .bss, ...)."""
 
-    name: str
-    section: str
-    offset: int
-    size: int
+    __match_args__ = ("name", "section", "offset", "size")
+    __slots__ = __match_args__
+
+    def __init__(self, name: str, section: str, offset: int, size: int) -> None:
+        self.name = name
+        self.section = section
+        self.offset = offset
+        self.size = size
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__qualname__}(name={self.name!r}, section={self.section!r}, "
+                f"offset={self.offset!r}, size={self.size!r})")
+
+    def __eq__(self, other: Any) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool((self.name, self.section, self.offset, self.size)
+                    == (other.name, other.section, other.offset, other.size))
+
+    __hash__ = None     # type: ignore[assignment]  # mutable: unhashable
 
 
-@dataclass
 class ObjectInfo:
-    path: str
-    programs: Dict[str, str] = field(default_factory=dict)      # program name -> section
-    variables: Dict[str, Variable] = field(default_factory=dict)
-    sections: List[str] = field(default_factory=list)
-    has_btf_ext: bool = False
-    btf: bytes = b""
+    """What :func:`inspect` found in an object (``None``: an empty dict/list)."""
+
+    __match_args__ = ("path", "programs", "variables", "sections", "has_btf_ext", "btf")
+    __slots__ = __match_args__
+
+    def __init__(self, path: str, programs: Optional[Dict[str, str]] = None,
+                 variables: Optional[Dict[str, Variable]] = None,
+                 sections: Optional[List[str]] = None, has_btf_ext: bool = False,
+                 btf: bytes = b"") -> None:
+        self.path = path
+        self.programs: Dict[str, str] = {} if programs is None else programs  # name -> section
+        self.variables: Dict[str, Variable] = {} if variables is None else variables
+        self.sections: List[str] = [] if sections is None else sections
+        self.has_btf_ext = has_btf_ext
+        self.btf = btf
+
+    def copy(self, path: str) -> ObjectInfo:
+        """A copy for ``path`` whose dicts and list can be changed independently."""
+        return ObjectInfo(path, dict(self.programs), dict(self.variables), list(self.sections),
+                          self.has_btf_ext, self.btf)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__qualname__}(path={self.path!r}, programs={self.programs!r}, "
+                f"variables={self.variables!r}, sections={self.sections!r}, "
+                f"has_btf_ext={self.has_btf_ext!r}, btf={self.btf!r})")
+
+    def __eq__(self, other: Any) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool((self.path, self.programs, self.variables, self.sections,
+                     self.has_btf_ext, self.btf)
+                    == (other.path, other.programs, other.variables, other.sections,
+                        other.has_btf_ext, other.btf))
+
+    __hash__ = None     # type: ignore[assignment]  # mutable: unhashable
 
 
 def _fail(path: str, problem: str, hint: str = "") -> InvalidObjectError:
@@ -201,14 +245,12 @@ def inspect(path: str, data: bytes) -> ObjectInfo:
     # keyed by the bytes themselves: a hit means the very same content
     hit = _INFO_CACHE.get(data)
     if hit is not None:
-        return dataclasses.replace(hit, path=path, programs=dict(hit.programs),
-                                   variables=dict(hit.variables), sections=list(hit.sections))
+        return hit.copy(path)
     info = _prevalidated(path, data) or _inspect(path, data)
     if len(_INFO_CACHE) >= 16:
         _INFO_CACHE.pop(next(iter(_INFO_CACHE)))
     _INFO_CACHE[data] = info
-    return dataclasses.replace(info, programs=dict(info.programs),
-                               variables=dict(info.variables), sections=list(info.sections))
+    return info.copy(info.path)
 
 
 _INFO_CACHE: Dict[bytes, ObjectInfo] = {}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import struct
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import _errmap, _libbpf, tracefs
@@ -18,15 +17,29 @@ if TYPE_CHECKING:
 __all__ = ["Program", "TestRun"]
 
 
-@dataclass
 class TestRun:
     """Result of BPF_PROG_TEST_RUN."""
 
-    retval: int
-    duration_ns: int
-    data_out: bytes = b""
-
+    __match_args__ = ("retval", "duration_ns", "data_out")
+    __slots__ = __match_args__
     __test__ = False  # not a pytest test class
+
+    def __init__(self, retval: int, duration_ns: int, data_out: bytes = b"") -> None:
+        self.retval = retval
+        self.duration_ns = duration_ns
+        self.data_out = data_out
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__qualname__}(retval={self.retval!r}, "
+                f"duration_ns={self.duration_ns!r}, data_out={self.data_out!r})")
+
+    def __eq__(self, other: Any) -> bool:     # field-wise, as the dataclass it was
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool((self.retval, self.duration_ns, self.data_out)
+                    == (other.retval, other.duration_ns, other.data_out))
+
+    __hash__ = None     # type: ignore[assignment]  # mutable: unhashable
 
 
 class Program:
