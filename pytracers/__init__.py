@@ -21,17 +21,18 @@ __version__ = "0.1.0"
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import features
-    from .choose import trace_function, trace_syscall
+    from .choose import trace_function, trace_syscall, trace_tracepoint
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
-                          SyscallTracer, Tracer)
+                          SyscallTracer, TracepointTracer, Tracer)
 
 _LAZY = {
     "open": ".object", "OpenObject": ".object", "Object": ".object",
     "features": None,
-    "trace_function": ".choose", "trace_syscall": ".choose",
+    "trace_function": ".choose", "trace_syscall": ".choose", "trace_tracepoint": ".choose",
     "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
+    "TracepointTracer": ".tracers",
 }
 
 
@@ -63,6 +64,7 @@ def object_path(name: str) -> str:
 
 
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",
-           "features", "trace_function", "trace_syscall", "Tracer", "ExecTracer",
-           "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
+           "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
+           "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
+           "TracepointTracer",
            *errors.__all__]

@@ -193,4 +193,21 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'has_btf_ext': True,
         'btf': (36408, 6085),
     },
+    # tracepoint.bpf.o
+    '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {
+        'programs': {
+            'tp_record': 'tp',
+        },
+        'variables': {
+            'cfg_copy': ('.rodata', 40, 4),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'pt_btf_tp_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', 'license', '.maps', '.reltp', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3392, 2701),
+    },
 }

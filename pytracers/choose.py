@@ -38,23 +38,32 @@ For a syscall (``trace_syscall(name, kind=None)``):
    syscall of the system (and drop the others by id in BPF).  So tp unless
    the kernel has no syscall tracepoints; then tp_btf (cheapest per call),
    then raw_tp.  ``t.why`` states the trade-off.
+
+For any tracepoint (``trace_tracepoint("category:name")``): tp, the only
+kind whose context is the tracepoint's record as its format file describes
+it; raw_tp and tp_btf hand over the kernel's own arguments (pointers to
+internal structs), different for every tracepoint and kernel.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import BadArgumentError, NotSupportedError, TargetNotFoundError
 from .tracers.base import Tracer
 from .tracers.function import FunctionTracer
 from .tracers.syscalls import SyscallTracer, kernel_syscalls, tracepoint_name
 
-__all__ = ["trace_function", "trace_syscall", "stable_tracepoints", "FUNCTION_KINDS",
-           "SYSCALL_KINDS"]
+if TYPE_CHECKING:
+    from .tracers.tracepoint import TracepointTracer
+
+__all__ = ["trace_function", "trace_syscall", "trace_tracepoint", "stable_tracepoints",
+           "FUNCTION_KINDS", "SYSCALL_KINDS", "TRACEPOINT_KINDS"]
 
 FUNCTION_KINDS = {"fentry": "fentry", "fexit": "fentry", "kprobe": "kprobe",
                   "kretprobe": "kprobe", "kprobe_multi": "kprobe_multi"}
 SYSCALL_KINDS = ("tp", "raw_tp", "tp_btf")
 SYSCALL_FALLBACK = ("tp", "tp_btf", "raw_tp")
+TRACEPOINT_KINDS = ("tp",)
 
 # Kernel functions whose callers are several syscalls (the name rule finds one).
 STABLE = {
@@ -206,3 +215,25 @@ def trace_syscall(name: Union[str, Sequence[str]], kind: Optional[str] = None,
         return t
     raise NotSupportedError("syscall tracing", "; ".join(f"{k}: {e.reason}"
                                                          for k, e in refusals.items()))
+
+
+def trace_tracepoint(name: str, kind: Optional[str] = None,
+                     **filters: Any) -> "TracepointTracer":
+    """Trace tracepoint ``name`` (``"category:name"``), its fields decoded by
+    the kernel's format file.  Returns a started
+    :class:`~pytracers.tracers.TracepointTracer` (``t.kind``, ``t.why``,
+    ``t.events(timeout)``, ``t.truncated``).
+
+    ``kind``: None or ``"tp"`` (see the module docstring).  ``filters``:
+    ``pid=``, ``comm=``, ``payload_bytes=`` and the other tracer options.
+    """
+    if kind is not None and kind not in TRACEPOINT_KINDS:
+        raise BadArgumentError(f"an arbitrary tracepoint is traced with tp only, not {kind!r}: "
+                               "raw_tp and tp_btf hand over the kernel's own arguments, not "
+                               "the record its format file describes")
+    from .tracers.tracepoint import TracepointTracer
+    t = TracepointTracer(name, **filters)
+    t.why = (f"kind={kind!r} requested. " if kind else "") + t.why + (
+        "; chosen over raw_tp/tp_btf, which hand over the kernel's own arguments (pointers "
+        "to internal structs) rather than this record" if kind is None else "")
+    return t

@@ -5,7 +5,7 @@ Subcommands::
     pytracers doctor [--json]                 what this kernel can do, and why not
     pytracers list tracepoints GLOB           tracepoints, and which kinds reach them
     pytracers list functions GLOB             kernel functions, and which kinds can attach
-    pytracers trace [KIND:]TARGET             a kernel function or a syscall, kind chosen for you
+    pytracers trace [KIND:]TARGET             a kernel function, syscall or tracepoint, kind chosen
     pytracers exec                            process executions (like execsnoop)
     pytracers syscalls                        live syscall counts and latency per process
     pytracers agent --listen HOST:PORT        Prometheus exporter (pytracers.agent)
@@ -863,10 +863,11 @@ PROCESS_EVENTS = {"sched_process_exec": "exec", "sched_process_fork": "fork",
 
 
 class Target:
-    """What `trace` was asked for: a function, syscall(s) or process events."""
+    """What `trace` was asked for: a function, syscall(s), process events or a
+    tracepoint."""
 
     def __init__(self, what: str, names: List[str], kind: Optional[str]) -> None:
-        self.what = what          # "function", "syscall" or "process"
+        self.what = what          # "function", "syscall", "process" or "tracepoint"
         self.names = names
         self.kind = kind
 
@@ -896,18 +897,25 @@ def parse_target(spec: str, kind: Optional[str]) -> Target:
                 if name.startswith(p):
                     name = name[len(p):]
             return Target("syscall", [name], _syscall_kind(kind, spec))
-        if prefix == "sched" and rest in PROCESS_EVENTS:
+        if prefix == "sched" and rest in PROCESS_EVENTS and kind != "tp":
             if kind not in (None, "tp_btf"):
-                raise CliError(f"{spec} is traced with tp_btf only, not {kind}",
+                raise CliError(f"{spec} is traced with tp_btf or tp, not {kind}",
                                EXIT_NOT_SUPPORTED,
-                               f"use tp_btf:{rest}, or `{PROG} exec` for execs with kind tp")
+                               f"use tp_btf:{rest} (the process tracer) or tp:{spec} (the "
+                               "tracepoint's own fields)")
             return Target("process", [PROCESS_EVENTS[rest]], "tp_btf")
-        from . import tracefs
-        tracefs.require_tracepoint(prefix, rest)      # TargetNotFoundError with suggestions
-        raise CliError(f"the command line cannot trace tracepoint {spec}: its tracers cover "
-                       "kernel functions, syscalls (syscall:NAME) and "
-                       "sched:sched_process_exec/fork/exit", EXIT_NOT_SUPPORTED,
-                       "load an object of your own for other tracepoints (pytracers.open)")
+        # any other tracepoint: the tracepoint tracer, kind tp
+        if kind not in (None, "tp"):
+            raise CliError(f"tracepoint {spec} is traced with tp, not {kind}: raw_tp and "
+                           "tp_btf hand over the kernel's own arguments, not the record its "
+                           "format file describes", EXIT_NOT_SUPPORTED, f"use tp:{spec}")
+        from .tracers.tracepoint import split_tracepoint_name
+        try:
+            split_tracepoint_name(spec)
+        except E.BadArgumentError as e:
+            raise CliError(str(e), EXIT_USAGE, f"e.g. {PROG} trace sched:sched_switch; "
+                           f"{PROG} list tracepoints GLOB") from None
+        return Target("tracepoint", [spec], kind)
     if spec in PROCESS_EVENTS and kind == "tp_btf":
         return Target("process", [PROCESS_EVENTS[spec]], kind)
     if kind in SYSCALL_KINDS:
@@ -965,6 +973,9 @@ def open_trace(target: Target, args: argparse.Namespace) -> Tuple[Source, str]:
         from .tracers.process import ProcessTracer
         t = ProcessTracer(events=target.names, **kw)
         return TracerSource(t, f"sched:sched_process_{target.label}"), ""
+    if target.what == "tracepoint":
+        t = pytracers.trace_tracepoint(target.names[0], kind=target.kind, **kw)
+        return TracerSource(t, target.names[0]), ""
     if getattr(args, "no_latency", False):
         kw["measure_latency"] = False
     if target.what == "syscall":
@@ -1002,6 +1013,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
     need_bpf_privileges()
     with Stopper() as stopper:
         src, prefix = open_trace(target, args)
+        if target.what == "tracepoint":
+            return _run_tracepoint(src, args, stopper)
         columns = {"function": FUNCTION_COLUMNS, "syscall": SYSCALL_COLUMNS,
                    "process": PROCESS_COLUMNS}[target.what]
         if src.kind in ("tp", "raw_tp", "tp_btf") and target.what == "function":
@@ -1021,6 +1034,74 @@ def cmd_trace(args: argparse.Namespace) -> int:
         ready = f"trace: {prefix}{src.target} with {src.kind}: {_cli_words(src.why)}"
         return run_events(src, out, stopper, args.duration, on_event, what="trace",
                           ready=ready)
+
+
+TRACEPOINT_COLUMNS = [
+    Column("TIME", 8, _hms),
+    Column("PCOMM", 16, lambda d: d.get("comm")),
+    Column("PID", 7, lambda d: d.get("pid"), right=True),
+    Column("TID", 7, lambda d: d.get("tid"), right=True),
+    Column("CPU", 3, lambda d: d.get("cpu"), right=True),
+    Column("FIELDS", 0, lambda d: d["_text"]),
+]
+_PLAIN_WORD = re.compile(r"[^\s\"'=\\]+")
+
+
+def _field_text(v: Any, pointer: bool) -> str:
+    """A tracepoint field's value on the human line: name=value."""
+    if v is None:
+        return "(truncated)"
+    if isinstance(v, bool) or isinstance(v, float):
+        return str(v)
+    if isinstance(v, int):
+        return hex(v & 0xFFFFFFFFFFFFFFFF) if pointer else str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex() or '""'
+    if isinstance(v, tuple):
+        return "[" + ",".join(_field_text(x, pointer) for x in v) + "]"
+    text = str(v)
+    return text if _PLAIN_WORD.fullmatch(text) else json.dumps(text)
+
+
+def _field_json(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if isinstance(v, tuple):
+        return list(v)
+    return v
+
+
+def _run_tracepoint(src: Source, args: argparse.Namespace, stopper: Stopper) -> int:
+    """`trace CATEGORY:NAME`: one line per event, the fields as name=value
+    (or one JSON object per event, the fields under "fields")."""
+    assert isinstance(src, TracerSource)
+    tracer = src.tracer
+    pointers = {f.name for f in tracer.fields if "*" in f.type}
+    out = Output(args.json, TRACEPOINT_COLUMNS)
+    clock = Clock()
+    me = os.getpid()
+
+    def on_event(rec: Any) -> None:
+        if rec.pid == me:                            # the CLI itself is never the story
+            return
+        fields = rec.fields
+        d: Dict[str, Any] = {"event": "tracepoint", "tracepoint": rec.tracepoint,
+                             "time": round(clock.wall(rec.ts_ns), 6), "ts_ns": rec.ts_ns,
+                             "pid": rec.pid, "tid": rec.tid, "cpu": rec.cpu, "comm": rec.comm,
+                             "fields": {k: _field_json(v) for k, v in fields.items()}}
+        if out.json:
+            out.row(d)
+            return
+        d["_text"] = " ".join(f"{k}={_field_text(v, k in pointers)}"
+                              for k, v in fields.items())
+        out.row(d)
+
+    ready = f"trace: {src.target} with {src.kind}: {_cli_words(src.why)}"
+    rc = run_events(src, out, stopper, args.duration, on_event, what="trace", ready=ready)
+    if tracer.truncated:
+        note(f"trace: {tracer.truncated} field{'s' if tracer.truncated != 1 else ''} shown as "
+             f"(truncated)/null: payload past the {tracer.copy_bytes} bytes copied per event")
+    return rc
 
 
 # --------------------------------------------------------------------------------------
@@ -1249,12 +1330,16 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _common(lf, filters=False, duration=False, kinds=("fentry", "kprobe"))
     lf.set_defaults(func=cmd_list_functions, command="list functions")
 
-    t = add("trace", "trace a kernel function or a syscall; the probe kind is chosen for you")
+    t = add("trace", "trace a kernel function, a syscall or a tracepoint; the probe kind is "
+            "chosen for you")
     t.add_argument("target", metavar="[KIND:]TARGET",
-                   help="a kernel function (do_unlinkat), a syscall (syscall:openat), or "
+                   help="a kernel function (do_unlinkat), a syscall (syscall:openat), "
+                        "any tracepoint CATEGORY:NAME (sched:sched_switch: its fields as "
+                        "name=value, kind tp), or "
                         f"KIND:TARGET with KIND one of {', '.join(ALL_KINDS)} "
-                        "(tp/raw_tp/tp_btf take a syscall name; kprobe_multi a glob), "
-                        "or sched:sched_process_exec|fork|exit")
+                        "(tp/raw_tp/tp_btf take a syscall name; kprobe_multi a glob); "
+                        "sched:sched_process_exec|fork|exit use the process tracer (tp_btf), "
+                        "tp:sched:sched_process_exec the tracepoint's own fields")
     t.add_argument("--stable", action="store_true",
                    help="trace the syscall tracepoints that stand in for a kernel function "
                         "(a stable interface) instead of the function itself")

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import threading
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from . import _libbpf
 from .errors import TargetNotFoundError, TracefsError
@@ -86,3 +87,53 @@ def require_tracepoint(category: str, name: str) -> None:
     everything = list_tracepoints()
     close = difflib.get_close_matches(f"{category}:{name}", everything, n=5, cutoff=0.6)
     raise TargetNotFoundError("tracepoint", f"{category}:{name}", close)
+
+
+class Field(NamedTuple):
+    """One field of a tracepoint's record, as its format file declares it.
+
+    ``type`` is the declaration without the name (``"char[16]"``,
+    ``"__data_loc char[]"``, ``"pid_t"``, ``"const char *"``); ``offset`` and
+    ``size`` are in bytes from the start of the record; ``signed`` is the
+    format's own flag.
+    """
+
+    name: str
+    type: str
+    offset: int
+    size: int
+    signed: bool
+
+
+_FIELD_LINE = re.compile(r"^\s*field:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*"
+                         r"size:(?P<size>\d+);\s*(?:signed:(?P<signed>-?\d+);)?")
+
+
+def parse_format(text: str) -> List[Field]:
+    """The fields of a tracepoint format file's text, in record order."""
+    fields = []
+    for line in text.splitlines():
+        m = _FIELD_LINE.match(line)
+        if m is None:
+            continue
+        decl = " ".join(m.group("decl").split())
+        array = ""
+        if decl.endswith("]"):                  # "char comm[16]": the bound goes to the type
+            bracket = decl.rfind("[")
+            decl, array = decl[:bracket].rstrip(), decl[bracket:].replace(" ", "")
+        head, _, name = decl.rpartition(" ")
+        stars = len(name) - len(name.lstrip("*"))
+        name = name.lstrip("*")
+        ctype = " ".join(p for p in (head, "*" * stars) if p)
+        fields.append(Field(name, ctype + array, int(m.group("offset")), int(m.group("size")),
+                            m.group("signed") == "1"))
+    return fields
+
+
+def tracepoint_format(category: str, name: str) -> List[Field]:
+    """The fields of tracepoint ``category:name`` (TargetNotFoundError, with
+    suggestions, when the running kernel has no such tracepoint)."""
+    require_tracepoint(category, name)
+    path = os.path.join(tracepoint_dir(category, name), "format")
+    with open(path) as f:
+        return parse_format(f.read())

@@ -25,7 +25,8 @@ from elftools.elf.elffile import ELFFile
 ROOT = Path(__file__).resolve().parent.parent
 # probe-kind family -> shipped object
 FAMILIES = {
-    "tp": "exec", "raw_tp/tp/tp_btf syscalls": "syscalls", "tp_btf": "proc",
+    "tp": "exec", "tp (any tracepoint)": "tracepoint",
+    "raw_tp/tp/tp_btf syscalls": "syscalls", "tp_btf": "proc",
     "kprobe/kretprobe": "kprobe", "fentry/fexit": "fentry", "fmod_ret": "fmod_ret",
 }
 

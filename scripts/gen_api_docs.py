@@ -43,6 +43,7 @@ MODULES = [
     "pytracers.tracers.exec",
     "pytracers.tracers.syscalls",
     "pytracers.tracers.process",
+    "pytracers.tracers.tracepoint",
     "pytracers.tracers.function",
     "pytracers.tracers.policy",
     "pytracers.choose",

@@ -765,6 +765,9 @@ def test_closed_stdout_ends_cleanly():
     ("tp:syscalls:sys_exit_read", None, ("syscall", ["read"], "tp")),
     ("sched:sched_process_fork", None, ("process", ["fork"], "tp_btf")),
     ("tp_btf:sched_process_exit", None, ("process", ["exit"], "tp_btf")),
+    ("sched:sched_switch", None, ("tracepoint", ["sched:sched_switch"], None)),
+    ("tp:sched:sched_process_exec", None, ("tracepoint", ["sched:sched_process_exec"], "tp")),
+    ("task:task_rename", "tp", ("tracepoint", ["task:task_rename"], "tp")),
 ])
 def test_parse_target(spec, kind, want):
     t = cli.parse_target(spec, kind)
@@ -776,7 +779,9 @@ def test_parse_target(spec, kind, want):
     ("fentry:", None, 2),                 # no target
     ("syscall:", None, 2),
     ("kprobe:syscall:openat", None, 4),   # syscalls are tp/raw_tp/tp_btf
-    ("tp:sched:sched_process_exec", None, 4),   # process events are tp_btf only
+    ("raw_tp:sched:sched_process_exec", None, 4),   # process events: tp_btf or tp
+    ("tp_btf:sched:sched_switch", None, 4),     # other tracepoints: tp only
+    ("sched:sched_*", None, 2),                 # one tracepoint, not a glob
 ])
 def test_parse_target_errors(spec, kind, code):
     with pytest.raises(cli.CliError) as ei:

@@ -11,12 +11,14 @@ if TYPE_CHECKING:
     from .policy import FmodRetPolicy
     from .process import ProcessTracer
     from .syscalls import SyscallTracer
+    from .tracepoint import TracepointTracer
 
 __all__ = ["Tracer", "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer",
-           "FmodRetPolicy"]
+           "FmodRetPolicy", "TracepointTracer"]
 
 _HOME = {"Tracer": "base", "ExecTracer": "exec", "SyscallTracer": "syscalls",
-         "ProcessTracer": "process", "FunctionTracer": "function", "FmodRetPolicy": "policy"}
+         "ProcessTracer": "process", "FunctionTracer": "function", "FmodRetPolicy": "policy",
+         "TracepointTracer": "tracepoint"}
 
 
 def __getattr__(name: str) -> object:
