@@ -304,7 +304,10 @@ def _print_cb(level: int, fmt: Any, ap: Any) -> int:
         if stack:
             stack[-1].lines.append(text)
         pylevel = _LEVELS.get(level, 10)
-        if pylevel >= 30 or "logging" in sys.modules:
+        held = getattr(_tls, "held", None)
+        if held:                      # a load that may be retried: decide later
+            held[-1].append((pylevel, text))
+        elif pylevel >= 30 or "logging" in sys.modules:
             log = _logger()
             if log.isEnabledFor(pylevel):
                 log.log(pylevel, "%s", text.rstrip("\n"))
@@ -314,6 +317,37 @@ def _print_cb(level: int, fmt: Any, ap: Any) -> int:
 
 
 lib.libbpf_set_print(_print_cb)
+
+
+class HeldMessages:
+    """``with HeldMessages() as held:`` -- libbpf messages printed on this
+    thread meanwhile are kept, not logged, until :meth:`release` logs them
+    (``demote=True``: at DEBUG).  For a load the caller may retry with
+    another configuration: the refusal it handles is not the user's concern,
+    and the warnings of a load that finally fails are quoted by the exception.
+    """
+
+    def __init__(self) -> None:
+        self.messages: List[Tuple[int, str]] = []
+
+    def __enter__(self) -> "HeldMessages":
+        stack = getattr(_tls, "held", None)
+        if stack is None:
+            stack = _tls.held = []
+        stack.append(self.messages)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _tls.held.pop()
+
+    def release(self, demote: bool = False) -> None:
+        msgs, self.messages[:] = list(self.messages), []
+        for pylevel, text in msgs:
+            level = 10 if demote else pylevel
+            if level >= 30 or "logging" in sys.modules:
+                log = _logger()
+                if log.isEnabledFor(level):
+                    log.log(level, "%s", text.rstrip("\n"))
 
 
 def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfLogCapture]:

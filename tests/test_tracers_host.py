@@ -3,6 +3,7 @@ test causes: exec of a child, syscalls of this thread, a child's fork/exec/exit.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import subprocess
@@ -173,6 +174,22 @@ def test_syscall_tracer_openat_exact(kind, timed, tmp_path):
     gp = [e for e in evs if e.name == "getppid"]
     assert len(gp) == 1 and gp[0].ret == ppid and gp[0].args == ()
     assert all(e.name in ("openat", "getppid") for e in evs)
+
+
+@pytest.mark.kind("tp")
+def test_handled_refusal_is_not_logged_as_a_warning(caplog):
+    """A load the tracer retries with another configuration (tp without
+    latency on a kernel that lacks bpf_task_pt_regs) logs libbpf's refusal at
+    DEBUG, not as a WARNING the user did nothing about."""
+    caplog.set_level(logging.DEBUG, logger="pytracers.libbpf")
+    with SyscallTracer("getppid", kind="tp", pid=os.getpid(), measure_latency=False) as t:
+        fell_back = t.measure_latency
+    libbpf = [r for r in caplog.records if r.name == "pytracers.libbpf"]
+    assert [r.getMessage() for r in libbpf if r.levelno >= logging.WARNING] == []
+    assert fell_back == (not tp_reads_task_pt_regs())
+    if fell_back:
+        assert any("sc_tp_exit_regs" in r.getMessage() and r.levelno == logging.DEBUG
+                   for r in libbpf)
 
 
 @pytest.mark.kind("raw_tp")

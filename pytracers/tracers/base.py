@@ -19,6 +19,7 @@ from typing import (Any, AsyncIterator, Callable, ClassVar, Dict, Iterator, List
                     Optional, Sequence, Type)
 
 import pytracers
+from .._libbpf import HeldMessages
 from .._resource import Resource
 from ..errors import BadArgumentError, BadTypeError, NotSupportedError, VerifierError
 
@@ -110,6 +111,7 @@ class Tracer(Resource):
             raise BadArgumentError("wakeup_bytes must be a non-negative int (or None)")
         self.links: List[Any] = []
         for attempt in range(self.MAX_LOAD_ATTEMPTS):
+            held = HeldMessages()
             open_obj = pytracers.open(pytracers.object_path(self.object_name))
             try:
                 self._configure(open_obj)
@@ -123,14 +125,19 @@ class Tracer(Resource):
                                      else open_obj.maps["events"].max_entries // 4)
                 if self.wakeup_bytes:
                     open_obj.config["cfg_wakeup_bytes"] = self.wakeup_bytes
-                obj = open_obj.load()
+                with held:
+                    obj = open_obj.load()
+                held.release()
                 break
             except (VerifierError, NotSupportedError) as e:
                 open_obj.close()
                 if attempt + 1 == self.MAX_LOAD_ATTEMPTS or not self._retry_after(e):
+                    held.release()
                     raise
+                held.release(demote=True)     # handled: logged at DEBUG only
             except BaseException:
                 open_obj.close()
+                held.release()
                 raise
         self.object = obj
         self._own(obj.close)
