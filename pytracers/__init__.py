@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .choose import trace_function, trace_syscall, trace_tracepoint
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
-                          SyscallTracer, TracepointTracer, Tracer)
+                          SyscallStats, SyscallTracer, TracepointTracer, Tracer)
 
 _LAZY = {
     "open": ".object", "OpenObject": ".object", "Object": ".object",
@@ -32,7 +32,7 @@ _LAZY = {
     "trace_function": ".choose", "trace_syscall": ".choose", "trace_tracepoint": ".choose",
     "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
-    "TracepointTracer": ".tracers",
+    "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
 }
 
 
@@ -66,5 +66,5 @@ def object_path(name: str) -> str:
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",
            "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
-           "TracepointTracer",
+           "TracepointTracer", "SyscallStats",
            *errors.__all__]

@@ -410,12 +410,14 @@ class TracerSource(Source):
 def run_events(source: Source, out: Output, stopper: Stopper, duration: Optional[float],
                on_event: Callable[[Any], None], *, what: str, ready: str,
                tick: Optional[Tuple[float, Callable[[], None]]] = None,
-               at_end: Optional[Callable[[], None]] = None) -> int:
+               at_end: Optional[Callable[[], None]] = None,
+               counted: Optional[Callable[[], int]] = None, seen_word: str = "event") -> int:
     """The event loop shared by every streaming command.  It owns ``source``
     from the start: prints the header (human mode) and then ``ready`` on
     stderr, polls until the duration ends, a signal arrives or stdout closes;
     then detaches, and prints the summary (events seen and lost) on stderr."""
     start = time.monotonic()
+    seen_count = counted
     seen = [0]
 
     def deliver(ev: Any) -> None:
@@ -460,9 +462,14 @@ def run_events(source: Source, out: Output, stopper: Stopper, duration: Optional
     finally:
         source.close()
     reason = stopper.reason or "stopped"
-    shown = "" if out.rows == seen[0] or not out.columns else f", {out.rows} shown"
-    note(f"{what}: {seen[0]} event{'s' if seen[0] != 1 else ''} seen{shown}, {lost} lost "
-         f"in {elapsed:.1f} s ({reason}); probes detached")
+    n_seen = seen[0] if seen_count is None else seen_count()
+    shown = "" if out.rows == n_seen or not out.columns else f", {out.rows} shown"
+    if seen_count is None:
+        note(f"{what}: {n_seen} event{'s' if n_seen != 1 else ''} seen{shown}, {lost} lost "
+             f"in {elapsed:.1f} s ({reason}); probes detached")
+    else:
+        note(f"{what}: {n_seen} {seen_word}{'s' if n_seen != 1 else ''} counted in the kernel, "
+             f"{lost} not counted in {elapsed:.1f} s ({reason}); probes detached")
     return EXIT_OK
 
 
@@ -1107,139 +1114,110 @@ def _run_tracepoint(src: Source, args: argparse.Namespace, stopper: Stopper) -> 
 # --------------------------------------------------------------------------------------
 # syscalls: counts and latency per syscall and process
 
-class LatencyHistogram:
-    """Log-linear buckets (4 per power of two, ~19% wide): percentiles in
-    bounded memory however many calls are seen."""
+class StatsSource(TracerSource):
+    """A SyscallStats tracer seen as a Source: nothing to deliver per event
+    (the kernel counts), so poll() only waits; ``lost`` is the calls the
+    kernel could not count."""
 
-    __slots__ = ("buckets",)
-
-    def __init__(self) -> None:
-        self.buckets: Dict[int, int] = {}
-
-    @staticmethod
-    def bucket(ns: int) -> int:
-        if ns < 8:
-            return max(ns, 0)
-        bl = ns.bit_length()
-        return (bl << 2) | ((ns >> (bl - 3)) & 3)
-
-    @staticmethod
-    def upper(b: int) -> int:
-        if b < 8:
-            return b
-        bl, frac = b >> 2, b & 3
-        return ((5 + frac) << (bl - 3)) - 1
-
-    def add(self, ns: int) -> None:
-        b = self.bucket(ns)
-        self.buckets[b] = self.buckets.get(b, 0) + 1
-
-    def percentile(self, q: float) -> Optional[int]:
-        total = sum(self.buckets.values())
-        if not total:
-            return None
-        want = q * total
-        run = 0
-        for b in sorted(self.buckets):
-            run += self.buckets[b]
-            if run >= want:
-                return self.upper(b)
-        return self.upper(max(self.buckets))
+    def poll(self, timeout: float, callback: Callable[[Any], Any]) -> int:
+        if timeout > 0:
+            time.sleep(timeout)
+        return 0
 
 
-class SyscallStats:
-    """Count, errors and latency per (syscall, process)."""
+class IntervalStats:
+    """Per-interval rows from the kernel's cumulative counters: each row is
+    the difference between two snapshots (calls, errors, total latency,
+    histogram -- exact); ``max_ns`` is the largest latency since the start
+    (a maximum cannot be subtracted)."""
 
-    def __init__(self) -> None:
-        self.rows: Dict[Tuple[str, int], Dict[str, Any]] = {}
-        self.events = 0
+    def __init__(self, exclude_pid: int) -> None:
+        self.prev: Dict[Tuple[int, int], Any] = {}
+        self.exclude = exclude_pid
+        self.counted = 0
 
-    def add(self, ev: Any) -> None:
-        self.events += 1
-        key = (ev.name, ev.pid)
-        r = self.rows.get(key)
-        if r is None:
-            r = self.rows[key] = {"syscall": ev.name, "pid": ev.pid, "comm": ev.comm,
-                                  "count": 0, "errors": 0, "total_ns": 0, "max_ns": 0,
-                                  "hist": LatencyHistogram()}
-        r["count"] += 1
-        r["comm"] = ev.comm                      # the latest name (exec changes it)
-        if ev.ret < 0:
-            r["errors"] += 1
-        lat = ev.latency_ns
-        r["total_ns"] += lat
-        if lat > r["max_ns"]:
-            r["max_ns"] = lat
-        r["hist"].add(lat)
-
-    def top(self, n: int) -> List[Dict[str, Any]]:
-        rows = sorted(self.rows.values(), key=lambda r: (-r["count"], r["syscall"], r["pid"]))
-        out = []
-        for r in rows[:n] if n else rows:
-            h = r["hist"]
-            out.append({"syscall": r["syscall"], "pid": r["pid"], "comm": r["comm"],
-                        "count": r["count"], "errors": r["errors"],
-                        "avg_ns": r["total_ns"] // r["count"], "p50_ns": h.percentile(0.5),
-                        "p99_ns": h.percentile(0.99), "max_ns": r["max_ns"],
-                        "total_ns": r["total_ns"]})
-        return out
-
-    def reset(self) -> None:
-        self.rows.clear()
-        self.events = 0
+    def interval(self, snap: Dict[Tuple[int, int], Any]) -> List[Dict[str, Any]]:
+        from .tracers.syscalls import percentile_of
+        rows = []
+        for key, st in snap.items():
+            old = self.prev.get(key)
+            calls = st.calls - (old.calls if old else 0)
+            if calls <= 0 or st.pid == self.exclude:
+                continue
+            total = st.total_ns - (old.total_ns if old else 0)
+            hist = st.hist if old is None else [a - b for a, b in zip(st.hist, old.hist)]
+            rows.append({"syscall": st.name, "pid": st.pid, "comm": st.comm, "count": calls,
+                         "errors": st.errors - (old.errors if old else 0),
+                         "avg_ns": total // calls, "p50_ns": percentile_of(hist, 0.5),
+                         "p99_ns": percentile_of(hist, 0.99), "max_ns": st.max_ns,
+                         "total_ns": total})
+            self.counted += calls
+        self.prev = snap
+        rows.sort(key=lambda r: (-r["count"], r["syscall"], r["pid"]))
+        return rows
 
 
 def _us(ns: Optional[int]) -> str:
     return "-" if ns is None else f"{ns / 1000:.1f}"
 
 
-def open_syscalls(args: argparse.Namespace) -> Source:
-    import pytracers
-    kw = _tracer_options(args, wakeup_bytes=256 * 1024, latency=LATENCY, ring_size=1 << 22)
+def open_syscalls(args: argparse.Namespace) -> StatsSource:
+    from .tracers.syscalls import SyscallStats
+    kw = _tracer_options(args)
+    if getattr(args, "max_keys", None) is not None:
+        if args.max_keys < 1:
+            raise CliError("--max-keys must be at least 1", EXIT_USAGE)
+        kw["max_keys"] = args.max_keys
     names = [n for s in (args.syscall or []) for n in _split_names(s)]
     if names:
-        return TracerSource(pytracers.trace_syscall(names, kind=args.kind, **kw),
-                            "syscalls " + ",".join(names))
+        refused: List[str] = []
+        for k in ([args.kind] if args.kind else ["tp", "tp_btf", "raw_tp"]):
+            try:
+                src = StatsSource(SyscallStats(names, kind=k, **kw), "syscalls " + ",".join(names))
+            except E.NotSupportedError as e:
+                if args.kind:
+                    raise
+                refused.append(f"{k} unavailable ({e.reason})")
+                continue
+            src.why = "; ".join(refused + [src.why])
+            return src
+        raise E.NotSupportedError("syscall statistics", "; ".join(refused))
     if args.kind == "tp":
         raise CliError("kind tp attaches one tracepoint pair per syscall, so it needs the "
                        "syscalls named", EXIT_USAGE,
                        "add -s NAME (repeatable), or use --kind tp_btf/raw_tp for all")
-    from .tracers.syscalls import SyscallTracer
-    refused: List[str] = []
+    refused = []
     for k in ([args.kind] if args.kind else ["tp_btf", "raw_tp"]):
         try:
-            t = SyscallTracer(None, kind=k, **kw)
+            t = SyscallStats(None, kind=k, **kw)
         except E.NotSupportedError as e:
             if args.kind:
                 raise
             refused.append(f"{k} unavailable ({e.reason})")
             continue
-        src = TracerSource(t, "all syscalls")
+        src = StatsSource(t, "all syscalls")
         if args.kind:
             src.why = f"kind {k} requested. " + src.why
         else:
             src.why = "; ".join(refused + [src.why + " (every syscall is wanted here, so "
                                            "the per-call cost decides)"])
         return src
-    raise E.NotSupportedError("syscall tracing", "; ".join(refused))
+    raise E.NotSupportedError("syscall statistics", "; ".join(refused))
 
 
 def cmd_syscalls(args: argparse.Namespace) -> int:
     need_bpf_privileges()
-    stats = SyscallStats()
-    me = os.getpid()
+    stats = IntervalStats(os.getpid())
     out = Output(args.json)
     with Stopper() as stopper:
         src = open_syscalls(args)
         started = [time.time()]
 
-        def on_event(ev: Any) -> None:
-            if ev.pid != me:
-                stats.add(ev)
-
         def flush_table() -> None:
             now = time.time()
-            rows = stats.top(args.top)
+            all_rows = stats.interval(src.tracer.snapshot())
+            rows = all_rows[:args.top] if args.top else all_rows
+            calls = sum(r["count"] for r in all_rows)
             span = now - started[0]
             if args.json:
                 for r in rows:
@@ -1247,9 +1225,9 @@ def cmd_syscalls(args: argparse.Namespace) -> int:
                              "interval_s": round(span, 3), **r})
             else:
                 out.stream.write(f"\n{time.strftime('%H:%M:%S', time.localtime(now))}  "
-                                 f"{stats.events} syscalls in {span:.1f} s"
-                                 + (f", top {len(rows)} of {len(stats.rows)}"
-                                    if len(rows) < len(stats.rows) else "") + "\n")
+                                 f"{calls} syscalls in {span:.1f} s"
+                                 + (f", top {len(rows)} of {len(all_rows)}"
+                                    if len(rows) < len(all_rows) else "") + "\n")
                 print_table([(r["syscall"], r["pid"], r["comm"], r["count"], r["errors"],
                               _us(r["avg_ns"]), _us(r["p50_ns"]), _us(r["p99_ns"]),
                               _us(r["max_ns"])) for r in rows],
@@ -1257,17 +1235,16 @@ def cmd_syscalls(args: argparse.Namespace) -> int:
                              "P50(us)", "P99(us)", "MAX(us)"],
                             stream=out.stream, right=(1, 3, 4, 5, 6, 7, 8))
             out.flush()
-            stats.reset()
             started[0] = now
 
         def at_end() -> None:
-            if stats.events or not args.interval:
-                flush_table()
+            flush_table()
 
         tick = (args.interval, flush_table) if args.interval else None
         ready = f"syscalls: {src.target} with {src.kind}: {_cli_words(src.why)}"
-        return run_events(src, out, stopper, args.duration, on_event, what="syscalls",
-                          ready=ready, tick=tick, at_end=at_end)
+        return run_events(src, out, stopper, args.duration, lambda ev: None, what="syscalls",
+                          ready=ready, tick=tick, at_end=at_end,
+                          counted=lambda: stats.counted, seen_word="call")
 
 
 # --------------------------------------------------------------------------------------
@@ -1355,9 +1332,15 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _common(x, kinds=EXEC_KINDS)
     x.set_defaults(func=cmd_exec)
 
-    s = add("syscalls", "live syscall counts and latency per syscall and process")
+    s = add("syscalls", "live syscall counts and latency per syscall and process, counted "
+            "in the kernel (no call is lost to a slow reader)")
     s.add_argument("-i", "--interval", type=_seconds, default=None, metavar="SECONDS",
-                   help="print the table every SECONDS (default: only at the end)")
+                   help="print the table every SECONDS (default: only at the end); MAX is "
+                        "the largest latency since the start")
+    s.add_argument("--max-keys", type=int, default=None, metavar="N",
+                   help="(process, syscall) pairs the kernel keeps counters for; calls of "
+                        "pairs beyond it are reported as not counted (default: what fits in "
+                        "64 MiB for this machine's CPUs, at most 16384)")
     s.add_argument("-n", "--top", type=int, default=20,
                    help="rows to print per table (default 20; 0: all)")
     s.add_argument("-s", "--syscall", action="append", metavar="NAME",

@@ -334,6 +334,14 @@ def summary(err: str) -> Tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def counted_summary(err: str) -> Tuple[int, int]:
+    """(calls counted, not counted) from `pytracers syscalls`' summary line."""
+    m = re.search(r"(\d+) calls? counted in the kernel, (\d+) not counted in [\d.]+ s "
+                  r"\(([^)]*)\); probes detached", err)
+    assert m, f"no summary on stderr: {err}"
+    return int(m.group(1)), int(m.group(2))
+
+
 # ---- help, usage, exit codes ------------------------------------------------------------
 
 @host_only
@@ -721,8 +729,9 @@ def test_syscalls_counts_and_latency_per_process(extra, kind):
     assert r["total_ns"] > 0 and r["avg_ns"] == r["total_ns"] // 37
     assert 0 < r["p50_ns"] <= r["p99_ns"] and r["avg_ns"] <= r["max_ns"]
     assert r["p99_ns"] <= r["max_ns"] * 1.25          # a bucket's upper bound
-    seen, lost = summary(err)
+    seen, lost = counted_summary(err)
     assert lost == 0 and seen == sum(x["count"] for x in rows)
+    assert "counted in the kernel per process and syscall" in err
     if kind == "tp":
         assert {x["syscall"] for x in rows} == {"getppid"}
     c.assert_detached()

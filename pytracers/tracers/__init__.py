@@ -10,13 +10,14 @@ if TYPE_CHECKING:
     from .function import FunctionTracer
     from .policy import FmodRetPolicy
     from .process import ProcessTracer
-    from .syscalls import SyscallTracer
+    from .syscalls import SyscallStats, SyscallTracer
     from .tracepoint import TracepointTracer
 
-__all__ = ["Tracer", "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer",
-           "FmodRetPolicy", "TracepointTracer"]
+__all__ = ["Tracer", "ExecTracer", "SyscallTracer", "SyscallStats", "ProcessTracer",
+           "FunctionTracer", "FmodRetPolicy", "TracepointTracer"]
 
 _HOME = {"Tracer": "base", "ExecTracer": "exec", "SyscallTracer": "syscalls",
+         "SyscallStats": "syscalls",
          "ProcessTracer": "process", "FunctionTracer": "function", "FmodRetPolicy": "policy",
          "TracepointTracer": "tracepoint"}
 

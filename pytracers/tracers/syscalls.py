@@ -53,7 +53,7 @@ from ..errors import BadArgumentError, BadTypeError, TargetNotFoundError, Tracef
 from ._x86_64_syscalls import X86_64
 from .base import Tracer, named_tuple
 
-__all__ = ["SyscallTracer", "syscall_number", "syscall_name", "syscall_params",
+__all__ = ["SyscallTracer", "SyscallStats", "SyscallStat", "syscall_number", "syscall_name", "syscall_params",
            "kernel_syscalls", "tracepoint_name", "KINDS"]
 
 KINDS = ("tp", "raw_tp", "tp_btf")
@@ -212,6 +212,8 @@ class SyscallTracer(Tracer):
 
     object_name = "syscalls"
     event_struct = "syscall_event"
+    # the exit program of each kind when entry and exit are paired
+    EXIT_PROGRAMS = {"tp": "sc_tp_exit", "raw_tp": "sc_raw_exit", "tp_btf": "sc_btf_exit"}
 
     def __init__(self, syscalls: Union[str, int, Sequence[Union[str, int]], None] = None,
                  kind: str = "tp", *, measure_latency: bool = True, **kw: Any) -> None:
@@ -270,9 +272,9 @@ class SyscallTracer(Tracer):
             return
         if self.kind == "tp":
             self._tp_programs = {abi: self._tp_enter_program(abi) for abi, _nr, _tp in self.syscalls}
-            open_obj.only(*sorted(set(self._tp_programs.values())), "sc_tp_exit")
+            open_obj.only(*sorted(set(self._tp_programs.values())), self.EXIT_PROGRAMS["tp"])
             return
-        open_obj.only(*PROGRAMS[self.kind])
+        open_obj.only(PROGRAMS[self.kind][0], self.EXIT_PROGRAMS[self.kind])
         if self.syscalls:
             open_obj.config["cfg_filter_ids"] = 1
 
@@ -305,15 +307,14 @@ class SyscallTracer(Tracer):
             else:
                 self._link(prog.attach())
             return
+        exit_ = obj.programs[self.EXIT_PROGRAMS[self.kind]]
         if self.kind == "tp":
-            exit_ = obj.programs["sc_tp_exit"]
             for abi, _nr, tp in self.syscalls:
                 enter = obj.programs[self._tp_programs[abi]]
                 self._link(enter.attach_tracepoint("syscalls", f"sys_enter_{tp}"))
                 self._link(exit_.attach_tracepoint("syscalls", f"sys_exit_{tp}"))
         else:
-            enter, exit_ = (obj.programs[p] for p in PROGRAMS[self.kind])
-            self._link(enter.attach())
+            self._link(obj.programs[PROGRAMS[self.kind][0]].attach())
             self._link(exit_.attach())
 
     def _record_class(self, base: Type[Any]) -> Optional[Type[Any]]:
@@ -355,3 +356,159 @@ class SyscallTracer(Tracer):
                                         "its arguments named as the kernel declares them",
             "name": property(name), "args": property(args), "raw_args": property(raw_args),
             "latency_ns": property(latency_ns)})
+
+
+# ---- in-kernel statistics ----------------------------------------------------------------
+
+STAT_BUCKETS = 168           # SC_HIST_BUCKETS in syscalls.bpf.c
+STAT_VALUE_SIZE = 4 * 8 + 16 + 4 * STAT_BUCKETS      # sizeof(struct sc_stat), checked at load
+
+
+def stat_bucket(ns: int) -> int:
+    """The latency histogram bucket of ``ns`` (syscalls.bpf.c's
+    sc_hist_bucket): ns itself below 8, else the bit length and the two bits
+    after the leading one -- 4 buckets per power of two, each at most 25%
+    wider than its lower bound."""
+    if ns < 8:
+        return max(ns, 0)
+    bl = ns.bit_length()
+    return min((bl << 2) | ((ns >> (bl - 3)) & 3), STAT_BUCKETS - 1)
+
+
+def stat_bucket_upper(b: int) -> int:
+    """The largest latency (ns) that falls in bucket ``b``."""
+    if b < 8:
+        return b
+    bl, frac = b >> 2, b & 3
+    return ((5 + frac) << (bl - 3)) - 1
+
+
+def percentile_of(hist: Sequence[int], q: float) -> Optional[int]:
+    """The ``q`` quantile (0..1) of a latency histogram, as the upper bound of
+    the bucket it falls in (so never below the true value, at most ~25%
+    above it); None for an empty histogram."""
+    total = sum(hist)
+    if not total:
+        return None
+    want = q * total
+    run = 0
+    for b, n in enumerate(hist):
+        if n:
+            run += n
+            if run >= want:
+                return stat_bucket_upper(b)
+    return stat_bucket_upper(len(hist) - 1)
+
+
+class SyscallStat(tuple):
+    """Counters of one (process, syscall): ``pid``, ``id``, ``name``,
+    ``comm``, ``calls``, ``errors``, ``total_ns``, ``max_ns``, ``hist`` (the
+    latency histogram, a tuple of STAT_BUCKETS counts; see stat_bucket)."""
+
+    __slots__ = ()
+    _fields = ("pid", "id", "name", "comm", "calls", "errors", "total_ns", "max_ns", "hist")
+
+    def __new__(cls, pid: int, id: int, comm: str, calls: int, errors: int, total_ns: int,
+                max_ns: int, hist: Tuple[int, ...]) -> "SyscallStat":
+        return tuple.__new__(cls, (pid, id, syscall_name(id), comm, calls, errors, total_ns,
+                                   max_ns, hist))
+
+    pid = property(lambda self: tuple.__getitem__(self, 0))
+    id = property(lambda self: tuple.__getitem__(self, 1))
+    name = property(lambda self: tuple.__getitem__(self, 2))
+    comm = property(lambda self: tuple.__getitem__(self, 3))
+    calls = property(lambda self: tuple.__getitem__(self, 4))
+    errors = property(lambda self: tuple.__getitem__(self, 5))
+    total_ns = property(lambda self: tuple.__getitem__(self, 6))
+    max_ns = property(lambda self: tuple.__getitem__(self, 7))
+    hist = property(lambda self: tuple.__getitem__(self, 8))
+
+    def percentile(self, q: float) -> Optional[int]:
+        """Latency quantile ``q`` (0..1) from the histogram; see percentile_of."""
+        return percentile_of(self.hist, q)
+
+    def __repr__(self) -> str:
+        return (f"SyscallStat(pid={self.pid}, name={self.name!r}, comm={self.comm!r}, "
+                f"calls={self.calls}, errors={self.errors}, total_ns={self.total_ns}, "
+                f"max_ns={self.max_ns})")
+
+
+class SyscallStats(SyscallTracer):
+    """Syscall statistics kept in the kernel: per (process, syscall), the
+    calls, errors, total and largest latency and a latency histogram, added up
+    by the exit program instead of emitted as records.  Nothing per call
+    reaches Python, so however fast syscalls come none is lost to a slow
+    reader (a record-per-call tracer loses what its reader cannot keep up
+    with); the cost on the traced path is the entry/exit pair's without the
+    ring record.
+
+    The same arguments as :class:`SyscallTracer` (``syscalls``, ``kind``,
+    ``pid``, ``comm``), always timed.  :meth:`snapshot` reads the counters,
+    which only grow (subtract two snapshots for an interval);
+    :attr:`dropped` counts calls that completed but could not be counted
+    because ``max_keys`` (process, syscall) pairs were already present.
+
+    The counters are preallocated per CPU: ``max_keys`` x 720 bytes x the
+    possible CPUs.  By default ``max_keys`` is what fits in 64 MiB, at most
+    16384 and at least 1024 (16384 with up to 5 CPUs, 1456 with 64).
+    """
+
+    EXIT_PROGRAMS = {"tp": "sc_tp_stat_exit", "raw_tp": "sc_raw_stat_exit",
+                     "tp_btf": "sc_btf_stat_exit"}
+
+    MEMORY_BUDGET = 64 << 20
+
+    def __init__(self, syscalls: Union[str, int, Sequence[Union[str, int]], None] = None,
+                 kind: str = "tp", *, max_keys: Optional[int] = None, **kw: Any) -> None:
+        if max_keys is None:
+            from ..maps import possible_cpus
+            per_key = STAT_VALUE_SIZE * possible_cpus()
+            max_keys = max(1024, min(16384, self.MEMORY_BUDGET // per_key))
+        if isinstance(max_keys, bool) or not isinstance(max_keys, int):
+            raise BadTypeError(f"max_keys must be an int, not {type(max_keys).__name__}")
+        if max_keys < 1:
+            raise BadArgumentError("max_keys must be a positive int")
+        if "measure_latency" in kw:
+            raise BadArgumentError("SyscallStats always measures latency")
+        self.max_keys = max_keys
+        kw.setdefault("ring_size", 4096)         # the events ring is not used
+        super().__init__(syscalls, kind, measure_latency=True, **kw)
+        self.why += "; counted in the kernel per process and syscall (no record per call)"
+        self._stat_dtype = self.object.btf.struct_layout("sc_stat").numpy_dtype()
+
+    def _configure(self, open_obj: Any) -> None:
+        super()._configure(open_obj)
+        open_obj.maps["stats"].max_entries = self.max_keys
+
+    def snapshot(self) -> Dict[Tuple[int, int], SyscallStat]:
+        """The counters now, keyed by (pid, syscall number), summed over CPUs."""
+        self._check()
+        import numpy as np
+        import struct
+        dt = self._stat_dtype
+        out: Dict[Tuple[int, int], SyscallStat] = {}
+        for kb, per_cpu in self.object.maps["stats"].items():
+            pid, nr = struct.unpack_from("<II", kb)
+            slots: List[bytes] = per_cpu if isinstance(per_cpu, list) else [bytes(per_cpu)]
+            arr: Any = np.frombuffer(b"".join(v[:dt.itemsize] for v in slots), dtype=dt)
+            calls = int(arr["calls"].sum())
+            comm = ""
+            for c in arr["comm"][np.argsort(-arr["calls"], kind="stable")]:
+                comm = bytes(c).split(b"\0", 1)[0].decode("utf-8", "replace")
+                if comm:
+                    break
+            out[(pid, nr)] = SyscallStat(
+                pid, nr, comm, calls, int(arr["errors"].sum()), int(arr["total_ns"].sum()),
+                int(arr["max_ns"].max()), tuple(int(x) for x in arr["hist"].sum(axis=0)))
+        return out
+
+    @property
+    def dropped(self) -> int:
+        """Completed calls not counted: the stats map was full."""
+        self._check()
+        return int(self.object.maps["stats_dropped"].sum_percpu_u64())
+
+    @property
+    def lost(self) -> int:
+        """For a stats tracer, the calls it could not count (see dropped)."""
+        return self.dropped
