@@ -37,7 +37,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (6400, 2748),
     },
     # exec.bpf.o
-    'ba806f8d584394b7977576cfdaff50b62079194a8ba8e4764e1b19ba9cc28714': {
+    '65fdaaa3ecde6cbe665130fe032005d28e315e594a998c889394fd499e6f93cc': {
         'programs': {
             'exec_enter': 'tp/syscalls/sys_enter_execve',
             'exec_exit': 'tp/syscalls/sys_exit_execve',
@@ -50,7 +50,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp/syscalls/sys_enter_execve', 'tp/syscalls/sys_exit_execve', '.rodata', '.data', '.maps', 'license', '.reltp/syscalls/sys_enter_execve', '.reltp/syscalls/sys_exit_execve', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (5920, 29981),
+        'btf': (4920, 30271),
     },
     # fentry.bpf.o
     '937c7d11ab3a93f15c07fbeec4791d0af7915938b319da2406e99a6a5fbd08ff': {
@@ -157,7 +157,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (8992, 29603),
     },
     # syscalls.bpf.o
-    '2ea7543eb0293316db02b848965ecbaec78484751f7e3bae35481db12e4def21': {
+    '5cd01410a17f0653d55bbaaa2e817ee3d4f329ea53e48e3bcd421ce596cb0daf': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -168,15 +168,18 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'sc_tp_enter6': 'tp',
             'sc_tp_exit': 'tp',
             'sc_tp_exit_regs': 'tp',
+            'sc_tp_stat_exit': 'tp',
             'sc_tp_count': 'tp',
             'sc_tp_floor': 'tp',
             'sc_raw_enter': 'raw_tp/sys_enter',
             'sc_raw_exit': 'raw_tp/sys_exit',
+            'sc_raw_stat_exit': 'raw_tp/sys_exit',
             'sc_raw_exit_regs': 'raw_tp/sys_exit',
             'sc_raw_count': 'raw_tp/sys_enter',
             'sc_raw_floor': 'raw_tp/sys_enter',
             'sc_btf_enter': 'tp_btf/sys_enter',
             'sc_btf_exit': 'tp_btf/sys_exit',
+            'sc_btf_stat_exit': 'tp_btf/sys_exit',
             'sc_btf_exit_regs': 'tp_btf/sys_exit',
             'sc_btf_count': 'tp_btf/sys_enter',
             'sc_btf_floor': 'tp_btf/sys_enter',
@@ -186,12 +189,15 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
+            'sc_stat_zero': ('.bss', 0, 720),
             'cfg_filter_ids': ('.rodata', 40, 4),
             'pt_btf_syscall_event': ('.rodata', 32, 8),
+            'pt_btf_sc_stat': ('.rodata', 48, 8),
+            'pt_btf_sc_stat_key': ('.rodata', 56, 8),
         },
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (36408, 6085),
+        'btf': (41184, 7929),
     },
     # tracepoint.bpf.o
     '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {

@@ -560,9 +560,12 @@ EXEC_KINDS = ("tp", "tp_btf")
 
 
 def _exec_args(d: Mapping[str, Any]) -> str:
-    args = [a for a in d.get("args") or [] if a]
+    """The command line: the file run, then argv[1:], shell-quoted; " ..." when
+    the record could not hold all of it."""
+    args = list(d.get("args") or [])
     words = [d.get("filename") or (args[0] if args else "")] + args[1:]
-    return " ".join(shlex.quote(w) if w else "''" for w in words)
+    line = " ".join(shlex.quote(w) for w in words)
+    return line + " ..." if d.get("args_truncated") else line
 
 
 def _open_exec(args: argparse.Namespace) -> Source:
@@ -771,8 +774,11 @@ def event_dict(rec: Any) -> Dict[str, Any]:
             d[attr] = getattr(rec, attr)
     for k in ("flags", "raw_args"):
         d.pop(k, None)
-    if "argv" in d:                                  # exec: argv replaces arg0..3, argc
+    if "argv" in d:                                  # exec: argv replaces the packed argbuf
         d["args"] = d.pop("argv")
+        d["args_truncated"] = d.pop("args_truncated", False)
+        for k in ("argbuf", "argbuf_len"):
+            d.pop(k, None)
     argn = [k for k in d if k.startswith("arg") and k[3:].isdigit()]
     if argn and "args" not in d:
         vals = [d.pop(k) for k in sorted(argn, key=lambda k: int(k[3:]))]

@@ -22,7 +22,9 @@ Two ways to read:
   (``decoder(buffer, offset)``, built from BTF by ``Object.ring_buffer(event=...)``)
   and handed over one at a time.  A run of same-length records is found with
   one vectorised header scan, then decoded by ``map()`` over its offsets, so
-  the per-record Python work is the decoder and the callback only.
+  the per-record Python work is the decoder and the callback only.  A record
+  shorter than the event's layout (a producer may send only the used part
+  of a trailing buffer) is decoded from a zero-filled copy, as in batches.
 * in batches -- :meth:`RingBuffer.read_batch`, :meth:`~RingBuffer.iter_batches`
   (and the zero-copy :meth:`~RingBuffer.consume_views`):
   records become rows of a numpy structured array whose dtype comes from the
@@ -134,6 +136,21 @@ class _Bytes:
 
     def __call__(self, buf: Any, off: int) -> bytes:
         return bytes(buf[off:off + self.length])
+
+
+class _Padded:
+    """A decoder for records shorter than the layout (a producer that sends
+    only the used part of a trailing buffer, with ``bpf_ringbuf_output``):
+    the record's bytes, zero-filled to the layout's size, as the batch path
+    does -- never the bytes that follow the record in the ring."""
+
+    def __init__(self, dec: Decoder, length: int, size: int) -> None:
+        self.dec = dec
+        self.length = length
+        self.zeros = bytes(size - length)
+
+    def __call__(self, buf: Any, off: int) -> Any:
+        return self.dec(bytes(buf[off:off + self.length]) + self.zeros, 0)
 
 
 class RingReader:
@@ -275,8 +292,13 @@ class RingReader:
                 stop = False
                 fast = self._fast_for(length) if run > 1 else None
                 if fast is None:
-                    recs = map(dec if dec is not None else _Bytes(length), repeat(data, run),
-                               range(start, start + run * stride, stride))
+                    if dec is None:
+                        one: Any = _Bytes(length)
+                    elif self.layout is not None and length < self.layout.size:
+                        one = _Padded(dec, length, self.layout.size)
+                    else:
+                        one = dec
+                    recs = map(one, repeat(data, run), range(start, start + run * stride, stride))
                     view = None
                 else:
                     # Decode the whole run with struct's iter_unpack: no Python

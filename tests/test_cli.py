@@ -412,6 +412,9 @@ def test_exec_json_reports_our_bin_true():
     c.wait_ready()
     child = subprocess.Popen(["/bin/true", "cli-json-marker"])
     child.wait()
+    many = ["/bin/true"] + [f"many-{i}" for i in range(1, 40)]      # more than 32 arguments
+    long_child = subprocess.Popen(many)
+    long_child.wait()
     rc, out, err = c.finish()
     assert rc == 0, err
     events = json_lines(out)
@@ -426,7 +429,11 @@ def test_exec_json_reports_our_bin_true():
     assert ev["ret"] == 0
     assert ev["comm"] == "true"
     assert ev["args"] == ["/bin/true", "cli-json-marker"]
+    assert ev["args_truncated"] is False
+    assert not {"argc", "argbuf", "argbuf_len", "argv"} & set(ev)
     assert isinstance(ev["ts_ns"], int) and abs(ev["time"] - time.time()) < 60
+    [cut] = [e for e in events if e["pid"] == long_child.pid]
+    assert cut["args"] == many[:32] and cut["args_truncated"] is True
     assert not any(k.startswith("_") for k in ev)
     assert all(e["ret"] == 0 for e in events)          # failed execs only with --failed
     seen, lost = summary(err)
@@ -463,6 +470,27 @@ def test_exec_human_columns_pid_filter_and_failed(tmp_path):
         end = header.index(col) + len(col)
         for line in (failed, row):
             assert line[end - 1] != " " and line[end] == " ", (col, header, line)
+    assert summary(err) == (2, 0)
+    c.assert_detached()
+
+
+@pytest.mark.kind("tp")
+def test_exec_columns_show_the_whole_command_line_and_mark_truncation(tmp_path):
+    """ARGS is the whole command line (empty arguments as ''), and ends with
+    " ..." when the record could not hold all of it (here: 40 arguments)."""
+    missing = str(tmp_path / "no-such-program")
+    many = [missing] + [f"w{i}" for i in range(1, 40)]
+    with Gate(f"try:\n    os.execv({missing!r}, {many!r})\nexcept OSError:\n    pass\n"
+              "os.execv('/bin/true', ['/bin/true', '', 'two words', 'x'])") as gate:
+        c = Cli("exec", "--pid", str(gate.pid), "--failed")
+        c.wait_ready()
+        gate.release()
+    rc, out, err = c.stop(signal.SIGINT)
+    assert rc == 0, err
+    header, failed, row = text(out).splitlines()
+    assert failed.split()[5] == "-2"
+    assert failed.endswith(" " + " ".join(many[:32]) + " ..."), failed
+    assert row.endswith(" /bin/true '' 'two words' x"), row
     assert summary(err) == (2, 0)
     c.assert_detached()
 

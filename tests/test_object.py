@@ -103,8 +103,11 @@ def test_tp_exec_event_fields_exact():
         assert comm == b"true".ljust(16, b"\0")     # cleared, not just NUL-ended
         assert rec[56:56 + 256].split(b"\0")[0] == b"/bin/true"
         assert argc == 2
-        assert rec[312:312 + 64].split(b"\0")[0] == b"/bin/true"
-        assert rec[376:376 + 64].split(b"\0")[0] == b"arg-one"
+        argbuf_len, truncated = struct.unpack_from("<II", rec, 312)
+        assert (argbuf_len, truncated) == (18, 0)
+        # the record ends with the used part of argbuf: argv packed, NUL after each
+        assert len(rec) == 320 + argbuf_len
+        assert rec[320:] == b"/bin/true\0arg-one\0"
         assert obj.maps["lost"].sum_percpu_u64() == 0
 
 

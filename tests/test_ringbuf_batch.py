@@ -142,6 +142,24 @@ def test_synthetic_busy_first_record_gives_nothing():
     assert ring.consumer_pos() == pos
 
 
+def test_synthetic_short_records_decoded_zero_filled_per_event():
+    """A record shorter than the layout (a producer sending only the used part
+    of a trailing buffer) is decoded per event from its own bytes, zero-filled:
+    never from the bytes of the records after it."""
+    ring = FakeRing(start=PAGE - 40)
+    lengths = [8, 24, 64, 16, 8, 8, 8, 8, 8, 8, 8, 8, 40]       # a run of 8-byte ones too
+    payloads = [rec64(s)[:n] for s, n in enumerate(lengths)]
+    for p in payloads:
+        ring.put(p)
+    r = ring.reader(layout=REC64)
+    got = per_event(r)
+    want = [struct.unpack("<8Q", p + bytes(64 - len(p))) for p in payloads]
+    assert [(g.seq, *g.pad) for g in got] == want
+    assert [g.seq for g in got] == list(range(len(lengths)))
+    assert [sum(1 for w in g.pad if w) for g in got] == [(n - 8) // 8 for n in lengths]
+    assert ring.consumer_pos() == ring.prod
+
+
 def test_synthetic_variable_size_records_slow_path():
     """Records of other lengths among fixed-size ones: the batch rows hold what
     fits in the dtype (zero-filled), per-event bytes are exact."""

@@ -14,6 +14,7 @@ import pytest
 import pytracers
 from pytracers.errors import BadArgumentError, ClosedError, TargetNotFoundError
 from pytracers.tracers import ExecTracer, ProcessTracer, SyscallTracer
+from pytracers.tracers.exec import ARGBUF_SIZE, MAX_ARGS
 from pytracers.tracers.syscalls import syscall_name, syscall_number, syscall_params
 
 AT_FDCWD = -100
@@ -53,6 +54,112 @@ def test_exec_tracer_fields_exact():
     assert ev.filename == "/bin/true"
     assert ev.argv == ["/bin/true", "first-arg", "second"]
     assert ev.argc == 3
+    assert ev.args_truncated is False
+
+
+def _exec_record(t, argv):
+    """Run /bin/true with exactly ``argv`` (argv[0] included) and return its record."""
+    child = subprocess.Popen(argv, executable="/bin/true")
+    assert child.wait() == 0
+    return _drain(t, lambda e: e.pid == child.pid)
+
+
+def _packed(argv):
+    return sum(len(a.encode()) + 1 for a in argv)
+
+
+def _check_record(ev, argv, truncated):
+    """argv, argc, the byte count and the flag agree with what was exec'd; the
+    bytes of argbuf past the used part are zero (the record ends there)."""
+    assert ev.argv == argv
+    assert ev.args_truncated is truncated
+    assert ev.argc == len(argv)
+    assert ev.argbuf_len == _packed(argv) <= ARGBUF_SIZE
+    assert ev.argbuf[:ev.argbuf_len] == b"".join(a.encode() + b"\0" for a in argv)
+    assert ev.argbuf[ev.argbuf_len:] == bytes(ARGBUF_SIZE - ev.argbuf_len)
+
+
+def test_exec_bounds_are_the_objects():
+    """The documented bounds are those of exec.bpf.o (the layout is its BTF's)."""
+    with ExecTracer() as t:
+        assert t.layout.field("argbuf").size == ARGBUF_SIZE == 2048
+        assert t.layout.field("argbuf").kind == "bytes"
+    assert MAX_ARGS == 32
+
+
+@pytest.mark.kind("tp")
+def test_exec_full_command_line_of_20_arguments():
+    argv = ["/bin/true"] + [f"arg{i:02d}-{'v' * i}" for i in range(1, 20)]
+    assert len(argv) == 20
+    with ExecTracer() as t:
+        ev = _exec_record(t, argv)
+    _check_record(ev, argv, truncated=False)
+    assert (ev.ret, ev.filename, ev.comm) == (0, "/bin/true", "true")
+
+
+@pytest.mark.kind("tp")
+def test_exec_more_arguments_than_the_bound():
+    """MAX_ARGS arguments fit; one more and exactly the first MAX_ARGS are kept."""
+    exact = ["/bin/true"] + [f"a{i}" for i in range(1, MAX_ARGS)]
+    more = ["/bin/true"] + [f"b{i}" for i in range(1, MAX_ARGS + 9)]
+    with ExecTracer() as t:
+        ev_exact = _exec_record(t, exact)
+        ev_more = _exec_record(t, more)
+    _check_record(ev_exact, exact, truncated=False)
+    _check_record(ev_more, more[:MAX_ARGS], truncated=True)
+
+
+@pytest.mark.kind("tp")
+def test_exec_more_bytes_than_the_bound_cuts_the_last_argument():
+    """25 arguments of 100 bytes: the first 20 fit whole after argv[0]
+    (10 + 20 * 101 = 2030 bytes), the 21st is cut to the 17 bytes left
+    before its NUL, and nothing after it is read."""
+    argv = ["/bin/true"] + [f"{i:02d}" + "x" * 98 for i in range(25)]
+    with ExecTracer() as t:
+        ev = _exec_record(t, argv)
+    assert _packed(argv[:21]) == 2030
+    _check_record(ev, argv[:21] + [argv[21][:17]], truncated=True)
+    assert ev.argbuf_len == ARGBUF_SIZE
+
+
+@pytest.mark.kind("tp")
+def test_exec_empty_argument_and_one_that_fills_the_space_exactly():
+    """An empty argument is kept; an argument as long as the space left (its
+    NUL in the last byte) is whole and not truncated; one byte longer it is
+    cut by exactly that byte; a further argument after an exact fit is
+    reported as truncation without a partial one."""
+    head = ["/bin/true", "", "mid", ""]
+    room = ARGBUF_SIZE - _packed(head) - 1          # the longest last argument
+    fits = head + ["y" * room]
+    over = head + ["z" * (room + 1)]
+    after = fits + ["next"]
+    with ExecTracer() as t:
+        ev_fits = _exec_record(t, fits)
+        ev_over = _exec_record(t, over)
+        ev_after = _exec_record(t, after)
+    _check_record(ev_fits, fits, truncated=False)
+    assert ev_fits.argbuf_len == ARGBUF_SIZE
+    _check_record(ev_over, head + ["z" * room], truncated=True)
+    _check_record(ev_after, fits, truncated=True)
+
+
+@pytest.mark.kind("tp")
+def test_exec_without_arguments():
+    """execve(path, [], env): no arguments at all, not truncated."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    empty = (ctypes.c_char_p * 1)(None)              # os.execve refuses an empty argv
+    with ExecTracer() as t:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                libc.execve(b"/bin/true", empty, empty)
+            finally:
+                os._exit(127)
+        assert os.waitpid(pid, 0)[1] == 0
+        ev = _drain(t, lambda e: e.tid == pid)
+    assert (ev.ret, ev.filename) == (0, "/bin/true")
+    _check_record(ev, [], truncated=False)
 
 
 @pytest.mark.kind("tp")

@@ -44,7 +44,7 @@ def test_configured_before_load(bpf_object, bpf_events):
         subprocess.run(["/bin/true", "not-me"], check=True)    # filtered out
         child.communicate(b"go\n")                             # now the child execs
         rec = events.wait_for(lambda r: pid_of(r) == child.pid)
-        assert rec[376:376 + 64].split(b"\0")[0] == b"only-me"   # argv[1]
+        assert rec[320:].split(b"\0")[1] == b"only-me"   # argv packed from byte 320
         assert {pid_of(r) for r in events.records} == {child.pid}
     finally:
         child.kill()
