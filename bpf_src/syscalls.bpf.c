@@ -200,6 +200,20 @@ static __always_inline void sc_store(struct sc_inflight *in, long id, __u64 pid_
 }
 
 /* Complete the current thread's syscall `id` with `ret` and emit it. */
+/* The entry the current thread (`tid`) stored for syscall `id`, or NULL.  A
+ * stored entry of another syscall is stale (its exit was never seen) and is
+ * deleted here; the caller deletes a returned entry once it has read it. */
+static __always_inline struct sc_inflight *sc_entry(__u32 tid, long id)
+{
+	struct sc_inflight *in = bpf_map_lookup_elem(&inflight, &tid);
+
+	if (in && in->id != id) {
+		bpf_map_delete_elem(&inflight, &tid);
+		return NULL;
+	}
+	return in;
+}
+
 static __always_inline void sc_complete(long id, long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -207,20 +221,18 @@ static __always_inline void sc_complete(long id, long ret)
 	struct syscall_event *e;
 	struct sc_inflight *in;
 
-	in = bpf_map_lookup_elem(&inflight, &tid);
+	in = sc_entry(tid, id);
 	if (!in)
 		return;
-	if (in->id == id) {
-		e = PT_RESERVE(struct syscall_event);
-		if (e) {
-			PT_FILL_HEADER(e, pid_tgid);
-			e->id = id;
-			e->ret = ret;
-			e->latency_ns = e->ts_ns - in->start_ns;
-			for (int i = 0; i < SC_NARGS; i++)
-				e->args[i] = in->args[i];
-			pt_submit(e);
-		}
+	e = PT_RESERVE(struct syscall_event);
+	if (e) {
+		PT_FILL_HEADER(e, pid_tgid);
+		e->id = id;
+		e->ret = ret;
+		e->latency_ns = e->ts_ns - in->start_ns;
+		for (int i = 0; i < SC_NARGS; i++)
+			e->args[i] = in->args[i];
+		pt_submit(e);
 	}
 	bpf_map_delete_elem(&inflight, &tid);
 }
@@ -328,13 +340,9 @@ static __always_inline void sc_stat_complete(long id, long ret)
 	struct sc_stat *st;
 	__u64 lat, b;
 
-	in = bpf_map_lookup_elem(&inflight, &tid);
+	in = sc_entry(tid, id);
 	if (!in)
 		return;
-	if (in->id != id) {
-		bpf_map_delete_elem(&inflight, &tid);
-		return;
-	}
 	lat = bpf_ktime_get_ns() - in->start_ns;
 	bpf_map_delete_elem(&inflight, &tid);
 	key.pid = pid_tgid >> 32;
@@ -473,32 +481,34 @@ int sc_raw_enter(struct sc_raw_tp_args *ctx)
 	return 0;
 }
 
+/* The raw sys_exit's syscall number (orig_ax of the saved registers) in
+ * *id; false when it cannot be read or the id filter drops it. */
+static __always_inline bool sc_raw_exit_wanted(struct sc_raw_tp_args *ctx, long *id)
+{
+	struct sc_pt_regs *regs = (struct sc_pt_regs *)ctx->args[0];
+
+	if (bpf_probe_read_kernel(id, sizeof(*id), &regs->orig_ax))
+		return false;
+	return sc_id_wanted(*id);
+}
+
 SEC("raw_tp/sys_exit")
 int sc_raw_exit(struct sc_raw_tp_args *ctx)
 {
-	struct sc_pt_regs *regs = (struct sc_pt_regs *)ctx->args[0];
 	long id;
 
-	if (bpf_probe_read_kernel(&id, sizeof(id), &regs->orig_ax))
-		return 0;
-
-	if (!sc_id_wanted(id))
-		return 0;
-	sc_complete(id, (long)ctx->args[1]);
+	if (sc_raw_exit_wanted(ctx, &id))
+		sc_complete(id, (long)ctx->args[1]);
 	return 0;
 }
 
 SEC("raw_tp/sys_exit")
 int sc_raw_stat_exit(struct sc_raw_tp_args *ctx)
 {
-	struct sc_pt_regs *regs = (struct sc_pt_regs *)ctx->args[0];
 	long id;
 
-	if (bpf_probe_read_kernel(&id, sizeof(id), &regs->orig_ax))
-		return 0;
-	if (!sc_id_wanted(id))
-		return 0;
-	sc_stat_complete(id, (long)ctx->args[1]);
+	if (sc_raw_exit_wanted(ctx, &id))
+		sc_stat_complete(id, (long)ctx->args[1]);
 	return 0;
 }
 
@@ -552,9 +562,8 @@ int BPF_PROG(sc_btf_exit, struct sc_pt_regs *regs, long ret)
 {
 	long id = regs->orig_ax;
 
-	if (!sc_id_wanted(id))
-		return 0;
-	sc_complete(id, ret);
+	if (sc_id_wanted(id))
+		sc_complete(id, ret);
 	return 0;
 }
 
@@ -563,9 +572,8 @@ int BPF_PROG(sc_btf_stat_exit, struct sc_pt_regs *regs, long ret)
 {
 	long id = regs->orig_ax;
 
-	if (!sc_id_wanted(id))
-		return 0;
-	sc_stat_complete(id, ret);
+	if (sc_id_wanted(id))
+		sc_stat_complete(id, ret);
 	return 0;
 }
 

@@ -157,7 +157,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (8992, 29603),
     },
     # syscalls.bpf.o
-    '5cd01410a17f0653d55bbaaa2e817ee3d4f329ea53e48e3bcd421ce596cb0daf': {
+    '7c19b4b04a6a1f4a0430ad486123efed40c113315d4d6c3a06d95121e1e7fb33': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -197,7 +197,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (41184, 7929),
+        'btf': (41304, 7996),
     },
     # tracepoint.bpf.o
     '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {
