@@ -227,37 +227,41 @@ _U32 = _u32_typecode()
 _set = object.__setattr__
 
 
-def _frozen_setattr(self: Any, name: str, value: Any) -> None:
-    from dataclasses import FrozenInstanceError   # imported only on misuse
-    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+class _Value:
+    """Base of the value classes: subclasses set ``__match_args__`` (all
+    fields, in order), ``__slots__`` and ``_key`` (the compared fields)."""
+
+    __slots__ = ()
+    __match_args__: Tuple[str, ...] = ()
+    _key: Callable[[Any], Any]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        from dataclasses import FrozenInstanceError   # imported only on misuse
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
+        return f"{type(self).__qualname__}({inner})"
+
+    def __eq__(self, other: Any) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool(self._key(self) == other._key(other))
+
+    def __hash__(self) -> int:
+        # FuncProto: TypeError, as for the dataclass (``params`` is a list)
+        return hash(self._key(self))
+
+    def __reduce__(self) -> Any:
+        # the default reduction of a __slots__ class restores with setattr (refused)
+        return (type(self), tuple(getattr(self, n) for n in self.__match_args__))
 
 
-def _frozen_delattr(self: Any, name: str) -> None:
-    from dataclasses import FrozenInstanceError
-    raise FrozenInstanceError(f"cannot delete field {name!r}")
-
-
-def _value_repr(self: Any) -> str:
-    inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__match_args__)
-    return f"{type(self).__qualname__}({inner})"
-
-
-def _value_eq(self: Any, other: Any) -> bool:
-    if other.__class__ is not self.__class__:
-        return NotImplemented
-    return bool(self._key(self) == other._key(other))
-
-
-def _value_hash(self: Any) -> int:
-    return hash(self._key(self))
-
-
-def _value_reduce(self: Any) -> Any:
-    # the default reduction of a __slots__ class restores with setattr (refused)
-    return (type(self), tuple(getattr(self, n) for n in self.__match_args__))
-
-
-class Member:
+class Member(_Value):
     """A struct/union member.  ``bitfield_size`` is 0 for ordinary members."""
 
     __match_args__ = ("name", "type_id", "bit_offset", "bitfield_size")
@@ -274,12 +278,6 @@ class Member:
         _set(self, "bit_offset", bit_offset)
         _set(self, "bitfield_size", bitfield_size)
 
-    __repr__ = _value_repr
-    __eq__ = _value_eq
-    __hash__ = _value_hash
-    __setattr__ = _frozen_setattr
-    __delattr__ = _frozen_delattr
-    __reduce__ = _value_reduce
 
     @property
     def offset(self) -> int:
@@ -287,7 +285,7 @@ class Member:
         return self.bit_offset // 8
 
 
-class EnumValue:
+class EnumValue(_Value):
     """One enumerator of an ENUM or ENUM64 (``value`` signed if the enum is)."""
 
     __match_args__ = ("name", "value")
@@ -300,15 +298,9 @@ class EnumValue:
         _set(self, "name", name)
         _set(self, "value", value)
 
-    __repr__ = _value_repr
-    __eq__ = _value_eq
-    __hash__ = _value_hash
-    __setattr__ = _frozen_setattr
-    __delattr__ = _frozen_delattr
-    __reduce__ = _value_reduce
 
 
-class Param:
+class Param(_Value):
     """A FUNC_PROTO parameter; a trailing ``Param("", 0)`` means varargs."""
 
     __match_args__ = ("name", "type_id")
@@ -321,15 +313,9 @@ class Param:
         _set(self, "name", name)
         _set(self, "type_id", type_id)
 
-    __repr__ = _value_repr
-    __eq__ = _value_eq
-    __hash__ = _value_hash
-    __setattr__ = _frozen_setattr
-    __delattr__ = _frozen_delattr
-    __reduce__ = _value_reduce
 
 
-class VarSecinfo:
+class VarSecinfo(_Value):
     """One variable of a DATASEC."""
 
     __match_args__ = ("type_id", "offset", "size")
@@ -344,15 +330,9 @@ class VarSecinfo:
         _set(self, "offset", offset)
         _set(self, "size", size)
 
-    __repr__ = _value_repr
-    __eq__ = _value_eq
-    __hash__ = _value_hash
-    __setattr__ = _frozen_setattr
-    __delattr__ = _frozen_delattr
-    __reduce__ = _value_reduce
 
 
-class ArrayInfo:
+class ArrayInfo(_Value):
     """An ARRAY: element type, index type and number of elements."""
 
     __match_args__ = ("type_id", "index_type_id", "nelems")
@@ -367,15 +347,9 @@ class ArrayInfo:
         _set(self, "index_type_id", index_type_id)
         _set(self, "nelems", nelems)
 
-    __repr__ = _value_repr
-    __eq__ = _value_eq
-    __hash__ = _value_hash
-    __setattr__ = _frozen_setattr
-    __delattr__ = _frozen_delattr
-    __reduce__ = _value_reduce
 
 
-class BtfType:
+class BtfType(_Value):
     """One decoded BTF type.
 
     Fields not used by a kind keep their defaults.  ``size`` is set for INT,
@@ -431,12 +405,6 @@ class BtfType:
         _set(self, "linkage", linkage)
         _set(self, "component_idx", component_idx)
 
-    __repr__ = _value_repr
-    __eq__ = _value_eq
-    __hash__ = _value_hash
-    __setattr__ = _frozen_setattr
-    __delattr__ = _frozen_delattr
-    __reduce__ = _value_reduce
 
     @property
     def kind_name(self) -> str:
@@ -488,7 +456,7 @@ class BtfType:
 _VOID = BtfType(id=0, kind=Kind.VOID, name="void")
 
 
-class FuncProto:
+class FuncProto(_Value):
     """A function's prototype as C-ish strings (plus the raw type ids)."""
 
     __match_args__ = ("name", "params", "ret", "varargs", "linkage", "param_type_ids",
@@ -517,12 +485,6 @@ class FuncProto:
         _set(self, "ret_type_id", ret_type_id)
         _set(self, "decl", decl)
 
-    __repr__ = _value_repr
-    __eq__ = _value_eq
-    __hash__ = _value_hash      # TypeError, as for the dataclass: ``params`` is a list
-    __setattr__ = _frozen_setattr
-    __delattr__ = _frozen_delattr
-    __reduce__ = _value_reduce
 
     def __str__(self) -> str:
         if self.decl:
@@ -547,7 +509,7 @@ def _join_decl(type_str: str, name: str) -> str:
 _SCALAR_KINDS = ("int", "uint", "bool", "float", "ptr")
 
 
-class Field:
+class Field(_Value):
     """One field of a :class:`StructLayout`.
 
     ``count`` is the number of elements for arrays, chars for ``char_array``
@@ -583,12 +545,6 @@ class Field:
         _set(self, "shape", shape)
         _set(self, "type_name", type_name)
 
-    __repr__ = _value_repr
-    __eq__ = _value_eq
-    __hash__ = _value_hash
-    __setattr__ = _frozen_setattr
-    __delattr__ = _frozen_delattr
-    __reduce__ = _value_reduce
 
 
 class Record(Tuple[Any, ...]):

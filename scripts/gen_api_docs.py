@@ -257,7 +257,8 @@ def document_class(cls: type, qual: str) -> List[str]:
         init_sig = ""
     if init_sig:
         out += ["```python", f"{cls.__name__}{init_sig.split(' -> ')[0]}", "```", ""]
-    bases = [b.__name__ for b in cls.__bases__ if b is not object]
+    bases = [b.__name__ for b in cls.__bases__
+             if b is not object and not b.__name__.startswith("_")]   # private: not API
     if bases:
         out += [f"Bases: {', '.join(f'`{b}`' for b in bases)}", ""]
     doc = getdoc(cls)
