@@ -289,6 +289,15 @@ class LibbpfLogCapture:
         return ""
 
 
+def _emit(pylevel: int, text: str) -> None:
+    """One libbpf message to the ``pytracers.libbpf`` logger (see above for
+    when ``logging`` is imported at all)."""
+    if pylevel >= 30 or "logging" in sys.modules:
+        log = _logger()
+        if log.isEnabledFor(pylevel):
+            log.log(pylevel, "%s", text.rstrip("\n"))
+
+
 @ffi.callback("int(int, const char *, void *)")
 def _print_cb(level: int, fmt: Any, ap: Any) -> int:
     try:
@@ -307,10 +316,8 @@ def _print_cb(level: int, fmt: Any, ap: Any) -> int:
         held = getattr(_tls, "held", None)
         if held:                      # a load that may be retried: decide later
             held[-1].append((pylevel, text))
-        elif pylevel >= 30 or "logging" in sys.modules:
-            log = _logger()
-            if log.isEnabledFor(pylevel):
-                log.log(pylevel, "%s", text.rstrip("\n"))
+        else:
+            _emit(pylevel, text)
     except BaseException:  # never let an exception unwind through C
         pass
     return 0
@@ -343,11 +350,7 @@ class HeldMessages:
     def release(self, demote: bool = False) -> None:
         msgs, self.messages[:] = list(self.messages), []
         for pylevel, text in msgs:
-            level = 10 if demote else pylevel
-            if level >= 30 or "logging" in sys.modules:
-                log = _logger()
-                if log.isEnabledFor(level):
-                    log.log(level, "%s", text.rstrip("\n"))
+            _emit(10 if demote else pylevel, text)
 
 
 def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfLogCapture]:
