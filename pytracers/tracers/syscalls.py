@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
 from .. import tracefs
 from ..errors import BadArgumentError, BadTypeError, TargetNotFoundError, TracefsError
@@ -400,34 +400,26 @@ def percentile_of(hist: Sequence[int], q: float) -> Optional[int]:
     return stat_bucket_upper(len(hist) - 1)
 
 
-class SyscallStat(tuple):
+class SyscallStat(NamedTuple):
     """Counters of one (process, syscall): ``pid``, ``id``, ``name``,
     ``comm``, ``calls``, ``errors``, ``total_ns``, ``max_ns``, ``hist`` (the
     latency histogram, a tuple of STAT_BUCKETS counts; see stat_bucket)."""
 
-    __slots__ = ()
-    _fields = ("pid", "id", "name", "comm", "calls", "errors", "total_ns", "max_ns", "hist")
-
-    def __new__(cls, pid: int, id: int, comm: str, calls: int, errors: int, total_ns: int,
-                max_ns: int, hist: Tuple[int, ...]) -> "SyscallStat":
-        return tuple.__new__(cls, (pid, id, syscall_name(id), comm, calls, errors, total_ns,
-                                   max_ns, hist))
-
-    pid = property(lambda self: tuple.__getitem__(self, 0))
-    id = property(lambda self: tuple.__getitem__(self, 1))
-    name = property(lambda self: tuple.__getitem__(self, 2))
-    comm = property(lambda self: tuple.__getitem__(self, 3))
-    calls = property(lambda self: tuple.__getitem__(self, 4))
-    errors = property(lambda self: tuple.__getitem__(self, 5))
-    total_ns = property(lambda self: tuple.__getitem__(self, 6))
-    max_ns = property(lambda self: tuple.__getitem__(self, 7))
-    hist = property(lambda self: tuple.__getitem__(self, 8))
+    pid: int
+    id: int
+    name: str
+    comm: str
+    calls: int
+    errors: int
+    total_ns: int
+    max_ns: int
+    hist: Tuple[int, ...]
 
     def percentile(self, q: float) -> Optional[int]:
         """Latency quantile ``q`` (0..1) from the histogram; see percentile_of."""
         return percentile_of(self.hist, q)
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:           # without the 168 histogram counts
         return (f"SyscallStat(pid={self.pid}, name={self.name!r}, comm={self.comm!r}, "
                 f"calls={self.calls}, errors={self.errors}, total_ns={self.total_ns}, "
                 f"max_ns={self.max_ns})")
@@ -498,7 +490,7 @@ class SyscallStats(SyscallTracer):
                 if comm:
                     break
             out[(pid, nr)] = SyscallStat(
-                pid, nr, comm, calls, int(arr["errors"].sum()), int(arr["total_ns"].sum()),
+                pid, nr, syscall_name(nr), comm, calls, int(arr["errors"].sum()), int(arr["total_ns"].sum()),
                 int(arr["max_ns"].max()), tuple(int(x) for x in arr["hist"].sum(axis=0)))
         return out
 
