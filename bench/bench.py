@@ -214,43 +214,43 @@ def drain_section(quick: bool) -> None:
             def expect_sum(n: int, first: int) -> int:
                 return n * first + n * (n - 1) // 2
 
-            ev_rates = []
-            for _ in range(reps):
-                n, first = refill()
+            def rates(what: str, drain: Callable[[], Tuple[int, int, Any]]) -> List[float]:
+                """Records per second of thread CPU time over ``reps`` fills;
+                ``drain()`` -> (records, seq sum, what to free after the
+                clock stops), checked against the fill."""
+                out = []
+                for _ in range(reps):
+                    n, first = refill()
+                    t0 = time.thread_time()
+                    got, total, keep = drain()
+                    dt = time.thread_time() - t0
+                    if got != n or total != expect_sum(n, first):
+                        sys.exit(f"bench/run: {what} drain returned {got}/{n} records")
+                    del keep
+                    out.append(n / dt)
+                return out
+
+            def per_event() -> Tuple[int, int, Any]:
                 acc = [0]
 
-                def cb(rec: Any, acc: List[int] = acc) -> None:
+                def cb(rec: Any) -> None:
                     acc[0] += rec.seq
-                t0 = time.thread_time()
-                got = rb.consume(cb)
-                dt = time.thread_time() - t0
-                if got != n or acc[0] != expect_sum(n, first):
-                    sys.exit(f"bench/run: per-event drain returned {got}/{n} records")
-                ev_rates.append(n / dt)
-            batch_rates = []
-            for _ in range(reps):
-                n, first = refill()
-                t0 = time.thread_time()
+                return rb.consume(cb), acc[0], None
+
+            def batch() -> Tuple[int, int, Any]:
                 arr = rb.read_batch()
-                total = int(arr["seq"].sum())
-                dt = time.thread_time() - t0
-                if len(arr) != n or total != expect_sum(n, first):
-                    sys.exit(f"bench/run: batch drain returned {len(arr)}/{n} records")
-                del arr
-                batch_rates.append(n / dt)
-            view_rates = []
-            for _ in range(reps):
-                n, first = refill()
+                return len(arr), int(arr["seq"].sum()), arr
+
+            def views() -> Tuple[int, int, Any]:
                 acc = [0]
 
-                def vcb(rows: Any, acc: List[int] = acc) -> None:
+                def vcb(rows: Any) -> None:
                     acc[0] += int(rows["seq"].sum())
-                t0 = time.thread_time()
-                got = rb.consume_views(vcb)
-                dt = time.thread_time() - t0
-                if got != n or acc[0] != expect_sum(n, first):
-                    sys.exit(f"bench/run: view drain returned {got}/{n} records")
-                view_rates.append(n / dt)
+                return rb.consume_views(vcb), acc[0], None
+
+            ev_rates = rates("per-event", per_event)
+            batch_rates = rates("batch", batch)
+            view_rates = rates("view", views)
             rb.close()
         c, ev = median(c_rates), median(ev_rates)
         b, v = median(batch_rates), median(view_rates)
