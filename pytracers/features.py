@@ -48,17 +48,16 @@ import os
 import platform
 import threading
 import time
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
 
-from . import _errmap, tracefs
+from . import _errmap, kinds, tracefs
 from .errors import NotSupportedError, PytracersError, TargetNotFoundError, TracefsError
 
 __all__ = ["Feature", "FeatureReport", "CanAttach", "probe", "can_attach", "FEATURES",
            "PROBE_KINDS", "probe_function"]
 
-PROBE_KINDS = ("tp", "raw_tp", "tp_btf", "kprobe", "kretprobe", "kprobe_multi", "fentry",
-               "fexit", "fmod_ret")
+PROBE_KINDS = kinds.PROBED_KINDS
 FEATURES = ("btf", "ringbuf") + PROBE_KINDS + ("cookies", "tracefs", "lockdown")
 
 # Functions present from 5.10 to 7.x, traceable, not on the kprobe blacklist.
@@ -66,7 +65,8 @@ PROBE_FUNCTIONS = ("security_file_open", "vfs_read", "vfs_write")
 FMOD_RET_FUNCTIONS = ("security_file_open", "security_file_permission")
 SECURITYFS = "/sys/kernel/security"
 
-MIN_KERNEL = dict(_errmap.MIN_KERNEL, btf="5.4", ringbuf="5.8", cookies="5.15")
+MIN_KERNEL = dict({k.name: k.min_kernel for k in kinds.KINDS.values()},
+                  btf="5.4", ringbuf="5.8", cookies="5.15")
 
 
 @dataclass
@@ -85,38 +85,46 @@ class Feature:
         return self.supported
 
 
-@dataclass
 class FeatureReport:
-    """What the running kernel supports; one :class:`Feature` per field."""
+    """What the running kernel supports: one :class:`Feature` per name of
+    :data:`FEATURES`, as an attribute (``report.fentry``) and an item
+    (``report["fentry"]``), iterated in that order."""
 
-    btf: Feature
-    ringbuf: Feature
-    tp: Feature
-    raw_tp: Feature
-    tp_btf: Feature
-    kprobe: Feature
-    kretprobe: Feature
-    kprobe_multi: Feature
-    fentry: Feature
-    fexit: Feature
-    fmod_ret: Feature
-    cookies: Feature
-    tracefs: Feature
-    lockdown: Feature
-    kernel: str = ""
-    seconds: float = 0.0          # wall time of the probe() call
+    def __init__(self, features: Dict[str, Feature], kernel: str = "",
+                 seconds: float = 0.0) -> None:
+        missing = [n for n in FEATURES if n not in features]
+        if missing:
+            raise TypeError(f"FeatureReport needs every feature; missing {missing}")
+        self._features = {n: features[n] for n in FEATURES}
+        self.kernel = kernel
+        self.seconds = seconds          # wall time of the probe() call
+
+    def __getattr__(self, name: str) -> Feature:
+        try:
+            return self.__dict__["_features"][name]  # type: ignore[no-any-return]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} has no feature {name!r}; "
+                                 f"features: {', '.join(FEATURES)}") from None
 
     def __getitem__(self, name: str) -> Feature:
         if name not in FEATURES:
             raise KeyError(name)
-        feature: Feature = getattr(self, name)
-        return feature
+        return self._features[name]
 
     def __iter__(self) -> Iterator[Feature]:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, Feature):
-                yield v
+        return iter(self._features.values())
+
+    def __eq__(self, other: Any) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return bool((self._features, self.kernel, self.seconds)
+                    == (other._features, other.kernel, other.seconds))
+
+    __hash__ = None     # type: ignore[assignment]  # mutable: unhashable
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={f!r}" for n, f in self._features.items())
+        return f"FeatureReport({inner}, kernel={self.kernel!r}, seconds={self.seconds!r})"
 
     def supported(self) -> List[str]:
         return [f.name for f in self if f.supported]
@@ -279,8 +287,9 @@ def _btf_has(function: str) -> bool:
 
 def probe_function(kind: str) -> Optional[str]:
     """The stable function the prober attaches ``kind`` to here (None: none found)."""
-    names = FMOD_RET_FUNCTIONS if kind == "fmod_ret" else PROBE_FUNCTIONS
-    if kind in ("fentry", "fexit", "fmod_ret"):
+    pk = kinds.get(kind)
+    names = _targets(pk)
+    if pk.trampoline:
         for n in names:
             if _btf_has(n):
                 return n
@@ -320,8 +329,13 @@ _quiet = threading.local()
 logging.getLogger("pytracers.libbpf").addFilter(_QuietProbes())
 
 
-def _attempt(prog: str, setup: Callable[[Any], None], attach: Callable[[Any], Any]) -> None:
-    """Load ``prog`` of probe.bpf.o alone, attach it, detach and close."""
+def _attempt(prog: Union[str, kinds.ProbeKind], setup: Callable[[Any], None],
+             attach: Callable[[Any], Any]) -> None:
+    """Load program ``prog`` of probe.bpf.o (a kind's feature program) alone,
+    attach it, detach and close."""
+    if isinstance(prog, kinds.ProbeKind):
+        assert prog.feature_program is not None
+        prog = prog.feature_program
     _quiet.on = True
     try:
         _attempt_loud(prog, setup, attach)
@@ -351,47 +365,53 @@ def _nothing(o: Any) -> None:
     pass
 
 
-def _probe_tp() -> Feature:
+def _targets(pk: kinds.ProbeKind) -> Tuple[str, ...]:
+    """The stable functions the prober may attach ``pk`` to, best first."""
+    return FMOD_RET_FUNCTIONS if pk.name == kinds.FMOD_RET else PROBE_FUNCTIONS
+
+
+def _probe_tracepoint(pk: kinds.ProbeKind) -> Feature:
     try:
         root = tracefs.root()
     except TracefsError as e:
-        return _no("tp", f"tracefs is unavailable: {e}", "mount -t tracefs tracefs "
+        return _no(pk.name, f"tracefs is unavailable: {e}", "mount -t tracefs tracefs "
                    "/sys/kernel/tracing")
     for cat, name in (("syscalls", "sys_enter_getpid"), ("sched", "sched_switch")):
         if os.path.isdir(os.path.join(root, "events", cat, name)):
-            _attempt("probe_tp", _nothing, lambda p: p.attach_tracepoint(cat, name))
-            return _ok("tp", f"attached to {cat}:{name}")
-    return _no("tp", "tracefs lists neither syscalls:sys_enter_getpid nor sched:sched_switch",
-               "CONFIG_FTRACE_SYSCALLS / CONFIG_TRACEPOINTS")
+            _attempt(pk, _nothing, lambda p: p.attach_tracepoint(cat, name))
+            return _ok(pk.name, f"attached to {cat}:{name}")
+    return _no(pk.name, "tracefs lists neither syscalls:sys_enter_getpid nor "
+               "sched:sched_switch", "CONFIG_FTRACE_SYSCALLS / CONFIG_TRACEPOINTS")
 
 
-def _probe_raw_tp() -> Feature:
-    _attempt("probe_raw_tp", _nothing, lambda p: p.attach_raw_tracepoint("sys_enter"))
-    return _ok("raw_tp", "attached to raw tracepoint sys_enter")
+def _probe_raw_tracepoint(pk: kinds.ProbeKind) -> Feature:
+    _attempt(pk, _nothing, lambda p: p.attach_raw_tracepoint("sys_enter"))
+    return _ok(pk.name, "attached to raw tracepoint sys_enter")
 
 
-def _probe_tp_btf() -> Feature:
-    _attempt("probe_tp_btf", _nothing, lambda p: p.attach())
-    return _ok("tp_btf", "loaded against btf_trace_sys_enter and attached")
+def _probe_btf(pk: kinds.ProbeKind) -> Feature:
+    if pk.trampoline:
+        return _probe_trampoline(pk)
+    _attempt(pk, _nothing, lambda p: p.attach())   # the target is in its section
+    return _ok(pk.name, "loaded against btf_trace_sys_enter and attached")
 
 
-def _probe_kprobe(retprobe: bool) -> Feature:
-    name = "kretprobe" if retprobe else "kprobe"
+def _probe_kprobe(pk: kinds.ProbeKind) -> Feature:
     reason = _errmap.no_kprobes_reason()
     if reason:  # attach would fail with a bare ENOENT; this says why
-        raise NotSupportedError(name, reason, hint="use fentry/fexit or a tracepoint")
-    fn = _first_target(name, PROBE_FUNCTIONS, lambda f: _attempt(
-        f"probe_{name}", _nothing, lambda p: p.attach_kprobe(f, retprobe=retprobe)))
-    return _ok(name, f"attached to {fn}")
+        raise NotSupportedError(pk.name, reason, hint="use fentry/fexit or a tracepoint")
+    fn = _first_target(pk.name, _targets(pk), lambda f: _attempt(
+        pk, _nothing, lambda p: p.attach_kprobe(f, retprobe=pk.retprobe)))
+    return _ok(pk.name, f"attached to {fn}")
 
 
-def _probe_kprobe_multi() -> Feature:
+def _probe_kprobe_multi(pk: kinds.ProbeKind) -> Feature:
     try:
-        fn = _first_target("kprobe_multi", PROBE_FUNCTIONS, lambda f: _attempt(
-            "probe_kprobe_multi", _nothing, lambda p: p.attach_kprobe_multi(functions=[f])))
+        fn = _first_target(pk.name, _targets(pk), lambda f: _attempt(
+            pk, _nothing, lambda p: p.attach_kprobe_multi(functions=[f])))
     except PytracersError as e:
         raise kprobe_multi_refusal(e) from e
-    return _ok("kprobe_multi", f"multi-kprobe link on {fn}")
+    return _ok(pk.name, f"multi-kprobe link on {fn}")
 
 
 def kprobe_multi_refusal(e: PytracersError) -> PytracersError:
@@ -402,31 +422,40 @@ def kprobe_multi_refusal(e: PytracersError) -> PytracersError:
     if isinstance(e, VerifierError) and kernel_version() < (5, 18):
         said = [ln for ln in e.log.splitlines() if "func" in ln and ("unknown" in ln or
                                                                     "invalid" in ln)]
-        return NotSupportedError("kprobe_multi", f"Linux {kernel_release()} predates multi-kprobe "
+        return NotSupportedError(kinds.KPROBE_MULTI, f"Linux {kernel_release()} predates multi-kprobe "
                                  "links and bpf_get_func_ip in kprobe programs (verifier: "
                                  f"{said[0] if said else e.tail(1)})", min_kernel="5.18",
                                  hint="attach one kprobe per function")
     if not isinstance(e, (NotSupportedError, TargetNotFoundError)) and \
             err in (_errno.EINVAL, _errno.EOPNOTSUPP, 524) and kernel_version() < (5, 18):
-        return NotSupportedError("kprobe_multi", f"the kernel rejects multi-kprobe links "
+        return NotSupportedError(kinds.KPROBE_MULTI, f"the kernel rejects multi-kprobe links "
                                  f"({_errno.errorcode.get(err or 0, err)}): Linux "
                                  f"{kernel_release()} predates them", min_kernel="5.18",
                                  hint="attach one kprobe per function")
     return e
 
 
-def _probe_trampoline(kind: str) -> Feature:
+def _probe_trampoline(pk: kinds.ProbeKind) -> Feature:
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
-        raise NotSupportedError(kind, "the kernel has no BTF (/sys/kernel/btf/vmlinux): "
+        raise NotSupportedError(pk.name, "the kernel has no BTF (/sys/kernel/btf/vmlinux): "
                                 "CONFIG_DEBUG_INFO_BTF is off")
-    names = FMOD_RET_FUNCTIONS if kind == "fmod_ret" else PROBE_FUNCTIONS
 
     def attempt(fn: str) -> None:
         def setup(o: Any) -> None:
-            o.programs[f"probe_{kind}"].set_attach_target(fn)
-        _attempt(f"probe_{kind}", setup, lambda p: p.attach_trace())
-    fn = _first_target(kind, names, attempt)
-    return _ok(kind, f"BPF trampoline on {fn}")
+            o.programs[pk.feature_program].set_attach_target(fn)
+        _attempt(pk, setup, lambda p: p.attach_trace())
+    fn = _first_target(pk.name, _targets(pk), attempt)
+    return _ok(pk.name, f"BPF trampoline on {fn}")
+
+
+# How each attach style (kinds.ProbeKind.attach) is probed: a real load and attach.
+_KIND_PROBES: Dict[str, Callable[[kinds.ProbeKind], Feature]] = {
+    kinds.ATTACH_TRACEPOINT: _probe_tracepoint,
+    kinds.ATTACH_RAW_TRACEPOINT: _probe_raw_tracepoint,
+    kinds.ATTACH_BTF: _probe_btf,
+    kinds.ATTACH_FUNCTION: _probe_kprobe,
+    kinds.ATTACH_FUNCTION_GLOB: _probe_kprobe_multi,
+}
 
 
 def _probe_ringbuf() -> Feature:
@@ -500,15 +529,7 @@ def _probe_lockdown() -> Feature:
 _PROBES: Dict[str, Callable[[], Feature]] = {
     "btf": _probe_btf,
     "ringbuf": _probe_ringbuf,
-    "tp": _probe_tp,
-    "raw_tp": _probe_raw_tp,
-    "tp_btf": _probe_tp_btf,
-    "kprobe": lambda: _probe_kprobe(False),
-    "kretprobe": lambda: _probe_kprobe(True),
-    "kprobe_multi": _probe_kprobe_multi,
-    "fentry": lambda: _probe_trampoline("fentry"),
-    "fexit": lambda: _probe_trampoline("fexit"),
-    "fmod_ret": lambda: _probe_trampoline("fmod_ret"),
+    **{k: (lambda pk=kinds.KINDS[k]: _KIND_PROBES[pk.attach](pk)) for k in PROBE_KINDS},
     "cookies": _probe_cookies,
     "tracefs": _probe_tracefs,
     "lockdown": _probe_lockdown,
@@ -557,8 +578,7 @@ def probe(refresh: bool = False) -> FeatureReport:
     for name in FEATURES:
         if name not in got:
             got[name] = probe_one(name, refresh)
-    return FeatureReport(**got, kernel=kernel_release(),
-                         seconds=time.perf_counter() - t0)
+    return FeatureReport(got, kernel=kernel_release(), seconds=time.perf_counter() - t0)
 
 
 def clear_cache() -> None:
@@ -572,6 +592,11 @@ def clear_cache() -> None:
 
 # ---------------------------------------------------------------------- per function
 
+# the kinds that attach to one kernel function (can_attach), in the order it names them
+_FUNCTION_KINDS = kinds.TRAMPOLINE_KINDS + kinds.KPROBE_KINDS + (kinds.KPROBE_MULTI,)
+_USE_KPROBE = f"use kind={kinds.KPROBE!r}"
+
+
 def can_attach(kind: str, target: str) -> CanAttach:
     """Can a ``kind`` probe attach to kernel function ``target`` here?
 
@@ -579,26 +604,28 @@ def can_attach(kind: str, target: str) -> CanAttach:
     Cheap: reads BTF, kallsyms, and tracefs/debugfs lists when readable, plus
     the (cached) kind-level :func:`probe` answer; no load per function.
     """
-    kinds = ("fentry", "fexit", "fmod_ret", "kprobe", "kretprobe", "kprobe_multi")
-    if kind not in kinds:
+    function_kinds = _FUNCTION_KINDS
+    if kind not in function_kinds:
         from .errors import BadArgumentError
-        raise BadArgumentError(f"can_attach() kinds: {', '.join(kinds)}; not {kind!r}")
+        raise BadArgumentError(f"can_attach() kinds: {', '.join(function_kinds)}; "
+                               f"not {kind!r}")
+    pk = kinds.get(kind)
     checks: List[str] = []
     feat = probe_one(kind)
     checks.append(f"{kind} on this kernel: {'yes' if feat.supported else 'no'}")
     if not feat.supported:
         return CanAttach(kind, target, False, f"{kind}: {feat.reason}", feat.fix, checks)
     aff = filter_functions()
-    if kind in ("fentry", "fexit", "fmod_ret"):
+    if pk.trampoline:
         in_btf = _btf_has(target)
         checks.append(f"in the kernel's BTF: {'yes' if in_btf else 'no'}")
         if not in_btf:
             where = "inlined or not built" if target not in (kallsyms_functions() or ()) \
                 else "present in kallsyms but has no BTF (static or module without BTF)"
             return CanAttach(kind, target, False, f"symbol missing from the kernel's BTF "
-                             f"({where})", "use kind='kprobe'" if kind != "fmod_ret" else None,
+                             f"({where})", _USE_KPROBE if pk.twin else None,
                              checks)
-        if kind == "fmod_ret" and not target.startswith("security_"):
+        if pk.name == kinds.FMOD_RET and not target.startswith("security_"):
             inj = error_injection_list()
             checks.append("error_injection/list: " + ("unreadable" if inj is None else
                                                       ("listed" if target in inj else
@@ -608,8 +635,8 @@ def can_attach(kind: str, target: str) -> CanAttach:
                                  "hook nor on the error-injection list", None, checks)
             if inj is None:  # cannot read the list: ask the kernel (a load, no attach)
                 try:
-                    _attempt("probe_fmod_ret",
-                             lambda o: o.programs["probe_fmod_ret"].set_attach_target(target),
+                    _attempt(pk,
+                             lambda o: o.programs[pk.feature_program].set_attach_target(target),
                              lambda p: None)
                     checks.append("test load against it: accepted")
                 except NotSupportedError as e:
@@ -624,21 +651,21 @@ def can_attach(kind: str, target: str) -> CanAttach:
         if not in_syms:
             return CanAttach(kind, target, False, "symbol missing from kallsyms (inlined at "
                              "every call site, or not built)", None, checks)
-        if kind != "kprobe_multi":
+        if pk.attach == kinds.ATTACH_FUNCTION:
             bl = kprobe_blacklist()
             checks.append("kprobe blacklist: " + ("unreadable" if bl is None else
                                                   ("listed" if target in bl else "not listed")))
             if bl is not None and target in bl:
                 return CanAttach(kind, target, False, "blacklisted: on the kprobe blacklist "
                                  "(/sys/kernel/debug/kprobes/blacklist)", "use fentry", checks)
-    if kind in ("fentry", "fexit", "fmod_ret", "kprobe_multi"):
+    if pk.trampoline or pk.attach == kinds.ATTACH_FUNCTION_GLOB:
         checks.append("available_filter_functions: " + ("unreadable" if aff is None else
                                                         ("listed" if target in aff else
                                                          "not listed")))
         if aff is not None and target not in aff:
             return CanAttach(kind, target, False, "notrace or inlined: not in "
                              "available_filter_functions, so there is no ftrace site for a "
-                             "trampoline or fprobe", "use kind='kprobe'"
-                             if kind != "kprobe_multi" else None, checks)
+                             "trampoline or fprobe", _USE_KPROBE
+                             if pk.trampoline else None, checks)
     return CanAttach(kind, target, True, f"{kind} works here and {target} passed: "
                      + "; ".join(checks[1:]), None, checks)

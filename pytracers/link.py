@@ -5,7 +5,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
-from . import _libbpf
+from . import _libbpf, kinds
 from ._libbpf import ffi, lib
 from ._resource import Resource
 from .errors import BadArgumentError, LoadError, NotSupportedError
@@ -51,7 +51,7 @@ class Link(Resource):
         finally:
             os.umask(old)
         if rc < 0:
-            if -rc == errno.EINVAL and self.kind in ("tp", "kprobe", "kretprobe"):
+            if -rc == errno.EINVAL and self._perf_event_link():
                 raise NotSupportedError(
                     f"pinning a {self.kind} link", f"on this kernel a {self.kind} attachment is "
                     "a perf event, not a BPF link, and only BPF links can be pinned",
@@ -59,6 +59,10 @@ class Link(Resource):
                     "the process that attached it running", errno=-rc)
             raise LoadError(f"pin link at {path}", -rc, cap.last_line())
         os.chmod(path, 0o600)
+
+    def _perf_event_link(self) -> bool:
+        pk = kinds.KINDS.get(self.kind)
+        return pk is not None and pk.link == kinds.PERF_EVENT_LINK
 
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""

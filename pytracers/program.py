@@ -5,7 +5,7 @@ import errno
 import struct
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from . import _errmap, _libbpf, tracefs
+from . import _errmap, _libbpf, kinds, tracefs
 from ._libbpf import ffi, lib
 from .elfcheck import section_target, split_tracepoint
 from .errors import BadArgumentError, BadTypeError, NotSupportedError
@@ -81,40 +81,51 @@ class Program:
                                        f"({kind}); close that link first, or attach to "
                                        "another target")
 
+    # kinds.ProbeKind.attach -> the method that attaches a program of that style
+    # to a target given as one string (attach() below).
+    ATTACH = {
+        kinds.ATTACH_TRACEPOINT: "_attach_tracepoint_spec",
+        kinds.ATTACH_RAW_TRACEPOINT: "attach_raw_tracepoint",
+        kinds.ATTACH_FUNCTION: "attach_kprobe",
+        kinds.ATTACH_FUNCTION_GLOB: "_attach_glob",
+        kinds.ATTACH_BTF: "_attach_fixed",
+    }
+
     def attach(self, target: Optional[str] = None) -> Link:
-        """Attach by kind: tracepoints take "category/name" (or "category:name"),
-        raw tracepoints a name, kprobes a function; BTF-based programs (tp_btf,
-        fentry, fexit, fmod_ret) attach to the target fixed at load."""
-        k = self.kind
+        """Attach by kind (see :mod:`pytracers.kinds`): tracepoints take
+        "category/name" (or "category:name"), raw tracepoints a name, kprobes a
+        function, multi-kprobes a glob; BTF-based programs (tp_btf, fentry,
+        fexit, fmod_ret) attach to the target fixed at load.  Without
+        ``target``, the one written in the program's section."""
+        pk = kinds.KINDS.get(self.kind)
+        if pk is None:
+            raise BadArgumentError(f"pytracers cannot attach {self.kind!r} programs "
+                                   f"({self.section})")
         target = target if target is not None else section_target(self.section)
-        if k == "tp":
-            if not target:
-                raise BadArgumentError(f"{self.name}: a tracepoint program needs a target "
-                                       "'category/name'")
-            try:
-                cat, name = split_tracepoint(target)
-            except ValueError:
-                raise BadArgumentError(f"tracepoint target must be 'category/name' or "
-                                       f"'category:name', got {target!r}") from None
-            return self.attach_tracepoint(cat, name)
-        if k == "raw_tp":
-            if not target:
-                raise BadArgumentError(f"{self.name}: a raw tracepoint program needs a target")
-            return self.attach_raw_tracepoint(target)
-        if k in ("kprobe", "kretprobe"):
-            if not target:
-                raise BadArgumentError(f"{self.name}: a {k} program needs a function name")
-            return self.attach_kprobe(target)
-        if k in ("kprobe_multi", "kretprobe_multi"):
-            if not target:
-                raise BadArgumentError(f"{self.name}: a {k} program needs a glob pattern")
-            return self.attach_kprobe_multi(pattern=target)
-        if k in ("tp_btf", "fentry", "fexit", "fmod_ret"):
-            if target and self.attach_target and target != self.attach_target:
-                raise BadArgumentError(f"{self.name} was loaded for {self.attach_target}; "
-                                       "a BTF-based program's target is fixed before load")
-            return self.attach_trace()
-        raise BadArgumentError(f"pytracers cannot attach {k!r} programs ({self.section})")
+        method = getattr(self, self.ATTACH[pk.attach])
+        if pk.target_fixed_at_load:
+            return method(target)  # type: ignore[no-any-return]
+        if not target:
+            raise BadArgumentError(f"{self.name}: a {pk.name} program needs a target: "
+                                   f"{pk.target}")
+        return method(target)  # type: ignore[no-any-return]
+
+    def _attach_tracepoint_spec(self, target: str) -> Link:
+        try:
+            cat, name = split_tracepoint(target)
+        except ValueError:
+            raise BadArgumentError(f"tracepoint target must be 'category/name' or "
+                                   f"'category:name', got {target!r}") from None
+        return self.attach_tracepoint(cat, name)
+
+    def _attach_glob(self, pattern: str) -> Link:
+        return self.attach_kprobe_multi(pattern=pattern)
+
+    def _attach_fixed(self, target: Optional[str]) -> Link:
+        if target and self.attach_target and target != self.attach_target:
+            raise BadArgumentError(f"{self.name} was loaded for {self.attach_target}; "
+                                   "a BTF-based program's target is fixed before load")
+        return self.attach_trace()
 
     def _check_kind(self, *kinds: str) -> None:
         if self.kind not in kinds:
@@ -122,40 +133,40 @@ class Program:
                                    f"(section {self.section!r}), not {' or '.join(kinds)}")
 
     def attach_tracepoint(self, category: str, name: str) -> Link:
-        self._check_kind("tp")
+        self._check_kind(kinds.TP)
         self.object._check()
         for v in (category, name):
             if not isinstance(v, str) or not v or "/" in v or ".." in v:
                 raise BadArgumentError(f"bad tracepoint name part {v!r}")
         tracefs.root()   # libbpf reads the tracepoint id from tracefs
         tracefs.require_tracepoint(category, name)
-        self._refuse_duplicate("tp", f"{category}:{name}")
+        self._refuse_duplicate(kinds.TP, f"{category}:{name}")
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_tracepoint,
                                               self._ptr, category.encode(), name.encode())
-        return self._link(ptr, err, cap, "tp", f"{category}:{name}")
+        return self._link(ptr, err, cap, kinds.TP, f"{category}:{name}")
 
     def attach_raw_tracepoint(self, name: str) -> Link:
-        self._check_kind("raw_tp")
+        self._check_kind(kinds.RAW_TP)
         self.object._check()
         if not isinstance(name, str) or not name:
             raise BadTypeError("raw tracepoint name must be a non-empty str")
-        self._refuse_duplicate("raw_tp", name)
+        self._refuse_duplicate(kinds.RAW_TP, name)
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_raw_tracepoint,
                                               self._ptr, name.encode())
-        return self._link(ptr, err, cap, "raw_tp", name)
+        return self._link(ptr, err, cap, kinds.RAW_TP, name)
 
     def attach_kprobe(self, function: str, *, retprobe: Optional[bool] = None) -> Link:
-        self._check_kind("kprobe", "kretprobe")
+        self._check_kind(*kinds.KPROBE_KINDS)
         self.object._check()
         if not isinstance(function, str) or not function:
             raise BadTypeError("kprobe target must be a non-empty function name")
         if retprobe is None:
-            retprobe = self.kind == "kretprobe"
-        kind = "kretprobe" if retprobe else "kprobe"
+            retprobe = kinds.get(self.kind).retprobe
+        kind = kinds.KRETPROBE if retprobe else kinds.KPROBE
         self._refuse_duplicate(kind, function)
         reason = _errmap.no_kprobes_reason()
         if reason:  # libbpf would fail with a bare ENOENT
-            raise NotSupportedError(kind, reason, min_kernel=_errmap.MIN_KERNEL[kind],
+            raise NotSupportedError(kind, reason, min_kernel=kinds.get(kind).min_kernel,
                                     hint="use fentry/fexit where BPF trampolines work, "
                                          "or a tracepoint")
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_kprobe,
@@ -168,15 +179,15 @@ class Program:
         """Attach one multi-kprobe link to every function matching ``pattern``
         (a glob; needs tracefs' available_filter_functions) or listed in
         ``functions``."""
-        self._check_kind("kprobe_multi", "kretprobe_multi")
+        self._check_kind(*kinds.MULTI_KINDS)
         self.object._check()
         if (pattern is None) == (functions is None):
             raise BadArgumentError("pass exactly one of pattern= or functions=")
         if not _libbpf.has("bpf_program__attach_kprobe_multi_opts"):
-            raise NotSupportedError("kprobe_multi", "the installed libbpf lacks "
+            raise NotSupportedError(kinds.KPROBE_MULTI, "the installed libbpf lacks "
                                     "bpf_program__attach_kprobe_multi_opts")
         if retprobe is None:
-            retprobe = self.kind == "kretprobe_multi"
+            retprobe = kinds.get(self.kind).retprobe
         opts = ffi.new("struct bpf_kprobe_multi_opts *")
         opts.sz = ffi.sizeof("struct bpf_kprobe_multi_opts")
         opts.retprobe = retprobe
@@ -198,20 +209,20 @@ class Program:
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_kprobe_multi_opts,
                                               self._ptr, cpattern, opts)
         del keep
-        return self._link(ptr, err, cap, "kretprobe_multi" if retprobe else "kprobe_multi",
+        return self._link(ptr, err, cap, kinds.KRETPROBE_MULTI if retprobe else kinds.KPROBE_MULTI,
                           target)
 
     def attach_trace(self) -> Link:
         """Attach a BTF-based program (tp_btf, fentry, fexit, fmod_ret)."""
-        self._check_kind("tp_btf", "fentry", "fexit", "fmod_ret")
+        self._check_kind(*kinds.BTF_TARGET_KINDS)
         self.object._check()
         target = self.attach_target or section_target(self.section) or "?"
         self._refuse_duplicate(self.kind, target)
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_trace, self._ptr)
-        if ptr == ffi.NULL and self.kind in _errmap.TRAMPOLINE_KINDS and err in (
+        if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err in (
                 1, 13, 95, 524):
             raise _errmap.trampoline_refused(self.kind, err, cap.last_line())
-        if ptr == ffi.NULL and self.kind in _errmap.TRAMPOLINE_KINDS and err == errno.EBUSY:
+        if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err == errno.EBUSY:
             raise _errmap.untraceable(self.kind, target, err)
         return self._link(ptr, err, cap, self.kind, target)
 
@@ -228,7 +239,7 @@ class Program:
             raise BadArgumentError("repeat must be a positive int")
         opts = ffi.new("struct bpf_test_run_opts *")
         opts.sz = ffi.sizeof("struct bpf_test_run_opts")
-        if self.kind == "raw_tp":
+        if self.kind == kinds.RAW_TP:
             # The kernel runs a raw_tp program exactly once and refuses any
             # nonzero repeat (net/bpf/test_run.c) with EINVAL.
             if repeat != 1:
