@@ -11,16 +11,11 @@ FORMAT = 1
 VALIDATOR_DIGEST = 'b226863588014ba5f551a86287500abdf427a110ac02e0c83fdafe0bdaf90fb8'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
-    'a1f87a377c4451872dba46acf1640e9d50459bf85819a51e20215f0160ddf62c': {
+    '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {
         'programs': {
             'fill_8': 'raw_tp',
             'fill_64': 'raw_tp',
             'fill_256': 'raw_tp',
-            'count_only': 'raw_tp',
-            'count_kprobe': '?kprobe',
-            'count_fentry': '?fentry',
-            'floor_kprobe': '?kprobe',
-            'floor_fentry': '?fentry',
         },
         'variables': {
             'bench_seq': ('.bss', 0, 8),
@@ -32,9 +27,9 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'pt_btf_bench_rec64': ('.rodata', 40, 8),
             'pt_btf_bench_rec256': ('.rodata', 48, 8),
         },
-        'sections': ['', '.strtab', '.symtab', '.text', 'raw_tp', '?kprobe', '?fentry', '.rodata', '.data', '.bss', '.maps', 'license', '.rel.text', '.relraw_tp', '.rel?kprobe', '.rel?fentry', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', '.text', 'raw_tp', '.rodata', '.data', '.bss', 'license', '.maps', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (6400, 2748),
+        'btf': (4472, 2344),
     },
     # exec.bpf.o
     '65fdaaa3ecde6cbe665130fe032005d28e315e594a998c889394fd499e6f93cc': {
@@ -157,7 +152,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (8992, 29603),
     },
     # syscalls.bpf.o
-    '7c19b4b04a6a1f4a0430ad486123efed40c113315d4d6c3a06d95121e1e7fb33': {
+    'a0f5d9607e62ab7cffe531d9268a74bf01ffb0f2e7232aca538810005e0d746f': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -169,20 +164,14 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'sc_tp_exit': 'tp',
             'sc_tp_exit_regs': 'tp',
             'sc_tp_stat_exit': 'tp',
-            'sc_tp_count': 'tp',
-            'sc_tp_floor': 'tp',
             'sc_raw_enter': 'raw_tp/sys_enter',
             'sc_raw_exit': 'raw_tp/sys_exit',
             'sc_raw_stat_exit': 'raw_tp/sys_exit',
             'sc_raw_exit_regs': 'raw_tp/sys_exit',
-            'sc_raw_count': 'raw_tp/sys_enter',
-            'sc_raw_floor': 'raw_tp/sys_enter',
             'sc_btf_enter': 'tp_btf/sys_enter',
             'sc_btf_exit': 'tp_btf/sys_exit',
             'sc_btf_stat_exit': 'tp_btf/sys_exit',
             'sc_btf_exit_regs': 'tp_btf/sys_exit',
-            'sc_btf_count': 'tp_btf/sys_enter',
-            'sc_btf_floor': 'tp_btf/sys_enter',
         },
         'variables': {
             'cfg_pid': ('.rodata', 0, 4),
@@ -195,9 +184,9 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'pt_btf_sc_stat': ('.rodata', 48, 8),
             'pt_btf_sc_stat_key': ('.rodata', 56, 8),
         },
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', 'license', '.maps', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (41304, 7996),
+        'btf': (37664, 7426),
     },
     # tracepoint.bpf.o
     '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {
