@@ -3,10 +3,13 @@
 
 Run once by the maintainers (and by CI, which checks the result), never on a
 user's machine: a user installs the committed ``pytracers/bpf/*.bpf.o`` files
-and needs no clang, no kernel headers and no bpftool.
+and needs no clang, no kernel headers and no bpftool.  The benchmark's own
+objects (``bench/*.bpf.c``, which may include the headers of ``bpf_src/``) are
+built the same way into ``bench/`` and committed too, but are not shipped.
 
-    python build.py               # compile bpf_src/*.bpf.c -> pytracers/bpf/*.bpf.o,
-                                  # then write pytracers/_libbpf_ffi.py and _inspected.py
+    python build.py               # compile bpf_src/*.bpf.c -> pytracers/bpf/*.bpf.o and
+                                  # bench/*.bpf.c -> bench/*.bpf.o, then write
+                                  # pytracers/_libbpf_ffi.py and elf/_inspected.py
     python build.py --check       # rebuild in a temp dir; exit 1 if anything differs
     python build.py vmlinux       # regenerate vmlinux/x86/vmlinux.h from this kernel's BTF
 
@@ -34,6 +37,9 @@ from typing import Iterator
 ROOT = Path(__file__).resolve().parent
 SRC = ROOT / "bpf_src"
 OUT = ROOT / "pytracers" / "bpf"
+# (source directory, output directory), relative to the root: the objects
+# pytracers ships, and the benchmark's own (bench/run loads them from bench/)
+TARGETS = (("bpf_src", "pytracers/bpf"), ("bench", "bench"))
 VMLINUX_DIR = ROOT / "vmlinux" / "x86"
 CLANG = os.environ.get("CLANG", "clang-19")
 BPFTOOL = os.environ.get("BPFTOOL", "bpftool")
@@ -75,6 +81,11 @@ def staged_sources() -> Iterator[Path]:
         shutil.rmtree(STAGE, ignore_errors=True)
         (STAGE / "obj").mkdir(parents=True)
         shutil.copytree(SRC, STAGE / "bpf_src")
+        for src_dir, _ in TARGETS:
+            if src_dir != "bpf_src":
+                (STAGE / src_dir).mkdir()
+                for src in sorted((ROOT / src_dir).glob("*.bpf.c")):
+                    shutil.copy(src, STAGE / src_dir / src.name)
         shutil.copytree(VMLINUX_DIR, STAGE / "vmlinux" / "x86")
         try:
             yield STAGE
@@ -82,27 +93,35 @@ def staged_sources() -> Iterator[Path]:
             shutil.rmtree(STAGE, ignore_errors=True)
 
 
-def compile_one(stage: Path, src_name: str, out_dir: Path, clang: str, bpftool: str) -> Path:
-    name = src_name[: -len(".c")] + ".o"          # foo.bpf.c -> foo.bpf.o
+def compile_one(stage: Path, src: str, out_dir: Path, clang: str, bpftool: str) -> Path:
+    """Compile ``src`` (a path relative to the stage, e.g. bpf_src/foo.bpf.c)
+    into ``out_dir`` (foo.bpf.o)."""
+    name = Path(src).name[: -len(".c")] + ".o"    # foo.bpf.c -> foo.bpf.o
     out = out_dir / name
-    raw = stage / "obj" / name
+    raw = f"obj/{Path(src).parent}/{name}"
+    (stage / raw).parent.mkdir(parents=True, exist_ok=True)
     flags = [f.format(root=stage) for f in CFLAGS]
     run([clang, *flags, "-I", "vmlinux/x86", "-I", "bpf_src",
          "-idirafter", str(LIBBPF_INCLUDE),
-         "-c", f"bpf_src/{src_name}", "-o", f"obj/{name}"], cwd=stage)
-    run([bpftool, "gen", "object", str(out), str(raw)], stdout=subprocess.DEVNULL)
+         "-c", src, "-o", raw], cwd=stage)
+    run([bpftool, "gen", "object", str(out), str(stage / raw)], stdout=subprocess.DEVNULL)
     return out
 
 
-def build(out_dir: Path) -> list[Path]:
+def build(root: Path) -> list[Path]:
+    """Compile every target's sources into ``root`` / its output directory."""
     clang = tool(CLANG, "clang-19")
     bpftool = tool(BPFTOOL, "bpftool")
     if not (VMLINUX_DIR / "vmlinux.h").exists():
         sys.exit("build.py: vmlinux/x86/vmlinux.h is missing; run `python build.py vmlinux`")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    built = []
     with staged_sources() as stage:
-        return [compile_one(stage, src.name, out_dir.resolve(), clang, bpftool)
-                for src in sorted(SRC.glob("*.bpf.c"))]
+        for src_dir, out_rel in TARGETS:
+            out_dir = (root / out_rel).resolve()
+            out_dir.mkdir(parents=True, exist_ok=True)
+            built += [compile_one(stage, f"{src_dir}/{src.name}", out_dir, clang, bpftool)
+                      for src in sorted((ROOT / src_dir).glob("*.bpf.c"))]
+    return built
 
 
 FFI_MODULE = ROOT / "pytracers" / "_libbpf_ffi.py"
@@ -142,44 +161,44 @@ def check_ffi_module() -> bool:
     return True
 
 
-INSPECTED_MODULE = ROOT / "pytracers" / "_inspected.py"
+INSPECTED_MODULE = ROOT / "pytracers" / "elf" / "_inspected.py"
 
 
-def _elfcheck():
-    """pytracers.elfcheck of this tree (its package __init__ imports nothing heavy)."""
+def _elf_inspect():
+    """pytracers.elf.inspect of this tree (the packages' __init__ import nothing heavy)."""
     sys.path.insert(0, str(ROOT))
     try:
-        import pytracers.elfcheck as elfcheck
+        import pytracers.elf.inspect as elf_inspect
     finally:
         sys.path.remove(str(ROOT))
-    if Path(elfcheck.__file__).resolve().parent != ROOT / "pytracers":
-        sys.exit(f"build.py: imported {elfcheck.__file__}, not this tree's pytracers")
-    return elfcheck
+    if Path(elf_inspect.__file__).resolve().parent != ROOT / "pytracers" / "elf":
+        sys.exit(f"build.py: imported {elf_inspect.__file__}, not this tree's pytracers")
+    return elf_inspect
 
 
 def inspected_text() -> str:
-    """pytracers/_inspected.py for the objects now in pytracers/bpf/: the full
-    inspection (elfvalidate's checks, then pyelftools) of each, keyed by the
-    SHA-256 of its contents and stamped with the checking code's digest."""
+    """pytracers/elf/_inspected.py for the objects now in pytracers/bpf/: the
+    full inspection (elf/validate.py's checks, then pyelftools) of each, keyed
+    by the SHA-256 of its contents and stamped with the checking code's digest."""
     import hashlib
-    elfcheck = _elfcheck()
+    elf_inspect = _elf_inspect()
     lines = [
-        "# generated by build.py: pytracers.elfcheck's full inspection of each shipped object;",
-        "# do not edit.  Used only for a file whose SHA-256 is a key here, and only while",
-        "# VALIDATOR_DIGEST matches the checking code (see elfcheck._prevalidated).",
+        "# generated by build.py: pytracers.elf.inspect's full inspection of each shipped",
+        "# object; do not edit.  Used only for a file whose SHA-256 is a key here, and only",
+        "# while VALIDATOR_DIGEST matches the checking code (see inspect._prevalidated).",
         "from __future__ import annotations",
         "",
         "TYPE_CHECKING = False",
         "if TYPE_CHECKING:",
         "    from typing import Any",
         "",
-        f"FORMAT = {elfcheck.INSPECTED_FORMAT!r}",
-        f"VALIDATOR_DIGEST = {elfcheck.validator_digest()!r}",
+        f"FORMAT = {elf_inspect.INSPECTED_FORMAT!r}",
+        f"VALIDATOR_DIGEST = {elf_inspect.validator_digest()!r}",
         "OBJECTS: dict[str, dict[str, Any]] = {",
     ]
     for obj in sorted(OUT.glob("*.bpf.o")):
         data = obj.read_bytes()
-        rec = elfcheck.inspection_record(f"pytracers/bpf/{obj.name}", data)
+        rec = elf_inspect.inspection_record(f"pytracers/bpf/{obj.name}", data)
         lines.append(f"    # {obj.name}")
         lines.append(f"    {hashlib.sha256(data).hexdigest()!r}: {{")
         for key, value in rec.items():
@@ -216,11 +235,12 @@ def check() -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="pytracers-check-") as tmp:
         built = build(Path(tmp))
-        fresh = {p.name for p in built}
-        shipped = {p.name for p in OUT.glob("*.bpf.o")}
-        bad = sorted(shipped ^ fresh)
-        bad += [n for n in sorted(fresh & shipped)
-                if not filecmp.cmp(Path(tmp) / n, OUT / n, shallow=False)]
+        fresh = {str(p.relative_to(Path(tmp).resolve())) for p in built}
+        committed = {str(p.relative_to(ROOT)) for _, out_rel in TARGETS
+                     for p in (ROOT / out_rel).glob("*.bpf.o")}
+        bad = sorted(committed ^ fresh)
+        bad += [n for n in sorted(fresh & committed)
+                if not filecmp.cmp(Path(tmp) / n, ROOT / n, shallow=False)]
     if bad:
         print("build.py --check: these objects differ from a fresh build "
               "(run `python build.py` and commit):", *bad, sep="\n  ")
@@ -258,7 +278,7 @@ def main() -> int:
     if args.check:
         return check()
     try:
-        built = build(OUT)
+        built = build(ROOT)
     except subprocess.CalledProcessError as e:
         print(f"build.py: {e.cmd[0]} failed with exit status {e.returncode}", file=sys.stderr)
         return 1

@@ -319,18 +319,20 @@ def irq_work_interrupts() -> int:
 
 
 FUNCTION = "__x64_sys_getpgid"       # where the function-attached kinds probe getpgid
+# the count-only and floor programs (bench/probe_cost.bpf.c, built by build.py; not shipped)
+PROBE_COST = os.path.join(HERE, "probe_cost.bpf.o")
 KINDS = ("tp", "raw_tp", "tp_btf", "kprobe", "fentry")
 
 
 def count_only(kind: str, what: str = "count") -> Tuple[Any, Callable[[], int]]:
-    """Load and attach the count-only program of ``kind`` on getpgid: the
-    syscall tracer object's count programs (tracepoint kinds, after the same
-    syscall-id filter the tracer uses), bench.bpf.o's for kprobe/fentry.
-    ``what="floor"``: the floor program instead (same filters, one record of
-    the tracer's size with only the header); hits are then records emitted."""
+    """Load and attach the count-only program of ``kind`` on getpgid, from
+    bench/probe_cost.bpf.o: for the tracepoint kinds after the same
+    syscall-id filter the syscall tracer uses.  ``what="floor"``: the floor
+    program instead (same filters, one record of the tracer's size with only
+    the header); hits are then records emitted."""
     if kind in ("kprobe", "fentry"):
         prog = f"{what}_{kind}"
-        o = pytracers.open(pytracers.object_path("bench"))
+        o = pytracers.open(PROBE_COST)
         o.only(prog)
         if kind == "fentry":
             o.programs[prog].set_attach_target(FUNCTION)
@@ -348,7 +350,7 @@ def count_only(kind: str, what: str = "count") -> Tuple[Any, Callable[[], int]]:
             raise
         return obj, hits_of(obj, what)
     prog = {"tp": "sc_tp_", "raw_tp": "sc_raw_", "tp_btf": "sc_btf_"}[kind] + what
-    o = pytracers.open(pytracers.object_path("syscalls"))
+    o = pytracers.open(PROBE_COST)
     o.only(prog)
     if kind != "tp":
         o.config["cfg_filter_ids"] = 1

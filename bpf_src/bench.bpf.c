@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * Event producers for the benchmark and the ring-buffer reliability tests,
- * run with BPF_PROG_TEST_RUN (raw_tp programs accept an array of u64 as
- * ctx_in since 5.10):
+ * Ring-buffer event producers run with BPF_PROG_TEST_RUN (raw_tp programs
+ * accept an array of u64 as ctx_in since 5.10), for the ring-buffer tests,
+ * the pytest-plugin example (examples/pytest) and bench/run's drain figure:
  *
  *   fill_8, fill_64, fill_256   SEC("raw_tp")
  *     ctx[0] = n: reserve up to min(n, BENCH_MAX_PER_RUN) records of 8, 64
@@ -19,17 +19,8 @@
  *     bench_seq is not updated atomically (5.10 has no fetch-and-add):
  *     concurrent runs on several CPUs may repeat seqs.
  *
- *   count_only                  SEC("raw_tp")
- *     Adds one to `counts` and emits nothing: attach it to a raw tracepoint
- *     to measure the bare cost of a probe.
- *   count_kprobe, count_fentry  SEC("?kprobe"), SEC("?fentry")
- *     The same for the kinds that attach to a kernel function (bench/run
- *     uses __x64_sys_getpgid).  Not loaded unless asked for (the "?"):
- *     kprobes may be missing and fentry needs set_attach_target() first.
- *   floor_kprobe, floor_fentry  SEC("?kprobe"), SEC("?fentry")
- *     Emit a record of the function tracer's size (func_event, 120 bytes)
- *     with only the header filled: the least a tracer emitting one ring
- *     record per call costs (syscalls.bpf.o has the tracepoint ones).
+ * The benchmark's probe-cost programs (count-only and floor) are not here but
+ * in bench/probe_cost.bpf.c, which is not shipped.
  *
  * The per-record work is in global functions, which the verifier checks
  * once rather than per loop iteration; that keeps the loop within what the
@@ -59,13 +50,6 @@ PT_BTF_EXPORT(struct bench_rec256, bench_rec256);
 
 /* seq of the next record reserved */
 __u64 bench_seq = 0;
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);                    /* count_only hits */
-} counts SEC(".maps");
 
 /* Reserve one record, stamp it and submit or discard it; 1 if reserved. */
 #define BENCH_PUT(size)                                                 \
@@ -105,55 +89,5 @@ int fill_##size(__u64 *ctx)                                             \
 BENCH_FILL(8)
 BENCH_FILL(64)
 BENCH_FILL(256)
-
-SEC("raw_tp")
-int count_only(void *ctx)
-{
-	pt_percpu_inc(&counts);
-	return 0;
-}
-
-SEC("?kprobe")
-int count_kprobe(void *ctx)
-{
-	pt_percpu_inc(&counts);
-	return 0;
-}
-
-SEC("?fentry")
-int count_fentry(void *ctx)
-{
-	pt_percpu_inc(&counts);
-	return 0;
-}
-
-struct bench_floor_event {
-	PT_EVENT_HEADER;
-	__u64 body[10];            /* sizeof == sizeof(struct func_event) */
-};
-
-static __always_inline void bench_floor_record(void)
-{
-	struct bench_floor_event *e = PT_RESERVE(struct bench_floor_event);
-
-	if (e) {
-		PT_FILL_HEADER(e, bpf_get_current_pid_tgid());
-		pt_submit(e);
-	}
-}
-
-SEC("?kprobe")
-int floor_kprobe(void *ctx)
-{
-	bench_floor_record();
-	return 0;
-}
-
-SEC("?fentry")
-int floor_fentry(void *ctx)
-{
-	bench_floor_record();
-	return 0;
-}
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

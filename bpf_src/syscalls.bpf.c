@@ -33,12 +33,9 @@
  * user space, so no call is lost to a reader that cannot keep up; the counts
  * only grow, and Python reads them when it likes and subtracts.
  *
- * sc_tp_count / sc_raw_count / sc_btf_count only add one to `counts` (after
- * the id filter, and cfg_pid when set) and emit nothing: the benchmark's
- * measure of the bare probe cost.  sc_tp_floor / sc_raw_floor / sc_btf_floor
- * pass the same filters and emit a syscall_event-sized record holding only
- * the header: the least a tracer emitting one ring record per call can cost
- * (the benchmark's floor for the tracers).
+ * The event, the id filter and the raw tracepoint contexts are in
+ * syscalls.h, which the benchmark's count-only and floor programs for these
+ * tracepoints (bench/probe_cost.bpf.c, not shipped) share.
  *
  * Entry and exit are paired per thread through `inflight`.  It is an LRU
  * hash: exit(2)/exit_group(2) have an entry but never an exit, and an LRU map
@@ -50,23 +47,7 @@
  * x86-64 syscall ABI is handled; 32-bit (ia32) syscalls of compat tasks are
  * reported with x86-64 numbering and registers.
  */
-#include "pytracers.h"
-
-#define SC_MAX_IDS 1024
-#define SC_NARGS 6
-
-struct syscall_event {
-	PT_EVENT_HEADER;
-	__s64 id;                   /* syscall number */
-	__s64 ret;                  /* return value (-errno on failure) */
-	__u64 latency_ns;           /* entry to exit */
-	__u64 args[SC_NARGS];       /* argument registers at entry */
-};
-PT_BTF_EXPORT(struct syscall_event, syscall_event);
-
-/* 1: only syscalls whose `syscall_ids` slot is nonzero (raw_tp, tp_btf);
- * ids >= SC_MAX_IDS (and negative ids) are then never traced. */
-const volatile __u32 cfg_filter_ids = 0;
+#include "syscalls.h"
 
 struct sc_inflight {
 	__u64 start_ns;
@@ -80,20 +61,6 @@ struct {
 	__type(key, __u32);                      /* tid */
 	__type(value, struct sc_inflight);
 } inflight SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SC_MAX_IDS);
-	__type(key, __u32);                      /* syscall number */
-	__type(value, __u8);                     /* nonzero: trace it */
-} syscall_ids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);                    /* probe hits (count programs) */
-} counts SEC(".maps");
 
 /* Records of the per-syscall tracepoints, as their format files describe
  * them (events/syscalls/sys_{enter,exit}_<X>/format): the syscall number is
@@ -112,35 +79,6 @@ struct sc_tp_exit_args {
 	__s32 nr;
 	__u32 _pad;
 	__s64 ret;
-};
-
-/* The x86-64 register frame of a syscall (the kernel's struct pt_regs),
- * declared here rather than taken from vmlinux.h so that accesses to it carry
- * no CO-RE relocation: its layout is the ptrace ABI (struct user_regs_struct
- * begins with these 21 fields) and has not changed since x86-64 Linux began;
- * the asserts below hold it to vmlinux.h's.  An object without CO-RE
- * relocations spares libbpf loading the kernel's BTF (~10 ms of every start;
- * tp_btf still needs it to attach).  Likewise the raw_tp context. */
-struct sc_pt_regs {
-	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8;
-	__u64 ax, cx, dx, si, di, orig_ax, ip, cs, flags, sp, ss;
-};
-
-#define SC_SAME_OFFSET(f) \
-	_Static_assert(__builtin_offsetof(struct pt_regs, f) == \
-		       __builtin_offsetof(struct sc_pt_regs, f), "pt_regs." #f)
-SC_SAME_OFFSET(r10);
-SC_SAME_OFFSET(r9);
-SC_SAME_OFFSET(r8);
-SC_SAME_OFFSET(dx);
-SC_SAME_OFFSET(si);
-SC_SAME_OFFSET(di);
-SC_SAME_OFFSET(orig_ax);
-SC_SAME_OFFSET(ss);
-_Static_assert(sizeof(struct pt_regs) == sizeof(struct sc_pt_regs), "sizeof pt_regs");
-
-struct sc_raw_tp_args {
-	__u64 args[2];              /* sys_enter: regs, id; sys_exit: regs, ret */
 };
 
 /* x86-64 passes syscall arguments in di, si, dx, r10, r8, r9, which lie in
@@ -164,20 +102,6 @@ _Static_assert(__builtin_offsetof(struct sc_pt_regs, orig_ax) -
 	(args)[4] = (r).r8;               \
 	(args)[5] = (r).r9;               \
 } while (0)
-
-static __always_inline bool sc_id_wanted(long id)
-{
-	__u32 key;
-	__u8 *on;
-
-	if (!cfg_filter_ids)
-		return true;
-	if ((unsigned long)id >= SC_MAX_IDS)
-		return false;
-	key = (__u32)id;
-	on = bpf_map_lookup_elem(&syscall_ids, &key);
-	return on && *on;
-}
 
 /* Filters of the raw_tp/tp_btf entry programs: syscall id, then process. */
 static __always_inline bool sc_enter_wanted(long id, __u64 *pid_tgid)
@@ -371,22 +295,6 @@ static __always_inline void sc_stat_complete(long id, long ret)
 	bpf_get_current_comm(st->comm, sizeof(st->comm));
 }
 
-static __always_inline bool sc_count_wanted(void)
-{
-	return !cfg_pid || (bpf_get_current_pid_tgid() >> 32) == cfg_pid;
-}
-
-/* The benchmark's floor: a record with only the header filled. */
-static __always_inline void sc_floor_record(void)
-{
-	struct syscall_event *e = PT_RESERVE(struct syscall_event);
-
-	if (e) {
-		PT_FILL_HEADER(e, bpf_get_current_pid_tgid());
-		pt_submit(e);
-	}
-}
-
 /* ---- tp: syscalls:sys_enter_<X> / syscalls:sys_exit_<X> ----------------- */
 
 /* The kernel refuses to attach a tp program that reads past the end of the
@@ -442,22 +350,6 @@ SEC("tp")
 int sc_tp_stat_exit(struct sc_tp_exit_args *ctx)
 {
 	sc_stat_complete(ctx->nr, ctx->ret);
-	return 0;
-}
-
-SEC("tp")
-int sc_tp_count(void *ctx)
-{
-	if (sc_count_wanted())
-		pt_percpu_inc(&counts);
-	return 0;
-}
-
-SEC("tp")
-int sc_tp_floor(void *ctx)
-{
-	if (sc_count_wanted())
-		sc_floor_record();
 	return 0;
 }
 
@@ -526,22 +418,6 @@ int sc_raw_exit_regs(struct sc_raw_tp_args *ctx)
 	return 0;
 }
 
-SEC("raw_tp/sys_enter")
-int sc_raw_count(struct sc_raw_tp_args *ctx)
-{
-	if (sc_id_wanted((long)ctx->args[1]) && sc_count_wanted())
-		pt_percpu_inc(&counts);
-	return 0;
-}
-
-SEC("raw_tp/sys_enter")
-int sc_raw_floor(struct sc_raw_tp_args *ctx)
-{
-	if (sc_id_wanted((long)ctx->args[1]) && sc_count_wanted())
-		sc_floor_record();
-	return 0;
-}
-
 /* ---- tp_btf: the same tracepoints, typed -------------------------------- */
 
 SEC("tp_btf/sys_enter")
@@ -585,22 +461,6 @@ int BPF_PROG(sc_btf_exit_regs, struct sc_pt_regs *regs, long ret)
 	if (!sc_id_wanted(id))
 		return 0;
 	SC_EMIT_AT_EXIT(id, ret, *regs);
-	return 0;
-}
-
-SEC("tp_btf/sys_enter")
-int BPF_PROG(sc_btf_count, struct sc_pt_regs *regs, long id)
-{
-	if (sc_id_wanted(id) && sc_count_wanted())
-		pt_percpu_inc(&counts);
-	return 0;
-}
-
-SEC("tp_btf/sys_enter")
-int BPF_PROG(sc_btf_floor, struct sc_pt_regs *regs, long id)
-{
-	if (sc_id_wanted(id) && sc_count_wanted())
-		sc_floor_record();
 	return 0;
 }
 

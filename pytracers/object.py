@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Union
 from . import _errmap, _libbpf
 from ._libbpf import ffi, lib
 from ._resource import Resource
-from .elfcheck import ObjectInfo, Variable, inspect, program_kind, read_object_bytes
+from .elf.inspect import ObjectInfo, Variable, inspect, program_kind, read_object_bytes
 from .errors import (BadArgumentError, BadTypeError, ClosedError, LoadError,
                      PermissionDeniedError, PytracersError, TargetNotFoundError)
 

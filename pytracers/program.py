@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import _errmap, _libbpf, kinds, tracefs
 from ._libbpf import ffi, lib
-from .elfcheck import section_target, split_tracepoint
+from .elf.inspect import section_target, split_tracepoint
 from .errors import BadArgumentError, BadTypeError, NotSupportedError
 from .link import Link
 
@@ -47,7 +47,7 @@ class Program:
 
     def __init__(self, obj: "Object", ptr: Any, name: str, section: str,
                  attach_target: Optional[str]) -> None:
-        from .elfcheck import program_kind
+        from .elf.inspect import program_kind
         self.object = obj          # a program keeps its object alive
         self._ptr = ptr
         self.name = name

@@ -3,7 +3,10 @@
 
 - The wheel is pure (py3-none-any): installing it compiles nothing.
 - It ships one object per probe-kind family, each an eBPF ELF (EM_BPF) with
-  .BTF and .BTF.ext sections (i.e. a CO-RE object).
+  .BTF and .BTF.ext sections (i.e. a CO-RE object), and besides them only
+  the feature probes and the BPF_PROG_TEST_RUN ring producers: no other
+  object, no file outside the package, and none of the benchmark's own
+  programs (bench/*.bpf.o) in any shipped object.
 - It installs into a fresh venv with no compiler reachable (CC/CXX point at
   /bin/false and PATH holds only the venv's bin and coreutils), and the
   installed package opens every shipped object.
@@ -29,6 +32,28 @@ FAMILIES = {
     "raw_tp/tp/tp_btf syscalls": "syscalls", "tp_btf": "proc",
     "kprobe/kretprobe": "kprobe", "fentry/fexit": "fentry", "fmod_ret": "fmod_ret",
 }
+# the other shipped objects
+OTHERS = {
+    "probe": "the feature probes (pytracers.features)",
+    "bench": "ring producers run with BPF_PROG_TEST_RUN (tests, the pytest-plugin "
+             "example, bench/run's drain)",
+}
+SHIPPED = {f"pytracers/bpf/{name}.bpf.o" for name in [*FAMILIES.values(), *OTHERS]}
+
+
+def programs(data: bytes) -> set[str]:
+    """The programs of an eBPF object: global functions outside .text."""
+    elf = ELFFile(io.BytesIO(data))
+    names = [s.name for s in elf.iter_sections()]
+    symtab = elf.get_section_by_name(".symtab")
+    out = set()
+    for sym in symtab.iter_symbols():
+        shndx = sym["st_shndx"]
+        if (sym["st_info"]["type"] == "STT_FUNC" and sym["st_info"]["bind"] == "STB_GLOBAL"
+                and isinstance(shndx, int) and 0 < shndx < len(names)
+                and names[shndx] != ".text"):
+            out.add(sym.name)
+    return out
 
 
 def main() -> int:
@@ -58,6 +83,25 @@ def main() -> int:
                     problems.append(f"{member} is not an eBPF CO-RE object")
             if "pytracers/py.typed" not in names:
                 problems.append("py.typed missing from the wheel")
+            objects = {n for n in names if n.endswith(".bpf.o")}
+            for extra in sorted(objects - SHIPPED):
+                problems.append(f"{extra} is in the wheel but is not a product object")
+            for name, why in OTHERS.items():
+                if f"pytracers/bpf/{name}.bpf.o" not in names:
+                    problems.append(f"pytracers/bpf/{name}.bpf.o ({why}) missing from the wheel")
+            dist_info = whl.name.split("-py3-")[0] + ".dist-info/"
+            for n in sorted(names):
+                if not n.startswith(("pytracers/", dist_info)):
+                    problems.append(f"{n} is in the wheel but outside the package")
+            bench_progs: dict[str, str] = {}
+            for obj in sorted((ROOT / "bench").glob("*.bpf.o")):
+                bench_progs.update(dict.fromkeys(programs(obj.read_bytes()), obj.name))
+            if not bench_progs:
+                problems.append("no bench/*.bpf.o to compare with (run `python build.py`)")
+            for member in sorted(objects):
+                for prog in sorted(programs(z.read(member)) & set(bench_progs)):
+                    problems.append(f"{member} ships {prog}, a program of the benchmark's "
+                                    f"bench/{bench_progs[prog]}")
         venv = Path(tmp) / "venv"
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         env = dict(os.environ, CC="/bin/false", CXX="/bin/false",

@@ -128,7 +128,7 @@ def test_checks_are_made_on_the_file_that_is_read(tree: str, monkeypatch: Any) -
     """Swapping the file between the check and the read cannot work: the
     check runs on the descriptor that is then read.  Simulated by swapping
     the path right after the file was opened."""
-    from pytracers import elfcheck
+    from pytracers.elf import inspect as elfcheck
     evil = tree + ".evil"
     with open(evil, "wb") as f:
         f.write(b"not what was checked")

@@ -2,10 +2,13 @@
 
 libbpf is C: handed a truncated or hostile file it may print cryptic messages,
 and pytracers wants every bad file to become a named exception.  This module
-checks the things we can check in Python -- is it ELF, is it eBPF, is it a
-CO-RE object (has ``.BTF``), does every program section have a name libbpf
-understands -- and collects the facts the object model needs: where each
-global variable of the data sections lives (for read-only configuration).
+reads the file (refusing files others may change), has
+:mod:`pytracers.elf.validate` check its structure, checks the things we can
+check in Python -- is it ELF, is it eBPF, is it a CO-RE object (has
+``.BTF``), does every program section have a name libbpf understands -- and
+collects the facts the object model needs: its programs and the kind each
+section denotes, and where each global variable of the data sections lives
+(for read-only configuration).
 """
 from __future__ import annotations
 
@@ -16,9 +19,9 @@ import struct
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:
-    from . import elfvalidate
+    from . import validate
 
-from .errors import InsecureFileError, InvalidObjectError
+from ..errors import InsecureFileError, InvalidObjectError
 
 EM_BPF = 247
 SHF_EXECINSTR = 0x4
@@ -235,7 +238,7 @@ MACHINES = {0: "EM_NONE", 3: "EM_386", 8: "EM_MIPS", 20: "EM_PPC", 21: "EM_PPC64
 def inspect(path: str, data: bytes) -> ObjectInfo:
     """Check ``data`` (the contents of ``path``) and describe it.
 
-    Two passes: :mod:`pytracers.elfvalidate` first checks, with ``struct``,
+    Two passes: :mod:`pytracers.elf.validate` first checks, with ``struct``,
     every index and extent that libelf/libbpf would follow (fuzzing showed
     libbpf 1.1 crashing on damaged files that a plain ELF reader accepts);
     then pyelftools reads the now-trusted file for what pytracers needs --
@@ -259,9 +262,9 @@ _INFO_CACHE: Dict[bytes, ObjectInfo] = {}
 # ---- results of the checks above for the objects pytracers ships ---------------------
 #
 # ``python build.py`` runs _inspect() -- every check of this module and of
-# elfvalidate, then the pyelftools read -- on each shipped object and writes
-# the result to pytracers/_inspected.py, keyed by the object's SHA-256 and
-# stamped with a digest of the checking code (this file and elfvalidate.py).
+# validate.py, then the pyelftools read -- on each shipped object and writes
+# the result to pytracers/elf/_inspected.py, keyed by the object's SHA-256 and
+# stamped with a digest of the checking code (this file and validate.py).
 # A file whose contents have that SHA-256 is byte for byte the file that
 # passed those checks, so its result is reused instead of being recomputed
 # (which costs importing pyelftools, ~40 ms, at every process start).  Any
@@ -269,7 +272,7 @@ _INFO_CACHE: Dict[bytes, ObjectInfo] = {}
 # data was generated, goes through the full checks.  `build.py --check` and
 # tests/test_inspected.py verify the data against a fresh full inspection.
 
-_VALIDATOR_SOURCES = ("elfcheck.py", "elfvalidate.py")
+_VALIDATOR_SOURCES = ("inspect.py", "validate.py")
 
 
 def validator_digest() -> Optional[str]:
@@ -320,9 +323,9 @@ INSPECTED_FORMAT = 1
 
 def inspection_record(path: str, data: bytes) -> Dict[str, Any]:
     """The full inspection of ``data`` as plain data (what build.py stores)."""
-    from . import elfvalidate
+    from . import validate
     info = _inspect(path, data)
-    btf = next(s for s in elfvalidate.check_structure(path, data) if s.name == ".BTF")
+    btf = next(s for s in validate.check_structure(path, data) if s.name == ".BTF")
     assert data[btf.offset:btf.offset + btf.size] == info.btf
     return {
         "programs": dict(info.programs),
@@ -347,7 +350,7 @@ def _prevalidated(path: str, data: bytes) -> Optional[ObjectInfo]:
 
 
 def _inspect(path: str, data: bytes) -> ObjectInfo:
-    from . import elfvalidate     # not imported for shipped objects (stored results)
+    from . import validate     # not imported for shipped objects (stored results)
     from elftools.common.exceptions import ELFError
     if not data:
         raise _fail(path, "is empty", "expected an eBPF object built with clang -target bpf")
@@ -355,10 +358,10 @@ def _inspect(path: str, data: bytes) -> ObjectInfo:
         raise _fail(path, "is not an ELF file", "expected an eBPF object built with clang -target bpf")
     if len(data) < 64:
         raise _fail(path, f"is a damaged ELF file (only {len(data)} bytes, shorter than an "
-                          "ELF header)", elfvalidate.REBUILD)
+                          "ELF header)", validate.REBUILD)
     if data[5] not in (1, 2) or data[4] not in (1, 2):
         raise _fail(path, f"is a damaged ELF file (invalid EI_CLASS {data[4]} or EI_DATA "
-                          f"{data[5]})", elfvalidate.REBUILD)
+                          f"{data[5]})", validate.REBUILD)
     machine = int.from_bytes(data[18:20], "little" if data[5] == 1 else "big")
     if machine != EM_BPF:
         raise _fail(path, f"is an ELF file for {MACHINES.get(machine, machine)}, not eBPF "
@@ -368,9 +371,9 @@ def _inspect(path: str, data: bytes) -> ObjectInfo:
                           "64-bit little-endian (-target bpfel)")
     try:
         # every index and extent libbpf follows, checked before it follows them
-        sections = elfvalidate.check_structure(path, data)
+        sections = validate.check_structure(path, data)
         info = ObjectInfo(path=path)
-        by_name: Dict[str, elfvalidate.Section] = {}
+        by_name: Dict[str, validate.Section] = {}
         for sec in sections:
             name = sec.name
             info.sections.append(name)
@@ -380,21 +383,21 @@ def _inspect(path: str, data: bytes) -> ObjectInfo:
                     raise _fail(path, f"has an unknown program section {name!r}",
                                 "libbpf only loads programs in sections it knows, such as "
                                 "SEC(\"tp/...\"), SEC(\"kprobe/...\"), SEC(\"fentry/...\")")
-            elif name and sec.type == elfvalidate.SHT_PROGBITS:
+            elif name and sec.type == validate.SHT_PROGBITS:
                 if not (name.startswith(DATA_SECTION_PREFIXES) or is_program_section(name)):
                     raise _fail(path, f"has an unknown section {name!r}",
                                 "libbpf reads only .data*, .rodata*, .bss*, .maps, license "
                                 "and program sections; rename or drop the section")
         btf = by_name.get(".BTF")
-        if btf is None or btf.type != elfvalidate.SHT_PROGBITS:
+        if btf is None or btf.type != validate.SHT_PROGBITS:
             raise _fail(path, "has no .BTF section, so it is not a CO-RE object",
                         "compile with clang -g -O2 -target bpf so BTF is emitted")
         info.btf = data[btf.offset:btf.offset + btf.size]
-        ntypes, str_len = elfvalidate.check_btf(path, info.btf)
+        ntypes, str_len = validate.check_btf(path, info.btf)
         btf_ext = by_name.get(".BTF.ext")
         info.has_btf_ext = btf_ext is not None
         if btf_ext is not None:
-            elfvalidate.check_btf_ext(path, data[btf_ext.offset:btf_ext.offset + btf_ext.size],
+            validate.check_btf_ext(path, data[btf_ext.offset:btf_ext.offset + btf_ext.size],
                                       ntypes, str_len)
         _collect_symbols(info, data)
         if not info.programs:
@@ -405,12 +408,12 @@ def _inspect(path: str, data: bytes) -> ObjectInfo:
         raise
     except (struct.error, ValueError, IndexError, KeyError, UnicodeDecodeError, ELFError) as e:
         raise _fail(path, f"is a damaged ELF file ({type(e).__name__}: {e})",
-                    elfvalidate.REBUILD) from None
+                    validate.REBUILD) from None
 
 
 def _collect_symbols(info: ObjectInfo, data: bytes) -> None:
     """Programs (global functions outside .text) and data-section variables,
-    read with pyelftools from a file elfvalidate has already checked."""
+    read with pyelftools from a file validate.py has already checked."""
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
     elf = ELFFile(io.BytesIO(data))

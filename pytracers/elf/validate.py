@@ -23,14 +23,16 @@ bpftool produce:
   string offsets and type ids of func_info, line_info and CO-RE records).
 
 Each failure raises :class:`~pytracers.errors.InvalidObjectError` naming the
-part that is wrong.
+part that is wrong.  This is the first of the two passes of
+:mod:`pytracers.elf`: :func:`pytracers.elf.inspect.inspect` runs it before
+pyelftools reads the file.
 """
 from __future__ import annotations
 
 import struct
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from .errors import InvalidObjectError
+from ..errors import InvalidObjectError
 
 __all__ = ["check_structure", "check_btf", "check_btf_ext", "symbols", "Section", "Symbol"]
 
