@@ -14,10 +14,10 @@ import errno
 import os
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
-from . import _errmap, _libbpf
+from . import _errmap, _libbpf, kinds
 from ._libbpf import ffi, lib
 from ._resource import Resource
-from .elf.inspect import ObjectInfo, Variable, inspect, program_kind, read_object_bytes
+from .elf.inspect import ObjectInfo, Variable, inspect, read_object_bytes
 from .errors import (BadArgumentError, BadTypeError, ClosedError, LoadError,
                      PermissionDeniedError, PytracersError, TargetNotFoundError)
 
@@ -167,7 +167,7 @@ class OpenProgram:
         self._ptr = ptr
         self.name: str = _libbpf.cstr(lib.bpf_program__name(ptr)) or ""
         self.section: str = _libbpf.cstr(lib.bpf_program__section_name(ptr)) or ""
-        self.kind: str = program_kind(self.section)
+        self.kind: str = kinds.kind_of_section(self.section)
         self.attach_target: Optional[str] = None
 
     @property
@@ -187,11 +187,12 @@ class OpenProgram:
         self._obj._check_open()
         if not isinstance(function, str) or not function:
             raise BadTypeError("attach target must be a non-empty function name")
-        if self.kind not in ("fentry", "fexit", "fmod_ret", "tp_btf", "lsm", "freplace", "iter"):
+        # lsm, freplace and iter are BTF-based program types of no probe kind
+        if self.kind not in kinds.BTF_TARGET_KINDS + ("lsm", "freplace", "iter"):
             raise BadArgumentError(f"program {self.name!r} is a {self.kind} program; only "
                                    "BTF-based programs (fentry, fexit, fmod_ret, tp_btf) take "
                                    "a target before load -- attach others with attach()")
-        if self.kind in _errmap.TRAMPOLINE_KINDS and _errmap.function_exists(function) is False:
+        if self.kind in kinds.TRAMPOLINE_KINDS and _errmap.function_exists(function) is False:
             # Refused here, not by libbpf: libbpf 1.1 then opens every kernel
             # module's BTF and only closes those fds at load, so an object
             # closed without loading would leak one fd per module.

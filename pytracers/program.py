@@ -47,12 +47,11 @@ class Program:
 
     def __init__(self, obj: "Object", ptr: Any, name: str, section: str,
                  attach_target: Optional[str]) -> None:
-        from .elf.inspect import program_kind
         self.object = obj          # a program keeps its object alive
         self._ptr = ptr
         self.name = name
         self.section = section
-        self.kind = program_kind(section)
+        self.kind = kinds.kind_of_section(section)
         self.attach_target = attach_target
 
     @property

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = 'b226863588014ba5f551a86287500abdf427a110ac02e0c83fdafe0bdaf90fb8'
+VALIDATOR_DIGEST = 'ca02ce16b1ce850d295ecfd9d8c42fbf00f3561f8e22eb6659a2b2472f201d32'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
     '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {

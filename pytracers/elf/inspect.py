@@ -433,18 +433,6 @@ def _collect_symbols(info: ObjectInfo, data: bytes) -> None:
             info.variables[sym.name] = Variable(sym.name, sec, sym["st_value"], sym["st_size"])
 
 
-def program_kind(section: str) -> str:
-    """The probe kind a program section denotes: tp, raw_tp, tp_btf, kprobe, ..."""
-    head = section.lstrip("?").split("/", 1)[0]
-    return {
-        "tracepoint": "tp", "tp": "tp", "raw_tracepoint": "raw_tp", "raw_tp": "raw_tp",
-        "raw_tracepoint.w": "raw_tp", "raw_tp.w": "raw_tp", "tp_btf": "tp_btf",
-        "kprobe": "kprobe", "kretprobe": "kretprobe", "kprobe.multi": "kprobe_multi",
-        "kretprobe.multi": "kretprobe_multi", "fentry": "fentry", "fexit": "fexit",
-        "fmod_ret": "fmod_ret", "fentry.s": "fentry", "fexit.s": "fexit", "fmod_ret.s": "fmod_ret",
-    }.get(head, head)
-
-
 def section_target(section: str) -> Optional[str]:
     """The attach target written in the section name, if any ("tp/a/b" -> "a/b")."""
     parts = section.split("/", 1)
