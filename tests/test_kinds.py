@@ -57,7 +57,7 @@ def test_section_prefixes_map_to_their_kinds():
 
 
 def test_every_section_prefix_is_one_libbpf_knows():
-    from pytracers.elf import is_program_section
+    from pytracers.elf.inspect import is_program_section
     for k in kinds.KINDS.values():
         for s in k.sections:
             assert is_program_section(s + "/x"), (k.name, s)
