@@ -7,7 +7,7 @@
 How each feature is decided
 ---------------------------
 Where reading a file is not enough, by a real, tiny load + attach attempt
-(the programs of ``probe.bpf.o``, one loaded at a time, each returning 0 and
+(the programs of ``features.bpf.o``, one loaded at a time, each returning 0 and
 detached/closed at once), as libbpf-tools' ``fentry_can_attach`` does:
 
 =============  ===========================================================
@@ -331,7 +331,7 @@ logging.getLogger("pytracers.libbpf").addFilter(_QuietProbes())
 
 def _attempt(prog: Union[str, kinds.ProbeKind], setup: Callable[[Any], None],
              attach: Callable[[Any], Any]) -> None:
-    """Load program ``prog`` of probe.bpf.o (a kind's feature program) alone,
+    """Load program ``prog`` of features.bpf.o (a kind's feature program) alone,
     attach it, detach and close."""
     if isinstance(prog, kinds.ProbeKind):
         assert prog.feature_program is not None
@@ -345,7 +345,7 @@ def _attempt(prog: Union[str, kinds.ProbeKind], setup: Callable[[Any], None],
 
 def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any], Any]) -> None:
     import pytracers
-    o = pytracers.open(pytracers.object_path("probe"))
+    o = pytracers.open(pytracers.object_path("features"))
     try:
         o.only(prog)
         if prog != "probe_ringbuf":

@@ -34,7 +34,7 @@ FAMILIES = {
 }
 # the other shipped objects
 OTHERS = {
-    "probe": "the feature probes (pytracers.features)",
+    "features": "the feature probes (pytracers.features)",
     "bench": "ring producers run with BPF_PROG_TEST_RUN (tests, the pytest-plugin "
              "example, bench/run's drain)",
 }

@@ -38,7 +38,7 @@ def test_stored_result_equals_a_full_inspection(path):
 
 
 def test_one_changed_byte_goes_through_the_full_checks(tmp_path):
-    with open(os.path.join(pytracers.objects_dir(), "probe.bpf.o"), "rb") as f:
+    with open(os.path.join(pytracers.objects_dir(), "features.bpf.o"), "rb") as f:
         data = bytearray(f.read())
     data[4] = 1                      # EI_CLASS: 32-bit
     assert elf_inspect._prevalidated("x.bpf.o", bytes(data)) is None

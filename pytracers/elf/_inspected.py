@@ -47,6 +47,26 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'has_btf_ext': True,
         'btf': (4920, 30271),
     },
+    # features.bpf.o
+    '5054bf8e4edbb0f354ff02777b87ae04b08715f359e8a8c79115dd1eee8a54e6': {
+        'programs': {
+            'probe_tp': 'tp',
+            'probe_raw_tp': 'raw_tp',
+            'probe_tp_btf': 'tp_btf/sys_enter',
+            'probe_kprobe': 'kprobe',
+            'probe_kretprobe': 'kretprobe',
+            'probe_kprobe_multi': 'kprobe.multi',
+            'probe_fentry': 'fentry',
+            'probe_fexit': 'fexit',
+            'probe_fmod_ret': 'fmod_ret',
+            'probe_ringbuf': 'raw_tp',
+            'probe_cookie': 'kprobe',
+        },
+        'variables': {},
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (1264, 910),
+    },
     # fentry.bpf.o
     '937c7d11ab3a93f15c07fbeec4791d0af7915938b319da2406e99a6a5fbd08ff': {
         'programs': {
@@ -111,26 +131,6 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
         'btf': (17184, 5627),
-    },
-    # probe.bpf.o
-    '084640044667d3d5d942773afda9c22e137d5b6c655a59b83c005e5df6b624aa': {
-        'programs': {
-            'probe_tp': 'tp',
-            'probe_raw_tp': 'raw_tp',
-            'probe_tp_btf': 'tp_btf/sys_enter',
-            'probe_kprobe': 'kprobe',
-            'probe_kretprobe': 'kretprobe',
-            'probe_kprobe_multi': 'kprobe.multi',
-            'probe_fentry': 'fentry',
-            'probe_fexit': 'fexit',
-            'probe_fmod_ret': 'fmod_ret',
-            'probe_ringbuf': 'raw_tp',
-            'probe_cookie': 'kprobe',
-        },
-        'variables': {},
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
-        'has_btf_ext': True,
-        'btf': (1264, 907),
     },
     # proc.bpf.o
     '21b5e94cba14659056c49873221f875d94cd8e691a37b113377c4bbb54998f69': {

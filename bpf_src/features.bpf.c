@@ -3,7 +3,8 @@
  * Feature probes: one trivial program per probe kind.  Python loads them one
  * at a time (autoload on for exactly one) and, where the kind needs it,
  * attaches it, to learn what this kernel supports.  Every program returns 0
- * and has no effect.
+ * and has no effect.  Each probe kind names its program here as its
+ * `feature_program` in pytracers/kinds.py.
  *
  *   probe_tp            tp           attach to any tracepoint
  *   probe_raw_tp        raw_tp       attach to any raw tracepoint
