@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import _errmap
+from ._shipped import object_path
 from .errors import NotSupportedError, PytracersError, TargetNotFoundError, TracefsError
 from .kernel import host, symbols, tracefs
 # kernel facts, also importable from here as before
@@ -230,8 +231,8 @@ def _attempt(prog: str, setup: Callable[[Any], None], attach: Callable[[Any], An
 
 
 def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any], Any]) -> None:
-    import pytracers
-    o = pytracers.open(pytracers.object_path("probe"))
+    from .object import open as open_object
+    o = open_object(object_path("probe"))
     try:
         o.only(prog)
         if prog != "probe_ringbuf":

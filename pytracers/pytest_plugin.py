@@ -261,7 +261,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def _resolve_path(path_or_name: Union[str, "os.PathLike[str]"]) -> str:
     p = os.fspath(path_or_name)
     if os.sep not in p and not p.endswith(".o"):
-        from . import object_path
+        from ._shipped import object_path
         shipped = object_path(p)
         if os.path.exists(shipped):
             return shipped
@@ -284,8 +284,8 @@ class ObjectFactory:
         """``config``: const volatile globals; ``only``: programs to load;
         ``sizes``: map max_entries; ``targets``: attach targets of BTF-based
         programs (set before load); ``attach``: see the module docstring."""
-        import pytracers
-        o = pytracers.open(_resolve_path(path_or_name), allow_insecure=allow_insecure)
+        from .object import open as open_object
+        o = open_object(_resolve_path(path_or_name), allow_insecure=allow_insecure)
         try:
             if only is not None:
                 o.only(*only)
