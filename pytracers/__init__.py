@@ -8,8 +8,6 @@
 """
 from __future__ import annotations
 
-import os as _os
-
 from . import errors
 from .errors import *  # noqa: F401,F403
 
@@ -21,6 +19,7 @@ __version__ = "0.1.0"
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import features
+    from ._shipped import object_path, objects_dir
     from .choose import trace_function, trace_syscall, trace_tracepoint
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "open": ".object", "OpenObject": ".object", "Object": ".object",
+    "objects_dir": "._shipped", "object_path": "._shipped",
     "features": None,
     "trace_function": ".choose", "trace_syscall": ".choose", "trace_tracepoint": ".choose",
     "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
@@ -51,16 +51,6 @@ def __getattr__(name: str) -> object:
 
 def __dir__() -> list:
     return sorted(set(globals()) | set(_LAZY))
-
-
-def objects_dir() -> str:
-    """The directory holding the precompiled objects shipped with pytracers."""
-    return _os.path.join(_os.path.dirname(__file__), "bpf")
-
-
-def object_path(name: str) -> str:
-    """Path of a shipped object by short name ("exec" -> .../bpf/exec.bpf.o)."""
-    return _os.path.join(objects_dir(), f"{name}.bpf.o")
 
 
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",

@@ -2,22 +2,21 @@
 
 One place decides what an errno means for a given operation and probe kind,
 adding what the kernel can tell us about the cause (capabilities, lockdown,
-config options, whether the target exists).  Raised with context: the caller
-passes what it was doing ("attach kprobe to do_unlinkat").
+config options, whether the target exists; :mod:`pytracers.kernel` answers).
+Raised with context: the caller passes what it was doing ("attach kprobe to
+do_unlinkat").
 """
 from __future__ import annotations
 
 import errno
-import os
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 from .errors import (AttachError, LoadError, NotSupportedError, PermissionDeniedError,
                      PytracersError, TargetNotFoundError, VerifierError, errno_name)
+from .kernel.host import kprobe_pmu, lockdown_mode, missing_bpf_caps, no_kprobes_reason
+from .kernel.symbols import function_exists, function_suggestions, raw_tracepoint_suggestions
 
 ENOTSUPP = 524
-CAP_SYS_ADMIN = 21
-CAP_PERFMON = 38
-CAP_BPF = 39
 
 # The first upstream kernel that has each probe kind.
 MIN_KERNEL = {
@@ -45,103 +44,6 @@ def helper_since(helper: str) -> Tuple[str, Optional[str]]:
     return helper, None
 
 
-def effective_caps() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
-def has_cap(cap: int) -> bool:
-    return bool(effective_caps() >> cap & 1)
-
-
-def missing_bpf_caps(tracing: bool = True) -> Optional[str]:
-    """Name the capability a BPF tracing load lacks, or None if all are present."""
-    if has_cap(CAP_SYS_ADMIN):
-        return None
-    if not has_cap(CAP_BPF):
-        return "CAP_BPF (or CAP_SYS_ADMIN)"
-    if tracing and not has_cap(CAP_PERFMON):
-        return "CAP_PERFMON (or CAP_SYS_ADMIN)"
-    return None
-
-
-def lockdown() -> Optional[str]:
-    """The kernel lockdown mode ('none', 'integrity', 'confidentiality'), if readable."""
-    for path in ("/sys/kernel/security/lockdown",):
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            continue
-        for word in text.split():
-            if word.startswith("["):
-                return word.strip("[]")
-    return None
-
-
-def kprobe_pmu() -> bool:
-    return os.path.exists("/sys/bus/event_source/devices/kprobe/type")
-
-
-def kprobe_events_file() -> bool:
-    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        if os.path.exists(os.path.join(root, "kprobe_events")):
-            return True
-    return False
-
-
-def no_kprobes_reason() -> Optional[str]:
-    """Why kprobes cannot work here, or None if the kernel seems to have them."""
-    if kprobe_pmu() or kprobe_events_file():
-        return None
-    return ("the kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe) and no "
-            "kprobe_events in tracefs: CONFIG_KPROBES is off")
-
-
-def function_suggestions(name: str) -> List[str]:
-    try:
-        from .btf import Btf
-        return list(Btf.vmlinux().suggest(name, kind="func"))
-    except Exception:
-        return []
-
-
-def raw_tracepoint_suggestions(name: str) -> List[str]:
-    try:
-        import difflib
-
-        from . import tracefs
-        names = sorted({full.split(":", 1)[1] for full in tracefs.list_tracepoints()})
-        return difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    except Exception:
-        return []
-
-
-def function_exists(name: str) -> Optional[bool]:
-    """Is ``name`` a function in the kernel's BTF or kallsyms (None: cannot tell)?"""
-    try:
-        from .btf import Btf
-        if Btf.vmlinux().find(name, "func") is not None:
-            return True
-    except Exception:
-        pass
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] == name:
-                    return True
-        return False
-    except OSError:
-        return None
-
-
 MULTI_HINT = "attach one kprobe per function instead"
 
 
@@ -164,7 +66,7 @@ def untraceable(kind: str, target: str, err: int) -> NotSupportedError:
 
 
 def trampoline_refused(kind: str, err: int, detail: str = "") -> NotSupportedError:
-    mode = lockdown()
+    mode = lockdown_mode()
     if err in (errno.EPERM, errno.EACCES):
         why = f"program load refused with {errno_name(err)} and no verifier log"
         why += " (refused by a security module or kernel policy"
@@ -193,7 +95,7 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
             return PermissionDeniedError(what, cap, errno=err)
         if kind in TRAMPOLINE_KINDS:
             return trampoline_refused(kind, err)
-        mode = lockdown()
+        mode = lockdown_mode()
         if mode == "confidentiality":
             return NotSupportedError(kind, "kernel lockdown 'confidentiality' forbids BPF "
                                            "tracing programs", errno=err)

@@ -49,6 +49,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import BadArgumentError, NotSupportedError, TargetNotFoundError
+from .kernel.symbols import function_exists, function_suggestions
 from .tracers.base import Tracer
 from .tracers.function import FunctionTracer
 from .tracers.syscalls import SyscallTracer, kernel_syscalls, tracepoint_name
@@ -105,15 +106,6 @@ def stable_tracepoints(function: str) -> List[str]:
     return [c for c in cands if tracepoint_name(c) in have_set]
 
 
-def _function_exists(name: str) -> Optional[bool]:
-    from .features import kallsyms_functions
-    from .tracers.function import signature
-    if signature(name) is not None:
-        return True
-    syms = kallsyms_functions()
-    return None if syms is None else name in syms
-
-
 def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
                    **filters: Any) -> Tracer:
     """Trace kernel function ``name`` with the best probe this kernel allows
@@ -152,7 +144,7 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
     refusals: List[Tuple[str, Exception]] = []
     for k in ("fentry", "kprobe"):
         if k == "kprobe" and isinstance(refusals[0][1], TargetNotFoundError) and \
-                _function_exists(name) is False:
+                function_exists(name) is False:
             raise refusals[0][1]          # in neither BTF nor kallsyms: no kprobe either
         try:
             t = FunctionTracer(name, kind=k, **filters)
@@ -169,11 +161,10 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
                      "kprobe/kretprobe are breakpoint probes on entry and return")
         return t
     if all(isinstance(e, TargetNotFoundError) for _k, e in refusals) or \
-            _function_exists(name) is False:
+            function_exists(name) is False:
         missing = [e for _k, e in refusals if isinstance(e, TargetNotFoundError)]
         if missing:
             raise missing[-1]
-        from ._errmap import function_suggestions
         raise TargetNotFoundError("kernel function", name, function_suggestions(name),
                                   detail="in neither the kernel's BTF nor kallsyms")
     reason = "; ".join(f"{k}: {_short(e)}" for k, e in refusals)

@@ -45,14 +45,19 @@ from __future__ import annotations
 import errno as _errno
 import logging
 import os
-import platform
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import _errmap, kinds, tracefs
+from . import kinds
+from ._shipped import object_path
 from .errors import NotSupportedError, PytracersError, TargetNotFoundError, TracefsError
+from .kernel import host, symbols, tracefs
+# kernel facts, also importable from here as before
+from .kernel.host import SECURITYFS, kernel_release, kernel_version
+from .kernel.symbols import (error_injection_list, filter_functions, in_btf,
+                             kallsyms_functions, kprobe_blacklist)
 
 __all__ = ["Feature", "FeatureReport", "CanAttach", "probe", "can_attach", "FEATURES",
            "PROBE_KINDS", "probe_function"]
@@ -63,7 +68,6 @@ FEATURES = ("btf", "ringbuf") + PROBE_KINDS + ("cookies", "tracefs", "lockdown")
 # Functions present from 5.10 to 7.x, traceable, not on the kprobe blacklist.
 PROBE_FUNCTIONS = ("security_file_open", "vfs_read", "vfs_write")
 FMOD_RET_FUNCTIONS = ("security_file_open", "security_file_permission")
-SECURITYFS = "/sys/kernel/security"
 
 MIN_KERNEL = dict({k.name: k.min_kernel for k in kinds.KINDS.values()},
                   btf="5.4", ringbuf="5.8", cookies="5.15")
@@ -182,116 +186,13 @@ def _from_exc(name: str, e: BaseException) -> Feature:
 
 # ---------------------------------------------------------------------- helpers
 
-def kernel_release() -> str:
-    return platform.release()
-
-
-def kernel_version() -> Tuple[int, int]:
-    parts = kernel_release().split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
-
-
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-_kallsyms: Optional[Set[str]] = None
-
-
-def kallsyms_functions() -> Optional[Set[str]]:
-    """Text symbols of /proc/kallsyms (cached), or None if unreadable."""
-    global _kallsyms
-    if _kallsyms is None:
-        try:
-            out: Set[str] = set()
-            with open("/proc/kallsyms") as f:
-                for line in f:
-                    parts = line.split()
-                    if len(parts) >= 3 and parts[1] in ("t", "T", "w", "W"):
-                        out.add(parts[2])
-            _kallsyms = out
-        except OSError:
-            return None
-    return _kallsyms
-
-
-def _tracing_file(name: str) -> Optional[str]:
-    """Contents of a tracefs file (None if tracefs is absent or it is unreadable)."""
-    try:
-        root = tracefs.root()
-    except TracefsError:
-        return None
-    return _read(os.path.join(root, name))
-
-
-_filter_functions: Optional[Set[str]] = None
-_filter_functions_read = False
-
-
-def filter_functions() -> Optional[Set[str]]:
-    """available_filter_functions (the ftrace sites), or None when unreadable."""
-    global _filter_functions, _filter_functions_read
-    if not _filter_functions_read:
-        text = _tracing_file("available_filter_functions")
-        if text is not None:
-            _filter_functions = {line.split()[0] for line in text.splitlines() if line.strip()}
-        _filter_functions_read = True
-    return _filter_functions
-
-
-_lists: Dict[str, Optional[Set[str]]] = {}
-
-
-def kprobe_blacklist() -> Optional[Set[str]]:
-    """Functions on the kprobe blacklist (debugfs; cached), or None when unreadable."""
-    if "blacklist" not in _lists:
-        text = _read("/sys/kernel/debug/kprobes/blacklist")
-        out: Optional[Set[str]] = None
-        if text is not None:
-            out = set()
-            for line in text.splitlines():
-                parts = line.split()
-                if parts:
-                    out.add(parts[-1].split("+", 1)[0])
-        _lists["blacklist"] = out
-    return _lists["blacklist"]
-
-
-def error_injection_list() -> Optional[Set[str]]:
-    """Functions fmod_ret may modify besides security_* (debugfs; cached), or None."""
-    if "error_injection" not in _lists:
-        text = _read("/sys/kernel/debug/error_injection/list")
-        _lists["error_injection"] = None if text is None else {
-            line.split()[0].split("+", 1)[0] for line in text.splitlines() if line.strip()}
-    return _lists["error_injection"]
-
-
-def _btf_has(function: str) -> bool:
-    """In vmlinux BTF (a name look-up), else in a loaded module's BTF."""
-    from .btf import Btf
-    from .tracers.function import signature
-    try:
-        if Btf.vmlinux().find(function, "func") is not None:
-            return True
-        return signature(function) is not None
-    except Exception:
-        return False
-
-
 def probe_function(kind: str) -> Optional[str]:
     """The stable function the prober attaches ``kind`` to here (None: none found)."""
     pk = kinds.get(kind)
     names = _targets(pk)
     if pk.trampoline:
         for n in names:
-            if _btf_has(n):
+            if in_btf(n):
                 return n
         return None
     syms = kallsyms_functions()
@@ -344,8 +245,8 @@ def _attempt(prog: Union[str, kinds.ProbeKind], setup: Callable[[Any], None],
 
 
 def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any], Any]) -> None:
-    import pytracers
-    o = pytracers.open(pytracers.object_path("features"))
+    from .object import open as open_object
+    o = open_object(object_path("features"))
     try:
         o.only(prog)
         if prog != "probe_ringbuf":
@@ -397,7 +298,7 @@ def _probe_btf(pk: kinds.ProbeKind) -> Feature:
 
 
 def _probe_kprobe(pk: kinds.ProbeKind) -> Feature:
-    reason = _errmap.no_kprobes_reason()
+    reason = host.no_kprobes_reason()
     if reason:  # attach would fail with a bare ENOENT; this says why
         raise NotSupportedError(pk.name, reason, hint="use fentry/fexit or a tracepoint")
     fn = _first_target(pk.name, _targets(pk), lambda f: _attempt(
@@ -493,21 +394,14 @@ def _probe_tracefs() -> Feature:
     except TracefsError as e:
         raise NotSupportedError("tracefs", str(e),
                                 hint="mount -t tracefs tracefs /sys/kernel/tracing") from e
-    aff = _read(os.path.join(root, "available_filter_functions")) is not None
+    aff = host.read_text(os.path.join(root, "available_filter_functions")) is not None
     return _ok("tracefs", f"at {root}; available_filter_functions "
                           f"{'readable' if aff else 'unreadable'}")
 
 
 def lockdown_mode() -> Optional[str]:
     """The lockdown mode, mounting securityfs (root) if it is not mounted."""
-    mode = _errmap.lockdown()
-    if mode is None and os.path.isdir(SECURITYFS) and not os.listdir(SECURITYFS):
-        from ._libbpf import ffi, libc
-        if libc.mount(b"securityfs", SECURITYFS.encode(), b"securityfs", 0, ffi.NULL) == 0:
-            import logging
-            logging.getLogger("pytracers").info("mounted securityfs at %s", SECURITYFS)
-            mode = _errmap.lockdown()
-    return mode
+    return host.lockdown_mode(mount=True)
 
 
 def _probe_lockdown() -> Feature:
@@ -583,11 +477,8 @@ def probe(refresh: bool = False) -> FeatureReport:
 
 def clear_cache() -> None:
     """Forget every cached answer and list (kallsyms, ftrace sites, blacklists)."""
-    global _kallsyms, _filter_functions, _filter_functions_read
     _cache.clear()
-    _lists.clear()
-    _kallsyms = None
-    _filter_functions, _filter_functions_read = None, False
+    symbols.clear_cache()
 
 
 # ---------------------------------------------------------------------- per function
@@ -617,9 +508,9 @@ def can_attach(kind: str, target: str) -> CanAttach:
         return CanAttach(kind, target, False, f"{kind}: {feat.reason}", feat.fix, checks)
     aff = filter_functions()
     if pk.trampoline:
-        in_btf = _btf_has(target)
-        checks.append(f"in the kernel's BTF: {'yes' if in_btf else 'no'}")
-        if not in_btf:
+        has_btf = in_btf(target)
+        checks.append(f"in the kernel's BTF: {'yes' if has_btf else 'no'}")
+        if not has_btf:
             where = "inlined or not built" if target not in (kallsyms_functions() or ()) \
                 else "present in kallsyms but has no BTF (static or module without BTF)"
             return CanAttach(kind, target, False, f"symbol missing from the kernel's BTF "

@@ -63,9 +63,7 @@ context manager), :func:`run_program`, :class:`ObjectFactory`,
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
-import platform
 import re
 import time
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Mapping,
@@ -73,7 +71,8 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List
 
 import pytest
 
-from .errors import BadArgumentError, NotSupportedError
+from .errors import NotSupportedError
+from .kernel.host import kernel_older_than, kernel_release, kernel_version
 
 if TYPE_CHECKING:
     from .object import Object
@@ -88,18 +87,6 @@ _EXPECT_ENV = "PYTRACERS_EXPECT"
 
 
 # ---- the rule ---------------------------------------------------------------
-
-def _version(text: str) -> Tuple[int, ...]:
-    m = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", text)
-    if not m:
-        raise BadArgumentError(f"not a kernel version: {text!r}")
-    return tuple(int(g) for g in m.groups() if g is not None)
-
-
-def kernel_version() -> Tuple[int, ...]:
-    """The running kernel's version as a tuple, e.g. (6, 18, 0)."""
-    return _version(platform.release())
-
 
 def _min_kernel(feature: str, given: Optional[str]) -> Optional[str]:
     if given:
@@ -144,12 +131,12 @@ def _expected(config: Optional[pytest.Config]) -> List[str]:
 
 
 def _label() -> str:
-    return f"kernel {platform.release()}"
+    return f"kernel {kernel_release()}"
 
 
 def _too_old(feature: str, min_kernel: Optional[str]) -> Optional[str]:
     mk = _min_kernel(feature, min_kernel)
-    if mk and kernel_version() < _version(mk):
+    if mk and kernel_older_than(mk):
         return f"{_label()} lacks {feature} (first available in Linux {mk})"
     return None
 
@@ -222,12 +209,9 @@ def _marker_args(item: pytest.Item) -> Optional[Tuple[List[str], Optional[str]]]
 
 def _probed_lack(feature: str) -> Optional[NotSupportedError]:
     """The feature prober's conclusive "no" for ``feature`` as an exception,
-    or None (supported, not a prober feature, or no prober installed)."""
-    try:
-        features = importlib.import_module("pytracers.features")
-    except ImportError:
-        return None
-    if feature not in getattr(features, "FEATURES", ()):
+    or None (supported, inconclusive, or not a feature the prober knows)."""
+    from . import features
+    if feature not in features.FEATURES:
         return None
     f = features.probe_one(feature)
     if f.supported or not f.conclusive:
@@ -277,7 +261,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def _resolve_path(path_or_name: Union[str, "os.PathLike[str]"]) -> str:
     p = os.fspath(path_or_name)
     if os.sep not in p and not p.endswith(".o"):
-        from . import object_path
+        from ._shipped import object_path
         shipped = object_path(p)
         if os.path.exists(shipped):
             return shipped
@@ -300,8 +284,8 @@ class ObjectFactory:
         """``config``: const volatile globals; ``only``: programs to load;
         ``sizes``: map max_entries; ``targets``: attach targets of BTF-based
         programs (set before load); ``attach``: see the module docstring."""
-        import pytracers
-        o = pytracers.open(_resolve_path(path_or_name), allow_insecure=allow_insecure)
+        from .object import open as open_object
+        o = open_object(_resolve_path(path_or_name), allow_insecure=allow_insecure)
         try:
             if only is not None:
                 o.only(*only)

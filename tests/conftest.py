@@ -4,22 +4,25 @@ Skip rule (cilium/ebpf's SkipIfNotSupported): a test of a probe kind may skip
 only when the kernel it runs on is known to lack that kind; on a kernel that
 should have it, NotSupportedError fails the test.  Inside the kernel matrix
 (scripts/vmtest sets PYTRACERS_VM_KERNEL) the expectations are the table
-below; on any other machine a kind is expected unless the kernel shows the
-known reason for lacking it (no kprobe PMU: CONFIG_KPROBES off; trampolines
-refused with EPERM under lockdown; no CONFIG_FPROBE for kprobe_multi).
+below; on any other machine a kind is expected unless the kernel gives a
+known reason for lacking it -- the rule the pytest plugin applies to
+``@bpf_requires`` (:func:`pytracers.pytest_plugin.known_lack`: a config
+option off, e.g. no kprobe PMU or no CONFIG_FPROBE; trampolines refused by
+lockdown or a security module; no trampoline for the architecture).
 """
 from __future__ import annotations
 
 import contextlib
 import gc
 import os
-import platform
 from typing import Iterator, Optional
 
 import pytest
 
-from pytracers import introspect
+from pytracers import pytest_plugin
 from pytracers.errors import NotSupportedError
+from pytracers.kernel import introspect
+from pytracers.kernel.host import kernel_release
 
 VM_KERNEL = os.environ.get("PYTRACERS_VM_KERNEL")  # "5.10", "6.1", "6.12", "latest" or None
 
@@ -35,21 +38,15 @@ VM_EXPECTED = {
 
 
 def kernel_label() -> str:
-    return f"VM kernel {VM_KERNEL}" if VM_KERNEL else f"host kernel {platform.release()}"
+    return f"VM kernel {VM_KERNEL}" if VM_KERNEL else f"host kernel {kernel_release()}"
 
 
 def known_lack(kind: str, exc: NotSupportedError) -> Optional[str]:
-    """On a machine outside the matrix: the reason is a known lack, or None."""
-    reason = exc.reason
-    if kind in ("kprobe", "kretprobe", "kprobe_multi") and "CONFIG_KPROBES is off" in reason:
-        return reason
-    if kind in ("fentry", "fexit", "fmod_ret") and ("EPERM" in reason or "ENOTSUPP" in reason):
-        return reason
-    if kind == "kprobe_multi" and "CONFIG_FPROBE" in reason:
-        return reason
-    if kind == "fmod_ret" and "may not have its return value modified" in reason:
-        return reason
-    return None
+    """On a machine outside the matrix: the reason ``exc`` gives for lacking
+    ``kind`` if it is a known one, else None.  The rule is the plugin's, the
+    same for every kind (the reasons name their cause: CONFIG_KPROBES,
+    CONFIG_FPROBE, lockdown...)."""
+    return pytest_plugin.known_lack(exc)
 
 
 def expected(kind: str) -> bool:

@@ -598,12 +598,12 @@ def test_doctor_json_reports_every_kind_with_its_reason(capsys):
         for k in ("kprobe", "kretprobe", "fentry", "fexit", "kprobe_multi"):
             assert rows[k]["available"] is expected(k), rows[k]
     else:
-        from pytracers._errmap import lockdown, no_kprobes_reason
+        from pytracers.kernel.host import lockdown_mode, no_kprobes_reason
         if no_kprobes_reason():                  # this CI host: CONFIG_KPROBES off
             assert not rows["kprobe"]["available"]
             assert "CONFIG_KPROBES is off" in rows["kprobe"]["reason"]
             assert rows["kprobe"]["fix"]
-        if lockdown() not in (None, "none"):     # this CI host: trampolines refused
+        if lockdown_mode() not in (None, "none"):   # this CI host: trampolines refused
             assert not rows["fentry"]["available"]
             assert "EPERM" in rows["fentry"]["reason"]
             assert rows["fentry"]["fix"]

@@ -18,9 +18,9 @@ import collections
 from typing import (Any, AsyncIterator, Callable, ClassVar, Dict, Iterator, List, Literal,
                     Optional, Sequence, Type)
 
-import pytracers
 from .._libbpf import HeldMessages
 from .._resource import Resource
+from .._shipped import object_path
 from ..errors import BadArgumentError, BadTypeError, NotSupportedError, VerifierError
 
 __all__ = ["Tracer", "encode_struct"]
@@ -110,9 +110,10 @@ class Tracer(Resource):
                                          or isinstance(wakeup_bytes, bool) or wakeup_bytes < 0):
             raise BadArgumentError("wakeup_bytes must be a non-negative int (or None)")
         self.links: List[Any] = []
+        from ..object import open as open_object   # the object model, on first use
         for attempt in range(self.MAX_LOAD_ATTEMPTS):
             held = HeldMessages()
-            open_obj = pytracers.open(pytracers.object_path(self.object_name))
+            open_obj = open_object(object_path(self.object_name))
             try:
                 self._configure(open_obj)
                 if self.pid:

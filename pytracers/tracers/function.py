@@ -24,10 +24,11 @@ Without BTF for the function the arguments are ``arg0..arg5``, raw.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from ..errors import BadArgumentError, BadTypeError
+from ..kernel.symbols import (Signature, converter as _conv, filter_functions,
+                              function_suggestions, kallsyms_matching, signature)
 from .base import Tracer, named_tuple
 
 __all__ = ["FunctionTracer", "Signature", "signature", "KINDS", "FN_ENTRY", "FN_RETURN"]
@@ -41,105 +42,6 @@ _REFUSED_ARG = re.compile(r"func '[^']*' arg(\d+) (?:type \w+ is not a struct|"
 NARGS = 6
 MAX_TRAMPOLINE_SLOTS = 12  # trampoline.h reads up to ctx[12]
 FN_ENTRY, FN_RETURN, FN_HAS_ARGS, FN_HAS_RET, FN_HAS_LATENCY = 1, 2, 4, 8, 16
-
-
-def _conv(bits: int, signed: bool) -> Callable[[int], int]:
-    """Truncate a 64-bit register value to ``bits`` and sign-convert if ``signed``."""
-    mask = (1 << bits) - 1
-    if not signed:
-        return lambda v: v & mask
-    top = 1 << (bits - 1)
-    return lambda v: ((v & mask) ^ top) - top
-
-
-@dataclass(frozen=True)
-class Signature:
-    """What the kernel's BTF says about a function, as the tracers need it."""
-
-    name: str
-    params: Tuple[str, ...]              # parameter names (first six)
-    types: Tuple[str, ...]               # their C types
-    ret_type: str                        # "void", "int", "long", "struct file *"...
-    slots: int                           # u64 slots the arguments take (trampolines)
-    arg_convs: Tuple[Callable[[int], int], ...]
-    ret_conv: Optional[Callable[[int], int]]   # None: void
-    first_slot: Tuple[int, ...] = ()     # each parameter's first slot
-
-    def param_of_slot(self, slot: int) -> Optional[int]:
-        """Index of the parameter occupying trampoline slot ``slot``."""
-        for i, s in enumerate(self.first_slot):
-            nxt = self.first_slot[i + 1] if i + 1 < len(self.first_slot) else self.slots
-            if s <= slot < nxt:
-                return i
-        return None
-
-    @property
-    def returns_void(self) -> bool:
-        return self.ret_conv is None
-
-    def __str__(self) -> str:
-        args = ", ".join(f"{t} {n}" for t, n in zip(self.types, self.params)) or "void"
-        return f"{self.ret_type} {self.name}({args})"
-
-
-def _type_conv(btf: Any, type_id: int) -> Tuple[Optional[Callable[[int], int]], int]:
-    """(value converter or None for void, size) of a BTF type."""
-    from ..btf import Kind
-    if type_id == 0:
-        return None, 0
-    t = btf.resolve(type_id)
-    size = btf.size_of(t) if t.kind != Kind.VOID else 0
-    if t.kind in (Kind.INT, Kind.ENUM, Kind.ENUM64) and 0 < size <= 8:
-        if t.kind == Kind.INT and t.is_bool:
-            return _conv(8, False), size
-        return _conv(size * 8, bool(t.signed)), size
-    return _conv(64, False), size
-
-
-_SIGS: Dict[str, Optional[Signature]] = {}
-
-
-def signature(name: str) -> Optional[Signature]:
-    """The BTF signature of kernel function ``name`` (vmlinux, then loaded
-    modules), or None when the kernel has no BTF for it."""
-    if name in _SIGS:
-        return _SIGS[name]
-    from ..btf import Btf, BtfError
-    sig = None
-    try:
-        candidates = [Btf.vmlinux()]
-    except (OSError, BtfError):
-        candidates = []
-    found = None
-    for btf in candidates:
-        if btf.find(name, "func") is not None:
-            found = btf
-            break
-    if found is None and candidates:
-        for mod in Btf.module_names():
-            try:
-                b = Btf.module(mod)
-            except (OSError, BtfError):
-                continue
-            if b.functions(name):
-                found = b
-                break
-    if found is not None:
-        proto = found.func_proto(name)
-        convs: List[Callable[[int], int]] = []
-        firsts: List[int] = []
-        slots = 0
-        for tid in proto.param_type_ids:
-            conv, size = _type_conv(found, tid)
-            convs.append(conv or _conv(64, False))
-            firsts.append(slots)
-            slots += max(1, (size + 7) // 8)
-        ret_conv, _ = _type_conv(found, proto.ret_type_id)
-        sig = Signature(name, tuple(n or f"arg{i}" for i, (n, _t) in enumerate(proto.params)),
-                        tuple(t for _n, t in proto.params), proto.ret, slots, tuple(convs),
-                        ret_conv, tuple(firsts))
-    _SIGS[name] = sig
-    return sig
 
 
 class FunctionTracer(Tracer):
@@ -272,8 +174,7 @@ class FunctionTracer(Tracer):
         kallsyms matching it (read once; their addresses name the records),
         keeping only ftrace sites (available_filter_functions, when readable)
         -- a multi-kprobe is an fprobe, which needs one for every function."""
-        from ..features import filter_functions
-        self._names = _kallsyms_matching(self.function)
+        self._names = kallsyms_matching(self.function)
         names = sorted(set(self._names.values()))
         sites = filter_functions()
         if sites is not None:
@@ -355,24 +256,5 @@ def _void(v: int) -> None:
 
 
 def function_not_found(name: str, detail: str) -> Exception:
-    from .._errmap import function_suggestions
     from ..errors import TargetNotFoundError
     return TargetNotFoundError("kernel function", name, function_suggestions(name), detail=detail)
-
-
-def _kallsyms_matching(glob: str) -> Dict[int, str]:
-    import fnmatch
-    import re
-    match = re.compile(fnmatch.translate(glob)).match
-    out: Dict[int, str] = {}
-    try:
-        with open("/proc/kallsyms") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 3 and parts[1] in "tTwW" and match(parts[2]):
-                    addr = int(parts[0], 16)
-                    if addr:
-                        out.setdefault(addr, parts[2])
-    except OSError:
-        pass
-    return out
