@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, Type
 
-from .errors import (AttachError, LoadError, NotSupportedError, PermissionDeniedError,
-                     PytracersError, TargetNotFoundError, VerifierError, errno_name)
+from .errors import (ENOTSUPP, AttachError, BpfOperationError, LoadError, NotSupportedError,
+                     PermissionDeniedError, PytracersError, TargetNotFoundError, VerifierError,
+                     errno_name)
 
-ENOTSUPP = 524
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
@@ -277,3 +277,44 @@ def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> Pytr
                                    detail="a raw tracepoint is a tracepoint's name without its "
                                           "category, e.g. sys_enter or sched_switch")
     return AttachError(what, err, libbpf_msg)
+
+
+# ---- the checked call: a libbpf return -> its result, or the right exception ----
+
+# pytracers._libbpf, imported at the first checked call: mapping an error
+# needs no libbpf, so importing this module does not load it.
+_libbpf: Any = None
+
+
+def checked(fn: Callable[..., Any], *args: Any, what: str, error: Type[BpfOperationError],
+            refine: Optional[Callable[[int, Any], Optional[BaseException]]] = None,
+            expected: Tuple[int, ...] = ()) -> Any:
+    """Call the libbpf function ``fn(*args)``; return its result or raise.
+
+    libbpf reports a failure as a negative errno (functions returning an int)
+    or as NULL with ``errno`` set (functions returning a pointer; a NULL
+    without errno, from an accessor that does not set it, counts as EINVAL).
+    A failure whose errno is in ``expected`` returns None (the caller's "not
+    there" or "no more"); otherwise ``refine(err, log)`` may return the more
+    precise exception (NotSupportedError, BadArgumentError, ...), and failing
+    that ``error(what, err, libbpf's last message)`` is raised: ``error`` is
+    the operation's class (MapError, LinkError, ...) and ``what`` says what
+    was being done ("update map 'counts'").  ``log`` holds the
+    messages libbpf printed during the call (a ``_libbpf.LibbpfLogCapture``).
+    """
+    global _libbpf
+    if _libbpf is None:
+        from . import _libbpf
+    res, err, log = _libbpf.call_with_log(fn, *args)
+    if isinstance(res, int):
+        if res >= 0:
+            return res
+        err = -res
+    elif res != _libbpf.ffi.NULL:
+        return res
+    elif not err:
+        err = errno.EINVAL
+    if err in expected:
+        return None
+    exc = refine(err, log) if refine is not None else None
+    raise exc if exc is not None else error(what, err, log.last_line())

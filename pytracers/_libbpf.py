@@ -354,7 +354,10 @@ class HeldMessages:
 
 
 def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfLogCapture]:
-    """Call ``lib.fn(*args)``; return (result, errno, captured libbpf messages)."""
+    """Call ``lib.fn(*args)``; return (result, errno, captured libbpf messages).
+
+    Callers that want the result or an exception use ``_errmap.checked``,
+    which is built on this."""
     with LibbpfLogCapture() as cap:
         ffi.errno = 0
         res = fn(*args)
