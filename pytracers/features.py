@@ -52,7 +52,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import _errmap, tracefs
-from .errors import NotSupportedError, PytracersError, TargetNotFoundError, TracefsError
+from .errors import (ENOTSUPP, KeyNotFoundError, NotSupportedError, PytracersError,
+                     TargetNotFoundError, TracefsError)
 
 __all__ = ["Feature", "FeatureReport", "CanAttach", "probe", "can_attach", "FEATURES",
            "PROBE_KINDS", "probe_function"]
@@ -108,7 +109,7 @@ class FeatureReport:
 
     def __getitem__(self, name: str) -> Feature:
         if name not in FEATURES:
-            raise KeyError(name)
+            raise KeyNotFoundError(name, "the feature report", "features: " + ", ".join(FEATURES))
         feature: Feature = getattr(self, name)
         return feature
 
@@ -407,7 +408,7 @@ def kprobe_multi_refusal(e: PytracersError) -> PytracersError:
                                  f"{said[0] if said else e.tail(1)})", min_kernel="5.18",
                                  hint="attach one kprobe per function")
     if not isinstance(e, (NotSupportedError, TargetNotFoundError)) and \
-            err in (_errno.EINVAL, _errno.EOPNOTSUPP, 524) and kernel_version() < (5, 18):
+            err in (_errno.EINVAL, _errno.EOPNOTSUPP, ENOTSUPP) and kernel_version() < (5, 18):
         return NotSupportedError("kprobe_multi", f"the kernel rejects multi-kprobe links "
                                  f"({_errno.errorcode.get(err or 0, err)}): Linux "
                                  f"{kernel_release()} predates them", min_kernel="5.18",
@@ -518,7 +519,8 @@ _PROBES: Dict[str, Callable[[], Feature]] = {
 def probe_one(name: str, refresh: bool = False) -> Feature:
     """Probe one feature (cached when conclusive)."""
     if name not in _PROBES:
-        raise KeyError(f"unknown feature {name!r}; features: {', '.join(FEATURES)}")
+        raise KeyNotFoundError(name, "the features pytracers probes",
+                               "features: " + ", ".join(FEATURES))
     with _locks.setdefault(name, threading.Lock()):
         if not refresh and name in _cache:
             f = _cache[name]
