@@ -11,20 +11,13 @@ from __future__ import annotations
 import errno
 from typing import Optional, Tuple
 
-from .errors import (AttachError, LoadError, NotSupportedError, PermissionDeniedError,
-                     PytracersError, TargetNotFoundError, VerifierError, errno_name)
+from . import kinds
+from .errors import (ENOTSUPP, AttachError, LoadError, NotSupportedError,
+                     PermissionDeniedError, PytracersError, TargetNotFoundError, VerifierError,
+                     errno_name)
 from .kernel.host import kprobe_pmu, lockdown_mode, missing_bpf_caps, no_kprobes_reason
 from .kernel.symbols import function_exists, function_suggestions, raw_tracepoint_suggestions
 
-ENOTSUPP = 524
-
-# The first upstream kernel that has each probe kind.
-MIN_KERNEL = {
-    "tp": "4.7", "raw_tp": "4.17", "tp_btf": "5.5", "kprobe": "4.1", "kretprobe": "4.1",
-    "fentry": "5.5", "fexit": "5.5", "fmod_ret": "5.7", "kprobe_multi": "5.18",
-    "kretprobe_multi": "5.18", "ringbuf": "5.8", "cookie": "5.15",
-}
-TRAMPOLINE_KINDS = ("fentry", "fexit", "fmod_ret")
 # The release that added each helper the shipped objects call and an older
 # supported kernel may lack (ids from enum bpf_func_id).
 HELPER_SINCE = {
@@ -56,6 +49,11 @@ def unknown_helper(log: str) -> Optional[str]:
     return m.group(1) or m.group(2)
 
 
+def _min_kernel(kind: str) -> Optional[str]:
+    pk = kinds.KINDS.get(kind)
+    return pk.min_kernel if pk is not None else None
+
+
 def untraceable(kind: str, target: str, err: int) -> NotSupportedError:
     """A trampoline attach refused with EBUSY: the function has no ftrace entry."""
     return NotSupportedError(kind, f"{target} cannot be traced with a BPF trampoline "
@@ -82,7 +80,7 @@ def trampoline_refused(kind: str, err: int, detail: str = "") -> NotSupportedErr
     else:
         why = f"{errno_name(err)}{': ' + detail if detail else ''}"
         hint = None
-    return NotSupportedError(kind, why, min_kernel=MIN_KERNEL.get(kind), hint=hint, errno=err)
+    return NotSupportedError(kind, why, min_kernel=_min_kernel(kind), hint=hint, errno=err)
 
 
 def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = "",
@@ -93,7 +91,7 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
         cap = missing_bpf_caps()
         if cap:
             return PermissionDeniedError(what, cap, errno=err)
-        if kind in TRAMPOLINE_KINDS:
+        if kind in kinds.TRAMPOLINE_KINDS:
             return trampoline_refused(kind, err)
         mode = lockdown_mode()
         if mode == "confidentiality":
@@ -101,13 +99,13 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
                                            "tracing programs", errno=err)
         return PermissionDeniedError(what, "CAP_BPF and CAP_PERFMON", errno=err,
                                      detail="the kernel refused the load without a verifier log")
-    if target and kind in TRAMPOLINE_KINDS + ("tp_btf",) and err in (errno.ESRCH, errno.ENOENT):
-        if kind == "tp_btf":
+    if target and kind in kinds.BTF_TARGET_KINDS and err in (errno.ESRCH, errno.ENOENT):
+        if kind == kinds.TP_BTF:
             return TargetNotFoundError("BTF tracepoint", target, detail="no btf_trace_" + target
                                        + " in the kernel's BTF")
         return TargetNotFoundError("kernel function", target, function_suggestions(target),
                                    detail="not in the kernel's BTF")
-    if kind in TRAMPOLINE_KINDS and err == errno.EINVAL and "processed 0 insns" in log:
+    if kind in kinds.TRAMPOLINE_KINDS and err == errno.EINVAL and "processed 0 insns" in log:
         # refused before the first instruction: the target check failed
         return NotSupportedError(kind, f"the kernel refuses {kind} programs on "
                                  f"{target or 'this function'} (EINVAL before verifying any "
@@ -115,9 +113,9 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
                                  "programs (BPF's own machinery, RCU, preemption counting)",
                                  hint="trace a caller of it instead", errno=err)
     if log.strip():
-        if kind == "fmod_ret" and "not modifiable" in log or (
-                kind == "fmod_ret" and "attach to unsupported member" in log):
-            return NotSupportedError("fmod_ret", f"{target or 'the target'} may not have its "
+        if kind == kinds.FMOD_RET and ("not modifiable" in log
+                                        or "attach to unsupported member" in log):
+            return NotSupportedError(kinds.FMOD_RET, f"{target or 'the target'} may not have its "
                                      "return value modified (only security_* hooks and "
                                      "error-injection functions are allowed)", errno=err)
         helper = unknown_helper(log)
@@ -125,15 +123,15 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
             # the program calls a helper this kernel predates: the kernel is
             # too old for this program (e.g. kprobe.multi's bpf_get_func_ip on 5.10)
             name, since = helper_since(helper)
-            if kind.endswith("multi"):          # the kind itself came later (5.18)
-                since = MIN_KERNEL.get(kind)
+            if kind in kinds.MULTI_KINDS:       # the kind itself came later (5.18)
+                since = _min_kernel(kind)
             return NotSupportedError(kind, f"the verifier does not know helper {name}, which "
                                      f"program {program!r} calls: this kernel predates it",
                                      min_kernel=since,
-                                     hint=MULTI_HINT if kind.endswith("multi") else None,
+                                     hint=MULTI_HINT if kind in kinds.MULTI_KINDS else None,
                                      errno=err)
         return VerifierError(program, err, log)
-    if err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP) and kind in TRAMPOLINE_KINDS:
+    if err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP) and kind in kinds.TRAMPOLINE_KINDS:
         return trampoline_refused(kind, err, libbpf_msg)
     if err == errno.E2BIG:
         return LoadError(what, err, "program or BTF too large for this kernel")
@@ -143,23 +141,25 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
 def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> PytracersError:
     """The exception for a failed attach of a ``kind`` probe to ``target``."""
     what = f"attach {kind} to {target}"
-    if kind in ("kprobe", "kretprobe", "kprobe_multi", "kretprobe_multi"):
-        if kind.endswith("multi") and err in (errno.EOPNOTSUPP, ENOTSUPP):
-            return NotSupportedError("kprobe_multi", "the kernel refused a multi-kprobe link "
+    if kind in kinds.KPROBE_KINDS + kinds.MULTI_KINDS:
+        multi = kind in kinds.MULTI_KINDS
+        if multi and err in (errno.EOPNOTSUPP, ENOTSUPP):
+            return NotSupportedError(kinds.KPROBE_MULTI, "the kernel refused a multi-kprobe link "
                                      f"({errno_name(err)}): CONFIG_FPROBE is off",
-                                     min_kernel=MIN_KERNEL["kprobe_multi"],
+                                     min_kernel=_min_kernel(kinds.KPROBE_MULTI),
                                      hint="attach one kprobe per function instead", errno=err)
-        if kind.endswith("multi") and err == errno.EINVAL and not kprobe_pmu():
+        if multi and err == errno.EINVAL and not kprobe_pmu():
             reason = no_kprobes_reason()
             if reason:
-                return NotSupportedError("kprobe_multi", reason, min_kernel="5.18", errno=err)
+                return NotSupportedError(kinds.KPROBE_MULTI, reason,
+                                         min_kernel=_min_kernel(kinds.KPROBE_MULTI), errno=err)
         reason = no_kprobes_reason()
         if reason:
-            return NotSupportedError(kind, reason, min_kernel=MIN_KERNEL.get(kind),
+            return NotSupportedError(kind, reason, min_kernel=_min_kernel(kind),
                                      hint="use fentry/fexit where BPF trampolines work, or a "
                                           "tracepoint", errno=err)
         if err in (errno.ENOENT, errno.EINVAL, errno.ESRCH, errno.EADDRNOTAVAIL):
-            exists = function_exists(target) if not kind.endswith("multi") else None
+            exists = function_exists(target) if not multi else None
             if exists is False:
                 return TargetNotFoundError("kernel function", target,
                                            function_suggestions(target))
@@ -172,9 +172,9 @@ def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> Pytr
         cap = missing_bpf_caps()
         if cap:
             return PermissionDeniedError(what, cap, errno=err)
-    if kind == "tp" and err == errno.ENOENT:
+    if kind == kinds.TP and err == errno.ENOENT:
         return TargetNotFoundError("tracepoint", target)
-    if kind == "raw_tp" and err == errno.ENOENT:
+    if kind == kinds.RAW_TP and err == errno.ENOENT:
         return TargetNotFoundError("raw tracepoint", target, raw_tracepoint_suggestions(target),
                                    detail="a raw tracepoint is a tracepoint's name without its "
                                           "category, e.g. sys_enter or sched_switch")

@@ -18,11 +18,16 @@ library lacks would raise AttributeError deep inside the library otherwise.
 """
 from __future__ import annotations
 
+import errno
 import sys
 import threading
-from typing import Any, Callable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple, Type
 
-__all__ = ["ffi", "lib", "libc", "has", "version", "LibbpfLogCapture", "call_with_log"]
+if TYPE_CHECKING:
+    from .errors import BpfOperationError
+
+__all__ = ["ffi", "lib", "libc", "has", "version", "LibbpfLogCapture", "call_with_log",
+           "checked"]
 
 CDEF = r"""
 typedef unsigned char __u8;
@@ -354,7 +359,10 @@ class HeldMessages:
 
 
 def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfLogCapture]:
-    """Call ``lib.fn(*args)``; return (result, errno, captured libbpf messages)."""
+    """Call ``lib.fn(*args)``; return (result, errno, captured libbpf messages).
+
+    Callers that want the result or an exception use :func:`checked` below,
+    which is built on this."""
     with LibbpfLogCapture() as cap:
         ffi.errno = 0
         res = fn(*args)
@@ -364,3 +372,36 @@ def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfL
 
 def cstr(p: Any) -> Optional[str]:
     return None if p == ffi.NULL else ffi.string(p).decode("utf-8", "replace")
+
+
+# ---- the checked call: a libbpf return -> its result, or the right exception ----
+
+def checked(fn: Callable[..., Any], *args: Any, what: str, error: "Type[BpfOperationError]",
+            refine: Optional[Callable[[int, Any], Optional[BaseException]]] = None,
+            expected: Tuple[int, ...] = ()) -> Any:
+    """Call the libbpf function ``fn(*args)``; return its result or raise.
+
+    libbpf reports a failure as a negative errno (functions returning an int)
+    or as NULL with ``errno`` set (functions returning a pointer; a NULL
+    without errno, from an accessor that does not set it, counts as EINVAL).
+    A failure whose errno is in ``expected`` returns None (the caller's "not
+    there" or "no more"); otherwise ``refine(err, log)`` may return the more
+    precise exception (NotSupportedError, BadArgumentError, ...), and failing
+    that ``error(what, err, libbpf's last message)`` is raised: ``error`` is
+    the operation's class (MapError, LinkError, ...) and ``what`` says what
+    was being done ("update map 'counts'").  ``log`` holds the
+    messages libbpf printed during the call (a ``_libbpf.LibbpfLogCapture``).
+    """
+    res, err, log = call_with_log(fn, *args)
+    if isinstance(res, int):
+        if res >= 0:
+            return res
+        err = -res
+    elif res != ffi.NULL:
+        return res
+    elif not err:
+        err = errno.EINVAL
+    if err in expected:
+        return None
+    exc = refine(err, log) if refine is not None else None
+    raise exc if exc is not None else error(what, err, log.last_line())

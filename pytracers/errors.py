@@ -2,8 +2,29 @@
 
 Every error pytracers raises derives from :class:`PytracersError`.  Errors that
 mean "the caller passed something wrong" also derive from :class:`ValueError`
-or :class:`TypeError`, and lookup failures from :class:`LookupError`, so code
-that already catches the builtin families keeps working.
+or :class:`TypeError`, and lookup failures from :class:`LookupError` (a key
+missing from a map or another mapping-like collection: :class:`KeyError`), so
+code that already catches the builtin families keeps working.
+
+A failed bpf() operation raises a :class:`BpfOperationError`, which is also an
+:class:`OSError` whose ``errno`` is the kernel's (or libbpf's) error; the
+subclass says which operation failed:
+
+* opening, configuring or loading an object: :class:`LoadError` (a program
+  the verifier refuses: :class:`VerifierError`, which keeps the log and is
+  not an OSError);
+* attaching a program: :class:`AttachError` (a :class:`LoadError`, as it
+  always was);
+* a map's lookup, update, delete, ``keys()`` or ``pin()``: :class:`MapError`;
+  ``m[key]`` and ``del m[key]`` of a key that is not there:
+  :class:`KeyNotFoundError`, a :class:`KeyError`;
+* pinning a link: :class:`LinkError`;
+* ``Program.test_run()``: :class:`TestRunError`.
+
+Any of them may instead be :class:`NotSupportedError` (the kernel cannot do
+it), :class:`PermissionDeniedError` (a missing capability) or
+:class:`TargetNotFoundError` (the function, tracepoint... does not exist),
+when pytracers can tell.
 
 Contract for "not supported" (as in cilium/ebpf's features package): only a
 successful operation or :class:`NotSupportedError` is conclusive about what the
@@ -14,12 +35,14 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 __all__ = [
     "PytracersError", "NotSupportedError", "PermissionDeniedError", "VerifierError",
     "TargetNotFoundError", "InvalidObjectError", "InsecureFileError", "BadArgumentError",
-    "BadTypeError", "ClosedError", "LoadError", "AttachError", "TracefsError",
+    "BadTypeError", "ClosedError",
+    "BpfOperationError", "LoadError", "AttachError", "MapError", "LinkError", "TestRunError",
+    "KeyNotFoundError", "TracefsError",
     "CallbackError", "BtfDecodeError", "errno_name", "os_error_text",
 ]
 
@@ -161,10 +184,18 @@ class ClosedError(PytracersError, ValueError):
                          "object that owns it was closed or loaded); open or create it again")
 
 
-class LoadError(PytracersError, OSError):
-    """Loading an object failed for a reason other than the verifier or support."""
+class BpfOperationError(PytracersError, OSError):
+    """A bpf() operation (or the libbpf call that makes it) failed.
+
+    The common base of :class:`LoadError`, :class:`MapError`,
+    :class:`LinkError` and :class:`TestRunError`.  ``errno`` is the error
+    (``ENOTSUPP`` included), ``what`` the operation ("update map 'counts'")
+    and ``detail`` what libbpf said about it, if anything.
+    """
 
     def __init__(self, what: str, err: int, detail: str = "") -> None:
+        self.what = what
+        self.detail = detail
         msg = f"{what}: {os_error_text(err)}"
         if detail:
             msg += f" ({detail})"
@@ -173,9 +204,49 @@ class LoadError(PytracersError, OSError):
     def __str__(self) -> str:
         return str(self.args[1])
 
+    def __reduce__(self) -> Any:
+        return type(self), (self.what, self.errno, self.detail)
+
+
+class LoadError(BpfOperationError):
+    """Opening, configuring or loading an object failed for a reason other than
+    the verifier, support or permission."""
+
 
 class AttachError(LoadError):
     """Attaching a program failed for a reason not covered by a subclass above."""
+
+
+class MapError(BpfOperationError):
+    """A map operation (lookup, update, delete, iteration, pin) failed."""
+
+
+class LinkError(BpfOperationError):
+    """A link operation (pin) failed."""
+
+
+class TestRunError(BpfOperationError):
+    """The kernel refused to test-run a program (BPF_PROG_TEST_RUN)."""
+
+    __test__ = False  # not a pytest test class
+
+
+class KeyNotFoundError(PytracersError, KeyError):
+    """``key`` is not in ``where`` (a map, the feature list...); also a KeyError
+    (``args[0]`` is the key, as for a dict)."""
+
+    def __init__(self, key: Any, where: str, detail: str = "") -> None:
+        self.key = key
+        self.where = where
+        self.detail = detail
+        super().__init__(key)
+
+    def __str__(self) -> str:
+        msg = f"{self.key!r} is not in {self.where}"
+        return f"{msg}; {self.detail}" if self.detail else msg
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.key, self.where, self.detail)
 
 
 class TracefsError(PytracersError, OSError):
@@ -196,16 +267,18 @@ class BtfDecodeError(InvalidObjectError):
     """BTF in an object or from the kernel could not be parsed."""
 
 
-_ENOTSUPP = 524  # kernel-internal "operation not supported", leaks out of bpf()
+# The kernel-internal "operation not supported" (include/linux/errno.h), which
+# leaks out of bpf(); Python's errno module does not know it.  Named here only.
+ENOTSUPP = 524
 
 
 def errno_name(err: int) -> str:
-    if err == _ENOTSUPP:
+    if err == ENOTSUPP:
         return "ENOTSUPP"
     return _errno.errorcode.get(err, f"errno {err}")
 
 
 def os_error_text(err: int) -> str:
-    if err == _ENOTSUPP:
+    if err == ENOTSUPP:
         return "[ENOTSUPP] operation not supported by the kernel"
     return f"[{errno_name(err)}] {os.strerror(err)}"

@@ -52,7 +52,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import kinds
 from ._shipped import object_path
-from .errors import NotSupportedError, PytracersError, TargetNotFoundError, TracefsError
+from .errors import (ENOTSUPP, KeyNotFoundError, NotSupportedError, PytracersError,
+                     TargetNotFoundError, TracefsError)
 from .kernel import host, symbols, tracefs
 # kernel facts, also importable from here as before
 from .kernel.host import SECURITYFS, kernel_release, kernel_version
@@ -112,7 +113,7 @@ class FeatureReport:
 
     def __getitem__(self, name: str) -> Feature:
         if name not in FEATURES:
-            raise KeyError(name)
+            raise KeyNotFoundError(name, "the feature report", "features: " + ", ".join(FEATURES))
         return self._features[name]
 
     def __iter__(self) -> Iterator[Feature]:
@@ -328,7 +329,7 @@ def kprobe_multi_refusal(e: PytracersError) -> PytracersError:
                                  f"{said[0] if said else e.tail(1)})", min_kernel="5.18",
                                  hint="attach one kprobe per function")
     if not isinstance(e, (NotSupportedError, TargetNotFoundError)) and \
-            err in (_errno.EINVAL, _errno.EOPNOTSUPP, 524) and kernel_version() < (5, 18):
+            err in (_errno.EINVAL, _errno.EOPNOTSUPP, ENOTSUPP) and kernel_version() < (5, 18):
         return NotSupportedError(kinds.KPROBE_MULTI, f"the kernel rejects multi-kprobe links "
                                  f"({_errno.errorcode.get(err or 0, err)}): Linux "
                                  f"{kernel_release()} predates them", min_kernel="5.18",
@@ -433,7 +434,8 @@ _PROBES: Dict[str, Callable[[], Feature]] = {
 def probe_one(name: str, refresh: bool = False) -> Feature:
     """Probe one feature (cached when conclusive)."""
     if name not in _PROBES:
-        raise KeyError(f"unknown feature {name!r}; features: {', '.join(FEATURES)}")
+        raise KeyNotFoundError(name, "the features pytracers probes",
+                               "features: " + ", ".join(FEATURES))
     with _locks.setdefault(name, threading.Lock()):
         if not refresh and name in _cache:
             f = _cache[name]

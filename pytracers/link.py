@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
-from . import _libbpf, kinds
-from ._libbpf import ffi, lib
+from . import kinds
+from ._libbpf import checked
+from ._libbpf import lib
 from ._resource import Resource
-from .errors import BadArgumentError, LoadError, NotSupportedError
+from .errors import BadArgumentError, LinkError, NotSupportedError
 
 if TYPE_CHECKING:
     from .program import Program
@@ -47,18 +48,21 @@ class Link(Resource):
         check_pin_path(path)
         old = os.umask(0o177)
         try:
-            rc, err, cap = _libbpf.call_with_log(lib.bpf_link__pin, self._ptr, path.encode())
+            checked(lib.bpf_link__pin, self._ptr, path.encode(),
+                    what=f"pin {self.kind} link ({self.target}) at {path}", error=LinkError,
+                    refine=self._pin_refused)
         finally:
             os.umask(old)
-        if rc < 0:
-            if -rc == errno.EINVAL and self._perf_event_link():
-                raise NotSupportedError(
-                    f"pinning a {self.kind} link", f"on this kernel a {self.kind} attachment is "
-                    "a perf event, not a BPF link, and only BPF links can be pinned",
-                    min_kernel="5.15", hint="pin a raw_tp or tp_btf link instead, or keep "
-                    "the process that attached it running", errno=-rc)
-            raise LoadError(f"pin link at {path}", -rc, cap.last_line())
         os.chmod(path, 0o600)
+
+    def _pin_refused(self, err: int, log: Any) -> Optional[NotSupportedError]:
+        if err == errno.EINVAL and self._perf_event_link():
+            return NotSupportedError(
+                f"pinning a {self.kind} link", f"on this kernel a {self.kind} attachment is "
+                "a perf event, not a BPF link, and only BPF links can be pinned",
+                min_kernel="5.15", hint="pin a raw_tp or tp_btf link instead, or keep "
+                "the process that attached it running", errno=err)
+        return None
 
     def _perf_event_link(self) -> bool:
         pk = kinds.KINDS.get(self.kind)

@@ -5,34 +5,77 @@ little-endian to that size).  ``lookup`` returns bytes; the typed view
 (:attr:`Map.typed`) decodes values through the object's BTF: integers become
 ints and structs become records.  Per-CPU maps return one value per possible
 CPU.
+
+A refusal by the kernel raises :class:`~pytracers.errors.MapError` (an
+OSError with its errno); ``m[key]`` and ``del m[key]`` of a missing key raise
+:class:`~pytracers.errors.KeyNotFoundError` (a KeyError).
 """
 from __future__ import annotations
 
+import enum
 import errno as _errno
 from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple, Union
 
 from . import _libbpf
+from ._libbpf import checked
 from ._libbpf import ffi, lib
-from .errors import BadArgumentError, BadTypeError, LoadError
+from .errors import BadArgumentError, BadTypeError, KeyNotFoundError, MapError, PytracersError
 
 if TYPE_CHECKING:
     from .object import Object
     from .ringbuf import RingBuffer
 
-__all__ = ["Map", "MAP_TYPES"]
+__all__ = ["Map", "MapType", "MAP_TYPES", "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST"]
 
-MAP_TYPES = {
-    1: "hash", 2: "array", 3: "prog_array", 4: "perf_event_array", 5: "percpu_hash",
-    6: "percpu_array", 7: "stack_trace", 8: "cgroup_array", 9: "lru_hash",
-    10: "lru_percpu_hash", 11: "lpm_trie", 12: "array_of_maps", 13: "hash_of_maps",
-    14: "devmap", 15: "sockmap", 16: "cpumap", 17: "xskmap", 18: "sockhash",
-    19: "cgroup_storage", 20: "reuseport_sockarray", 21: "percpu_cgroup_storage",
-    22: "queue", 23: "stack", 24: "sk_storage", 25: "devmap_hash", 26: "struct_ops",
-    27: "ringbuf", 28: "inode_storage", 29: "task_storage", 30: "bloom_filter",
-    31: "user_ringbuf", 32: "cgrp_storage",
-}
-PERCPU = {5, 6, 10, 21}
-RINGBUF = 27
+
+class MapType(enum.IntEnum):
+    """The kernel's ``enum bpf_map_type`` (include/uapi/linux/bpf.h), named as
+    there without the ``BPF_MAP_TYPE_`` prefix; ``Map.type`` compares equal."""
+
+    HASH = 1
+    ARRAY = 2
+    PROG_ARRAY = 3
+    PERF_EVENT_ARRAY = 4
+    PERCPU_HASH = 5
+    PERCPU_ARRAY = 6
+    STACK_TRACE = 7
+    CGROUP_ARRAY = 8
+    LRU_HASH = 9
+    LRU_PERCPU_HASH = 10
+    LPM_TRIE = 11
+    ARRAY_OF_MAPS = 12
+    HASH_OF_MAPS = 13
+    DEVMAP = 14
+    SOCKMAP = 15
+    CPUMAP = 16
+    XSKMAP = 17
+    SOCKHASH = 18
+    CGROUP_STORAGE = 19
+    REUSEPORT_SOCKARRAY = 20
+    PERCPU_CGROUP_STORAGE = 21
+    QUEUE = 22
+    STACK = 23
+    SK_STORAGE = 24
+    DEVMAP_HASH = 25
+    STRUCT_OPS = 26
+    RINGBUF = 27
+    INODE_STORAGE = 28
+    TASK_STORAGE = 29
+    BLOOM_FILTER = 30
+    USER_RINGBUF = 31
+    CGRP_STORAGE = 32
+
+
+# type number -> lower-case name ("hash", "percpu_array", ...), as Map.type_name
+MAP_TYPES = {t.value: t.name.lower() for t in MapType}
+PERCPU = frozenset({MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH,
+                    MapType.PERCPU_CGROUP_STORAGE})
+ARRAYS = frozenset({MapType.ARRAY, MapType.PERCPU_ARRAY})   # fixed slots: no delete
+RINGBUF = MapType.RINGBUF
+
+# Map.update's flags, as the kernel names them: create or replace; create
+# only (MapError EEXIST when the key is there); replace only (ENOENT when not)
+BPF_ANY, BPF_NOEXIST, BPF_EXIST = 0, 1, 2
 Key = Union[bytes, bytearray, memoryview, int]
 
 _ncpus: Optional[int] = None
@@ -41,10 +84,8 @@ _ncpus: Optional[int] = None
 def possible_cpus() -> int:
     global _ncpus
     if _ncpus is None:
-        n = lib.libbpf_num_possible_cpus()
-        if n <= 0:
-            raise LoadError("count possible CPUs", -n)
-        _ncpus = int(n)
+        _ncpus = int(checked(lib.libbpf_num_possible_cpus, what="count possible CPUs",
+                             error=MapError))
     return _ncpus
 
 
@@ -121,22 +162,21 @@ class Map:
         self._not_ring()
         k = _encode("key", key, self.key_size)
         buf = self._value_buf()
-        rc = lib.bpf_map_lookup_elem(self.fd, k, buf)
-        if rc < 0:
-            if -rc == _errno.ENOENT:
-                return None
-            raise LoadError(f"lookup in map {self.name}", -rc)
+        if checked(lib.bpf_map_lookup_elem, self.fd, k, buf, what=f"lookup in map {self.name!r}",
+                   error=MapError, expected=(_errno.ENOENT,)) is None:
+            return None
         return self._split(buf)
 
     def __getitem__(self, key: Key) -> Union[bytes, List[bytes]]:
         v = self.lookup(key)
         if v is None:
-            raise KeyError(key)
+            raise KeyNotFoundError(key, f"map {self.name!r}")
         return v
 
-    def update(self, key: Key, value: Any, flags: int = 0) -> None:
+    def update(self, key: Key, value: Any, flags: int = BPF_ANY) -> None:
         """Set ``key`` to ``value``. Per-CPU maps take one value per CPU (a
-        list), or a single value for every CPU."""
+        list), or a single value for every CPU.  ``flags``: BPF_ANY (create
+        or replace), BPF_NOEXIST (create only) or BPF_EXIST (replace only)."""
         self._not_ring()
         k = _encode("key", key, self.key_size)
         if self.percpu:
@@ -148,14 +188,20 @@ class Map:
                          for x in vals)
         else:
             v = _encode("value", value, self.value_size)
-        rc = lib.bpf_map_update_elem(self.fd, k, v, flags)
-        if rc < 0:
-            if -rc == _errno.E2BIG:
-                raise BadArgumentError(f"map {self.name} is full ({self.max_entries} entries)")
-            if -rc == _errno.EINVAL and self.type in (2, 6) and isinstance(key, int):
-                raise BadArgumentError(f"index {key} out of range for array map {self.name} "
-                                       f"({self.max_entries} entries)")
-            raise LoadError(f"update map {self.name}", -rc)
+        checked(lib.bpf_map_update_elem, self.fd, k, v, flags, what=f"update map {self.name!r}",
+                error=MapError, refine=lambda err, log: self._update_refused(err, key))
+
+    def _update_refused(self, err: int, key: Key) -> Optional[PytracersError]:
+        if err == _errno.EPERM and self.name.endswith(".rodata"):
+            return MapError(f"update map {self.name!r}", err, "libbpf freezes the read-only "
+                            "data section at load: set const volatile globals through "
+                            "OpenObject.config before load")
+        if err == _errno.E2BIG:
+            return BadArgumentError(f"map {self.name} is full ({self.max_entries} entries)")
+        if err == _errno.EINVAL and self.type in ARRAYS and isinstance(key, int):
+            return BadArgumentError(f"index {key} out of range for array map {self.name} "
+                                    f"({self.max_entries} entries)")
+        return None
 
     def __setitem__(self, key: Key, value: Any) -> None:
         self.update(key, value)
@@ -164,29 +210,26 @@ class Map:
         """Delete ``key``; False if it was not there."""
         self._not_ring()
         k = _encode("key", key, self.key_size)
-        rc = lib.bpf_map_delete_elem(self.fd, k)
-        if rc < 0:
-            if -rc == _errno.ENOENT:
-                return False
-            if -rc == _errno.EINVAL and self.type in (2, 6):
-                raise BadArgumentError(f"array map {self.name}: entries cannot be deleted")
-            raise LoadError(f"delete from map {self.name}", -rc)
-        return True
+        return checked(lib.bpf_map_delete_elem, self.fd, k, what=f"delete from map {self.name!r}",
+                       error=MapError, expected=(_errno.ENOENT,),
+                       refine=self._delete_refused) is not None
+
+    def _delete_refused(self, err: int, log: Any) -> Optional[BadArgumentError]:
+        if err == _errno.EINVAL and self.type in ARRAYS:
+            return BadArgumentError(f"array map {self.name}: entries cannot be deleted")
+        return None
 
     def __delitem__(self, key: Key) -> None:
         if not self.delete(key):
-            raise KeyError(key)
+            raise KeyNotFoundError(key, f"map {self.name!r}")
 
     def keys(self) -> Iterator[bytes]:
         self._not_ring()
         cur = ffi.NULL
         nxt = ffi.new("char[]", max(1, self.key_size))
-        while True:
-            rc = lib.bpf_map_get_next_key(self.fd, cur, nxt)
-            if rc < 0:
-                if -rc == _errno.ENOENT:
-                    return
-                raise LoadError(f"iterate map {self.name}", -rc)
+        while checked(lib.bpf_map_get_next_key, self.fd, cur, nxt,
+                      what=f"iterate map {self.name!r}", error=MapError,
+                      expected=(_errno.ENOENT,)) is not None:
             k = bytes(ffi.buffer(nxt, self.key_size))
             yield k
             cur = ffi.new("char[]", k)
@@ -214,11 +257,10 @@ class Map:
         fd = self.fd
         old = os.umask(0o177)   # the kernel creates the pin with 0600 & ~umask
         try:
-            rc, err, cap = _libbpf.call_with_log(lib.bpf_obj_pin, fd, path.encode())
+            checked(lib.bpf_obj_pin, fd, path.encode(), what=f"pin map {self.name!r} at {path}",
+                    error=MapError)
         finally:
             os.umask(old)
-        if rc < 0:
-            raise LoadError(f"pin map {self.name} at {path}", -rc, cap.last_line())
         os.chmod(path, 0o600)
 
     def sum_percpu_u64(self, key: Key = 0) -> int:

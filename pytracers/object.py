@@ -15,11 +15,13 @@ import os
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 from . import _errmap, _libbpf, kinds
+from ._libbpf import checked
 from ._libbpf import ffi, lib
 from ._resource import Resource
 from .elf.inspect import ObjectInfo, Variable, inspect, read_object_bytes
-from .errors import (BadArgumentError, BadTypeError, ClosedError, LoadError,
-                     PermissionDeniedError, PytracersError, TargetNotFoundError)
+from .errors import (BadArgumentError, BadTypeError, ClosedError, InvalidObjectError, LoadError,
+                     PermissionDeniedError, PytracersError, TargetNotFoundError, os_error_text)
+from .maps import MapType
 
 __all__ = ["open", "OpenObject", "OpenProgram", "OpenMap", "Object", "Config"]
 
@@ -85,19 +87,12 @@ def open(path: PathLike, *, allow_insecure: bool = False) -> "OpenObject":  # no
     opts.sz = ffi.sizeof("struct bpf_object_open_opts")
     cname = ffi.new("char[]", os.path.basename(spath).split(".")[0].encode()[:60] or b"obj")
     opts.object_name = cname
-    ptr, err, cap = _libbpf.call_with_log(lib.bpf_object__open_mem, buf, len(data), opts)
-    if ptr == ffi.NULL:
-        from .errors import InvalidObjectError
-        raise InvalidObjectError(spath, f"libbpf could not open it ({_os_err(err)})",
-                                 cap.last_line())
+    ptr = checked(lib.bpf_object__open_mem, buf, len(data), opts, what=f"open {spath}",
+                  error=LoadError, refine=lambda err, log: InvalidObjectError(
+                      spath, f"libbpf could not open it ({os_error_text(err)})", log.last_line()))
     handle = _Handle(ptr)
     handle.keep = (data, buf)  # libelf reads the buffer in place until load/close
     return OpenObject(handle, info, data)
-
-
-def _os_err(err: int) -> str:
-    from .errors import os_error_text
-    return os_error_text(err)
 
 
 class Config:
@@ -123,9 +118,11 @@ class Config:
         self._obj._check_open()
         m = self._obj._internal_map(v.section)
         size = ffi.new("size_t *")
-        p = lib.bpf_map__initial_value(m, size)
-        if p == ffi.NULL or v.offset + v.size > size[0]:
-            raise LoadError(f"configure {v.name}", 22, f"no initial data for {v.section}")
+        what, why = f"configure {v.name}", f"no initial data for {v.section}"
+        p = checked(lib.bpf_map__initial_value, m, size, what=what, error=LoadError,
+                    refine=lambda err, log: LoadError(what, err, why))
+        if v.offset + v.size > size[0]:
+            raise LoadError(what, errno.EINVAL, why)
         return ffi.buffer(ffi.cast("char *", p) + v.offset, v.size)
 
     def __contains__(self, name: object) -> bool:
@@ -180,7 +177,8 @@ class OpenProgram:
         self._obj._check_open()
         if not isinstance(value, bool):
             raise BadTypeError("autoload must be True or False")
-        lib.bpf_program__set_autoload(self._ptr, value)
+        checked(lib.bpf_program__set_autoload, self._ptr, value,
+                what=f"set autoload of program {self.name!r}", error=LoadError)
 
     def set_attach_target(self, function: str) -> None:
         """Set the kernel function a fentry/fexit/fmod_ret program attaches to."""
@@ -199,10 +197,10 @@ class OpenProgram:
             raise TargetNotFoundError("kernel function", function,
                                       _errmap.function_suggestions(function),
                                       detail="in neither the kernel's BTF nor kallsyms")
-        rc, err, cap = _libbpf.call_with_log(lib.bpf_program__set_attach_target,
-                                             self._ptr, 0, function.encode())
-        if rc < 0:
-            raise _errmap.load_error(self.name, self.kind, -rc, "", cap.last_line(), function)
+        checked(lib.bpf_program__set_attach_target, self._ptr, 0, function.encode(),
+                what=f"set the attach target of {self.name!r}", error=LoadError,
+                refine=lambda err, log: _errmap.load_error(self.name, self.kind, err, "",
+                                                           log.last_line(), function))
         self.attach_target = function
 
     def __repr__(self) -> str:
@@ -228,16 +226,16 @@ class OpenMap:
         self._obj._check_open()
         if not isinstance(n, int) or isinstance(n, bool):
             raise BadTypeError("max_entries must be an int")
-        if self.type == 27:  # BPF_MAP_TYPE_RINGBUF
+        if self.type == MapType.RINGBUF:
             page = os.sysconf("SC_PAGE_SIZE")
             if n < page or n & (n - 1):
                 raise BadArgumentError(f"ring buffer size must be a power of two and at least "
                                        f"one page ({page} bytes); got {n}")
         elif n <= 0 or n >= 1 << 32:
             raise BadArgumentError(f"max_entries must be between 1 and 2**32-1, got {n}")
-        rc = lib.bpf_map__set_max_entries(self._ptr, n)
-        if rc < 0:
-            raise BadArgumentError(f"cannot resize map {self.name}: {_os_err(-rc)}")
+        checked(lib.bpf_map__set_max_entries, self._ptr, n, what=f"resize map {self.name!r}",
+                error=LoadError, refine=lambda err, log: BadArgumentError(
+                    f"cannot resize map {self.name}: {os_error_text(err)}"))
 
     @property
     def autocreate(self) -> bool:
@@ -250,9 +248,10 @@ class OpenMap:
         self._obj._check_open()
         if not isinstance(value, bool):
             raise BadTypeError("autocreate must be True or False")
-        rc = lib.bpf_map__set_autocreate(self._ptr, value)
-        if rc < 0:
-            raise BadArgumentError(f"cannot change autocreate of map {self.name}: {_os_err(-rc)}")
+        checked(lib.bpf_map__set_autocreate, self._ptr, value,
+                what=f"change autocreate of map {self.name!r}", error=LoadError,
+                refine=lambda err, log: BadArgumentError(
+                    f"cannot change autocreate of map {self.name}: {os_error_text(err)}"))
 
     @property
     def key_size(self) -> int:
@@ -316,19 +315,20 @@ class OpenObject:
         self._check_open()
         handle = self._handle
         assert handle is not None
+        self._handle = None        # consumed, whether the load succeeds or not
         logs: Dict[str, Any] = {}
-        for prog in self.programs.values():
-            if lib.bpf_program__autoload(prog._ptr):
-                buf = ffi.new("char[]", LOG_BUF_SIZE)
-                lib.bpf_program__set_log_buf(prog._ptr, buf, LOG_BUF_SIZE)
-                logs[prog.name] = buf
-        rc, err, cap = _libbpf.call_with_log(lib.bpf_object__load, handle.ptr)
-        if rc < 0:
-            exc = self._load_failure(-rc, logs, cap)
-            self._handle = None
+        try:
+            for prog in self.programs.values():
+                if lib.bpf_program__autoload(prog._ptr):
+                    buf = ffi.new("char[]", LOG_BUF_SIZE)
+                    checked(lib.bpf_program__set_log_buf, prog._ptr, buf, LOG_BUF_SIZE,
+                            what=f"give program {prog.name!r} a verifier log", error=LoadError)
+                    logs[prog.name] = buf
+            checked(lib.bpf_object__load, handle.ptr, what=f"load {self.path}", error=LoadError,
+                    refine=lambda err, log: self._load_failure(err, logs, log))
+        except BaseException:
             handle.close()
-            raise exc
-        self._handle = None
+            raise
         return Object(handle, self.info, self.path,
                       {n: p for n, p in self.programs.items() if n in logs})
 

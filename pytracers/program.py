@@ -6,9 +6,11 @@ import struct
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 from . import _errmap, _libbpf, kinds, tracefs
+from ._libbpf import checked
 from ._libbpf import ffi, lib
 from .elf.inspect import section_target, split_tracepoint
-from .errors import BadArgumentError, BadTypeError, NotSupportedError
+from .errors import (ENOTSUPP, BadArgumentError, BadTypeError, NotSupportedError, TestRunError,
+                     errno_name)
 from .link import Link
 
 if TYPE_CHECKING:
@@ -219,7 +221,7 @@ class Program:
         self._refuse_duplicate(self.kind, target)
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_trace, self._ptr)
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err in (
-                1, 13, 95, 524):
+                errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, ENOTSUPP):
             raise _errmap.trampoline_refused(self.kind, err, cap.last_line())
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err == errno.EBUSY:
             raise _errmap.untraceable(self.kind, target, err)
@@ -270,18 +272,15 @@ class Program:
             out = ffi.new("char[]", data_out_size)
             opts.data_out = out
             opts.data_size_out = data_out_size
-        rc, err, cap = _libbpf.call_with_log(lib.bpf_prog_test_run_opts, self.fd, opts)
-        if rc < 0:
-            from .errors import LoadError
-            e = -rc
-            if e in (95, 524, 22) and ctx is None:
-                raise NotSupportedError("BPF_PROG_TEST_RUN for " + self.kind,
-                                        f"the kernel refused it ({_os(e)})", errno=e)
-            raise LoadError(f"test run of {self.name}", e, cap.last_line())
+        checked(lib.bpf_prog_test_run_opts, self.fd, opts, what=f"test run of {self.name!r}",
+                error=TestRunError, refine=lambda err, log: self._test_run_refused(err, ctx))
         return TestRun(int(opts.retval), int(opts.duration),
                        bytes(ffi.buffer(out, opts.data_size_out)) if out is not None else b"")
 
-
-def _os(e: int) -> str:
-    from .errors import errno_name
-    return errno_name(e)
+    def _test_run_refused(self, err: int, ctx: Any) -> Optional[NotSupportedError]:
+        # Without a context, a refusal means the kernel cannot test-run this
+        # program type (with one, the context may be what it refused).
+        if err in (errno.EOPNOTSUPP, ENOTSUPP, errno.EINVAL) and ctx is None:
+            return NotSupportedError("BPF_PROG_TEST_RUN for " + self.kind,
+                                     f"the kernel refused it ({errno_name(err)})", errno=err)
+        return None

@@ -91,7 +91,7 @@ _EXPECT_ENV = "PYTRACERS_EXPECT"
 def _min_kernel(feature: str, given: Optional[str]) -> Optional[str]:
     if given:
         return given
-    from ._errmap import MIN_KERNEL
+    from .features import MIN_KERNEL
     return MIN_KERNEL.get(feature)
 
 

@@ -7,35 +7,48 @@ Also importable by its former name, ``pytracers.introspect`` (the same module).
 """
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import Callable, Dict, FrozenSet, Optional, Set, Tuple, Union
 
-from .._libbpf import ffi, lib
+from .._libbpf import checked, ffi, lib
+from ..errors import BpfOperationError, PermissionDeniedError
 
 __all__ = ["prog_ids", "map_ids", "link_ids", "snapshot", "fdinfo", "kernel_id", "process_ids"]
 
 
-def _walk(next_id: Callable[..., int]) -> FrozenSet[int]:
+def _walk(next_id: Callable[..., int], what: str) -> FrozenSet[int]:
+    """Every id ``next_id`` walks to; ENOENT ends the walk, any other error
+    raises (an unprivileged walk is refused, not empty)."""
     ids = set()
     cur = 0
     nxt = ffi.new("__u32 *")
-    while next_id(cur, nxt) == 0:
+    while checked(next_id, cur, nxt, what=f"walk the kernel's BPF {what} ids",
+                  error=BpfOperationError, expected=(errno.ENOENT,),
+                  refine=_walk_refused) is not None:
         cur = int(nxt[0])
         ids.add(cur)
     return frozenset(ids)
 
 
+def _walk_refused(err: int, log: object) -> Optional[PermissionDeniedError]:
+    if err in (errno.EPERM, errno.EACCES):
+        return PermissionDeniedError("walk the kernel's BPF object ids", "CAP_SYS_ADMIN",
+                                     errno=err)
+    return None
+
+
 def prog_ids() -> FrozenSet[int]:
-    return _walk(lib.bpf_prog_get_next_id)
+    return _walk(lib.bpf_prog_get_next_id, "program")
 
 
 def map_ids() -> FrozenSet[int]:
-    return _walk(lib.bpf_map_get_next_id)
+    return _walk(lib.bpf_map_get_next_id, "map")
 
 
 def link_ids() -> FrozenSet[int]:
-    return _walk(lib.bpf_link_get_next_id)
+    return _walk(lib.bpf_link_get_next_id, "link")
 
 
 def fdinfo(fd: int, pid: Union[int, str] = "self") -> Dict[str, str]:
