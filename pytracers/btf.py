@@ -41,13 +41,18 @@ Design notes
   byte-swapped on load), and layouts made from it decode data in *that* byte
   order (:attr:`Btf.byteorder`), which is the byte order of the BPF target
   that produced the object.
-* Errors: every problem with the data (bad magic, truncation, offsets or type
-  ids out of range, unknown kinds, cycles in the type graph) raises
-  :class:`BtfError`, never ``IndexError``/``struct.error``/``RecursionError``.
-  A name that is not there raises :class:`BtfNotFoundError` (also a
-  ``KeyError``), a layout we do not handle (bitfields, unions at top level)
-  :class:`BtfUnsupportedError` (also a ``ValueError``); both derive from
-  :class:`BtfError`.
+* Errors: BTF errors derive from :class:`BtfError`, a ``PytracersError``
+  (the classes live in :mod:`pytracers.errors` and are re-exported here);
+  never ``IndexError``/``struct.error``/``RecursionError``.  Bytes that cannot
+  be right (bad magic, truncation, unknown kinds, string offsets out of range,
+  cycles in the type graph, a FUNC without its FUNC_PROTO) raise
+  :class:`BtfDecodeError`, also an ``InvalidObjectError``.  A name that is not
+  there raises :class:`BtfNotFoundError` (also a ``KeyError``), a layout we do
+  not handle (bitfields, unions at top level) :class:`BtfUnsupportedError`
+  (also a ``ValueError``), a type id out of range or the size of a type that
+  has none :class:`BtfError` itself.  An unknown kind name or a type id that
+  is not an int raise ``BadArgumentError`` / ``BadTypeError`` (a
+  ``ValueError`` / ``TypeError``, as before).
 * Pointers are assumed to be 8 bytes (BPF is a 64-bit target) unless the ELF
   file given to :meth:`Btf.from_elf` is 32-bit; see :attr:`Btf.ptr_size`.
 
@@ -91,12 +96,15 @@ from enum import IntEnum
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Sequence,
                     Set, Tuple, Type, Union)
 
+from .errors import (BadArgumentError, BadTypeError, BtfDecodeError, BtfError,
+                     BtfNotFoundError, BtfUnsupportedError)
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy
 
 __all__ = [
     "BTF_MAGIC", "VMLINUX_PATH", "SYSFS_BTF_DIR",
-    "BtfError", "BtfNotFoundError", "BtfUnsupportedError",
+    "BtfError", "BtfNotFoundError", "BtfUnsupportedError", "BtfDecodeError",
     "Kind", "KindLike", "Member", "EnumValue", "Param", "VarSecinfo", "ArrayInfo", "BtfType",
     "FuncProto", "Field", "StructLayout", "Record", "Btf",
     "INT_SIGNED", "INT_CHAR", "INT_BOOL",
@@ -115,33 +123,6 @@ _HEADER_MIN = 24          # sizeof(struct btf_header)
 _MAX_DEPTH = 96           # deepest type chain we follow before calling it a cycle
 _STR_CACHE_MAX = 4096     # per char-array field, in decoders
 _FULL_INDEX_AFTER = 64    # name look-ups on one Btf before building a full name dict
-
-
-class BtfError(Exception):
-    """The BTF data is malformed (or, for subclasses, cannot be used as asked)."""
-
-
-class BtfNotFoundError(BtfError, KeyError):
-    """No type of that name (and kind).  ``suggestions`` holds close matches."""
-
-    def __init__(self, name: str, kind: Optional[str] = None,
-                 suggestions: Sequence[str] = ()) -> None:
-        self.name = name
-        self.kind = kind
-        self.suggestions = list(suggestions)
-        what = f"{kind} {name!r}" if kind else repr(name)
-        msg = f"no {what} in BTF"
-        if self.suggestions:
-            msg += "; did you mean: " + ", ".join(self.suggestions) + "?"
-        self.message = msg
-        super().__init__(msg)
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return self.message
-
-
-class BtfUnsupportedError(BtfError, ValueError):
-    """Valid BTF that we cannot turn into what was asked (e.g. a bitfield)."""
 
 
 class Kind(IntEnum):
@@ -676,10 +657,12 @@ class StructLayout:
         return tuple(f.name for f in self.fields)
 
     def field(self, name: str) -> Field:
+        """The field named ``name``; :class:`~pytracers.errors.BtfNotFoundError`
+        (a ``KeyError``) if there is none."""
         for f in self.fields:
             if f.name == name:
                 return f
-        raise KeyError(name)
+        raise BtfNotFoundError(name, "field", where=f"struct {self.name}")
 
     # -- struct.Struct ------------------------------------------------------------
 
@@ -870,38 +853,42 @@ class StructLayout:
 # --------------------------------------------------------------------------- Btf
 
 class _Header:
+    """The fixed header of a blob, checked: magic (either byte order), version,
+    and section offsets inside the data."""
+
     __slots__ = ("byteorder", "hdr_len", "type_off", "type_len", "str_off", "str_len", "flags")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, label: str = "") -> None:
         if len(data) < 8:
-            raise BtfError(f"BTF data too short for a header ({len(data)} bytes)")
+            raise BtfDecodeError(label, f"BTF data too short for a header ({len(data)} bytes)")
         magic_le = data[0] | (data[1] << 8)
         if magic_le == BTF_MAGIC:
             bo = "<"
         elif magic_le == 0x9FEB:
             bo = ">"
         else:
-            raise BtfError(f"bad BTF magic 0x{magic_le:04x} (expected 0xeb9f)")
+            raise BtfDecodeError(label, f"bad BTF magic 0x{magic_le:04x} (expected 0xeb9f)")
         version, flags = data[2], data[3]
         if version != BTF_VERSION:
-            raise BtfError(f"unsupported BTF version {version}")
+            raise BtfDecodeError(label, f"unsupported BTF version {version}")
         (hdr_len,) = struct.unpack_from(bo + "I", data, 4)
         if hdr_len < _HEADER_MIN:
-            raise BtfError(f"BTF header length {hdr_len} < {_HEADER_MIN}")
+            raise BtfDecodeError(label, f"BTF header length {hdr_len} < {_HEADER_MIN}")
         if hdr_len > len(data):
-            raise BtfError(f"BTF header length {hdr_len} past the end of the data ({len(data)})")
+            raise BtfDecodeError(label, f"BTF header length {hdr_len} past the end of the data "
+                                        f"({len(data)})")
         type_off, type_len, str_off, str_len = struct.unpack_from(bo + "4I", data, 8)
         body = len(data) - hdr_len
         if type_off + type_len > body:
-            raise BtfError(f"BTF type section [{type_off}, +{type_len}) past the end "
-                           f"of the data ({body} bytes after the header)")
+            raise BtfDecodeError(label, f"BTF type section [{type_off}, +{type_len}) past the "
+                                        f"end of the data ({body} bytes after the header)")
         if str_off + str_len > body:
-            raise BtfError(f"BTF string section [{str_off}, +{str_len}) past the end "
-                           f"of the data ({body} bytes after the header)")
+            raise BtfDecodeError(label, f"BTF string section [{str_off}, +{str_len}) past the "
+                                        f"end of the data ({body} bytes after the header)")
         if type_off % 4 or type_len % 4:
-            raise BtfError("BTF type section is not 4-byte aligned")
+            raise BtfDecodeError(label, "BTF type section is not 4-byte aligned")
         if type_len and str_len and type_off < str_off + str_len and str_off < type_off + type_len:
-            raise BtfError("BTF type and string sections overlap")
+            raise BtfDecodeError(label, "BTF type and string sections overlap")
         self.byteorder = bo
         self.flags = flags
         self.hdr_len = hdr_len
@@ -921,7 +908,7 @@ class Btf:
     def __init__(self, data: bytes, base: Optional["Btf"] = None, *, ptr_size: int = 8,
                  name: str = "") -> None:
         data = bytes(data)
-        hdr = _Header(data)
+        hdr = _Header(data, name)
         self.name = name
         self.base = base
         self.ptr_size = ptr_size
@@ -938,12 +925,12 @@ class Btf:
             self.start_id = 1
             self.start_str_off = 0
             if self._strs and self._strs[0] != 0:
-                raise BtfError("BTF string section does not start with an empty string")
+                raise self._damaged("BTF string section does not start with an empty string")
         else:
             self.start_id = base.end_id
             self.start_str_off = base.end_str_off
         if self._strs and self._strs[-1] != 0:
-            raise BtfError("BTF string section is not NUL-terminated")
+            raise self._damaged("BTF string section is not NUL-terminated")
         self.end_str_off = self.start_str_off + len(self._strs)
 
         words = array.array(_U32)
@@ -951,7 +938,7 @@ class Btf:
         if (hdr.byteorder == "<") != (sys.byteorder == "little"):
             words.byteswap()
         self._w = words
-        self._starts, self._kinds = self._scan(words)
+        self._starts, self._kinds = self._scan(words, name)
         self.end_id = self.start_id + len(self._starts)
         self._types: Dict[int, BtfType] = {}
         self._str_cache: Dict[int, str] = {}
@@ -965,8 +952,8 @@ class Btf:
         self._names_by_len: Dict[Tuple[int, bool], Dict[int, List[str]]] = {}
 
     @staticmethod
-    def _scan(w: "array.array[int]") -> Tuple[List[int], bytearray]:
-        """First pass: where each record starts and its kind."""
+    def _scan(w: "array.array[int]", label: str) -> Tuple[List[int], bytearray]:
+        """First pass over the type section: where each record starts and its kind."""
         starts: List[int] = []
         kinds = bytearray()
         append = starts.append
@@ -984,11 +971,13 @@ class Btf:
                 kappend(k)
                 i += fixed[k] + per[k] * (info & 0xFFFF)
         except KeyError:
-            raise BtfError(f"type id {len(starts)}: unknown BTF kind {k}") from None
+            raise BtfDecodeError(label, f"type id {len(starts)}: unknown BTF kind {k}") from None
         except IndexError:
-            raise BtfError(f"type id {len(starts) + 1}: truncated type record") from None
+            raise BtfDecodeError(label, f"type id {len(starts) + 1}: truncated type record"
+                                 ) from None
         if i != n:
-            raise BtfError(f"type id {len(starts)}: record runs past the end of the type section")
+            raise BtfDecodeError(label, f"type id {len(starts)}: record runs past the end of "
+                                 "the type section")
         return starts, kinds
 
     # -- constructors -----------------------------------------------------------
@@ -1025,16 +1014,16 @@ class Btf:
             elf = ELFFile(io.BytesIO(raw))
             sec = elf.get_section_by_name(".BTF")
             if sec is None:
-                raise BtfError(f"{label}: no .BTF section (compile with -g)")
+                raise BtfDecodeError(label, "no .BTF section (compile with -g)")
             if sec["sh_type"] == "SHT_NOBITS":
-                raise BtfError(f"{label}: .BTF section has no data")
+                raise BtfDecodeError(label, ".BTF section has no data")
             data = sec.data()
             ptr_size = 8 if elf.elfclass == 64 else 4
         except BtfError:
             raise
         except (ELFError, struct.error, ValueError, EOFError, OSError, KeyError, IndexError,
                 TypeError, AttributeError, AssertionError) as e:
-            raise BtfError(f"{label}: cannot read ELF: {e}") from e
+            raise BtfDecodeError(label, f"cannot read ELF: {e}") from e
         return cls(data, base, ptr_size=ptr_size, name=label)
 
     @classmethod
@@ -1051,7 +1040,7 @@ class Btf:
     def module(cls, name: str, *, sysfs_dir: str = SYSFS_BTF_DIR) -> "Btf":
         """A kernel module's BTF (split BTF on top of vmlinux; cached)."""
         if not name or "/" in name or name in (".", "..", "vmlinux"):
-            raise ValueError(f"bad module name {name!r}")
+            raise BadArgumentError(f"bad module name {name!r}")
         key = (sysfs_dir, name)
         btf = _MODULE_CACHE.get(key)
         if btf is None:
@@ -1098,6 +1087,10 @@ class Btf:
         """Valid type ids are ``0 .. type_count-1`` (includes void and the base)."""
         return self.end_id
 
+    def _damaged(self, problem: str) -> BtfDecodeError:
+        """The error for data that cannot be right (named after this blob)."""
+        return BtfDecodeError(self.name, problem)
+
     def _str(self, off: int) -> str:
         s = self._str_cache.get(off)
         if s is not None:
@@ -1110,7 +1103,8 @@ class Btf:
         rel = off - self.start_str_off
         strs = self._strs
         if rel >= len(strs):
-            raise BtfError(f"string offset {off} out of range (strings end at {self.end_str_off})")
+            raise self._damaged(f"string offset {off} out of range (strings end at "
+                                f"{self.end_str_off})")
         end = strs.find(b"\0", rel)  # always found: the section ends with NUL
         s = strs[rel:end].decode("utf-8", "replace")
         self._str_cache[off] = s
@@ -1167,7 +1161,7 @@ class Btf:
         if isinstance(type_id, BtfType):
             return type_id
         if not isinstance(type_id, int):
-            raise TypeError(f"type id must be an int, not {type(type_id).__name__}")
+            raise BadTypeError(f"type id must be an int, not {type(type_id).__name__}")
         t = self._types.get(type_id)
         if t is not None:
             return t
@@ -1182,6 +1176,9 @@ class Btf:
         return t
 
     def _decode(self, tid: int) -> BtfType:
+        """Decode record ``tid``.  One that refers to a type id past the end is
+        damaged, so every type handed out refers only to ids that exist (and an
+        id out of range can only be the caller's)."""
         w = self._w
         s = self._starts[tid - self.start_id]
         name_off, info, st = w[s], w[s + 1], w[s + 2]
@@ -1191,10 +1188,11 @@ class Btf:
         name = self._str(name_off)
         p = s + 3
         kw: Dict[str, Any] = {}
+        hi = 0                  # the highest type id the record refers to
         if kind in _SIZED:
             kw["size"] = st
         elif kind in _REFERS:
-            kw["type_id"] = st
+            kw["type_id"] = hi = st
         if kind == Kind.INT:
             enc = w[p]
             kw["int_encoding"] = (enc >> 24) & 0x0F
@@ -1202,6 +1200,7 @@ class Btf:
             kw["int_bits"] = enc & 0xFF
         elif kind == Kind.ARRAY:
             kw["array"] = ArrayInfo(w[p], w[p + 1], w[p + 2])
+            hi = max(w[p], w[p + 1])
         elif kind in (Kind.STRUCT, Kind.UNION):
             ms = []
             for j in range(vlen):
@@ -1212,6 +1211,8 @@ class Btf:
                 else:
                     ms.append(Member(self._str(w[q]), w[q + 1], off, 0))
             kw["members"] = tuple(ms)
+            if vlen:
+                hi = max(w[p + 1:p + 3 * vlen:3])
         elif kind == Kind.ENUM:
             evs = []
             for j in range(vlen):
@@ -1233,6 +1234,8 @@ class Btf:
         elif kind == Kind.FUNC_PROTO:
             kw["params"] = tuple(Param(self._str(w[p + 2 * j]), w[p + 2 * j + 1])
                                  for j in range(vlen))
+            if vlen:
+                hi = max(hi, max(w[p + 1:p + 2 * vlen:2]))
         elif kind == Kind.FUNC:
             kw["linkage"] = vlen
         elif kind == Kind.VAR:
@@ -1240,9 +1243,14 @@ class Btf:
         elif kind == Kind.DATASEC:
             kw["secinfo"] = tuple(VarSecinfo(w[p + 3 * j], w[p + 3 * j + 1], w[p + 3 * j + 2])
                                   for j in range(vlen))
+            if vlen:
+                hi = max(w[p:p + 3 * vlen:3])
         elif kind == Kind.DECL_TAG:
             c = w[p]
             kw["component_idx"] = c - (1 << 32) if c >= 0x80000000 else c
+        if hi >= self.end_id:
+            raise self._damaged(f"type id {tid} ({kind.label} {name!r}) refers to type id {hi}, "
+                                f"out of range (0..{self.end_id - 1})")
         return BtfType(id=tid, kind=kind, name=name, kind_flag=kflag, vlen=vlen, **kw)
 
     def types(self, *, include_base: bool = False) -> Iterator[BtfType]:
@@ -1260,12 +1268,13 @@ class Btf:
         if isinstance(kind, str):
             k = _KIND_ALIASES.get(kind.lower())
             if k is None:
-                raise ValueError(f"unknown BTF kind {kind!r}; one of {', '.join(sorted(_KIND_ALIASES))}")
+                raise BadArgumentError(f"unknown BTF kind {kind!r}; one of "
+                                       f"{', '.join(sorted(_KIND_ALIASES))}")
             return k
         try:
             return Kind(kind)
         except ValueError:
-            raise ValueError(f"unknown BTF kind {kind!r}") from None
+            raise BadArgumentError(f"unknown BTF kind {kind!r}") from None
 
     def _ids_with_name_off(self, off: int) -> List[int]:
         """Own type ids whose name_off is ``off`` (a 4-byte search over packed offsets)."""
@@ -1437,7 +1446,7 @@ class Btf:
             if t.kind not in _MODIFIERS:
                 return t
             t = self.type(t.type_id)
-        raise BtfError(f"type chain from id {t.id} too deep or cyclic")
+        raise self._damaged(f"type chain from id {t.id} too deep or cyclic")
 
     def strip_qualifiers(self, t: Union[int, BtfType]) -> BtfType:
         """Skip CONST, VOLATILE, RESTRICT and TYPE_TAG (but not TYPEDEF)."""
@@ -1446,7 +1455,7 @@ class Btf:
             if t.kind not in _MODIFIERS or t.kind == Kind.TYPEDEF:
                 return t
             t = self.type(t.type_id)
-        raise BtfError(f"type chain from id {t.id} too deep or cyclic")
+        raise self._damaged(f"type chain from id {t.id} too deep or cyclic")
 
     def size_of(self, t: Union[int, BtfType]) -> int:
         """Size in bytes of a type (pointers are :attr:`ptr_size`)."""
@@ -1454,7 +1463,7 @@ class Btf:
 
     def _size_of(self, t: BtfType, depth: int) -> int:
         if depth > _MAX_DEPTH:
-            raise BtfError(f"type graph at id {t.id} too deep or cyclic")
+            raise self._damaged(f"type graph at id {t.id} too deep or cyclic")
         t = self.resolve(t)
         if t.kind in _SIZED:
             return t.size
@@ -1503,7 +1512,7 @@ class Btf:
 
     def _decl(self, t: BtfType, inner: str, depth: int, names: bool = False) -> str:
         if depth > _MAX_DEPTH:
-            raise BtfError(f"type graph at id {t.id} too deep or cyclic")
+            raise self._damaged(f"type graph at id {t.id} too deep or cyclic")
         k = t.kind
         if k == Kind.PTR:
             return self._decl(self.type(t.type_id), "*" + inner, depth + 1)
@@ -1529,7 +1538,8 @@ class Btf:
             if k == Kind.FUNC:
                 proto = self.type(t.type_id)
                 if proto.kind != Kind.FUNC_PROTO:
-                    raise BtfError(f"FUNC {t.name!r} (id {t.id}) does not point to a FUNC_PROTO")
+                    raise self._damaged(f"FUNC {t.name!r} (id {t.id}) does not point to a "
+                                        "FUNC_PROTO")
                 if not inner:
                     inner = t.name
             elif inner.startswith("*"):
@@ -1560,7 +1570,7 @@ class Btf:
         f = self.func(name)
         proto = self.type(f.type_id)
         if proto.kind != Kind.FUNC_PROTO:
-            raise BtfError(f"FUNC {name!r} (id {f.id}) does not point to a FUNC_PROTO")
+            raise self._damaged(f"FUNC {name!r} (id {f.id}) does not point to a FUNC_PROTO")
         params = []
         ids = []
         varargs = False
@@ -1606,7 +1616,7 @@ class Btf:
     def _flatten(self, st: BtfType, base_off: int, prefix: str, out: List[Field], depth: int,
                  top: str) -> None:
         if depth > _MAX_DEPTH // 4:
-            raise BtfError(f"struct {top}: nesting too deep or cyclic")
+            raise self._damaged(f"struct {top}: nesting too deep or cyclic")
         for m in st.members:
             where = f"struct {top}: member {prefix}{m.name or '<anon>'}"
             if m.bitfield_size or m.bit_offset % 8:
@@ -1617,10 +1627,10 @@ class Btf:
             msize = self._size_of(mt, depth) if mt.kind not in (Kind.FWD, Kind.VOID,
                                                                  Kind.FUNC_PROTO, Kind.FUNC) else -1
             if msize < 0:
-                raise BtfError(f"{where} has incomplete type {mt.kind.label} {mt.name!r}")
+                raise self._damaged(f"{where} has incomplete type {mt.kind.label} {mt.name!r}")
             if m.bit_offset // 8 + msize > st.size:
-                raise BtfError(f"{where} (offset {m.bit_offset // 8}, size {msize}) runs past the "
-                               f"end of its struct (size {st.size})")
+                raise self._damaged(f"{where} (offset {m.bit_offset // 8}, size {msize}) runs past "
+                                    f"the end of its struct (size {st.size})")
             fname = prefix + m.name if m.name else f"{prefix}_anon_{off}"
             tname = self.type_str(m.type_id)
             k = mt.kind
@@ -1650,19 +1660,19 @@ class Btf:
                 raise BtfUnsupportedError(f"{where} is a bitfield ({t.int_bits}-bit int); "
                                           f"bitfields are not supported in event layouts")
             if t.size not in (1, 2, 4, 8, 16):
-                raise BtfError(f"{where}: int of bad size {t.size}")
+                raise self._damaged(f"{where}: int of bad size {t.size}")
             if t.is_bool:
                 return "bool"
             return "int" if t.int_encoding & INT_SIGNED else "uint"
         if k in (Kind.ENUM, Kind.ENUM64):
             if t.size not in (1, 2, 4, 8):
-                raise BtfError(f"{where}: enum of bad size {t.size}")
+                raise self._damaged(f"{where}: enum of bad size {t.size}")
             return "int" if t.kind_flag else "uint"
         if k == Kind.PTR:
             return "ptr"
         if k == Kind.FLOAT:
             return "float" if t.size in (2, 4, 8) else "bytes"
-        raise BtfError(f"{where}: a {k.label} cannot be a struct member")
+        raise self._damaged(f"{where}: a {k.label} cannot be a struct member")
 
     def _array_field(self, at: BtfType, fname: str, off: int, size: int, tname: str,
                      where: str, depth: int) -> Optional[Field]:
@@ -1675,7 +1685,7 @@ class Btf:
             shape.append(t.array.nelems)
             t = self.resolve(t.array.type_id)
         else:
-            raise BtfError(f"{where}: array nesting too deep or cyclic")
+            raise self._damaged(f"{where}: array nesting too deep or cyclic")
         count = 1
         for d in shape:
             count *= d
@@ -1697,28 +1707,18 @@ class Btf:
     # -- validation ---------------------------------------------------------------------------
 
     def validate(self) -> None:
-        """Check every type of this blob deeply; raise :class:`BtfError` on the first problem.
+        """Check every type of this blob deeply; raise
+        :class:`~pytracers.errors.BtfDecodeError` on the first problem.
 
         Parsing only checks the framing (header, record lengths, kinds); this
-        decodes every type, checks all string offsets and referenced type ids,
-        that FUNCs point at FUNC_PROTOs and that modifier chains end.
+        decodes every type (which checks its string offsets and the type ids it
+        refers to), checks that FUNCs point at FUNC_PROTOs and that modifier
+        chains end.
         """
         for tid in range(self.start_id, self.end_id):
             t = self.type(tid)
-            refs: List[int] = []
-            if t.kind in _REFERS:
-                refs.append(t.type_id)
-            if t.array is not None:
-                refs += [t.array.type_id, t.array.index_type_id]
-            refs += [m.type_id for m in t.members]
-            refs += [p.type_id for p in t.params]
-            refs += [v.type_id for v in t.secinfo]
-            for r in refs:
-                if not 0 <= r < self.end_id:
-                    raise BtfError(f"type id {tid} ({t.kind.label} {t.name!r}) refers to "
-                                   f"type id {r}, out of range (0..{self.end_id - 1})")
             if t.kind == Kind.FUNC and self.kind_of(t.type_id) != Kind.FUNC_PROTO:
-                raise BtfError(f"FUNC {t.name!r} (id {tid}) does not point to a FUNC_PROTO")
+                raise self._damaged(f"FUNC {t.name!r} (id {tid}) does not point to a FUNC_PROTO")
             if t.kind in _MODIFIERS:
                 self.resolve(t)
 
@@ -1749,7 +1749,7 @@ def _close_matches(word: str, names: Sequence[str], n: int, cutoff: float,
     if n <= 0 or not names:
         return []
     if not 0.0 <= cutoff <= 1.0:
-        raise ValueError(f"cutoff must be in [0.0, 1.0]: {cutoff!r}")
+        raise BadArgumentError(f"cutoff must be in [0.0, 1.0]: {cutoff!r}")
     if by_len is None:
         by_len = _group_by_len(names)
     la = len(word)
