@@ -42,8 +42,9 @@ __all__ = [
     "TargetNotFoundError", "InvalidObjectError", "InsecureFileError", "BadArgumentError",
     "BadTypeError", "ClosedError",
     "BpfOperationError", "LoadError", "AttachError", "MapError", "LinkError", "TestRunError",
-    "KeyNotFoundError", "TracefsError",
-    "CallbackError", "BtfDecodeError", "errno_name", "os_error_text",
+    "KeyNotFoundError", "TracefsError", "CallbackError",
+    "BtfError", "BtfNotFoundError", "BtfUnsupportedError", "BtfDecodeError",
+    "ENOTSUPP", "errno_name", "os_error_text",
 ]
 
 
@@ -263,8 +264,58 @@ class CallbackError(PytracersError, TypeError):
     """A user callback returned something pytracers cannot interpret."""
 
 
-class BtfDecodeError(InvalidObjectError):
-    """BTF in an object or from the kernel could not be parsed."""
+class BtfError(PytracersError):
+    """BTF cannot answer what was asked: root of the BTF errors.
+
+    Raised as such for a request the data cannot serve (a type id out of
+    range, the size of a type that has none, a split blob on a base of the
+    other byte order); the subclasses below say more.
+    """
+
+
+class BtfNotFoundError(BtfError, KeyError):
+    """No type of that name (and kind).  ``suggestions`` holds close matches.
+
+    Also a ``KeyError`` (so a ``LookupError``); ``str()`` is the message.
+    ``where`` names what was searched (default: the BTF).
+    """
+
+    def __init__(self, name: str, kind: Optional[str] = None,
+                 suggestions: Sequence[str] = (), *, where: str = "BTF") -> None:
+        self.name = name
+        self.kind = kind
+        self.suggestions = list(suggestions)
+        what = f"{kind} {name!r}" if kind else repr(name)
+        msg = f"no {what} in {where}"
+        if self.suggestions:
+            msg += "; did you mean: " + ", ".join(self.suggestions) + "?"
+        self.message = msg
+        super().__init__(msg)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return self.message
+
+
+class BtfUnsupportedError(BtfError, ValueError):
+    """Valid BTF that we cannot turn into what was asked (e.g. a bitfield)."""
+
+
+class BtfDecodeError(InvalidObjectError, BtfError):
+    """BTF in an object or from the kernel could not be parsed: the bytes are
+    damaged (bad header, truncated records, unknown kinds, string offsets out of
+    range, cycles in the type graph, ...).
+
+    Both an :class:`InvalidObjectError` (``path`` names the blob, "" if it has
+    no name) and a :class:`BtfError`.
+    """
+
+    def __init__(self, path: str, problem: str, hint: str = "") -> None:
+        if path:
+            super().__init__(path, problem, hint)
+            return
+        self.path = path
+        self.problem = problem
+        PytracersError.__init__(self, f"{problem}; {hint}" if hint else problem)
 
 
 # The kernel-internal "operation not supported" (include/linux/errno.h), which

@@ -13,9 +13,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
+import pytracers
 from pytracers import btf as B
-from pytracers.btf import (Btf, BtfError, BtfNotFoundError, BtfUnsupportedError, FuncProto,
-                           Kind, StructLayout)
+from pytracers import errors as E
+from pytracers.btf import (Btf, BtfDecodeError, BtfError, BtfNotFoundError, BtfUnsupportedError,
+                           FuncProto, Kind, StructLayout)
 
 VMLINUX = "/sys/kernel/btf/vmlinux"
 CLANG = "/usr/bin/clang-19"
@@ -735,13 +737,64 @@ def _elf_without_btf() -> bytes:
 
 @pytest.mark.parametrize("name,make,action", CORRUPT, ids=[c[0] for c in CORRUPT])
 @pytest.mark.kernel_independent
-def test_corrupt_input_raises_btf_error(name: str, make: Callable[[], bytes],
-                                        action: Callable[[Btf], Any]) -> None:
+def test_corrupt_input_raises_btf_decode_error(name: str, make: Callable[[], bytes],
+                                               action: Callable[[Btf], Any]) -> None:
+    """Every kind of damage, found while parsing or later while following the
+    type graph, raises BtfDecodeError: a PytracersError, an InvalidObjectError
+    and a BtfError (so ``except BtfError`` keeps catching it)."""
     data = make()
-    with pytest.raises(BtfError):
-        btf = Btf.from_bytes(data)
+    with pytest.raises(BtfDecodeError) as ei:
+        btf = Btf.from_bytes(data, name="blob.btf")
         action(btf)
-        raise AssertionError(f"{name}: no BtfError")  # pragma: no cover
+        raise AssertionError(f"{name}: no BtfDecodeError")  # pragma: no cover
+    e = ei.value
+    assert isinstance(e, E.PytracersError) and isinstance(e, E.InvalidObjectError)
+    assert isinstance(e, BtfError) and isinstance(e, ValueError)
+    assert e.problem and str(e).startswith(f"{e.path}: ") and e.path in ("blob.btf", "<bytes>")
+
+
+@pytest.mark.kernel_independent
+def test_damaged_blob_without_a_name() -> None:
+    """A damaged blob that has no name (as ``Object.btf`` parses it) says only
+    what is wrong, and is still a BtfDecodeError with ``path == ""``."""
+    with pytest.raises(BtfDecodeError) as ei:
+        Btf.from_bytes(b"\x12\x34" + _valid()[2:])
+    assert str(ei.value) == "bad BTF magic 0x3412 (expected 0xeb9f)"
+    assert ei.value.path == "" and ei.value.problem == str(ei.value)
+    assert isinstance(ei.value, E.PytracersError)
+
+
+@pytest.mark.kernel_independent
+def test_btf_errors_are_pytracers_errors(sample: Tuple[Btf, Dict[str, int]],
+                                         tmp_path: Any) -> None:
+    """What a caller gets wrong or asks for in vain raises a PytracersError of
+    the matching builtin family, one class in both pytracers.btf and
+    pytracers.errors (and so in pytracers)."""
+    btf, ids = sample
+    for name in ("BtfError", "BtfNotFoundError", "BtfUnsupportedError", "BtfDecodeError"):
+        assert getattr(B, name) is getattr(E, name) is getattr(pytracers, name)
+        assert issubclass(getattr(B, name), E.PytracersError)
+    cases: List[Tuple[Callable[[], Any], Tuple[type, ...]]] = [
+        (lambda: btf.get("nope", "struct"), (BtfNotFoundError, KeyError, LookupError)),
+        (lambda: btf.func("nope"), (BtfNotFoundError, KeyError)),
+        (lambda: btf.struct_layout("nope"), (BtfNotFoundError, KeyError)),
+        (lambda: btf.struct_layout("event").field("nope"), (BtfNotFoundError, KeyError)),
+        (lambda: btf.struct_layout(ids["union"]), (BtfUnsupportedError, ValueError)),
+        (lambda: btf.type(10_000), (BtfError,)),
+        (lambda: btf.size_of(ids["do_open"]), (BtfError,)),
+        (lambda: btf.find("x", "no-such-kind"), (E.BadArgumentError, ValueError)),
+        (lambda: btf.type("1"), (E.BadTypeError, TypeError)),
+        (lambda: btf.suggest("x", cutoff=2.0), (E.BadArgumentError, ValueError)),
+        (lambda: Btf.module("../etc", sysfs_dir=str(tmp_path)), (E.BadArgumentError, ValueError)),
+    ]
+    for call, classes in cases:
+        with pytest.raises(E.PytracersError) as ei:
+            call()
+        assert isinstance(ei.value, classes), (ei.value, classes)
+        assert not isinstance(ei.value, BtfDecodeError)    # nothing here is damaged
+    with pytest.raises(BtfNotFoundError) as nf:
+        btf.struct_layout("event").field("tss")
+    assert str(nf.value) == "no field 'tss' in struct event"
 
 
 def _exercise(data: bytes) -> None:
@@ -776,12 +829,14 @@ def _exercise(data: bytes) -> None:
 
 
 @pytest.mark.kernel_independent
-def test_fuzz_mutations_only_raise_btf_error() -> None:
+def test_fuzz_mutations_only_raise_btf_decode_error() -> None:
+    """Random damage to a valid blob either leaves something every read path
+    can use or raises BtfDecodeError: never IndexError, struct.error, ..."""
     pytest.importorskip("numpy")
     base = _valid()
     _exercise(base)
     rnd = random.Random(0xEB9F)
-    outcomes = {"ok": 0, "BtfError": 0}
+    outcomes = {"ok": 0, "BtfDecodeError": 0}
     for i in range(2000):
         data = bytearray(base)
         r = rnd.random()
@@ -794,11 +849,28 @@ def test_fuzz_mutations_only_raise_btf_error() -> None:
         try:
             _exercise(bytes(data))
             outcomes["ok"] += 1
-        except BtfError:
-            outcomes["BtfError"] += 1
+        except BtfDecodeError:
+            outcomes["BtfDecodeError"] += 1
         except Exception as e:  # pragma: no cover - this is the failure we look for
             raise AssertionError(f"mutation {i}: {type(e).__name__}: {e}") from e
-    assert outcomes["ok"] > 100 and outcomes["BtfError"] > 100
+    assert outcomes["ok"] > 100 and outcomes["BtfDecodeError"] > 100
+
+
+def test_ring_buffer_unknown_event_is_a_pytracers_error() -> None:
+    """``Object.ring_buffer(event=...)`` naming a struct that the object's BTF
+    lacks raises BtfNotFoundError -- a PytracersError and a KeyError -- with
+    close matches."""
+    o = pytracers.open(pytracers.object_path("bench"))
+    o.only("fill_8")
+    with o.load() as obj:
+        with pytest.raises(E.PytracersError) as ei:
+            obj.ring_buffer(event="nope")
+        assert isinstance(ei.value, BtfNotFoundError) and isinstance(ei.value, KeyError)
+        assert str(ei.value).startswith("no struct 'nope' in BTF")
+        with pytest.raises(BtfNotFoundError) as ei:
+            obj.ring_buffer(event="bench_rec9")
+        assert "bench_rec8" in ei.value.suggestions
+        assert obj.ring_buffer(event="bench_rec8").event == "bench_rec8"
 
 
 # --------------------------------------------------------------------------- live kernel
