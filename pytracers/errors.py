@@ -122,20 +122,27 @@ class VerifierError(PytracersError):
 class TargetNotFoundError(PytracersError, LookupError):
     """A probe target (function, tracepoint, syscall, program, map) does not exist.
 
-    ``suggestions`` holds close matches, best first.
+    ``what`` says what kind of target it is ("kernel function", "tracepoint",
+    ...; not a probe kind), ``name`` the name asked for, ``suggestions`` close
+    matches, best first.  ``kind`` is the old name of ``what``.
     """
 
-    def __init__(self, kind: str, name: str, suggestions: Sequence[str] = (),
+    def __init__(self, what: str, name: str, suggestions: Sequence[str] = (),
                  detail: str = "") -> None:
-        self.kind = kind
+        self.what = what
         self.name = name
         self.suggestions = list(suggestions)
-        msg = f"{kind} {name!r} not found"
+        msg = f"{what} {name!r} not found"
         if detail:
             msg += f" ({detail})"
         if self.suggestions:
             msg += "; did you mean: " + ", ".join(self.suggestions) + "?"
         super().__init__(msg)
+
+    @property
+    def kind(self) -> str:
+        """Alias of ``what`` (its name before 0.2; it never meant a probe kind)."""
+        return self.what
 
     def __str__(self) -> str:
         return str(self.args[0])
