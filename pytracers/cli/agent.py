@@ -12,7 +12,8 @@ def add_command(sub: Any, argv: Sequence[str]) -> None:
     a = subcommand(sub, "agent", "serve Prometheus metrics (exec counts, syscall counts and "
                                  "latency, lost events) over HTTP")
     a.add_argument("--listen", type=_listen, default=("127.0.0.1", 9435), metavar="HOST:PORT",
-                   help="address to serve /metrics on (default 127.0.0.1:9435; port 0: any free port)")
+                   help="address to serve /metrics on (default 127.0.0.1:9435; port 0: any "
+                        "free port)")
     common(a, json_lines=False)      # the agent's output is its /metrics page
     a.set_defaults(func=cmd_agent)
     if argv and "agent" in argv[:1]:

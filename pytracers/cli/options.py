@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Dict, NoReturn, Sequence, Tuple
+from typing import Any, Dict, List, NoReturn, Sequence, Tuple
 
-from .status import EPILOG, EXIT_USAGE
+from .status import EPILOG, EXIT_USAGE, PROG, CliError
 
 # The kinds a user may name, in `--kind K` or `trace K:TARGET`: the one list
 # of KIND: prefixes of the command line.
@@ -52,6 +52,14 @@ def common(p: argparse.ArgumentParser, *, kinds: Sequence[str] = (),
                        help="the probe kind to use instead of the automatic choice")
     g.add_argument("--debug", action="store_true",
                    help="log what pytracers does and show tracebacks on errors")
+
+
+def split_names(text: str) -> List[str]:
+    """Syscall names, comma-separated: "openat,read" -> ["openat", "read"]."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise CliError("no syscall named", EXIT_USAGE, f"e.g. {PROG} trace syscall:openat")
+    return names
 
 
 def tracer_options(args: argparse.Namespace, **extra: Any) -> Dict[str, Any]:

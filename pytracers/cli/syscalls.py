@@ -8,10 +8,9 @@ import time
 from typing import Any, Callable, Dict, List, Tuple
 
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
-from .options import SYSCALL_KINDS, _seconds, common, subcommand, tracer_options
+from .options import SYSCALL_KINDS, _seconds, common, split_names, subcommand, tracer_options
 from .output import Output, print_table, us
 from .status import EXIT_USAGE, CliError, cli_words
-from .trace import split_names
 
 
 def add_command(sub: Any) -> None:

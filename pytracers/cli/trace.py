@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import errors as E
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
-from .options import ALL_KINDS, SYSCALL_KINDS, common, subcommand, tracer_options
+from .options import (ALL_KINDS, SYSCALL_KINDS, common, split_names, subcommand,
+                      tracer_options)
 from .output import Clock, Column, Output, args_text, hms, kernel_value, lat_us, note
 from .status import EXIT_NOT_SUPPORTED, EXIT_USAGE, PROG, CliError, cli_words, one_line
 
@@ -105,14 +106,6 @@ def parse_target(spec: str, kind: Optional[str]) -> Target:
     if any(c in spec for c in "*?[") and kind in (None, "kprobe_multi"):
         return Target("function", [spec], "kprobe_multi")
     return Target("function", [spec], kind)
-
-
-def split_names(text: str) -> List[str]:
-    """"openat,read" -> ["openat", "read"]; CliError when it names none."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise CliError("no syscall named", EXIT_USAGE, f"e.g. {PROG} trace syscall:openat")
-    return names
 
 
 def _syscall_kind(kind: Optional[str], spec: str) -> Optional[str]:
