@@ -33,9 +33,9 @@ long-running service.  Top to bottom:
 Which syscall probe: named syscalls (``--syscalls``) are traced as
 :func:`pytracers.choose.trace_syscall` decides -- ``tp``, the per-syscall
 tracepoints, so the rest of the system pays nothing (else tp_btf, else
-raw_tp); all syscalls use ``tp_btf`` (the cheapest per call, but it runs on
-every syscall of the system), falling back to ``raw_tp`` where tp_btf is
-missing.
+raw_tp); all syscalls as :func:`pytracers.choose.trace_all_syscalls` decides
+-- ``tp_btf`` (the cheapest per call, but it runs on every syscall of the
+system), falling back to ``raw_tp`` where tp_btf is missing.
 ``--syscall-kind`` overrides.  See docs/which-probe.md.
 
 Metrics (``comm`` is the 15-byte command name; past ``--max-comms`` distinct
@@ -63,7 +63,7 @@ import threading
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import aio
-from .errors import BadArgumentError, NotSupportedError
+from .errors import BadArgumentError
 
 __all__ = ["Stats", "StatsCollector", "pump", "run", "main", "add_arguments",
            "LATENCY_BUCKETS", "OTHER_COMM"]
@@ -255,11 +255,8 @@ def _syscall_tracer(syscalls: Optional[List[str]], kind: str, **kw: Any) -> Any:
     if syscalls:
         from .choose import trace_syscall      # tp, else tp_btf, else raw_tp
         return trace_syscall(syscalls, **kw)
-    try:
-        return SyscallTracer(None, kind="tp_btf", **kw)
-    except NotSupportedError as e:
-        log.info("tp_btf unavailable (%s); using raw_tp", e.reason)
-        return SyscallTracer(None, kind="raw_tp", **kw)
+    from .choose import trace_all_syscalls     # tp_btf, else raw_tp
+    return trace_all_syscalls(**kw)
 
 
 class _Stop(BaseException):
@@ -311,7 +308,7 @@ def run(host: str = DEFAULT_LISTEN[0], port: int = DEFAULT_LISTEN[1], *,
         bound = server.server_address[1]
         url = f"http://{host}:{bound}/metrics"
         for name, t in tracers.items():
-            log.info("%s: %s", name, getattr(t, "why", t.kind))
+            log.info("%s: %s", name, t.why)
         if ready is not None:
             ready(url)
         asyncio.run(_serve(tracers, sinks, duration))

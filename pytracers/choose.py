@@ -228,3 +228,73 @@ def trace_tracepoint(name: str, kind: Optional[str] = None,
         "; chosen over raw_tp/tp_btf, which hand over the kernel's own arguments (pointers "
         "to internal structs) rather than this record" if kind is None else "")
     return t
+
+
+# ---- every syscall, and syscall statistics ----------------------------------------------
+
+if TYPE_CHECKING:
+    from .tracers.syscalls import SyscallStats
+
+ALL_SYSCALLS_FALLBACK = ("tp_btf", "raw_tp")
+
+
+def trace_all_syscalls(kind: Optional[str] = None, **filters: Any) -> SyscallTracer:
+    """Trace every syscall of the system.  Returns a started
+    :class:`SyscallTracer`; ``t.why`` says which kind and why.
+
+    Rule: ``kind`` given (raw_tp or tp_btf): exactly that kind.  Otherwise
+    tp_btf, else raw_tp where the kernel lacks it: both run on every
+    syscall anyway, so with every syscall wanted the cost per call decides,
+    and tp_btf's typed arguments are the cheapest.  tp is no choice here: it
+    attaches one tracepoint pair per syscall (BadArgumentError).  Neither
+    kind works: NotSupportedError naming both refusals."""
+    return _all_syscalls(SyscallTracer, kind, "syscall tracing", filters)
+
+
+def syscall_stats(syscalls: Union[str, Sequence[str], None] = None, kind: Optional[str] = None,
+                  **filters: Any) -> "SyscallStats":
+    """Count syscalls in the kernel (:class:`~pytracers.tracers.SyscallStats`)
+    with the probe the syscall rules choose.  Returns a started tracer.
+
+    Rule: ``kind`` given: exactly that kind.  Named ``syscalls``: tp, else
+    tp_btf, else raw_tp, as :func:`trace_syscall` (only the named syscalls
+    pay); ``t.why`` starts with the kinds refused.  None: every syscall, as
+    :func:`trace_all_syscalls` (tp_btf, else raw_tp).  No kind works:
+    NotSupportedError naming each refusal."""
+    from .tracers.syscalls import SyscallStats
+    if syscalls is None:
+        return _all_syscalls(SyscallStats, kind, "syscall statistics", filters)
+    refused: List[str] = []
+    for k in ([kind] if kind else SYSCALL_FALLBACK):
+        try:
+            t = SyscallStats(syscalls, kind=k, **filters)
+        except NotSupportedError as e:
+            if kind:
+                raise
+            refused.append(f"{k} unavailable ({e.reason})")
+            continue
+        t.why = "; ".join(refused + [t.why])
+        return t
+    raise NotSupportedError("syscall statistics", "; ".join(refused))
+
+
+def _all_syscalls(cls: Any, kind: Optional[str], feature: str, filters: Dict[str, Any]) -> Any:
+    refused: List[str] = []
+    for k in ([kind] if kind else ALL_SYSCALLS_FALLBACK):
+        try:
+            t = cls(None, kind=k, **filters)
+        except NotSupportedError as e:
+            if kind:
+                raise
+            refused.append(f"{k} unavailable ({e.reason})")
+            continue
+        if kind:
+            t.why = f"kind {k} requested. " + t.why
+        else:
+            t.why = "; ".join(refused + [t.why + " (every syscall is wanted here, so the "
+                                                 "per-call cost decides)"])
+        return t
+    raise NotSupportedError(feature, "; ".join(refused))
+
+
+__all__ += ["trace_all_syscalls", "syscall_stats"]

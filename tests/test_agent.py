@@ -83,13 +83,8 @@ def _attachment_fds(pid: int) -> int:
 
 
 def _agent_command(port: int) -> list:
-    base = [sys.executable, "-m"]
-    try:
-        import pytracers.cli  # noqa: F401  the `pytracers agent` command, where it exists
-        base += ["pytracers", "agent"]
-    except ImportError:
-        base += ["pytracers.agent"]
-    return base + ["--listen", f"127.0.0.1:{port}", "--syscalls", "getpgid,getppid"]
+    return [sys.executable, "-m", "pytracers", "agent", "--listen", f"127.0.0.1:{port}",
+            "--syscalls", "getpgid,getppid"]
 
 
 @pytest.mark.kind("tp")
@@ -233,3 +228,34 @@ def test_numpy_rows_aggregate_like_decoded_records():
     assert len(c.latency) == 4 and OTHER_COMM in c.latency
     assert sum(sum(h.counts) for h in c.latency.values()) == len(lat)
 
+
+
+@pytest.mark.kind("tp_btf")
+def test_every_syscall_is_traced_with_the_kind_choose_picks():
+    """Without --syscalls the agent traces every syscall with the kind
+    pytracers.choose.trace_all_syscalls picks (the rule the `syscalls`
+    command uses too): tp_btf, the cheapest per call, where the kernel has
+    it, else raw_tp -- t.why says which and why; the tracer then sees a
+    syscall nobody named."""
+    from conftest import expected
+
+    from pytracers.agent import _syscall_tracer
+    from pytracers.choose import trace_all_syscalls
+    from pytracers.errors import BadArgumentError
+
+    with _syscall_tracer(None, "auto", pid=os.getpid()) as t:
+        if t.kind == "raw_tp":                   # a kernel outside the matrix, without tp_btf
+            assert not expected("tp_btf"), t.why
+            assert t.why.startswith("tp_btf unavailable ("), t.why
+        else:
+            assert t.kind == "tp_btf", t.kind
+        assert t.why.endswith("(every syscall is wanted here, so the per-call cost decides)")
+        for _ in range(5):
+            os.getppid()
+        seen = 0
+        deadline = time.monotonic() + 10
+        while seen < 5 and time.monotonic() < deadline:
+            seen += sum(ev.name == "getppid" for ev in t.read(timeout=0.5))
+        assert seen == 5
+    with pytest.raises(BadArgumentError, match="name the syscalls"):
+        trace_all_syscalls("tp")                 # one tracepoint pair per syscall: not for all

@@ -546,18 +546,18 @@ def test_list_tracepoints_no_match_is_status_3(capsys):
 
 # ---- agent slot -------------------------------------------------------------------------
 
-def test_agent_subcommand_is_wired(capsys):
+def test_agent_subcommand_is_wired(capsys, monkeypatch):
+    """`pytracers agent` has the agent's own options; without prometheus_client
+    (the `agent` extra) it fails in one line, status 4, saying what to install."""
     assert cli.main(["agent", "--help"]) == 0
-    assert "--listen" in capsys.readouterr().out
-    try:
-        import pytracers.agent  # noqa: F401
-    except ModuleNotFoundError as e:
-        if e.name != "pytracers.agent":
-            raise
-        assert cli.main(["agent", "--listen", "127.0.0.1:1", "--duration", "1"]) == 4
-        out, err = capsys.readouterr()
-        assert out == "" and len(err.strip().splitlines()) == 1
-        assert "agent is not available" in err and "(hint: " in err
+    out = capsys.readouterr().out
+    assert "--listen" in out and "--syscalls" in out
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)     # as if not installed
+    assert cli.main(["agent", "--listen", "127.0.0.1:1", "--duration", "1"]) == 4
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1
+    assert "agent is not available" in err and "prometheus_client is missing" in err
+    assert "(hint: pip install 'pytracers[agent]')" in err
 
 
 @pytest.mark.kind("tp_btf")
@@ -654,6 +654,7 @@ def test_trace_syscall_exact_events(spec, kind, by):
         assert e["ret"] == os.getpid()            # getppid() of our child: us
         assert e["args"] == {}
         assert e["latency_ns"] > 0 and e["comm"] == comm
+        assert "raw_args" not in e and not any(k.startswith("_") for k in e)
     assert summary(err) == (3, 0)
     c.assert_detached()
 
@@ -690,6 +691,7 @@ def _check_write_events(events: List[dict], pid: int) -> None:
     for e in events:
         assert e["tid"] == pid and set(e["args"]) == {"file", "buf", "count", "pos"}
         assert e["latency_ns"] is not None and e["latency_ns"] > 0
+        assert e["entry"] is False and not {"flags", "raw_args"} & set(e)
 
 
 @pytest.mark.parametrize("kind", [pytest.param("fentry", marks=pytest.mark.kind("fentry")),

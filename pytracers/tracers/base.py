@@ -244,6 +244,21 @@ class Tracer(Resource):
     def delivered(self) -> int:
         return int(self._ring.delivered)
 
+    # ---- records as data -------------------------------------------------------------
+    #: Record fields and attributes that only serve decoding (flag words,
+    #: packed buffers, raw registers): :meth:`event_dict` leaves them out.
+    record_internals: ClassVar[Sequence[str]] = ()
+
+    def event_dict(self, ev: Any) -> Dict[str, Any]:
+        """One of this tracer's records as a dict of plain values, ready for
+        ``json.dumps``: the record's fields in order, with the computed
+        attributes of its class (``name``, ``args``, ``ret``, ``latency_ns``...)
+        in place of the raw fields, and :attr:`record_internals` and private
+        fields left out; bytes become str (up to the first NUL), named tuples
+        dicts, tuples lists.  ``pytracers trace --json`` prints these."""
+        from ._records import record_dict
+        return record_dict(ev, self.record_internals)
+
     # ---- filters after load -------------------------------------------------------
     def set_filter(self, pid: Optional[int] = None, comm: Optional[str] = None) -> None:
         """Change the run-time filter (the ``filters`` map): only events of

@@ -17,7 +17,7 @@ The bounds are ``EXEC_MAX_ARGS`` and ``EXEC_ARGBUF_SIZE`` of
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type
 
 from .base import Tracer
 
@@ -72,3 +72,14 @@ class ExecTracer(Tracer):
             "__slots__": (), "argv": property(argv, doc=argv.__doc__),
             "args_truncated": property(args_truncated, doc=args_truncated.__doc__),
             "__doc__": "An exec_event record with argv and args_truncated"})
+
+    # the packed command line: argv replaces it
+    record_internals = ("argc", "argbuf", "argbuf_len")
+
+    def event_dict(self, ev: Any) -> Dict[str, Any]:
+        """The record as plain data (see :meth:`Tracer.event_dict`); the
+        command line is ``"args"`` (``ev.argv``), then ``"args_truncated"``."""
+        d = super().event_dict(ev)
+        d["args"] = d.pop("argv")
+        d["args_truncated"] = d.pop("args_truncated")
+        return d

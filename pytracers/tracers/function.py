@@ -56,6 +56,7 @@ class FunctionTracer(Tracer):
     """
 
     event_struct = "func_event"
+    record_internals = ("flags", "raw_args")     # flags decide args/ret/latency_ns/entry
 
     def __init__(self, function: str, kind: str = "fentry", *, measure_latency: bool = True,
                  entry_events: bool = False, **kw: Any) -> None:

@@ -212,6 +212,7 @@ class SyscallTracer(Tracer):
 
     object_name = "syscalls"
     event_struct = "syscall_event"
+    record_internals = ("raw_args",)              # args names them
     # the exit program of each kind when entry and exit are paired
     EXIT_PROGRAMS = {"tp": "sc_tp_exit", "raw_tp": "sc_raw_exit", "tp_btf": "sc_btf_exit"}
 

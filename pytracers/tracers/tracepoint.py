@@ -42,6 +42,7 @@ for syscalls.
 from __future__ import annotations
 
 import errno as _errno
+import json
 import keyword
 import re
 import struct
@@ -220,6 +221,7 @@ class TracepointTracer(Tracer):
         else:
             fixed = max((f.offset + f.size for f in all_fields), default=0) - TP_SKIP
         self.fields: Tuple[tracefs.Field, ...] = tuple(own)
+        self._pointer_fields = frozenset(f.name for f in own if "*" in f.type)
         if fixed > TP_MAX:
             raise NotSupportedError(f"tracing {self.tracepoint}",
                                     f"its fixed part is {fixed + TP_SKIP} bytes, more than the "
@@ -240,6 +242,21 @@ class TracepointTracer(Tracer):
     def truncated(self) -> int:
         """Fields reported as None because their payload lay past the copied bytes."""
         return self._truncated[0]
+
+    def event_dict(self, ev: Any) -> Dict[str, Any]:
+        """A record as plain data: ``"tracepoint"``, the header (``ts_ns``,
+        ``pid``, ``tid``, ``cpu``, ``comm``) and ``"fields"``, the fields by
+        kernel name (bytes as hex, arrays as lists, None where truncated)."""
+        return {"tracepoint": ev.tracepoint, **{h: getattr(ev, h) for h in HEADER_FIELDS},
+                "fields": {k: _field_json(v) for k, v in ev.fields.items()}}
+
+    def fields_text(self, ev: Any) -> str:
+        """A record's fields on one line, ``name=value`` by kernel name:
+        pointers in hex, bytes as hex, arrays as ``[a,b]``, a string in JSON
+        quotes when it has spaces, quotes, ``=`` or backslashes, and
+        ``(truncated)`` for a payload past the copied bytes."""
+        pointers = self._pointer_fields
+        return " ".join(f"{k}={_field_text(v, k in pointers)}" for k, v in ev.fields.items())
 
     def _configure(self, open_obj: Any) -> None:
         open_obj.config["cfg_copy"] = self.copy_bytes
@@ -312,3 +329,32 @@ class TracepointTracer(Tracer):
             del vals[i_size]
             return tuple_new(cls, vals)
         return decode
+
+
+# ---- records as data and text -------------------------------------------------------------
+
+_PLAIN_WORD = re.compile(r"[^\s\"'=\\]+")
+
+
+def _field_text(v: Any, pointer: bool) -> str:
+    """A tracepoint field's value on a line of text: name=value."""
+    if v is None:
+        return "(truncated)"
+    if isinstance(v, bool) or isinstance(v, float):
+        return str(v)
+    if isinstance(v, int):
+        return hex(v & 0xFFFFFFFFFFFFFFFF) if pointer else str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex() or '""'
+    if isinstance(v, tuple):
+        return "[" + ",".join(_field_text(x, pointer) for x in v) + "]"
+    text = str(v)
+    return text if _PLAIN_WORD.fullmatch(text) else json.dumps(text)
+
+
+def _field_json(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray)):
+        return bytes(v).hex()
+    if isinstance(v, tuple):
+        return list(v)
+    return v

@@ -1,0 +1,69 @@
+"""The entry: the argument parser, dispatch to a command, and the exit status.
+
+Each command family lives in its own module (doctor, listing, trace, exec,
+syscalls, agent) with an ``add_command(sub)`` that declares its arguments
+and its ``cmd_*`` function; :func:`build_parser` calls them in the order
+``--help`` lists them.  A new command is a new module and one line here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+from . import agent, doctor, exec as exec_, listing, syscalls, trace
+from .options import Parser
+from .output import silence_stdout
+from .status import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, report_error
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The ``pytracers`` parser; ``argv`` lets ``pytracers agent`` add the agent's own options."""
+    p = Parser(prog=PROG, description="Trace the Linux kernel with precompiled eBPF: "
+               "which probe kinds this kernel has, and tracers that pick the right one.",
+               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from .. import __version__
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub.required = True
+    doctor.add_command(sub)
+    listing.add_command(sub)
+    trace.add_command(sub)
+    exec_.add_command(sub)
+    syscalls.add_command(sub)
+    agent.add_command(sub, argv)
+    return p
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format=f"{PROG}: %(levelname)s: %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if not debug:
+        # libbpf's own messages are folded into the one-line errors (and some,
+        # like its "try raising ulimit -l" guess, mislead); --debug shows them.
+        logging.getLogger("pytracers.libbpf").setLevel(logging.CRITICAL)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:                       # --help, --version, usage errors
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    debug = bool(getattr(args, "debug", False))
+    _configure_logging(debug)
+    command = str(getattr(args, "command", "") or "")
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"{PROG} {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        silence_stdout()
+        return EXIT_OK
+    except Exception as exc:
+        return report_error(exc, command, debug)
