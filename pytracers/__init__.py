@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import errors
 from .errors import *  # noqa: F401,F403
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # Imported on first use (module __getattr__ below), so that `import pytracers`
 # costs only what is used: the object model loads libbpf, the feature prober

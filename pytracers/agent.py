@@ -64,6 +64,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 from . import aio
 from .errors import BadArgumentError
+from .kinds import RAW_TP, TP, TP_BTF
 
 __all__ = ["Stats", "StatsCollector", "pump", "run", "main", "add_arguments",
            "LATENCY_BUCKETS", "OTHER_COMM"]
@@ -373,7 +374,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--syscalls", type=_names, metavar="NAME[,NAME...]",
                    help="only these syscalls (traced with tp: nothing else pays); "
                         "default: every syscall")
-    g.add_argument("--syscall-kind", choices=("auto", "tp", "raw_tp", "tp_btf"),
+    g.add_argument("--syscall-kind", choices=("auto", TP, RAW_TP, TP_BTF),
                    default="auto", help="probe kind of the syscall tracer (default auto: tp "
                                         "for named syscalls, else tp_btf, else raw_tp)")
     g.add_argument("--no-execs", dest="execs", action="store_false",

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 from .errors import BadArgumentError, NotSupportedError, TargetNotFoundError
 from .kernel.symbols import function_exists, function_suggestions
+from .kinds import FENTRY, FEXIT, KPROBE, KPROBE_MULTI, KRETPROBE, RAW_TP, TP, TP_BTF
 from .tracers.base import Tracer
 from .tracers.function import FunctionTracer
 from .tracers.syscalls import SyscallTracer, kernel_syscalls, tracepoint_name
@@ -60,11 +61,11 @@ if TYPE_CHECKING:
 __all__ = ["trace_function", "trace_syscall", "trace_tracepoint", "stable_tracepoints",
            "FUNCTION_KINDS", "SYSCALL_KINDS", "TRACEPOINT_KINDS"]
 
-FUNCTION_KINDS = {"fentry": "fentry", "fexit": "fentry", "kprobe": "kprobe",
-                  "kretprobe": "kprobe", "kprobe_multi": "kprobe_multi"}
-SYSCALL_KINDS = ("tp", "raw_tp", "tp_btf")
-SYSCALL_FALLBACK = ("tp", "tp_btf", "raw_tp")
-TRACEPOINT_KINDS = ("tp",)
+FUNCTION_KINDS = {FENTRY: FENTRY, FEXIT: FENTRY, KPROBE: KPROBE,
+                  KRETPROBE: KPROBE, KPROBE_MULTI: KPROBE_MULTI}
+SYSCALL_KINDS = (TP, RAW_TP, TP_BTF)
+SYSCALL_FALLBACK = (TP, TP_BTF, RAW_TP)
+TRACEPOINT_KINDS = (TP,)
 
 # Kernel functions whose callers are several syscalls (the name rule finds one).
 STABLE = {
@@ -119,7 +120,7 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
     if not isinstance(name, str) or not name:
         raise BadArgumentError("trace_function() needs a function name")
     if stable:
-        if kind is not None and kind not in ("tp",):
+        if kind is not None and kind not in (TP,):
             raise BadArgumentError("stable=True traces a tracepoint; do not also pass "
                                    f"kind={kind!r}")
         syscalls = stable_tracepoints(name)
@@ -128,7 +129,7 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
                 "stable tracepoint for kernel function", name,
                 detail="no syscall tracepoint corresponds to it; trace the function itself "
                        "with stable=False (fentry or kprobe)")
-        st = SyscallTracer(syscalls, kind="tp", **filters)
+        st = SyscallTracer(syscalls, kind=TP, **filters)
         st.why = (f"stable=True: {name} is an internal kernel function whose name and "
                  f"arguments may change between releases; the syscall tracepoints of "
                   f"{', '.join(syscalls)} are a stable interface. " + st.why)
@@ -142,8 +143,8 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
         t.why = f"kind={kind!r} requested. " + t.why
         return t
     refusals: List[Tuple[str, Exception]] = []
-    for k in ("fentry", "kprobe"):
-        if k == "kprobe" and isinstance(refusals[0][1], TargetNotFoundError) and \
+    for k in (FENTRY, KPROBE):
+        if k == KPROBE and isinstance(refusals[0][1], TargetNotFoundError) and \
                 function_exists(name) is False:
             raise refusals[0][1]          # in neither BTF nor kallsyms: no kprobe either
         try:
@@ -151,7 +152,7 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
         except (NotSupportedError, TargetNotFoundError) as e:
             refusals.append((k, e))
             continue
-        if k == "fentry":
+        if k == FENTRY:
             t.why = ("fentry/fexit chosen first: BPF trampolines work here and " + name +
                      " has BTF; a trampoline is a direct call (no breakpoint trap), its "
                      "arguments are typed by the verifier, and fexit sees arguments and return "
@@ -197,7 +198,7 @@ def trace_syscall(name: Union[str, Sequence[str]], kind: Optional[str] = None,
         except NotSupportedError as e:
             refusals[k] = e
             continue
-        if k == "tp":
+        if k == TP:
             t.why += ("; chosen over raw_tp/tp_btf, whose sys_enter/sys_exit probes would run "
                       "on every syscall of the system")
         else:
@@ -235,7 +236,7 @@ def trace_tracepoint(name: str, kind: Optional[str] = None,
 if TYPE_CHECKING:
     from .tracers.syscalls import SyscallStats
 
-ALL_SYSCALLS_FALLBACK = ("tp_btf", "raw_tp")
+ALL_SYSCALLS_FALLBACK = (TP_BTF, RAW_TP)
 
 
 def trace_all_syscalls(kind: Optional[str] = None, **filters: Any) -> SyscallTracer:

@@ -106,7 +106,8 @@ class FeatureReport:
 
     def __getattr__(self, name: str) -> Feature:
         try:
-            return self.__dict__["_features"][name]  # type: ignore[no-any-return]
+            feature: Feature = self.__dict__["_features"][name]
+            return feature
         except KeyError:
             raise AttributeError(f"{type(self).__name__!r} has no feature {name!r}; "
                                  f"features: {', '.join(FEATURES)}") from None
@@ -291,7 +292,7 @@ def _probe_raw_tracepoint(pk: kinds.ProbeKind) -> Feature:
     return _ok(pk.name, "attached to raw tracepoint sys_enter")
 
 
-def _probe_btf(pk: kinds.ProbeKind) -> Feature:
+def _probe_btf_typed(pk: kinds.ProbeKind) -> Feature:
     if pk.trampoline:
         return _probe_trampoline(pk)
     _attempt(pk, _nothing, lambda p: p.attach())   # the target is in its section
@@ -354,7 +355,7 @@ def _probe_trampoline(pk: kinds.ProbeKind) -> Feature:
 _KIND_PROBES: Dict[str, Callable[[kinds.ProbeKind], Feature]] = {
     kinds.ATTACH_TRACEPOINT: _probe_tracepoint,
     kinds.ATTACH_RAW_TRACEPOINT: _probe_raw_tracepoint,
-    kinds.ATTACH_BTF: _probe_btf,
+    kinds.ATTACH_BTF: _probe_btf_typed,
     kinds.ATTACH_FUNCTION: _probe_kprobe,
     kinds.ATTACH_FUNCTION_GLOB: _probe_kprobe_multi,
 }
@@ -421,10 +422,14 @@ def _probe_lockdown() -> Feature:
                "programs are refused", "boot with lockdown=integrity or none")
 
 
+def _kind_probe(pk: kinds.ProbeKind) -> Callable[[], Feature]:
+    return lambda: _KIND_PROBES[pk.attach](pk)
+
+
 _PROBES: Dict[str, Callable[[], Feature]] = {
     "btf": _probe_btf,
     "ringbuf": _probe_ringbuf,
-    **{k: (lambda pk=kinds.KINDS[k]: _KIND_PROBES[pk.attach](pk)) for k in PROBE_KINDS},
+    **{k: _kind_probe(kinds.KINDS[k]) for k in PROBE_KINDS},
     "cookies": _probe_cookies,
     "tracefs": _probe_tracefs,
     "lockdown": _probe_lockdown,

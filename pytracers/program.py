@@ -104,12 +104,11 @@ class Program:
                                    f"({self.section})")
         target = target if target is not None else section_target(self.section)
         method = getattr(self, self.ATTACH[pk.attach])
-        if pk.target_fixed_at_load:
-            return method(target)  # type: ignore[no-any-return]
-        if not target:
+        if not target and not pk.target_fixed_at_load:
             raise BadArgumentError(f"{self.name}: a {pk.name} program needs a target: "
                                    f"{pk.target}")
-        return method(target)  # type: ignore[no-any-return]
+        link: Link = method(target)
+        return link
 
     def _attach_tracepoint_spec(self, target: str) -> Link:
         try:

@@ -23,7 +23,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = Parser(prog=PROG, description="Trace the Linux kernel with precompiled eBPF: "
                "which probe kinds this kernel has, and tracers that pick the right one.",
                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from .. import __version__
+    from .._version import __version__
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True

@@ -5,6 +5,7 @@ import argparse
 import shlex
 from typing import Any, Mapping
 
+from ..kinds import TP_BTF
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
 from .options import EXEC_KINDS, common, subcommand, tracer_options
 from .output import Clock, Column, Output, hms, note
@@ -42,7 +43,7 @@ def _open_exec(args: argparse.Namespace) -> TracerSource:
     failed execs.  tp_btf: ProcessTracer's sched_process_exec -- successful
     execs only, no arguments, but the kernel's own view of the file run."""
     kw = tracer_options(args)
-    if args.kind == "tp_btf":
+    if args.kind == TP_BTF:
         from ..tracers.process import ProcessTracer
         t = ProcessTracer(events=("exec",), **kw)
         if args.failed:

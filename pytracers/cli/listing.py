@@ -7,6 +7,7 @@ import sys
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import errors as E
+from ..kinds import RAW_TP, TP, TP_BTF
 from .options import LIST_FUNCTION_KINDS, Parser, common, subcommand
 from .output import dumps, note, print_table
 from .status import EPILOG, EXIT_NOT_FOUND, EXIT_OK, PROG, CliError
@@ -41,12 +42,12 @@ def _tracepoint_kinds(category: str, name: str, btf: Any) -> Tuple[List[str], st
     """Which kinds reach a tracefs event, and a note on the others."""
     if category == "syscalls":
         which = "sys_enter" if name.startswith("sys_enter") else "sys_exit"
-        return ["tp"], f"raw_tp/tp_btf: only via {which} (all syscalls, filter by id)"
-    kinds = ["tp", "raw_tp"]
+        return [TP], f"raw_tp/tp_btf: only via {which} (all syscalls, filter by id)"
+    kinds = [TP, RAW_TP]
     note_ = ""
     if btf is not None:
         if btf.has(f"btf_trace_{name}", "typedef"):
-            kinds.append("tp_btf")
+            kinds.append(TP_BTF)
         else:
             note_ = f"tp_btf: no btf_trace_{name} in the kernel BTF"
     return kinds, note_

@@ -6,15 +6,16 @@ import argparse
 import sys
 from typing import Any, Dict, List, NoReturn, Sequence, Tuple
 
+from ..kinds import FENTRY, FEXIT, KPROBE, KPROBE_MULTI, KRETPROBE, RAW_TP, TP, TP_BTF
 from .status import EPILOG, EXIT_USAGE, PROG, CliError
 
 # The kinds a user may name, in `--kind K` or `trace K:TARGET`: the one list
 # of KIND: prefixes of the command line.
-FUNCTION_KINDS = ("fentry", "fexit", "kprobe", "kretprobe", "kprobe_multi")
-SYSCALL_KINDS = ("tp", "raw_tp", "tp_btf")
+FUNCTION_KINDS = (FENTRY, FEXIT, KPROBE, KRETPROBE, KPROBE_MULTI)
+SYSCALL_KINDS = (TP, RAW_TP, TP_BTF)
 ALL_KINDS = SYSCALL_KINDS + FUNCTION_KINDS
-EXEC_KINDS = ("tp", "tp_btf")                  # exec: the execve tracepoints, or the process tracer
-LIST_FUNCTION_KINDS = ("fentry", "kprobe")     # list functions: can this kind attach?
+EXEC_KINDS = (TP, TP_BTF)                  # exec: the execve tracepoints, or the process tracer
+LIST_FUNCTION_KINDS = (FENTRY, KPROBE)     # list functions: can this kind attach?
 
 
 class Parser(argparse.ArgumentParser):

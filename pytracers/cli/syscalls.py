@@ -7,6 +7,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
+from ..kinds import TP
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
 from .options import SYSCALL_KINDS, _seconds, common, split_names, subcommand, tracer_options
 from .output import Output, print_table, us
@@ -86,7 +87,7 @@ def open_syscalls(args: argparse.Namespace) -> StatsSource:
     if names:
         return StatsSource(syscall_stats(names, kind=args.kind, **kw),
                            "syscalls " + ",".join(names))
-    if args.kind == "tp":
+    if args.kind == TP:
         raise CliError("kind tp attaches one tracepoint pair per syscall, so it needs the "
                        "syscalls named", EXIT_USAGE,
                        "add -s NAME (repeatable), or use --kind tp_btf/raw_tp for all")

@@ -7,6 +7,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import errors as E
+from ..kinds import KPROBE_MULTI, TP, TP_BTF
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
 from .options import (ALL_KINDS, SYSCALL_KINDS, common, split_names, subcommand,
                       tracer_options)
@@ -80,15 +81,15 @@ def parse_target(spec: str, kind: Optional[str]) -> Target:
                 if name.startswith(p):
                     name = name[len(p):]
             return Target("syscall", [name], _syscall_kind(kind, spec))
-        if prefix == "sched" and rest in PROCESS_EVENTS and kind != "tp":
-            if kind not in (None, "tp_btf"):
+        if prefix == "sched" and rest in PROCESS_EVENTS and kind != TP:
+            if kind not in (None, TP_BTF):
                 raise CliError(f"{spec} is traced with tp_btf or tp, not {kind}",
                                EXIT_NOT_SUPPORTED,
                                f"use tp_btf:{rest} (the process tracer) or tp:{spec} (the "
                                "tracepoint's own fields)")
-            return Target("process", [PROCESS_EVENTS[rest]], "tp_btf")
+            return Target("process", [PROCESS_EVENTS[rest]], TP_BTF)
         # any other tracepoint: the tracepoint tracer, kind tp
-        if kind not in (None, "tp"):
+        if kind not in (None, TP):
             raise CliError(f"tracepoint {spec} is traced with tp, not {kind}: raw_tp and "
                            "tp_btf hand over the kernel's own arguments, not the record its "
                            "format file describes", EXIT_NOT_SUPPORTED, f"use tp:{spec}")
@@ -99,12 +100,12 @@ def parse_target(spec: str, kind: Optional[str]) -> Target:
             raise CliError(str(e), EXIT_USAGE, f"e.g. {PROG} trace sched:sched_switch; "
                            f"{PROG} list tracepoints GLOB") from None
         return Target("tracepoint", [spec], kind)
-    if spec in PROCESS_EVENTS and kind == "tp_btf":
+    if spec in PROCESS_EVENTS and kind == TP_BTF:
         return Target("process", [PROCESS_EVENTS[spec]], kind)
     if kind in SYSCALL_KINDS:
         return Target("syscall", split_names(spec), kind)
-    if any(c in spec for c in "*?[") and kind in (None, "kprobe_multi"):
-        return Target("function", [spec], "kprobe_multi")
+    if any(c in spec for c in "*?[") and kind in (None, KPROBE_MULTI):
+        return Target("function", [spec], KPROBE_MULTI)
     return Target("function", [spec], kind)
 
 

@@ -22,25 +22,24 @@ if TYPE_CHECKING:
     from . import validate
 
 from ..errors import InsecureFileError, InvalidObjectError
+from ..kinds import KINDS
 
 EM_BPF = 247
 SHF_EXECINSTR = 0x4
 
-# Program section prefixes libbpf (>= 1.1) recognises.  A name equal to a
+# Program section prefixes libbpf (>= 1.1) recognises: the probe kinds' (named
+# in pytracers.kinds), then every other program type's.  A name equal to a
 # prefix, or the prefix followed by "/..." (or "." for the dotted families),
 # is a program section.
-PROGRAM_SECTION_PREFIXES = (
-    "socket", "sk_reuseport/migrate", "sk_reuseport", "kprobe.multi", "kretprobe.multi",
-    "kprobe", "kretprobe", "uprobe.multi", "uretprobe.multi", "uprobe.s", "uretprobe.s",
-    "uprobe", "uretprobe", "ksyscall", "kretsyscall", "usdt", "usdt.s", "tc", "tcx/ingress",
-    "tcx/egress", "netkit/primary", "netkit/peer", "classifier", "action",
-    "tracepoint", "tp", "raw_tracepoint.w", "raw_tp.w", "raw_tracepoint", "raw_tp",
-    "tp_btf", "fentry.s", "fmod_ret.s", "fexit.s", "fentry", "fmod_ret", "fexit",
+PROGRAM_SECTION_PREFIXES = tuple(s for k in KINDS.values() for s in k.sections) + (
+    "socket", "sk_reuseport/migrate", "sk_reuseport", "uprobe.multi", "uretprobe.multi",
+    "uprobe.s", "uretprobe.s", "uprobe", "uretprobe", "ksyscall", "kretsyscall", "usdt", "usdt.s",
+    "tc", "tcx/ingress", "tcx/egress", "netkit/primary", "netkit/peer", "classifier", "action",
     "freplace", "lsm.s", "lsm_cgroup", "lsm", "iter.s", "iter", "syscall", "xdp.frags/devmap",
-    "xdp/devmap", "xdp.frags/cpumap", "xdp/cpumap", "xdp.frags", "xdp", "perf_event",
-    "lwt_in", "lwt_out", "lwt_xmit", "lwt_seg6local", "sockops", "sk_skb/stream_parser",
-    "sk_skb/stream_verdict", "sk_skb/verdict", "sk_skb", "sk_msg", "lirc_mode2",
-    "flow_dissector", "cgroup_skb/ingress", "cgroup_skb/egress", "cgroup/skb", "cgroup/sock_create",
+    "xdp/devmap", "xdp.frags/cpumap", "xdp/cpumap", "xdp.frags", "xdp", "perf_event", "lwt_in",
+    "lwt_out", "lwt_xmit", "lwt_seg6local", "sockops", "sk_skb/stream_parser",
+    "sk_skb/stream_verdict", "sk_skb/verdict", "sk_skb", "sk_msg", "lirc_mode2", "flow_dissector",
+    "cgroup_skb/ingress", "cgroup_skb/egress", "cgroup/skb", "cgroup/sock_create",
     "cgroup/sock_release", "cgroup/sock", "cgroup/post_bind4", "cgroup/post_bind6",
     "cgroup/bind4", "cgroup/bind6", "cgroup/connect4", "cgroup/connect6", "cgroup/connect_unix",
     "cgroup/sendmsg4", "cgroup/sendmsg6", "cgroup/sendmsg_unix", "cgroup/recvmsg4",

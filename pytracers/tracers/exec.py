@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Type
 
+from ..kinds import TP
 from .base import Tracer
 
 __all__ = ["ExecTracer", "MAX_ARGS", "ARGBUF_SIZE"]
@@ -37,7 +38,7 @@ class ExecTracer(Tracer):
 
     object_name = "exec"
     event_struct = "exec_event"
-    kind = "tp"
+    kind = TP
     why = ("tp: syscalls:sys_enter_execve/sys_exit_execve run only on execve and are a "
            "stable ABI")
 

@@ -29,11 +29,12 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 from ..errors import BadArgumentError, BadTypeError
 from ..kernel.symbols import (Signature, converter as _conv, filter_functions,
                               function_suggestions, kallsyms_matching, signature)
+from ..kinds import FENTRY, KPROBE, KPROBE_MULTI
 from .base import Tracer, named_tuple
 
 __all__ = ["FunctionTracer", "Signature", "signature", "KINDS", "FN_ENTRY", "FN_RETURN"]
 
-KINDS = ("fentry", "kprobe", "kprobe_multi")
+KINDS = (FENTRY, KPROBE, KPROBE_MULTI)
 # The verifier's refusals of a trampoline argument (kernel/bpf/btf.c,
 # btf_ctx_access); its log also has "func 'f' argN has btf_id ..." lines for
 # the arguments it accepted, which must not match.
@@ -58,39 +59,39 @@ class FunctionTracer(Tracer):
     event_struct = "func_event"
     record_internals = ("flags", "raw_args")     # flags decide args/ret/latency_ns/entry
 
-    def __init__(self, function: str, kind: str = "fentry", *, measure_latency: bool = True,
+    def __init__(self, function: str, kind: str = FENTRY, *, measure_latency: bool = True,
                  entry_events: bool = False, **kw: Any) -> None:
         if not isinstance(function, str) or not function:
             raise BadTypeError("function must be a non-empty str")
         if kind not in KINDS:
             raise BadArgumentError(f"function tracer kind must be one of {', '.join(KINDS)}, "
                                    f"not {kind!r}")
-        if kind != "kprobe_multi" and any(c in function for c in "*?["):
+        if kind != KPROBE_MULTI and any(c in function for c in "*?["):
             raise BadArgumentError(f"{function!r} is a pattern; only kind='kprobe_multi' "
                                    "attaches to many functions")
         self.function = function
         self.kind = kind
-        self.object_name = "fentry" if kind == "fentry" else "kprobe"  # type: ignore[misc]
+        self.object_name = FENTRY if kind == FENTRY else KPROBE  # type: ignore[misc]
         self.measure_latency = bool(measure_latency)
         self.entry_events = bool(entry_events)
-        self.signature = signature(function) if kind != "kprobe_multi" else None
-        if kind == "fentry" and self.signature is None:
+        self.signature = signature(function) if kind != KPROBE_MULTI else None
+        if kind == FENTRY and self.signature is None:
             raise function_not_found(function, "fentry needs the function in the kernel's BTF")
         self._names: Dict[int, str] = {}
-        self.functions: List[str] = [] if kind == "kprobe_multi" else [function]
+        self.functions: List[str] = [] if kind == KPROBE_MULTI else [function]
         # argument slots / return value the kernel's verifier refuses to expose
         # to trampoline programs (5.10: pointers to anything but a struct)
         self._skip_slots: List[int] = []
         self._skip_ret = False
         self.why = {
-            "fentry": ("fentry/fexit: BPF trampolines called directly from the function (no "
+            FENTRY: ("fentry/fexit: BPF trampolines called directly from the function (no "
                        "breakpoint trap), fexit sees arguments and return value together"),
-            "kprobe": "kprobe/kretprobe: breakpoint-based probes on the function's entry and "
+            KPROBE: "kprobe/kretprobe: breakpoint-based probes on the function's entry and "
                       "return",
-            "kprobe_multi": "kprobe_multi: one multi-kprobe (fprobe) link over every function "
+            KPROBE_MULTI: "kprobe_multi: one multi-kprobe (fprobe) link over every function "
                             "matching the pattern",
         }[kind]
-        if kind != "kprobe_multi":
+        if kind != KPROBE_MULTI:
             super().__init__(**kw)
             return
         from ..errors import PytracersError
@@ -108,7 +109,7 @@ class FunctionTracer(Tracer):
         cfg = open_obj.config
         if self.entry_events:
             cfg["cfg_emit_entry"] = 1
-        if self.kind == "fentry":
+        if self.kind == FENTRY:
             sig = self.signature
             assert sig is not None
             if sig.slots > MAX_TRAMPOLINE_SLOTS:
@@ -124,7 +125,7 @@ class FunctionTracer(Tracer):
             cfg["cfg_skip_ret"] = 1 if sig.returns_void or self._skip_ret else 0
             cfg["cfg_skip_args"] = sum(1 << i for i in self._skip_slots)
             cfg["cfg_latency"] = 1 if self.measure_latency else 0
-        elif self.kind == "kprobe":
+        elif self.kind == KPROBE:
             open_obj.only("fn_kprobe", "fn_kretprobe")
         else:
             open_obj.only("fn_kprobe_multi", "fn_kretprobe_multi")
@@ -133,7 +134,7 @@ class FunctionTracer(Tracer):
         """fentry/fexit: the verifier names an argument it will not expose
         ("func 'vfs_read' arg3 type INT is not a struct"): skip that slot and
         load again; its value is then reported as None."""
-        if self.kind != "fentry" or self.signature is None:
+        if self.kind != FENTRY or self.signature is None:
             return False
         m = _REFUSED_ARG.search(getattr(error, "log", ""))
         if m is None:
@@ -157,11 +158,11 @@ class FunctionTracer(Tracer):
         return [p for i, p in enumerate(sig.params) if i in idx]
 
     def _attach(self, obj: Any) -> None:
-        if self.kind == "fentry":
+        if self.kind == FENTRY:
             if "fn_fentry" in obj.programs:
                 self._link(obj.programs["fn_fentry"].attach())
             self._link(obj.programs["fn_fexit"].attach())
-        elif self.kind == "kprobe":
+        elif self.kind == KPROBE:
             self._link(obj.programs["fn_kprobe"].attach_kprobe(self.function))
             self._link(obj.programs["fn_kretprobe"].attach_kprobe(self.function, retprobe=True))
         else:
@@ -195,7 +196,7 @@ class FunctionTracer(Tracer):
         i_ip, i_args, i_ret, i_lat, i_flags = (fields.index(f) for f in
                                                ("ip", "args", "ret", "latency_ns", "flags"))
         getitem = tuple.__getitem__
-        multi = self.kind == "kprobe_multi"
+        multi = self.kind == KPROBE_MULTI
         fixed = self.function
         tracer = self
         shapes: Dict[str, Tuple[Any, Any]] = {}

@@ -23,6 +23,7 @@ import os
 from typing import Any
 
 from ..errors import BadArgumentError, BadTypeError
+from ..kinds import FMOD_RET
 from .base import Tracer, check_pid
 from .function import MAX_TRAMPOLINE_SLOTS, function_not_found, signature
 
@@ -32,9 +33,9 @@ __all__ = ["FmodRetPolicy"]
 class FmodRetPolicy(Tracer):
     """Return ``-errno`` from ``function`` for process ``pid`` while open."""
 
-    object_name = "fmod_ret"
+    object_name = FMOD_RET
     event_struct = "policy_event"
-    kind = "fmod_ret"
+    kind = FMOD_RET
 
     def __init__(self, function: str = "security_file_open", *, pid: int,
                  errno: int = _errno.EPERM, enable: bool = False, **kw: Any) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Type
 
+from ..kinds import TP_BTF
 from .base import Tracer
 
 __all__ = ["ProcessTracer", "EVENT_TYPES"]
@@ -34,7 +35,7 @@ class ProcessTracer(Tracer):
 
     object_name = "proc"
     event_struct = "proc_event"
-    kind = "tp_btf"
+    kind = TP_BTF
     why = ("tp_btf: sched_process_exec/fork/exit hand over task_struct with its BTF type, so "
            "parent, exit code and start time are read directly; runs only on those events")
     PROGRAMS = {"exec": "proc_exec", "fork": "proc_fork", "exit": "proc_exit"}

@@ -50,18 +50,19 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type,
 
 from .. import tracefs
 from ..errors import BadArgumentError, BadTypeError, TargetNotFoundError, TracefsError
+from ..kinds import RAW_TP, TP, TP_BTF
 from ._x86_64_syscalls import X86_64
 from .base import Tracer, named_tuple
 
 __all__ = ["SyscallTracer", "SyscallStats", "SyscallStat", "syscall_number", "syscall_name", "syscall_params",
            "kernel_syscalls", "tracepoint_name", "KINDS"]
 
-KINDS = ("tp", "raw_tp", "tp_btf")
+KINDS = (TP, RAW_TP, TP_BTF)
 # tp: one entry program per arity (sc_tp_enter<N>: the kernel refuses a tp
 # program that reads past the end of the tracepoint's record), one exit.
-PROGRAMS = {"raw_tp": ("sc_raw_enter", "sc_raw_exit"), "tp_btf": ("sc_btf_enter", "sc_btf_exit")}
+PROGRAMS = {RAW_TP: ("sc_raw_enter", "sc_raw_exit"), TP_BTF: ("sc_btf_enter", "sc_btf_exit")}
 # measure_latency=False: one program per syscall, at exit (reads pt_regs).
-EXIT_ONLY = {"tp": "sc_tp_exit_regs", "raw_tp": "sc_raw_exit_regs", "tp_btf": "sc_btf_exit_regs"}
+EXIT_ONLY = {TP: "sc_tp_exit_regs", RAW_TP: "sc_raw_exit_regs", TP_BTF: "sc_btf_exit_regs"}
 MAX_ID = 1024  # size of the object's syscall_ids map
 
 # ABI name -> name of its syscalls:sys_enter_* tracepoint, where they differ.
@@ -71,12 +72,12 @@ _ABI_OF_TP = {v: k for k, v in TP_ALIASES.items()}
 _NAME_OF_NR = {nr: name for name, nr in X86_64.items()}
 
 WHY = {
-    "tp": ("tp: the per-syscall tracepoints {tps} run only when {n} is called, so the rest of "
+    TP: ("tp: the per-syscall tracepoints {tps} run only when {n} is called, so the rest of "
            "the system pays nothing; a stable ABI"),
-    "raw_tp": ("raw_tp: the raw sys_enter/sys_exit tracepoints run on every syscall of the "
+    RAW_TP: ("raw_tp: the raw sys_enter/sys_exit tracepoints run on every syscall of the "
                "system and drop the others by id in BPF: cheaper per traced call than tp "
                "(no perf-event record), dearer overall when {n} is rare"),
-    "tp_btf": ("tp_btf: sys_enter/sys_exit with typed BTF arguments run on every syscall of "
+    TP_BTF: ("tp_btf: sys_enter/sys_exit with typed BTF arguments run on every syscall of "
                "the system and drop the others by id in BPF: the cheapest per call, but every "
                "syscall of the system pays for the check"),
 }
@@ -214,10 +215,10 @@ class SyscallTracer(Tracer):
     event_struct = "syscall_event"
     record_internals = ("raw_args",)              # args names them
     # the exit program of each kind when entry and exit are paired
-    EXIT_PROGRAMS = {"tp": "sc_tp_exit", "raw_tp": "sc_raw_exit", "tp_btf": "sc_btf_exit"}
+    EXIT_PROGRAMS = {TP: "sc_tp_exit", RAW_TP: "sc_raw_exit", TP_BTF: "sc_btf_exit"}
 
     def __init__(self, syscalls: Union[str, int, Sequence[Union[str, int]], None] = None,
-                 kind: str = "tp", *, measure_latency: bool = True, **kw: Any) -> None:
+                 kind: str = TP, *, measure_latency: bool = True, **kw: Any) -> None:
         if not isinstance(measure_latency, bool):
             raise BadTypeError(f"measure_latency must be a bool, not "
                                f"{type(measure_latency).__name__}")
@@ -228,7 +229,7 @@ class SyscallTracer(Tracer):
         self.measure_latency = measure_latency
         self._fell_back = ""
         if syscalls is None:
-            if kind == "tp":
+            if kind == TP:
                 raise BadArgumentError("kind='tp' attaches one tracepoint pair per syscall: "
                                        "name the syscalls, or trace all with kind='raw_tp' "
                                        "or 'tp_btf'")
@@ -240,7 +241,7 @@ class SyscallTracer(Tracer):
             if not wanted:
                 raise BadArgumentError("syscalls= is empty")
         kernel = kernel_syscalls()
-        if kind == "tp" and kernel is None:
+        if kind == TP and kernel is None:
             from ..errors import NotSupportedError
             raise NotSupportedError("tp syscall tracing", "tracefs has no events/syscalls "
                                     "(CONFIG_FTRACE_SYSCALLS is off or tracefs is missing)",
@@ -268,12 +269,12 @@ class SyscallTracer(Tracer):
     def _configure(self, open_obj: Any) -> None:
         if not self.measure_latency:
             open_obj.only(EXIT_ONLY[self.kind])
-            if self.kind != "tp" and self.syscalls:
+            if self.kind != TP and self.syscalls:
                 open_obj.config["cfg_filter_ids"] = 1
             return
-        if self.kind == "tp":
+        if self.kind == TP:
             self._tp_programs = {abi: self._tp_enter_program(abi) for abi, _nr, _tp in self.syscalls}
-            open_obj.only(*sorted(set(self._tp_programs.values())), self.EXIT_PROGRAMS["tp"])
+            open_obj.only(*sorted(set(self._tp_programs.values())), self.EXIT_PROGRAMS[TP])
             return
         open_obj.only(PROGRAMS[self.kind][0], self.EXIT_PROGRAMS[self.kind])
         if self.syscalls:
@@ -283,7 +284,7 @@ class SyscallTracer(Tracer):
         """tp without latency on a kernel older than 5.15: the verifier does
         not know bpf_task_pt_regs (or, before 5.11, bpf_get_current_task_btf);
         pair entry and exit instead (then latency is measured after all)."""
-        if self.kind != "tp" or self.measure_latency:
+        if self.kind != TP or self.measure_latency:
             return False
         if "does not know helper" not in str(error):
             return False
@@ -294,7 +295,7 @@ class SyscallTracer(Tracer):
         return True
 
     def _after_load(self, obj: Any) -> None:
-        if self.kind != "tp":
+        if self.kind != TP:
             ids = obj.maps["syscall_ids"]
             for _abi, nr, _tp in self.syscalls:
                 ids.update(nr, b"\x01")
@@ -302,14 +303,14 @@ class SyscallTracer(Tracer):
     def _attach(self, obj: Any) -> None:
         if not self.measure_latency:
             prog = obj.programs[EXIT_ONLY[self.kind]]
-            if self.kind == "tp":
+            if self.kind == TP:
                 for _abi, _nr, tp in self.syscalls:
                     self._link(prog.attach_tracepoint("syscalls", f"sys_exit_{tp}"))
             else:
                 self._link(prog.attach())
             return
         exit_ = obj.programs[self.EXIT_PROGRAMS[self.kind]]
-        if self.kind == "tp":
+        if self.kind == TP:
             for abi, _nr, tp in self.syscalls:
                 enter = obj.programs[self._tp_programs[abi]]
                 self._link(enter.attach_tracepoint("syscalls", f"sys_enter_{tp}"))
@@ -446,13 +447,13 @@ class SyscallStats(SyscallTracer):
     16384 and at least 1024 (16384 with up to 5 CPUs, 1456 with 64).
     """
 
-    EXIT_PROGRAMS = {"tp": "sc_tp_stat_exit", "raw_tp": "sc_raw_stat_exit",
-                     "tp_btf": "sc_btf_stat_exit"}
+    EXIT_PROGRAMS = {TP: "sc_tp_stat_exit", RAW_TP: "sc_raw_stat_exit",
+                     TP_BTF: "sc_btf_stat_exit"}
 
     MEMORY_BUDGET = 64 << 20
 
     def __init__(self, syscalls: Union[str, int, Sequence[Union[str, int]], None] = None,
-                 kind: str = "tp", *, max_keys: Optional[int] = None, **kw: Any) -> None:
+                 kind: str = TP, *, max_keys: Optional[int] = None, **kw: Any) -> None:
         if max_keys is None:
             from ..maps import possible_cpus
             per_key = STAT_VALUE_SIZE * possible_cpus()

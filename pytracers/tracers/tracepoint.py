@@ -50,6 +50,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import tracefs
 from ..errors import BadArgumentError, BadTypeError, NotSupportedError, TracefsError
+from ..kinds import TP
 from .base import Tracer, named_tuple
 
 __all__ = ["TracepointTracer", "split_tracepoint_name", "TP_MAX", "TP_SKIP", "PAYLOAD_BYTES",
@@ -191,7 +192,7 @@ class TracepointTracer(Tracer):
 
     object_name = "tracepoint"
     event_struct = "tp_event"
-    kind = "tp"
+    kind = TP
 
     def __init__(self, tracepoint: str, *, payload_bytes: int = PAYLOAD_BYTES,
                  **kw: Any) -> None:
