@@ -14,7 +14,7 @@ import threading
 import time
 from functools import partial
 from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional,
-                    TypeVar)
+                    Tuple, TypeVar)
 
 from .._resource import Resource
 from ..errors import (BadArgumentError, BadTypeError, BusyError, ClosedError,
@@ -192,44 +192,39 @@ class RingBuffer(Resource):
     def _busy(self) -> BusyError:
         return BusyError(f"ring buffer {self.map.name!r}")
 
-    def _begin(self, blocking: bool = True) -> bool:
-        """Become the one reader, waiting for the thread reading now (or,
-        not ``blocking``, returning False at once)."""
+    def _inside(self, fn: Callable[..., _T], args: Tuple[Any, ...]) -> _T:
+        """``fn(*args)`` with the reader lock held (by the caller)."""
         g = self._gate
-        me = threading.get_ident()
-        if g.owner == me:
-            raise self._busy()
-        if not g.mutex.acquire(blocking):
-            return False
         if not g.enter():
-            g.mutex.release()
             raise ClosedError(self._what)
-        g.owner = me
-        return True
-
-    def _end(self) -> None:
-        g = self._gate
-        g.owner = 0
-        g.mutex.release()
-        g.leave()
-
-    def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
-        """``fn(*args)`` as the one reader of the ring."""
-        self._begin()
+        g.owner = threading.get_ident()
         try:
             return fn(*args)
         finally:
-            self._end()
+            g.owner = 0
+            g.leave()
+
+    def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` as the one reader of the ring, after the thread
+        reading now (if any) is done."""
+        g = self._gate
+        if g.owner == threading.get_ident():
+            raise self._busy()
+        with g.mutex:
+            return self._inside(fn, args)
 
     def _read_nowait(self, fn: Callable[..., _T], *args: Any) -> Optional[_T]:
         """``fn(*args)`` as the one reader, or None at once if another thread
         is reading (an event loop must not wait for it)."""
-        if not self._begin(False):
+        g = self._gate
+        if g.owner == threading.get_ident():
+            raise self._busy()
+        if not g.mutex.acquire(False):
             return None
         try:
-            return fn(*args)
+            return self._inside(fn, args)
         finally:
-            self._end()
+            g.mutex.release()
 
     def _consume_nowait(self, callback: Callback, limit: Optional[int]) -> Optional[int]:
         """:meth:`consume`, or None if another thread is reading (pytracers.aio)."""
