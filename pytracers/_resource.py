@@ -16,7 +16,7 @@ reference to its parent, so a parent is never collected under a live child.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, Optional, TypeVar
+from typing import Any, Callable, Dict, Optional, TypeVar, cast
 
 from .errors import ClosedError
 
@@ -31,7 +31,10 @@ class Resource:
     def _own(self, release: Callable[..., Any], *args: Any) -> None:
         """Register ``release(*args)`` as what close() (or the collector) runs."""
         fin = weakref.finalize(self, release, *args)
-        fin.atexit = False  # the kernel frees fds at exit; no exit-time list of instances
+        # The kernel frees fds at exit: no exit-time list of instances.  (Set
+        # through Any: the typeshed of mypy 1.x, the last mypy for Python 3.9,
+        # declares ``atexit`` beside an empty ``__slots__`` and rejects it.)
+        cast(Any, fin).atexit = False
         self._finalizer = fin
         self._children: Dict[int, "Resource"] = {}
         self._parent: Optional["Resource"] = None

@@ -20,8 +20,9 @@ How it works
 :meth:`RingBuffer.fileno() <pytracers.ringbuf.RingBuffer.fileno>` is an epoll
 fd that becomes readable when the kernel wakes the ring's consumers.  While a
 reader waits it registers that fd with ``loop.add_reader``; the callback only
-resolves a future, and the reader then drains the ring with the non-blocking
-``RingBuffer.consume()`` -- nothing here ever blocks the event loop.  The
+resolves a future, and the reader then drains the ring as
+``RingBuffer.consume()`` does, without waiting (not even for a thread that
+is reading the ring) -- nothing here ever blocks the event loop.  The
 registration is one-shot (removed as soon as the wait ends): the fd is
 level-triggered, so leaving it registered while the consumer is busy in its
 ``async for`` body would make the loop spin.
@@ -40,15 +41,28 @@ Cancellation and cleanup: the reader's registration is removed in a
 nothing registered with the loop.  :class:`AsyncReader` (``async with``)
 closes what it was given -- a tracer, object or ring buffer, which detaches
 their links and closes their fds -- when the block exits for any reason,
-including cancellation.  Closing the ring buffer from elsewhere ends an
-``async for`` over it at the next look (within ``latency``).
+including cancellation.  Closing the ring buffer from elsewhere (another
+task, another thread) ends an ``async for`` over it at the next look: at
+once when it is waiting, since close() wakes the ring's epoll fd.
+
+Threads and other readers: these readers share the ring's contract (see
+:mod:`pytracers.ringbuf`): every record goes to exactly one reader, whether
+the others are tasks on this loop or threads.  Each drain holds the ring's
+reader lock only while it copies records out, never across an ``await`` or
+a ``yield``, so two ``async for`` loops over one ring (or one abandoned
+half-way) block nothing.  The lock is never waited for on the event loop:
+when a thread is reading, the drain returns nothing and looks again a
+moment later.  While a wait has the ring's fd registered with the loop, a
+close() from another thread leaves the fd open until the wait has removed
+it (the ring is released then), so the loop never watches a closed or
+reused fd.
 """
 from __future__ import annotations
 
 import asyncio
 from typing import Any, AsyncIterator, Callable, List, Optional
 
-from .errors import BadArgumentError, BadTypeError
+from .errors import BadArgumentError, BadTypeError, ClosedError
 from .ringbuf import RingBuffer
 
 __all__ = ["ring_of", "wait", "read", "events", "batches", "AsyncReader", "reader"]
@@ -86,34 +100,50 @@ async def wait(source: Any, timeout: Optional[float] = None) -> bool:
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + max(0.0, timeout)
     while True:
-        if rb.closed:
+        try:
+            if rb.closed:
+                return False
+            if rb.pending_bytes() > 0:
+                return True
+        except ClosedError:              # closed by another thread just now
             return False
-        if rb.pending_bytes() > 0:
-            return True
         step = rb.latency
         if deadline is not None:
             step = min(step, deadline - loop.time())
             if step <= 0:
                 return False
-        await _wait_once(loop, rb.fileno(), step)
+        await _wait_once(loop, rb, step)
 
 
-async def _wait_once(loop: asyncio.AbstractEventLoop, fd: int, seconds: float) -> bool:
-    """One-shot: True if ``fd`` became readable within ``seconds``."""
-    fut: asyncio.Future[bool] = loop.create_future()
-    loop.add_reader(fd, _resolve, fut, True)
-    timer = loop.call_later(seconds, _resolve, fut, False)
+async def _wait_once(loop: asyncio.AbstractEventLoop, rb: RingBuffer, seconds: float) -> bool:
+    """One-shot: True if the ring's fd became readable within ``seconds``.
+    The ring is held open meanwhile, so its fd is not closed (nor reused)
+    while the loop watches it."""
+    if not rb._hold():
+        return False
     try:
-        return await fut
+        fd = rb._epoll.fileno()
+        fut: asyncio.Future[bool] = loop.create_future()
+        loop.add_reader(fd, _resolve, fut, True)
+        timer = loop.call_later(seconds, _resolve, fut, False)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+            loop.remove_reader(fd)
     finally:
-        timer.cancel()
-        loop.remove_reader(fd)
+        rb._unhold()
 
 
 def _drain(rb: RingBuffer, limit: Optional[int]) -> List[Any]:
+    """The records available now; none while a thread is reading (the event
+    loop does not wait for it) or once the ring is closed."""
     out: List[Any] = []
-    if not rb.closed:
-        rb.consume(out.append, limit)
+    try:
+        if not rb.closed:
+            rb._consume_nowait(out.append, limit)
+    except ClosedError:                  # closed by another thread just now
+        pass
     return out
 
 
@@ -150,7 +180,8 @@ async def batches(source: Any, timeout: Optional[float] = None, *,
     (:meth:`RingBuffer.read_batch`: the ring must know its event struct).
     ``reader`` replaces how a batch is read: a callable ``reader(ring) ->
     batch`` that must not block and returns something empty (``len() == 0``)
-    or None when nothing is available."""
+    or None when nothing is available (the ring's own reads, such as
+    ``ring.read_batch()``, wait while another thread is reading it)."""
     if chunk < 1:
         raise BadArgumentError("chunk must be a positive number of records")
     rb = ring_of(source)
@@ -188,7 +219,10 @@ async def batches(source: Any, timeout: Optional[float] = None, *,
 
 def _array_reader(chunk: int) -> Callable[[RingBuffer], Any]:
     def read(rb: RingBuffer) -> Any:
-        return rb.read_batch(chunk)
+        try:
+            return rb._read_batch_nowait(chunk)     # None while a thread is reading
+        except ClosedError:                         # closed by another thread just now
+            return None
     return read
 
 

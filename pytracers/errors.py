@@ -42,7 +42,7 @@ __all__ = [
     "TargetNotFoundError", "InvalidObjectError", "InsecureFileError", "BadArgumentError",
     "BadTypeError", "ClosedError",
     "BpfOperationError", "LoadError", "AttachError", "MapError", "LinkError", "TestRunError",
-    "KeyNotFoundError", "TracefsError", "CallbackError",
+    "KeyNotFoundError", "TracefsError", "CallbackError", "BusyError",
     "BtfError", "BtfNotFoundError", "BtfUnsupportedError", "BtfDecodeError",
     "ENOTSUPP", "errno_name", "os_error_text",
 ]
@@ -269,6 +269,23 @@ class TracefsError(PytracersError, OSError):
 
 class CallbackError(PytracersError, TypeError):
     """A user callback returned something pytracers cannot interpret."""
+
+
+class BusyError(PytracersError, RuntimeError):
+    """A ring buffer was read from inside a callback of a read of the same
+    ring, in the same thread.
+
+    Reads from different threads are serialised (see :mod:`pytracers.ringbuf`);
+    a nested one could only deadlock or deliver the outer read's records twice.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{what} is already being read by this thread: a read (consume, poll, read, "
+            "events, read_batch, iter_batches, consume_views) was called from inside a "
+            "callback of another read of it; return from the callback first (collect what "
+            "it gets in a list and handle it after the read returns)")
 
 
 class BtfError(PytracersError):

@@ -1,89 +1,29 @@
-"""Reading BPF ring buffers (BPF_MAP_TYPE_RINGBUF) from Python.
+"""The parsing core of the ring-buffer reader: records out of any buffers
+laid out like the kernel's ring (see :mod:`pytracers.ringbuf` for the layout
+and the two ways to read).
 
-pytracers maps the ring itself instead of going through libbpf's
-``ring_buffer__poll``: a C-to-Python callback per record costs about a
-microsecond, while reading the shared mapping from Python costs only the
-Python work per record, and lets the batch reader copy a run of fixed-size
-records with numpy without touching each one in Python.
-
-Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (we write
-it); the next page holds the producer position (read-only to us), followed by
-the data area mapped twice in a row, so a record that wraps around the end is
-still contiguous in our mapping -- and so is any run of records shorter than
-the ring.  Each record starts with an 8-byte header: a u32 length with the
-BUSY (still being written) and DISCARD bits, and a u32 page offset.  Records
-are 8-byte aligned, so a run of records of one length is an array with a
-fixed stride.
-
-Two ways to read:
-
-* per event -- :meth:`RingBuffer.consume`, :meth:`~RingBuffer.poll`,
-  :meth:`~RingBuffer.read`, :meth:`~RingBuffer.events`: each record is decoded
-  (``decoder(buffer, offset)``, built from BTF by ``Object.ring_buffer(event=...)``)
-  and handed over one at a time.  A run of same-length records is found with
-  one vectorised header scan, then decoded by ``map()`` over its offsets, so
-  the per-record Python work is the decoder and the callback only.  A record
-  shorter than the event's layout (a producer may send only the used part
-  of a trailing buffer) is decoded from a zero-filled copy, as in batches.
-* in batches -- :meth:`RingBuffer.read_batch`, :meth:`~RingBuffer.iter_batches`
-  (and the zero-copy :meth:`~RingBuffer.consume_views`):
-  records become rows of a numpy structured array whose dtype comes from the
-  event's BTF (``StructLayout.numpy_dtype()``).  A run of fixed-size records
-  is copied by numpy in one operation (a few ns per record), or with
-  ``consume_views`` not copied at all: the callback gets a read-only view of
-  the run in the ring, valid until it returns; a record of
-  another length takes a slower per-record path that copies what fits in
-  the dtype and zero-fills the rest.  Rows of records of 24 bytes or more
-  keep the ring's 8-byte record headers between them (the array is strided:
-  ``np.ascontiguousarray()`` packs it if needed).
-
-Both stop at the first record still BUSY (the kernel consumer does the
-same: records must be consumed in order), skip DISCARDed ones, and move the
-consumer position only after the records before it have been copied out (or
-the view's callback has returned).
-
-numpy is a dependency of pytracers for this batch path alone: it is the only
-way to turn a run of records in the mapping into typed columns without a
-Python operation per record (the per-event path also uses it to find runs
-of 8 records or more).  It is imported on first use, not with pytracers, so
-start-up does not pay for it.
-
-The parsing core, :class:`RingReader`, works on any pair of buffers with the
-kernel's layout (tests drive it with a synthetic ring to produce states a
-kernel producer cannot leave behind, such as a BUSY record followed by
-complete ones); :class:`RingBuffer` adds the mapping of a real ring, waiting
-(epoll with a latency bound) and lifetime.
-
-Memory ordering: on x86-64 (TSO), loads are not reordered with other loads
-and stores are not reordered with earlier loads, so plain loads of the
-producer position, then of a record's header, then of its data, and a plain
-store of the consumer position after them, give the acquire/release order the
-kernel expects.  The reader refuses to run on other architectures rather than
-risk torn reads.
+:class:`RingReader` keeps no state of its own besides its counters: the
+consumer position lives in the consumer page, as in the kernel.  It takes no
+lock -- it is the single-threaded core; :class:`~pytracers.ringbuf.RingBuffer`
+serialises the threads that read a real ring and keeps its mapping alive
+while one of them is inside.
 """
 from __future__ import annotations
 
 import mmap
-import os
-import select
 import struct
 import sys
-import time
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
-from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, Generator, Iterator, List,
-                    Optional, Tuple)
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional, Tuple
 
-from ._resource import Resource
-from .errors import BadArgumentError, BadTypeError, CallbackError, NotSupportedError
+from ..errors import BadArgumentError, CallbackError
 
 if TYPE_CHECKING:
     import numpy
 
-    from .maps import Map
-
-__all__ = ["RingBuffer", "RingReader", "BUSY_BIT", "DISCARD_BIT", "HEADER_SIZE"]
+__all__ = ["RingReader", "BUSY_BIT", "DISCARD_BIT", "HEADER_SIZE"]
 
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
@@ -162,6 +102,10 @@ class RingReader:
     at ``data_offset`` (one page in the kernel's mapping).  The reader keeps
     no state of its own besides the ``delivered``/``discarded`` counters: the
     position lives in ``consumer``, as in the kernel.
+
+    Not thread-safe: one caller at a time (:class:`RingBuffer` sees to it).
+    Setting :attr:`stop` (from any thread) ends a read in progress after the
+    run of records it is delivering, and every later read at once.
     """
 
     def __init__(self, consumer: Any, data: Any, size: int, *,
@@ -184,6 +128,7 @@ class RingReader:
         self._arr: Any = None          # numpy view of `data` (made on first batch)
         self.delivered = 0             # records handed to the caller
         self.discarded = 0             # records the producer discarded (skipped)
+        self.stop = False              # set: deliver nothing more (the ring is closing)
 
     @property
     def decoder(self) -> Optional[Decoder]:
@@ -269,7 +214,7 @@ class RingReader:
         n = 0
         cons = self.consumer_pos()
         try:
-            while limit is None or n < limit:
+            while (limit is None or n < limit) and not self.stop:
                 prod = get_prod()
                 if cons >= prod:
                     break
@@ -373,7 +318,7 @@ class RingReader:
         total = 0
         discarded = 0
         cons = self.consumer_pos()
-        while max_records is None or total < max_records:
+        while (max_records is None or total < max_records) and not self.stop:
             prod = self.producer_pos()
             if cons >= prod:
                 break
@@ -524,265 +469,3 @@ class RingReader:
         # .copy(), not ascontiguousarray(): a one-row view counts as contiguous
         # and would come back uncopied, still pointing into the ring.
         return src.copy().view(dt).reshape(run)
-
-
-def _release(reader: RingReader, epoll: Any, cons: mmap.mmap, prod: mmap.mmap, fd: int) -> None:
-    reader._detach()
-    for thing in (epoll, cons, prod):
-        try:
-            thing.close()
-        except Exception:  # pragma: no cover - a view still held elsewhere pins the mapping
-            pass
-    os.close(fd)
-
-
-class RingBuffer(Resource):
-    """A consumer of one ring-buffer map.
-
-    ``decoder(buffer, offset) -> record`` turns a record's bytes into a Python
-    value; with ``event="struct_name"`` (and no decoder) records are decoded
-    through that struct's BTF layout; otherwise they are delivered as
-    ``bytes``.  ``dtype`` is the numpy dtype
-    of :meth:`read_batch` rows (from the event's BTF when ``event`` is given).
-
-    ``latency`` (seconds) bounds how long a record may wait when the producer
-    suppresses wakeups (pytracers' tracers only wake the reader once
-    ``wakeup_bytes`` are pending, see pytracers.h): blocking reads never sleep
-    longer than this before looking at the ring, so a trickle of events that
-    never reaches the threshold is still delivered within ``latency``.
-    """
-
-    _what = "ring buffer"
-
-    def __init__(self, m: "Map", *, decoder: Optional[Decoder] = None,
-                 event: Optional[str] = None,
-                 callback: Optional[Callback] = None,
-                 latency: float = 0.1, dtype: Any = None) -> None:
-        machine = os.uname().machine     # what platform.machine() returns on Linux
-        if machine not in ("x86_64", "AMD64"):
-            raise NotSupportedError("the mmap ring-buffer reader",
-                                    f"only x86-64 is supported, this is {machine}")
-        if not isinstance(latency, (int, float)) or isinstance(latency, bool):
-            raise BadTypeError("latency must be a number of seconds")
-        if latency <= 0:
-            raise BadArgumentError("latency must be a positive number of seconds")
-        self.map = m                  # keeps the object alive
-        self.event = event
-        self.callback = callback
-        self.latency = float(latency)
-        self.size = int(m.max_entries)
-        self._dtype_arg = dtype
-        # The event's layout: its decoder for records, its dtype for batches.
-        layout = m.object.btf.struct_layout(event) if event is not None else None
-        fd = os.dup(m.fd)
-        try:
-            cons = mmap.mmap(fd, PAGE_SIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                             offset=0)
-            try:
-                prod = mmap.mmap(fd, PAGE_SIZE + 2 * self.size, mmap.MAP_SHARED, mmap.PROT_READ,
-                                 offset=PAGE_SIZE)
-            except BaseException:
-                cons.close()
-                raise
-            ep = select.epoll()
-            ep.register(fd, select.EPOLLIN)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        self._epoll = ep
-        self._reader = RingReader(cons, prod, self.size, decoder=decoder, layout=layout)
-        self._own(_release, self._reader, ep, cons, prod, fd)
-
-    # -- configuration and counters ----------------------------------------------
-    @property
-    def decoder(self) -> Optional[Decoder]:
-        return self._reader.decoder
-
-    @decoder.setter
-    def decoder(self, dec: Optional[Decoder]) -> None:
-        self._reader.decoder = dec
-
-    @property
-    def delivered(self) -> int:
-        """Records handed to the caller (per event or as batch rows)."""
-        return self._reader.delivered
-
-    @property
-    def discarded(self) -> int:
-        """Records the producer discarded, skipped by the reader."""
-        return self._reader.discarded
-
-    @property
-    def dtype(self) -> "numpy.dtype[Any]":
-        """The numpy dtype of :meth:`read_batch` rows."""
-        r = self._reader
-        if r.dtype is None:
-            np = _np()
-            if self._dtype_arg is not None:
-                r.dtype = np.dtype(self._dtype_arg)
-            elif r.layout is not None:
-                r.dtype = r.layout.numpy_dtype()
-            else:
-                raise BadArgumentError(
-                    f"ring buffer {self.map.name} has no record type for batches: open it "
-                    "with event='struct_name' (or dtype=)")
-        return r.dtype
-
-    # -- positions ----------------------------------------------------------------------
-    def pending_bytes(self) -> int:
-        """Bytes written by the producer and not yet consumed."""
-        self._check()
-        return self._reader.pending_bytes()
-
-    def fileno(self) -> int:
-        """An epoll fd that becomes readable when the kernel wakes consumers."""
-        self._check()
-        return self._epoll.fileno()
-
-    def _wait(self, deadline: Optional[float]) -> bool:
-        """Sleep until woken, the latency bound, or ``deadline``; False once
-        the deadline has passed."""
-        wait = self.latency
-        if deadline is not None:
-            wait = min(wait, deadline - time.monotonic())
-            if wait <= 0:
-                return False
-        self._epoll.poll(wait)
-        return True
-
-    # -- per event ----------------------------------------------------------------------
-    def consume(self, callback: Optional[Callback] = None,
-                limit: Optional[int] = None) -> int:
-        """Deliver every record available now; return how many were delivered.
-
-        ``callback(record)`` may return None/True to go on, or False (or a
-        negative int) to stop after this record.  An exception it raises
-        propagates after the consumer position has moved past the record.
-        """
-        self._check()
-        cb = callback or self.callback
-        if cb is None:
-            raise BadArgumentError("consume() needs a callback (or one given to the RingBuffer)")
-        return self._reader.consume(cb, limit)
-
-    def poll(self, timeout: Optional[float] = None,
-             callback: Optional[Callback] = None) -> int:
-        """Wait up to ``timeout`` seconds (None: forever) for records, then
-        deliver them to the callback; returns how many were delivered."""
-        self._check()
-        cb = callback or self.callback
-        if cb is None:
-            raise BadArgumentError("poll() needs a callback (or one given to the RingBuffer)")
-        consume = self._reader.consume
-        n = consume(cb, None)
-        if n:
-            return n
-        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
-        while self._wait(deadline):
-            self._check()
-            n = consume(cb, None)
-            if n:
-                return n
-        return consume(cb, None)
-
-    def read(self, timeout: float = 0.0) -> List[Any]:
-        """Records available now, or waiting up to ``timeout`` for the first."""
-        out: List[Any] = []
-        self.poll(timeout, out.append)
-        return out
-
-    def events(self, timeout: Optional[float] = None) -> Iterator[Any]:
-        """Iterate over records as they arrive, for ``timeout`` seconds in all
-        (None: until the ring buffer is closed or the loop breaks)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        buf: List[Any] = []
-        while not self.closed:
-            if deadline is None:
-                left = None
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    buf.clear()
-                    self._reader.consume(buf.append, None)
-                    yield from buf
-                    return
-            buf.clear()
-            self.poll(left, buf.append)
-            yield from buf
-
-    def __iter__(self) -> Iterator[Any]:
-        return self.events()
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        """``async for rec in ring``: see :mod:`pytracers.aio`."""
-        from .aio import events
-        return events(self)
-
-    # -- batches ---------------------------------------------------------------------------
-    def read_batch(self, max_records: Optional[int] = None, *,
-                   timeout: float = 0.0) -> "numpy.ndarray":
-        """The records available now (at most ``max_records``) as one numpy
-        structured array of :attr:`dtype`, copied out of the ring; waits up
-        to ``timeout`` seconds for the first when there are none.  An empty
-        array when nothing arrived.  The array does not share the ring; for records
-        of 24 bytes or more its rows are strided (``np.ascontiguousarray()``
-        packs them)."""
-        self._check()
-        if max_records is not None and (not isinstance(max_records, int)
-                                        or isinstance(max_records, bool)):
-            raise BadTypeError("max_records must be an int or None")
-        dt = self.dtype
-        out = self._reader.read_batch(max_records, dt)
-        if len(out) or timeout <= 0:
-            return out
-        deadline = time.monotonic() + timeout
-        while self._wait(deadline):
-            self._check()
-            out = self._reader.read_batch(max_records, dt)
-            if len(out):
-                return out
-        return self._reader.read_batch(max_records, dt)
-
-    def consume_views(self, callback: Callable[[Any], Any], *,
-                      max_records: Optional[int] = None) -> int:
-        """Zero-copy batches of the records available now: ``callback(rows)``
-        for each run of records, ``rows`` a read-only numpy array of
-        :attr:`dtype` that views the ring itself (no copy), in ring order.
-        Returns how many records were delivered.
-
-        ``rows`` is valid only during the call: the consumer position moves
-        past them when the callback returns (or raises -- the exception then
-        propagates), and the producer reuses the space.  Keep what you need
-        as a copy (``rows.copy()``, ``rows["pid"].sum()``...); a callback that
-        keeps the view itself, or a view derived from it, gets CallbackError
-        once it returns.  Return False (or a negative int) to stop after this
-        batch.  This is libbpf's ``ring_buffer__consume`` contract, one call
-        per run of records instead of one per record; :meth:`read_batch` is
-        the copying, always-safe form.
-        """
-        self._check()
-        return self._reader.consume_views(callback, max_records, self.dtype)
-
-    def iter_batches(self, timeout: Optional[float] = None, *,
-                     max_records: Optional[int] = None) -> Iterator["numpy.ndarray"]:
-        """Yield non-empty batches (see :meth:`read_batch`) as records arrive,
-        for ``timeout`` seconds in all (None: until the ring buffer is closed
-        or the loop breaks).  Each wait lasts at most :attr:`latency`."""
-        dt = self.dtype
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.closed:
-            out = self._reader.read_batch(max_records, dt)
-            if len(out):
-                yield out
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-            if not self._wait(deadline):
-                out = self._reader.read_batch(max_records, dt)
-                if len(out):
-                    yield out
-                return
-
-    def __repr__(self) -> str:
-        return f"<RingBuffer {self.map.name} {self.size} bytes{' closed' if self.closed else ''}>"
