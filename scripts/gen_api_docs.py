@@ -31,6 +31,7 @@ sys.path.insert(0, ROOT)
 # and the prober, then the embedding helpers.
 MODULES = [
     "pytracers",
+    "pytracers.kinds",
     "pytracers.object",
     "pytracers.program",
     "pytracers.link",
@@ -48,6 +49,8 @@ MODULES = [
     "pytracers.tracers.policy",
     "pytracers.choose",
     "pytracers.features",
+    "pytracers.kernel.host",
+    "pytracers.kernel.symbols",
     "pytracers.kernel.tracefs",
     "pytracers.kernel.introspect",
     "pytracers.errors",

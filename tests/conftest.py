@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import subprocess
 from typing import Iterator, Optional
 
 import pytest
@@ -97,6 +98,25 @@ def _pins() -> set:
     for root, dirs, files in os.walk("/sys/fs/bpf"):
         out.update(os.path.join(root, n) for n in dirs + files)
     return out
+
+
+# Set by a test that reruns itself in a private mount namespace without bpffs.
+NO_BPFFS_ENV = "PYTRACERS_TEST_NO_BPFFS"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bpffs() -> Iterator[None]:
+    """Pins live in bpffs at /sys/fs/bpf.  Where it is not mounted (this is
+    the machine's state, not the kernel's: the kernel has bpffs), mount it
+    for the run, as bpftool does before it pins, so the pin tests run."""
+    if os.environ.get(NO_BPFFS_ENV) or os.path.ismount("/sys/fs/bpf"):
+        yield
+        return
+    res = subprocess.run(["mount", "-t", "bpf", "bpf", "/sys/fs/bpf"], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount bpffs at /sys/fs/bpf: {res.stderr.strip()}")
+    yield
 
 
 @pytest.fixture(autouse=True)

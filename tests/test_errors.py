@@ -28,7 +28,7 @@ from pytracers import errors as E
 from pytracers import features
 from pytracers.maps import BPF_EXIST, BPF_NOEXIST, MAP_TYPES, MapType
 
-from conftest import VM_KERNEL
+from conftest import NO_BPFFS_ENV, VM_KERNEL
 
 EXEC = pytracers.object_path("exec")
 BENCH = pytracers.object_path("bench")
@@ -125,23 +125,34 @@ def _raw_tp_object() -> Any:
 
 
 def test_pin_into_a_missing_directory():
-    """A pin path whose directory does not exist: the kernel (map) and
-    libbpf (link) refuse with ENOENT, as MapError and LinkError."""
-    path = _pin_path("no_such_dir") + "/pin"
+    """A pin path two missing directories deep (libbpf makes only the last
+    one): refused with ENOENT, as MapError and LinkError."""
+    path = _pin_path("no_such_dir") + "/sub/pin"
     with _raw_tp_object() as obj:
         e = raised(lambda: obj.maps["lost"].pin(path))
         assert_bpf_error(e, E.MapError, errno.ENOENT, "pin map 'lost'", path)
         link = obj.programs["sc_raw_enter"].attach()
         e = raised(lambda: link.pin(path))
         assert_bpf_error(e, E.LinkError, errno.ENOENT, "pin raw_tp link", path)
-    assert not os.path.exists(os.path.dirname(path))
+    assert not os.path.exists(os.path.dirname(os.path.dirname(path)))
 
 
 def test_pin_where_no_bpffs_is_mounted():
     """/sys/fs/bpf without bpffs mounted: libbpf refuses the link pin (EINVAL,
-    quoting its "not on BPF FS" message), the kernel the map pin."""
+    quoting its "not on BPF FS" message), the kernel the map pin.  Where bpffs
+    is mounted (conftest mounts it), the test runs itself again in a private
+    mount namespace with it unmounted."""
     if _bpffs():
-        pytest.skip("bpffs is mounted at /sys/fs/bpf: every pin path there is on it")
+        if os.environ.get(NO_BPFFS_ENV):
+            pytest.fail("bpffs is still mounted inside the private mount namespace")
+        res = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'umount /sys/fs/bpf && exec "$0" -m pytest -q -p no:cacheprovider "$1"',
+             sys.executable, f"{__file__}::test_pin_where_no_bpffs_is_mounted"],
+            env=dict(os.environ, **{NO_BPFFS_ENV: "1"}), capture_output=True, text=True,
+            timeout=300)
+        assert res.returncode == 0 and "1 passed" in res.stdout, res.stdout + res.stderr
+        return
     path = _pin_path("nofs")
     with _raw_tp_object() as obj:
         link = obj.programs["sc_raw_enter"].attach()
@@ -153,8 +164,9 @@ def test_pin_where_no_bpffs_is_mounted():
 
 
 def test_pin_to_an_existing_path():
-    """A second pin at the same path: the kernel refuses with EEXIST (a
-    LinkError for the link, a MapError for the map); the first pin stays."""
+    """Pinning again: libbpf refuses a link that is already pinned (EBUSY, a
+    LinkError), the kernel a map pin at the link's path (EEXIST, a MapError);
+    the first pin stays."""
     if not _bpffs():
         pytest.skip("bpffs is not mounted at /sys/fs/bpf")
     path = _pin_path("twice")
@@ -163,7 +175,7 @@ def test_pin_to_an_existing_path():
             link = obj.programs["sc_raw_enter"].attach()
             link.pin(path)
             e = raised(lambda: link.pin(path))
-            assert_bpf_error(e, E.LinkError, errno.EEXIST, path)
+            assert_bpf_error(e, E.LinkError, errno.EBUSY, path)
             e = raised(lambda: obj.maps["lost"].pin(path))
             assert_bpf_error(e, E.MapError, errno.EEXIST, "pin map 'lost'", path)
             assert os.path.exists(path)

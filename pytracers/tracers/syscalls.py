@@ -54,8 +54,8 @@ from ..kinds import RAW_TP, TP, TP_BTF
 from ._x86_64_syscalls import X86_64
 from .base import Tracer, named_tuple
 
-__all__ = ["SyscallTracer", "SyscallStats", "SyscallStat", "syscall_number", "syscall_name", "syscall_params",
-           "kernel_syscalls", "tracepoint_name", "KINDS"]
+__all__ = ["SyscallTracer", "SyscallStats", "SyscallCounters", "syscall_number",
+           "syscall_name", "syscall_params", "kernel_syscalls", "tracepoint_name", "KINDS"]
 
 KINDS = (TP, RAW_TP, TP_BTF)
 # tp: one entry program per arity (sc_tp_enter<N>: the kernel refuses a tp
@@ -402,7 +402,7 @@ def percentile_of(hist: Sequence[int], q: float) -> Optional[int]:
     return stat_bucket_upper(len(hist) - 1)
 
 
-class SyscallStat(NamedTuple):
+class SyscallCounters(NamedTuple):
     """Counters of one (process, syscall): ``pid``, ``id``, ``name``,
     ``comm``, ``calls``, ``errors``, ``total_ns``, ``max_ns``, ``hist`` (the
     latency histogram, a tuple of STAT_BUCKETS counts; see stat_bucket)."""
@@ -422,9 +422,13 @@ class SyscallStat(NamedTuple):
         return percentile_of(self.hist, q)
 
     def __repr__(self) -> str:           # without the 168 histogram counts
-        return (f"SyscallStat(pid={self.pid}, name={self.name!r}, comm={self.comm!r}, "
+        return (f"SyscallCounters(pid={self.pid}, name={self.name!r}, comm={self.comm!r}, "
                 f"calls={self.calls}, errors={self.errors}, total_ns={self.total_ns}, "
                 f"max_ns={self.max_ns})")
+
+
+# The name SyscallCounters had before 0.2 (one letter from SyscallStats).
+SyscallStat = SyscallCounters
 
 
 class SyscallStats(SyscallTracer):
@@ -474,13 +478,13 @@ class SyscallStats(SyscallTracer):
         super()._configure(open_obj)
         open_obj.maps["stats"].max_entries = self.max_keys
 
-    def snapshot(self) -> Dict[Tuple[int, int], SyscallStat]:
+    def snapshot(self) -> Dict[Tuple[int, int], SyscallCounters]:
         """The counters now, keyed by (pid, syscall number), summed over CPUs."""
         self._check()
         import numpy as np
         import struct
         dt = self._stat_dtype
-        out: Dict[Tuple[int, int], SyscallStat] = {}
+        out: Dict[Tuple[int, int], SyscallCounters] = {}
         for kb, per_cpu in self.object.maps["stats"].items():
             pid, nr = struct.unpack_from("<II", kb)
             slots: List[bytes] = per_cpu if isinstance(per_cpu, list) else [bytes(per_cpu)]
@@ -491,7 +495,7 @@ class SyscallStats(SyscallTracer):
                 comm = bytes(c).split(b"\0", 1)[0].decode("utf-8", "replace")
                 if comm:
                     break
-            out[(pid, nr)] = SyscallStat(
+            out[(pid, nr)] = SyscallCounters(
                 pid, nr, syscall_name(nr), comm, calls, int(arr["errors"].sum()), int(arr["total_ns"].sum()),
                 int(arr["max_ns"].max()), tuple(int(x) for x in arr["hist"].sum(axis=0)))
         return out
