@@ -16,7 +16,8 @@ from .errors import (ENOTSUPP, AttachError, LoadError, NotSupportedError,
                      PermissionDeniedError, PytracersError, TargetNotFoundError, VerifierError,
                      errno_name)
 from .kernel.host import kprobe_pmu, lockdown_mode, missing_bpf_caps, no_kprobes_reason
-from .kernel.symbols import function_exists, function_suggestions, raw_tracepoint_suggestions
+# kernel.symbols (kallsyms, BTF look-ups) is imported where an error needs it:
+# mapping a failure is off the start path, and so must be its imports.
 
 # The release that added each helper the shipped objects call and an older
 # supported kernel may lack (ids from enum bpf_func_id).
@@ -103,6 +104,7 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
         if kind == kinds.TP_BTF:
             return TargetNotFoundError("BTF tracepoint", target, detail="no btf_trace_" + target
                                        + " in the kernel's BTF")
+        from .kernel.symbols import function_suggestions
         return TargetNotFoundError("kernel function", target, function_suggestions(target),
                                    detail="not in the kernel's BTF")
     if kind in kinds.TRAMPOLINE_KINDS and err == errno.EINVAL and "processed 0 insns" in log:
@@ -159,6 +161,7 @@ def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> Pytr
                                      hint="use fentry/fexit where BPF trampolines work, or a "
                                           "tracepoint", errno=err)
         if err in (errno.ENOENT, errno.EINVAL, errno.ESRCH, errno.EADDRNOTAVAIL):
+            from .kernel.symbols import function_exists, function_suggestions
             exists = function_exists(target) if not multi else None
             if exists is False:
                 return TargetNotFoundError("kernel function", target,
@@ -175,6 +178,7 @@ def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> Pytr
     if kind == kinds.TP and err == errno.ENOENT:
         return TargetNotFoundError("tracepoint", target)
     if kind == kinds.RAW_TP and err == errno.ENOENT:
+        from .kernel.symbols import raw_tracepoint_suggestions
         return TargetNotFoundError("raw tracepoint", target, raw_tracepoint_suggestions(target),
                                    detail="a raw tracepoint is a tracepoint's name without its "
                                           "category, e.g. sys_enter or sched_switch")

@@ -15,6 +15,7 @@ import os
 from typing import Any, Dict, Iterator, Mapping, Optional, Union
 
 from . import _errmap, _libbpf, kinds
+from .kernel import host
 from ._libbpf import checked
 from ._libbpf import ffi, lib
 from ._resource import Resource
@@ -190,12 +191,13 @@ class OpenProgram:
             raise BadArgumentError(f"program {self.name!r} is a {self.kind} program; only "
                                    "BTF-based programs (fentry, fexit, fmod_ret, tp_btf) take "
                                    "a target before load -- attach others with attach()")
-        if self.kind in kinds.TRAMPOLINE_KINDS and _errmap.function_exists(function) is False:
+        from .kernel import symbols
+        if self.kind in kinds.TRAMPOLINE_KINDS and symbols.function_exists(function) is False:
             # Refused here, not by libbpf: libbpf 1.1 then opens every kernel
             # module's BTF and only closes those fds at load, so an object
             # closed without loading would leak one fd per module.
             raise TargetNotFoundError("kernel function", function,
-                                      _errmap.function_suggestions(function),
+                                      symbols.function_suggestions(function),
                                       detail="in neither the kernel's BTF nor kallsyms")
         checked(lib.bpf_program__set_attach_target, self._ptr, 0, function.encode(),
                 what=f"set the attach target of {self.name!r}", error=LoadError,
@@ -346,7 +348,7 @@ class OpenObject:
                     failed = name
         if failed is None:
             if err in (errno.EPERM, errno.EACCES):   # refused before any program loaded
-                missing = _errmap.missing_bpf_caps()
+                missing = host.missing_bpf_caps()
                 if missing:
                     return PermissionDeniedError(f"load {self.path}", missing, errno=err,
                                                  detail="run as root or grant the capability")

@@ -5,7 +5,8 @@ import errno
 import struct
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
-from . import _errmap, _libbpf, kinds, tracefs
+from . import _errmap, _libbpf, kinds
+from .kernel import host, tracefs
 from ._libbpf import checked
 from ._libbpf import ffi, lib
 from .elf.inspect import section_target, split_tracepoint
@@ -164,7 +165,7 @@ class Program:
             retprobe = kinds.get(self.kind).retprobe
         kind = kinds.KRETPROBE if retprobe else kinds.KPROBE
         self._refuse_duplicate(kind, function)
-        reason = _errmap.no_kprobes_reason()
+        reason = host.no_kprobes_reason()
         if reason:  # libbpf would fail with a bare ENOENT
             raise NotSupportedError(kind, reason, min_kernel=kinds.get(kind).min_kernel,
                                     hint="use fentry/fexit where BPF trampolines work, "

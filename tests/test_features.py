@@ -11,7 +11,8 @@ import time
 import pytest
 
 import pytracers
-from pytracers import _errmap, choose, features
+from pytracers import choose, features
+from pytracers.kernel import host
 from pytracers.errors import BadArgumentError, NotSupportedError, TargetNotFoundError
 from pytracers.tracers import (FmodRetPolicy, FunctionTracer, ProcessTracer, SyscallTracer)
 
@@ -101,7 +102,7 @@ def test_tracepoint_kinds_supported_everywhere():
 
 @pytest.mark.skipif(VM_KERNEL is not None, reason="host-only: the VM kernels have kprobes")
 def test_host_refusals_named():
-    if _errmap.kprobe_pmu():
+    if host.kprobe_pmu():
         pytest.skip("this machine has a kprobe PMU; the test describes the CONFIG_KPROBES=n host")
     r = features.probe()
     for k in ("kprobe", "kretprobe"):

@@ -19,7 +19,7 @@ def add_command(sub: Any) -> None:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .. import features
-    from .._errmap import missing_bpf_caps
+    from ..kernel.host import missing_bpf_caps
     report = features.probe()
     rows = [_feature_row(f) for f in report]
     if args.json:

@@ -54,7 +54,7 @@ def _tracepoint_kinds(category: str, name: str, btf: Any) -> Tuple[List[str], st
 
 
 def cmd_list_tracepoints(args: argparse.Namespace) -> int:
-    from .. import tracefs
+    from ..kernel import tracefs
     names = tracefs.list_tracepoints(args.glob)
     if not names:
         raise CliError(f"no tracepoint matches {args.glob!r}", EXIT_NOT_FOUND,

@@ -22,7 +22,7 @@ POLL_SLICE = 0.1         # seconds between looks at the stop flag and the deadli
 
 def need_bpf_privileges() -> None:
     """Fail early, in one line, when this process cannot load tracing programs."""
-    from .._errmap import missing_bpf_caps
+    from ..kernel.host import missing_bpf_caps
     cap = missing_bpf_caps(tracing=True)
     if cap:
         raise E.PermissionDeniedError(

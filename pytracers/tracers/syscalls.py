@@ -48,7 +48,7 @@ import difflib
 import os
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
 
-from .. import tracefs
+from ..kernel import tracefs
 from ..errors import BadArgumentError, BadTypeError, TargetNotFoundError, TracefsError
 from ..kinds import RAW_TP, TP, TP_BTF
 from ._x86_64_syscalls import X86_64

@@ -48,7 +48,7 @@ import re
 import struct
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import tracefs
+from ..kernel import tracefs
 from ..errors import BadArgumentError, BadTypeError, NotSupportedError, TracefsError
 from ..kinds import TP
 from .base import Tracer, named_tuple
