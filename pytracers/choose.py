@@ -46,7 +46,7 @@ internal structs), different for every tracepoint and kernel.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import BadArgumentError, NotSupportedError, TargetNotFoundError
 from .kernel.symbols import function_exists, function_suggestions
@@ -265,36 +265,37 @@ def syscall_stats(syscalls: Union[str, Sequence[str], None] = None, kind: Option
     from .tracers.syscalls import SyscallStats
     if syscalls is None:
         return _all_syscalls(SyscallStats, kind, "syscall statistics", filters)
-    refused: List[str] = []
-    for k in ([kind] if kind else SYSCALL_FALLBACK):
-        try:
-            t = SyscallStats(syscalls, kind=k, **filters)
-        except NotSupportedError as e:
-            if kind:
-                raise
-            refused.append(f"{k} unavailable ({e.reason})")
-            continue
-        t.why = "; ".join(refused + [t.why])
-        return t
-    raise NotSupportedError("syscall statistics", "; ".join(refused))
+    t, refused = _first_that_works(lambda k: SyscallStats(syscalls, kind=k, **filters),
+                                   kind, SYSCALL_FALLBACK, "syscall statistics")
+    t.why = "; ".join(refused + [t.why])
+    return t
 
 
 def _all_syscalls(cls: Any, kind: Optional[str], feature: str, filters: Dict[str, Any]) -> Any:
+    t, refused = _first_that_works(lambda k: cls(None, kind=k, **filters), kind,
+                                   ALL_SYSCALLS_FALLBACK, feature)
+    if kind:
+        t.why = f"kind {kind} requested. " + t.why
+    else:
+        t.why = "; ".join(refused + [t.why + " (every syscall is wanted here, so the "
+                                             "per-call cost decides)"])
+    return t
+
+
+def _first_that_works(make: Callable[[str], Any], kind: Optional[str],
+                      fallback: Sequence[str], feature: str) -> Tuple[Any, List[str]]:
+    """``make(k)`` for ``kind`` alone when given (its refusal raised as is),
+    else for each kind of ``fallback`` until one is not refused; the tracer
+    and the refusals before it ("k unavailable (reason)").  None works:
+    NotSupportedError for ``feature`` naming each refusal."""
     refused: List[str] = []
-    for k in ([kind] if kind else ALL_SYSCALLS_FALLBACK):
+    for k in ([kind] if kind else fallback):
         try:
-            t = cls(None, kind=k, **filters)
+            return make(k), refused
         except NotSupportedError as e:
             if kind:
                 raise
             refused.append(f"{k} unavailable ({e.reason})")
-            continue
-        if kind:
-            t.why = f"kind {k} requested. " + t.why
-        else:
-            t.why = "; ".join(refused + [t.why + " (every syscall is wanted here, so the "
-                                                 "per-call cost decides)"])
-        return t
     raise NotSupportedError(feature, "; ".join(refused))
 
 
