@@ -208,6 +208,16 @@ def _suggestions(name: str, root: str, pid: Optional[int]) -> List[str]:
     return difflib.get_close_matches(name, sorted(set(names)), n=5, cutoff=0.6)
 
 
+def _which_elf(name: str) -> Optional[str]:
+    """The first ELF file called ``name`` on PATH (wrapper scripts, such as
+    version managers' shims, are skipped: a uprobe needs the real binary)."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        exe = shutil.which(name, path=d or ".")
+        if exe and _elf_machine(os.path.realpath(exe)) is not None:
+            return os.path.realpath(exe)
+    return None
+
+
 def resolve_binary(target: str, pid: Optional[int] = None) -> str:
     """The absolute path of the executable or shared library ``target`` names.
 
@@ -247,9 +257,9 @@ def resolve_binary(target: str, pid: Optional[int] = None) -> str:
             return found
     looks_like_library = target.startswith("lib") or ".so" in target
     if root == "/" and not looks_like_library:
-        exe = shutil.which(target)      # a command: python3.11 before libpython3.11.so
+        exe = _which_elf(target)        # a command: python3.11 before libpython3.11.so
         if exe:
-            return os.path.realpath(exe)
+            return exe
     found = _via_loader(target, root)
     if found:
         return found
