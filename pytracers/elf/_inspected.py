@@ -48,13 +48,15 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4920, 30271),
     },
     # features.bpf.o
-    '5054bf8e4edbb0f354ff02777b87ae04b08715f359e8a8c79115dd1eee8a54e6': {
+    '11e6be0a33190f86564761040355bdff424798a9f04643786b546933c17e0981': {
         'programs': {
             'probe_tp': 'tp',
             'probe_raw_tp': 'raw_tp',
             'probe_tp_btf': 'tp_btf/sys_enter',
             'probe_kprobe': 'kprobe',
             'probe_kretprobe': 'kretprobe',
+            'probe_uprobe': 'uprobe',
+            'probe_uretprobe': 'uretprobe',
             'probe_kprobe_multi': 'kprobe.multi',
             'probe_fentry': 'fentry',
             'probe_fexit': 'fexit',
@@ -63,9 +65,9 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'probe_cookie': 'kprobe',
         },
         'variables': {},
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (1264, 910),
+        'btf': (1440, 980),
     },
     # fentry.bpf.o
     '937c7d11ab3a93f15c07fbeec4791d0af7915938b319da2406e99a6a5fbd08ff': {
@@ -204,5 +206,25 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', 'license', '.maps', '.reltp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
         'btf': (3392, 2701),
+    },
+    # uprobe.bpf.o
+    '3496127edf80bd4136928529cfddf9dbcc9cdd37fa671de4228079e9200d1d10': {
+        'programs': {
+            'ufn_entry': 'uprobe',
+            'ufn_return': 'uretprobe',
+        },
+        'variables': {
+            'fn_stack_empty': ('.rodata', 48, 264),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_entry_only': ('.rodata', 44, 4),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_emit_entry': ('.rodata', 40, 4),
+            'pt_btf_func_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (9000, 5145),
     },
 }
