@@ -55,7 +55,7 @@ class Symbol(NamedTuple):
     local: bool
     """A file-local (static) symbol; only ``.symtab`` has those."""
     table: str
-    """``.symtab``, ``.dynsym`` or the debug file's path."""
+    """``.symtab``, ``.dynsym`` or ``debug file`` (the .symtab of :attr:`SymbolTable.debug_file`)."""
 
     @property
     def versioned_name(self) -> str:
@@ -130,7 +130,7 @@ class SymbolTable:
             if os.path.isfile(dbg):
                 try:
                     with open(dbg, "rb") as f:
-                        self._read(ELFFile(f), ".symtab", dbg)
+                        self._read(ELFFile(f), ".symtab", "debug file")
                     self.debug_file = dbg
                     self.has_symtab = True
                 except (OSError, ELFError, struct.error, ValueError):
