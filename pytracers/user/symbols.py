@@ -99,6 +99,8 @@ class SymbolTable:
 
         self.path = path
         self.functions: Dict[str, List[Symbol]] = {}
+        self.imports: set = set()
+        """Functions the binary calls but its libraries define (undefined in .dynsym)."""
         self.has_symtab = False
         self.debug_file: Optional[str] = None
         try:
@@ -160,6 +162,10 @@ class SymbolTable:
                 vnames = _version_names(elf)
         for idx, (name_off, info, shndx, value, size) in enumerate(rows):
             typ = info & 0xF
+            if shndx == SHN_UNDEF and section == ".dynsym" and typ in (0, STT_FUNC) and name_off:
+                end = strtab.find(b"\0", name_off)
+                self.imports.add(strtab[name_off:end].decode("utf-8", "replace"))
+                continue
             if typ not in _FUNC_TYPES or shndx == SHN_UNDEF or not value:
                 continue
             end = strtab.find(b"\0", name_off)
@@ -236,6 +242,15 @@ class SymbolTable:
         suggestions = difflib.get_close_matches(name.partition("@")[0], list(self.functions),
                                                 n=5, cutoff=0.7)
         detail = ""
+        base = name.partition("@")[0]
+        if base in self.imports:
+            homes = self.defined_in_libraries(base)
+            where = (f"it is defined in {', '.join(homes)}" if homes else
+                     f"its libraries are {', '.join(self.needed) or 'unknown'}")
+            return TargetNotFoundError(
+                "function", name, detail=f"{self.path} imports it, it does not define "
+                f"it: {where}; trace it in the library (with pid=, the copy that process "
+                "loaded)")
         if not self.has_symtab:
             debug = (f"/usr/lib/debug/.build-id/{self.build_id[:2]}/{self.build_id[2:]}.debug"
                      if self.build_id else "a debug file")
@@ -245,6 +260,20 @@ class SymbolTable:
                       "or a USDT probe in the binary would help")
         return TargetNotFoundError("function", name, suggestions,
                                    detail=f"in {self.path}" + (f"; {detail}" if detail else ""))
+
+    def defined_in_libraries(self, name: str) -> List[str]:
+        """The libraries this binary needs (DT_NEEDED, resolved like the loader)
+        that define function ``name``: where a call of an imported function goes."""
+        from .targets import resolve_binary
+        out = []
+        for lib in self.needed:
+            try:
+                path = resolve_binary(lib)
+                if symbol_table(path).get(name):
+                    out.append(path)
+            except PytracersError:
+                continue
+        return out
 
     def find(self, pattern: str = "*") -> List[Symbol]:
         """Functions whose name matches the glob, sorted by name."""
