@@ -13,6 +13,7 @@ import pytest
 import pytracers
 from pytracers import _errmap, choose, features
 from pytracers.errors import BadArgumentError, NotSupportedError, TargetNotFoundError
+from pytracers.tracers.user_function import UserFunctionTracer
 from pytracers.tracers import (FmodRetPolicy, FunctionTracer, ProcessTracer, SyscallTracer)
 
 from conftest import VM_KERNEL
@@ -46,6 +47,9 @@ REAL = {
     "fentry": lambda child: FunctionTracer(TARGET, kind="fentry"),
     "fexit": lambda child: FunctionTracer(TARGET, kind="fentry", measure_latency=False),
     "fmod_ret": lambda child: FmodRetPolicy("security_file_open", pid=child, enable=True),
+    "uprobe": lambda child: UserFunctionTracer("libc", "getpid", pid=child, kind="uprobe"),
+    "uretprobe": lambda child: UserFunctionTracer("libc", "getpid", pid=child,
+                                                  kind="uretprobe"),
 }
 
 
@@ -90,7 +94,7 @@ def test_report_shape_cache_and_refresh():
     assert (fresh.supported, fresh.reason) == (r.raw_tp.supported, r.raw_tp.reason)
     assert "tp_btf" in r.table()
     with pytest.raises(KeyError):
-        r["uprobe"]
+        r["usdt-not-a-feature"]
 
 
 def test_tracepoint_kinds_supported_everywhere():

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = '31334d86e1d249abd15967c7a001045bbe560e1adfdf56dca60a34387a5c2236'
+VALIDATOR_DIGEST = '529a810892100584be8e463652e2d7b3aa9f213a68d3d1fab37f7c5faf284ef4'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
     '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {

@@ -63,7 +63,7 @@ class UserFunctionTracer(Tracer):
     ``"uretprobe"``.  ``entry_events``: with both, also a record at entry.
     """
 
-    object_name = "uprobe"
+    object_name = UPROBE           # the shipped uprobe.bpf.o
     event_struct = "func_event"
     record_internals = ("flags", "raw_args", "ip")
 
@@ -78,7 +78,7 @@ class UserFunctionTracer(Tracer):
         self.symbol = symbol if isinstance(symbol, str) else f"{symbol:#x}"
         self.function = self.symbol.partition("@")[0]
         self.attach_pid = pid
-        self.kind = kind or UPROBE       # type: ignore[misc]
+        self.kind = kind or UPROBE
         self.probes = (UPROBE, URETPROBE) if kind is None else (kind,)
         self.entry_events = bool(entry_events)
         self.signature = dwarf_signature(self.binary, self.function) \

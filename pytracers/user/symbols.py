@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import struct
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
 from ..errors import BadArgumentError, PytracersError, TargetNotFoundError
 
@@ -99,7 +99,7 @@ class SymbolTable:
 
         self.path = path
         self.functions: Dict[str, List[Symbol]] = {}
-        self.imports: set = set()
+        self.imports: Set[str] = set()
         """Functions the binary calls but its libraries define (undefined in .dynsym)."""
         self.has_symtab = False
         self.debug_file: Optional[str] = None
@@ -111,8 +111,8 @@ class SymbolTable:
                 self._segments = [(s["p_vaddr"], s["p_memsz"], s["p_offset"])
                                   for s in elf.iter_segments()
                                   if s["p_type"] == "PT_LOAD" and s["p_flags"] & 1]
-                self.needed = [t.needed for t in (elf.get_section_by_name(".dynamic") or
-                                                  _NoTags()).iter_tags()
+                dyn: Any = elf.get_section_by_name(".dynamic")
+                self.needed = [t.needed for t in (dyn.iter_tags() if dyn is not None else ())
                                if t.entry.d_tag == "DT_NEEDED"]
                 self._read(elf, ".dynsym", ".dynsym")
                 if elf.get_section_by_name(".symtab") is not None:
@@ -229,8 +229,8 @@ class SymbolTable:
             cands = best
         sym = cands[0]
         if sym.ifunc:
-            impls = self.find(f"*{base}*")
-            impls = [s.name for s in impls if not s.ifunc and s.name != base][:8]
+            impls = [s.name for s in self.find(f"*{base}*")
+                     if not s.ifunc and s.name != base][:8]
             raise BadArgumentError(
                 f"{self.path}: {name!r} is an indirect function (IFUNC): its symbol is the "
                 "resolver the loader runs once, not the code that is called"
@@ -292,11 +292,6 @@ class SymbolTable:
     def __repr__(self) -> str:
         return (f"<SymbolTable {self.path} {self.sizes} functions"
                 f"{'' if self.has_symtab else ' (stripped)'}>")
-
-
-class _NoTags:
-    def iter_tags(self) -> Iterator:
-        return iter(())
 
 
 _BY_FILE: Dict[Tuple[str, int, int, int, int], SymbolTable] = {}
