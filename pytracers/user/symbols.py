@@ -99,6 +99,7 @@ class SymbolTable:
 
         self.path = path
         self.functions: Dict[str, List[Symbol]] = {}
+        self._resolved: Dict[str, Symbol] = {}
         self.imports: Set[str] = set()
         """Functions the binary calls but its libraries define (undefined in .dynsym)."""
         self.has_symtab = False
@@ -173,7 +174,11 @@ class SymbolTable:
             if not name:
                 continue
             version, default = None, True
-            if versym is not None and idx < len(versym):
+            if "@" in name:      # .symtab spells versions in the name: f@@V (default), f@V
+                name, _at, ver = name.partition("@")
+                default = ver.startswith("@")
+                version = ver.lstrip("@") or None
+            elif versym is not None and idx < len(versym):
                 v = versym[idx]
                 version = vnames.get(v & _VERSYM_INDEX)
                 default = not v & _VERSYM_HIDDEN
@@ -208,6 +213,14 @@ class SymbolTable:
         ``memcpy@GLIBC_2.2.5``.  Several definitions: the default version, else a
         global one, else BadArgumentError listing them; none:
         TargetNotFoundError (saying what a stripped binary lacks)."""
+        sym = self._resolved.get(name)
+        if sym is not None:           # the same name again: one dict access
+            return sym
+        sym = self._lookup(name)
+        self._resolved[name] = sym
+        return sym
+
+    def _lookup(self, name: str) -> Symbol:
         base, at, version = name.partition("@")
         cands = self.functions.get(base)
         if cands and at:
