@@ -66,6 +66,56 @@ def test_uprobe_pair_on_a_test_program_function(progs, need):
         assert "_pad" not in r and "flags" not in r and "args=pt_add_args(a=" in r
 
 
+def test_a_char_pointer_read_as_a_string(progs, need):
+    """string_arg="s": pt_add's const char * arrives as the string it points
+    to ("hello"), the other arguments unchanged; kind="uprobe" reads it at
+    entry the same way."""
+    with need(kinds.UPROBE), Child([progs["ufunc"], "calls", str(N)]) as child, \
+            UserFunctionTracer(progs["ufunc"], "pt_add", pid=child.pid, string_arg="s") as t, \
+            UserFunctionTracer(progs["ufunc"], "pt_add", pid=child.pid, string_arg=3,
+                               kind="uprobe") as te:
+        assert child.go() == "done\n"
+        evs = events_of(t, want=N)
+        entries = events_of(te, want=N)
+        child.finish()
+    assert [e.args.s for e in evs] == ["hello"] * N
+    assert [e.args.s for e in entries] == ["hello"] * N
+    assert sorted(e.args.a for e in evs) == list(range(N))
+    assert "str" not in t.event_dict(evs[0])
+    with pytest.raises(BadArgumentError, match="no argument 'nope'"):
+        UserFunctionTracer(progs["ufunc"], "pt_add", string_arg="nope")
+
+
+def test_kernel_function_events_have_the_same_shape():
+    """The record class of kernel function events, built over the same
+    func_event layout from a kernel BTF prototype: vfs_fsync_range has four
+    arguments (not six), its int return is sign-converted, and repr shows no
+    padding or flags -- without attaching (this host may lack kprobes)."""
+    from pytracers._shipped import object_path
+    from pytracers.kernel.symbols import signature
+    from pytracers.tracers._func_records import (FN_HAS_ARGS, FN_HAS_RET, FN_RETURN,
+                                                 function_record_class, signature_shape)
+    sig = signature("vfs_fsync_range")
+    if sig is None:
+        pytest.skip("no BTF for vfs_fsync_range on this kernel")
+    from pytracers.btf import Btf
+    base = Btf.from_elf(object_path("kprobe")).struct_layout("func_event").record_class()
+    cls = function_record_class(base, lambda ip: "vfs_fsync_range",
+                                lambda name: signature_shape(sig))
+    values = dict.fromkeys(base._fields, 0)
+    values.update({"comm": "x", "args": (0xFFFF888000001000, 5, 2 ** 64 - 1, 1, 77, 88),
+                   "ret": (2 ** 32 - 5), "latency_ns": 7,
+                   "flags": FN_RETURN | FN_HAS_ARGS | FN_HAS_RET})
+    ev = cls(values[f] for f in base._fields)
+    assert ev.args._fields == sig.params and len(ev.args) == 4
+    assert ev.args[2] == -1                    # loff_t end: signed 64-bit
+    assert ev.ret == -5                        # int
+    assert ev.latency_ns is None               # FN_HAS_LATENCY not set
+    r = repr(ev)
+    assert "_hdr_pad" not in r and "_pad" not in r and "flags" not in r
+    assert "name='vfs_fsync_range'" in r and "ret=-5" in r
+
+
 def test_uprobe_pair_on_libc(progs, need):
     """libc's labs, called through a pointer N times with -7i-1: N records,
     arg0 the raw register of the argument, ret its absolute value."""

@@ -70,7 +70,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (1440, 980),
     },
     # fentry.bpf.o
-    '937c7d11ab3a93f15c07fbeec4791d0af7915938b319da2406e99a6a5fbd08ff': {
+    '3b381c6b97acde08224ee8ef9d2ede63f2a98363104aa324f78e8ebdbdebe531': {
         'programs': {
             'fn_fentry': 'fentry',
             'fn_fexit': 'fexit',
@@ -114,7 +114,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (2296, 2870),
     },
     # kprobe.bpf.o
-    'bbe9728221420b1975d50a268d7d90184835b5ee228eeba53216c485a7c8a050': {
+    '6f6a3e52e090f0de22ad93b98f733fa8a972cd15f40b50fa613439137ffc3230': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -208,16 +208,17 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3392, 2701),
     },
     # uprobe.bpf.o
-    '3496127edf80bd4136928529cfddf9dbcc9cdd37fa671de4228079e9200d1d10': {
+    '41c9f174cf35f13af902046d8f1f78dd97b7c3f5a4dfe78d5ef9728856495b18': {
         'programs': {
             'ufn_entry': 'uprobe',
             'ufn_return': 'uretprobe',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 48, 264),
+            'fn_stack_empty': ('.rodata', 56, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_entry_only': ('.rodata', 44, 4),
+            'cfg_str_arg': ('.rodata', 48, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_emit_entry': ('.rodata', 40, 4),
@@ -225,6 +226,6 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9000, 5145),
+        'btf': (9704, 5394),
     },
 }

@@ -7,8 +7,9 @@ turns them into the same attributes whatever the probe:
 ``name``        the function
 ``args``        a named tuple of its arguments, named and typed from its
                 prototype (kernel: BTF; user: DWARF) -- its real arity,
-                signed values sign-converted, pointers as addresses; without
-                a prototype ``arg0..arg5``, raw 64-bit registers
+                signed values sign-converted, pointers as addresses, a
+                ``char *`` the caller asked for as a string; without a
+                prototype ``arg0..arg5``, raw 64-bit registers
 ``ret``         the return value converted to the return type (None: not
                 seen, or ``void``)
 ``latency_ns``  entry to return (None when the entry was not seen)
@@ -30,7 +31,7 @@ __all__ = ["function_record_class", "Shape", "raw_shape", "signature_shape",
 
 NARGS = 6
 FN_ENTRY, FN_RETURN, FN_HAS_ARGS, FN_HAS_RET, FN_HAS_LATENCY = 1, 2, 4, 8, 16
-HIDDEN_FIELDS = ("flags", "raw_args")
+HIDDEN_FIELDS = ("flags", "raw_args", "str")
 _SHOWN = ("name", "args", "ret", "latency_ns")
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 
@@ -66,17 +67,21 @@ def signature_shape(sig: Any, skip: Sequence[str] = ()) -> Shape:
 
 def function_record_class(base: Type[Any], name_of: Callable[[int], str],
                           shape_of: Callable[[str], Shape],
-                          cls_name: str = "FunctionEvent") -> Type[Any]:
+                          cls_name: str = "FunctionEvent",
+                          string_arg: Optional[int] = None) -> Type[Any]:
     """The record class over ``base`` (the func_event BTF record class):
     ``name_of(ip)`` names the function of a record, ``shape_of(name)`` gives
-    its :data:`Shape` (called once per function; cache inside)."""
+    its :data:`Shape` (called once per function; cache inside).
+    ``string_arg``: the index of the argument the program read as a string
+    into the record's ``str`` field; ``args`` then holds that string."""
     fields = base._fields
+    i_str = fields.index("str") if string_arg is not None and "str" in fields else None
     i_ip, i_args, i_ret, i_lat, i_flags = (fields.index(f) for f in
                                            ("ip", "args", "ret", "latency_ns", "flags"))
     getitem = tuple.__getitem__
     shapes: Dict[str, Shape] = {}
     header = tuple(f for f in fields if not f.startswith("_") and f not in
-                   ("ip", "args", "ret", "latency_ns", "flags"))
+                   ("ip", "args", "ret", "latency_ns", "flags", "str"))
 
     def shape(fname: str) -> Shape:
         s = shapes.get(fname)
@@ -90,7 +95,10 @@ def function_record_class(base: Type[Any], name_of: Callable[[int], str],
     def args(self: Any) -> Any:
         if not getitem(self, i_flags) & FN_HAS_ARGS:
             return None
-        return shape(self.name)[0](getitem(self, i_args))
+        a = shape(self.name)[0](getitem(self, i_args))
+        if i_str is not None and string_arg is not None and string_arg < len(a):
+            a = a._replace(**{a._fields[string_arg]: getitem(self, i_str)})
+        return a
 
     def ret(self: Any) -> Any:
         if not getitem(self, i_flags) & FN_HAS_RET:

@@ -34,7 +34,7 @@ from ..kinds import UPROBE, URETPROBE
 from ..user import symbols as user_symbols
 from ..user.elf_dwarf import dwarf_signature
 from ..user.targets import resolve_binary
-from ._func_records import Shape, function_record_class, raw_shape, signature_shape
+from ._func_records import NARGS, Shape, function_record_class, raw_shape, signature_shape
 from .base import Tracer
 
 __all__ = ["UserFunctionTracer", "KINDS", "process_exited"]
@@ -61,14 +61,17 @@ class UserFunctionTracer(Tracer):
     ``pid``: only that process (resolved through its maps: the library it
     really loaded).  ``kind``: None (entry and return), ``"uprobe"`` or
     ``"uretprobe"``.  ``entry_events``: with both, also a record at entry.
+    ``string_arg``: one argument (its name or index) to read as a string
+    (a ``char *``; at most 63 bytes, read when the record is emitted).
     """
 
     object_name = UPROBE           # the shipped uprobe.bpf.o
     event_struct = "func_event"
-    record_internals = ("flags", "raw_args", "ip")
+    record_internals = ("flags", "raw_args", "ip", "str")
 
     def __init__(self, target: str, symbol: Union[str, int], *, pid: Optional[int] = None,
-                 kind: Optional[str] = None, entry_events: bool = False, **kw: Any) -> None:
+                 kind: Optional[str] = None, entry_events: bool = False,
+                 string_arg: Union[int, str, None] = None, **kw: Any) -> None:
         if kind not in KINDS:
             raise BadArgumentError(f"a user function tracer's kind is uprobe, uretprobe or "
                                    f"None (both), not {kind!r}")
@@ -83,6 +86,7 @@ class UserFunctionTracer(Tracer):
         self.entry_events = bool(entry_events)
         self.signature = dwarf_signature(self.binary, self.function) \
             if isinstance(symbol, str) else None
+        self.string_arg = self._string_index(string_arg)
         st = os.stat(self.binary)
         self._inode = (st.st_dev, st.st_ino)
         where = f" in process {pid}" if pid is not None else " in every process running it"
@@ -97,6 +101,26 @@ class UserFunctionTracer(Tracer):
             self.why += "; no DWARF for it: arguments are raw registers arg0..arg5"
         super().__init__(pid=pid, **kw)
 
+    def _string_index(self, which: Union[int, str, None]) -> Optional[int]:
+        """The index of the argument to read as a string (by index or by its
+        DWARF name), checked."""
+        if which is None:
+            return None
+        if isinstance(which, str):
+            names = self.signature.params if self.signature is not None else \
+                tuple(f"arg{i}" for i in range(NARGS))
+            if which not in names:
+                raise BadArgumentError(f"{self.function} has no argument {which!r} "
+                                       f"(arguments: {', '.join(names) or 'none'})")
+            which = names.index(which)
+        if isinstance(which, bool) or not isinstance(which, int) or not 0 <= which < NARGS:
+            raise BadArgumentError(f"string_arg must be an argument name or an index 0..{NARGS - 1},"
+                                   f" got {which!r}")
+        if self.probes == (URETPROBE,):
+            raise BadArgumentError("a return-only tracer sees no arguments: string_arg needs "
+                                   "the entry probe")
+        return which
+
     # ---- setup ------------------------------------------------------------------------
     def _configure(self, open_obj: Any) -> None:
         progs = []
@@ -105,6 +129,8 @@ class UserFunctionTracer(Tracer):
         if URETPROBE in self.probes:
             progs.append("ufn_return")
         open_obj.only(*progs)
+        if self.string_arg is not None:
+            open_obj.config["cfg_str_arg"] = self.string_arg + 1
         if self.probes == (UPROBE,):
             open_obj.config["cfg_entry_only"] = 1
         elif self.entry_events:
@@ -130,7 +156,8 @@ class UserFunctionTracer(Tracer):
 
         def shape_of(_name: str) -> Shape:
             return signature_shape(sig) if sig is not None else raw_shape()
-        return function_record_class(base, name_of, shape_of, "UserFunctionEvent")
+        return function_record_class(base, name_of, shape_of, "UserFunctionEvent",
+                                     string_arg=self.string_arg)
 
     # ---- the traced process and file ----------------------------------------------------
     @property
