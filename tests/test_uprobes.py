@@ -178,7 +178,8 @@ def test_the_traced_process_exits(progs, need):
 def test_binary_replaced_on_disk(progs, need, tmp_path):
     """A uprobe stays on the inode it was set on: after the file is replaced
     the tracer says so, a process started from the new file is not traced,
-    and one still running the old file is."""
+    and one still running the old file is.  Attached after the replacement
+    with that process's pid, the old file is reached through /proc/PID/exe."""
     path = str(tmp_path / "ufunc")
     shutil.copy(progs["ufunc"], path)
     with need(kinds.UPROBE), Child([path, "calls", str(N)]) as old, \
@@ -187,13 +188,17 @@ def test_binary_replaced_on_disk(progs, need, tmp_path):
         shutil.copy(progs["ufunc"], path + ".new")
         os.replace(path + ".new", path)
         assert t.replaced_on_disk
-        with Child([path, "calls", str(N)]) as new:
-            assert new.go() == "done\n"
-            new.finish()
-        assert old.go() == "done\n"
-        old.finish()
-        evs = events_of(t, timeout=2.0)
+        with pytracers.trace_user_function(path, "pt_neg", pid=old.pid) as t_old:
+            assert t_old.binary == f"/proc/{old.pid}/exe"
+            with Child([path, "calls", str(N)]) as new:
+                assert new.go() == "done\n"
+                new.finish()
+            assert old.go() == "done\n"
+            old.finish()
+            evs = events_of(t, timeout=2.0)
+            evs_old = events_of(t_old, timeout=2.0)
     assert {e.pid for e in evs} == {old.pid} and len(evs) == N
+    assert len(evs_old) == N
 
 
 def test_a_library_loaded_after_attaching(progs, need):
@@ -208,6 +213,24 @@ def test_a_library_loaded_after_attaching(progs, need):
             child.finish()
     assert sorted(e.ret for e in evs) == [3 * i for i in range(N)]
     assert sorted(e.args.x for e in evs) == list(range(N))
+
+
+def test_a_process_in_another_root(progs, need, tmp_path):
+    """A process chrooted into its own root (as in a container): its
+    "/ufunc" is found through /proc/PID/root, and the probe fires for it
+    exactly N times."""
+    root = tmp_path / "root"
+    root.mkdir()
+    build(str(root), "ufunc.c", "ufunc", "-static", "-ldl")
+    with need(kinds.UPROBE), Child(["/ufunc", "calls", str(N)],
+                                   preexec_fn=lambda: os.chroot(str(root))) as child:
+        path = resolve_binary("/ufunc", pid=child.pid)
+        assert path == f"/proc/{child.pid}/root/ufunc"
+        with pytracers.trace_user_function("/ufunc", "pt_neg", pid=child.pid) as t:
+            assert child.go() == "done\n"
+            evs = events_of(t, want=N)
+            child.finish()
+    assert sorted(e.args.x for e in evs) == [i - 2 for i in range(N)]
 
 
 def test_a_pid_that_does_not_exist(progs):

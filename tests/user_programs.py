@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import pytest
 
@@ -33,9 +33,9 @@ class Child:
     """A test program waiting on stdin: ``go()`` lets it run one phase and
     returns its next line of output; the pipes are closed on exit."""
 
-    def __init__(self, argv: List[str]) -> None:
+    def __init__(self, argv: List[str], **popen: Any) -> None:
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                     text=True, **popen)
         self.pid = self.proc.pid
         first = self.proc.stdout.readline()
         assert first == "ready\n", first

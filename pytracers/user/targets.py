@@ -237,6 +237,8 @@ def resolve_binary(target: str, pid: Optional[int] = None) -> str:
     if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
         raise BadArgumentError(f"pid must be a positive int, got {pid!r}")
     root = process_root(pid) if pid is not None else "/"
+    if target.startswith("/proc/") and os.path.isfile(target):
+        return target       # already a path into a process (/proc/PID/root/..., /proc/PID/exe)
     if "/" in target:
         if pid is not None and os.path.isabs(target):
             found = _via_process(target, pid)
