@@ -269,13 +269,13 @@ def test_program_attach_by_spec_and_kind_checks(progs, need):
 
 
 def test_cli_trace_uprobe_until_the_process_exits(progs, need):
-    """`pytracers trace uprobe:PATH:pt_neg --pid P --json`: one JSON line per
-    call with args and ret; the command ends by itself when P exits and
-    reports the count."""
+    """`pytracers trace uprobe:PATH:pt_add --pid P --string-arg s --json`: one
+    JSON line per call with args (the char * as its string) and ret; the
+    command ends by itself when P exits and reports the count."""
     with need(kinds.UPROBE), Child([progs["ufunc"], "calls", str(N)]) as child:
         cli = subprocess.Popen([sys.executable, "-m", "pytracers", "trace",
-                                f"uprobe:{progs['ufunc']}:pt_neg", "--pid", str(child.pid),
-                                "--json", "-d", "30"],
+                                f"uprobe:{progs['ufunc']}:pt_add", "--pid", str(child.pid),
+                                "--string-arg", "s", "--json", "-d", "30"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = cli.stderr.readline()
@@ -291,8 +291,10 @@ def test_cli_trace_uprobe_until_the_process_exits(progs, need):
                 cli.communicate()
     assert cli.returncode == 0, err
     rows = [json.loads(x) for x in out.splitlines()]
-    assert [r["args"]["x"] for r in rows] == [i - 2 for i in range(N)]
-    assert [r["ret"] for r in rows] == [2 - i for i in range(N)]
+    assert [r["args"]["a"] for r in rows] == list(range(N))
+    assert [r["args"]["s"] for r in rows] == ["hello"] * N
+    assert [r["ret"] for r in rows] == [i - 1000 * i + ((200 + i) & 0xFF) + ord("h")
+                                        for i in range(N)]
     assert f"{N} events seen" in err and f"process {child.pid} exited" in err
 
 

@@ -43,6 +43,9 @@ def add_command(sub: Any) -> None:
     t.add_argument("--no-latency", dest="no_latency", action="store_true",
                    help="do not time the calls: one program per call, at exit (arguments "
                         "and return value), about half the cost on the traced path")
+    t.add_argument("--string-arg", dest="string_arg", metavar="ARG",
+                   help="uprobe:/uretprobe: targets: read this argument (its name, or its "
+                        "index from 0) as a C string, up to 63 bytes")
     common(t, kinds=ALL_KINDS)
     t.set_defaults(func=cmd_trace)
 
@@ -147,8 +150,12 @@ def open_trace(target: Target, args: argparse.Namespace) -> Tuple[TracerSource, 
         return TracerSource(t, f"sched:sched_process_{target.label}"), ""
     if target.what == "user_function":
         from .user import open_user_trace
-        t = open_user_trace(target.kind or "", target.names[0], target.names[1], kw)
+        t = open_user_trace(target.kind or "", target.names[0], target.names[1], kw,
+                            getattr(args, "string_arg", None))
         return TracerSource(t, ":".join(target.names)), ""
+    if getattr(args, "string_arg", None) is not None:
+        raise CliError("--string-arg applies to user-space functions (uprobe:TARGET:SYMBOL)",
+                       EXIT_USAGE, f"e.g. {PROG} trace uprobe:libc:puts --string-arg 0")
     from ..choose import stable_tracepoints, trace_function, trace_syscall, trace_tracepoint
     if target.what == "tracepoint":
         t = trace_tracepoint(target.names[0], kind=target.kind, **kw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..kinds import UPROBE
 from .options import common
@@ -26,11 +26,15 @@ def split_user_target(kind: str, spec: str) -> Tuple[str, str]:
     return target, symbol
 
 
-def open_user_trace(kind: str, target: str, symbol: str, kw: Dict[str, Any]) -> Any:
-    """The tracer for ``uprobe:``/``uretprobe:`` (both: arguments, return value, latency)."""
+def open_user_trace(kind: str, target: str, symbol: str, kw: Dict[str, Any],
+                    string_arg: Optional[str] = None) -> Any:
+    """The tracer for ``uprobe:``/``uretprobe:`` (both: arguments, return value,
+    latency); ``string_arg``: an argument's name or index, read as a string."""
     from ..choose import trace_user_function
     from ..program import parse_symbol_or_offset
     kw = {k: v for k, v in kw.items() if k not in ("measure_latency",)}
+    if string_arg is not None:
+        kw["string_arg"] = int(string_arg) if string_arg.isdigit() else string_arg
     return trace_user_function(target, parse_symbol_or_offset(symbol), kind=kind, **kw)
 
 
