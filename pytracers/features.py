@@ -340,8 +340,7 @@ def kprobe_multi_refusal(e: PytracersError) -> PytracersError:
     return e
 
 
-# User-space functions present everywhere: libc's, else the interpreter's own.
-UPROBE_TARGETS = (("libc", "getpid"), ("libc", "getppid"))
+UPROBE_SYMBOLS = ("getpid", "getppid")     # of libc, present everywhere
 
 
 def _probe_uprobe(pk: kinds.ProbeKind) -> Feature:
@@ -349,19 +348,10 @@ def _probe_uprobe(pk: kinds.ProbeKind) -> Feature:
     if reason:  # libbpf would fail with a bare ENOENT; this says why
         raise NotSupportedError(pk.name, reason, min_kernel=pk.min_kernel,
                                 hint="a kernel built with CONFIG_UPROBE_EVENTS")
-    me = os.getpid()
-    last: Optional[PytracersError] = None
-    for binary, symbol in UPROBE_TARGETS:
-        try:
-            _attempt(pk, _nothing, lambda p: p.attach_uprobe(binary, symbol, pid=me,
-                                                             retprobe=pk.retprobe))
-        except (TargetNotFoundError, ValueError) as e:   # no such library or symbol here
-            last = e if isinstance(e, PytracersError) else None
-            continue
-        return _ok(pk.name, f"attached to {binary}:{symbol} (this process)")
-    if last is not None:
-        raise last
-    return _no(pk.name, "no user-space function to probe was found", conclusive=False)
+    fn = _first_target(pk.name, UPROBE_SYMBOLS, lambda f: _attempt(
+        pk, _nothing, lambda p: p.attach_uprobe("libc", f, pid=os.getpid(),
+                                                retprobe=pk.retprobe)))
+    return _ok(pk.name, f"attached to libc:{fn} (this process)")
 
 
 def _probe_trampoline(pk: kinds.ProbeKind) -> Feature:
