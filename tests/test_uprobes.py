@@ -300,7 +300,8 @@ def test_cli_trace_uprobe_until_the_process_exits(progs, need):
 
 def test_cli_list_symbols(progs):
     """`pytracers list symbols PATH 'pt_*' --json`: the three functions with
-    their offsets; an unknown glob exits 3 (not found)."""
+    their offsets; an unknown glob exits 3 (not found); --pid resolves the
+    library through that process."""
     res = subprocess.run([sys.executable, "-m", "pytracers", "list", "symbols", progs["ufunc"],
                           "pt_*", "--json"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
@@ -310,3 +311,9 @@ def test_cli_list_symbols(progs):
     res = subprocess.run([sys.executable, "-m", "pytracers", "list", "symbols", "libc",
                           "nosuchfunction*"], capture_output=True, text=True)
     assert res.returncode == 3 and "no function" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "pytracers", "list", "symbols", "libc",
+                          "getpid", "--pid", str(os.getpid()), "--json"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    row = json.loads(res.stdout.splitlines()[0])
+    assert row["binary"] == resolve_binary("libc", pid=os.getpid()) and row["name"] == "getpid"
