@@ -1,7 +1,7 @@
 """pytracers benchmarks (run through bench/run).
 
-Three sections, all measured in the same run and printed with the targets of
-issue 6 next to them:
+Five sections, all measured in the same run and printed with the targets of
+issues 6 and 14 next to them (uprobe and symbols: see bench/user.py):
 
 drain       Ring drain rate for 8, 64 and 256-byte records.  The ring
             (bench.bpf.o's ``events``) is filled to capacity with
@@ -70,6 +70,8 @@ TARGETS = {
     "tracer_vs_count": ("built-in tracer added cost", "<= 1.5x count-only's", 1.5),
     "consumer_vs_none": ("added cost with a reader draining", "<= 2x without a reader", 2.0),
     "start": ("start -> attached", "<= 0.2x bpftrace's", 0.2),
+    "uprobe_tracer_vs_count": ("uprobe tracer added cost", "<= 1.5x count-only's", 1.5),
+    "symbol_lookups": ("symbol look-ups after one load", ">= 1 M/s", 1e6),
 }
 
 results: Dict[str, Any] = {"sections": {}, "targets": {}}
@@ -700,7 +702,17 @@ def start_section(quick: bool) -> None:
 
 # ---- main -------------------------------------------------------------------------------------
 
-SECTIONS = {"drain": drain_section, "probe-cost": probe_cost_section, "start": start_section}
+def _user_section(name: str) -> Callable[[bool], None]:
+    def run(quick: bool) -> None:
+        import user       # bench/user.py: the user-space sections
+        user.B = sys.modules[__name__]
+        getattr(user, name)(quick)
+    return run
+
+
+SECTIONS = {"drain": drain_section, "probe-cost": probe_cost_section, "start": start_section,
+            "uprobe": _user_section("uprobe_section"),
+            "symbols": _user_section("symbols_section")}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -733,7 +745,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         SECTIONS[s](args.quick)
     if results["targets"]:
         print()
-        print("== targets (issue 6)")
+        print("== targets (issues 6 and 14)")
         for key, t in results["targets"].items():
             print(f"   {t['what']:<38} {t['goal']:<24} measured {t['measured']:<40} "
                   f"{'MET' if t['met'] else 'NOT MET'}")

@@ -12,6 +12,10 @@
  *     least a tracer emitting one ring record per call can cost (the
  *     benchmark's floor for the tracers).
  *
+ *   count_uprobe
+ *     The count-only program of the uprobe section (bench/user.py), attached
+ *     to a user function of bench/uloop.c.
+ *
  * The tracepoint ones (sc_*) pass the syscall tracer's own filters -- the
  * syscall-id filter of syscalls.h (`syscall_ids`, cfg_filter_ids) for raw_tp
  * and tp_btf, and cfg_pid when set -- and their floor record is a
@@ -137,6 +141,15 @@ SEC("?fentry")
 int floor_fentry(void *ctx)
 {
 	bench_floor_record();
+	return 0;
+}
+
+/* ---- uprobe: bench/user.py attaches it to bench/uloop.c's pt_loop -------- */
+
+SEC("?uprobe")
+int count_uprobe(void *ctx)
+{
+	pt_percpu_inc(&counts);
 	return 0;
 }
 

@@ -15,6 +15,8 @@
  *   probe_fentry        fentry       set_attach_target() before load
  *   probe_fexit         fexit        same
  *   probe_fmod_ret      fmod_ret     same (a modifiable target)
+ *   probe_uprobe        uprobe       attach to a user-space function (libc's getpid)
+ *   probe_uretprobe     uretprobe
  *   probe_ringbuf       raw_tp using the ring buffer `probe_rb` (5.8+)
  *   probe_cookie        kprobe calling bpf_get_attach_cookie (5.15+)
  *
@@ -56,6 +58,18 @@ int probe_kprobe(void *ctx)
 
 SEC("kretprobe")
 int probe_kretprobe(void *ctx)
+{
+	return 0;
+}
+
+SEC("uprobe")
+int probe_uprobe(void *ctx)
+{
+	return 0;
+}
+
+SEC("uretprobe")
+int probe_uretprobe(void *ctx)
 {
 	return 0;
 }

@@ -22,6 +22,16 @@
 
 #define FN_NARGS 6
 
+/* An object may add fields at the end of its func_event (FN_EVENT_EXTRA, e.g.
+ * a string read from an argument) and fill them in fn_emit (FN_FILL_EXTRA(e,
+ * args), args possibly NULL); its own BTF tells Python the layout. */
+#ifndef FN_EVENT_EXTRA
+#define FN_EVENT_EXTRA
+#endif
+#ifndef FN_FILL_EXTRA
+#define FN_FILL_EXTRA(e, args) do { } while (0)
+#endif
+
 /* func_event.flags */
 #define FN_ENTRY        1   /* emitted at function entry */
 #define FN_RETURN       2   /* emitted at function return */
@@ -37,6 +47,7 @@ struct func_event {
 	__u64 latency_ns;           /* entry to return */
 	__u32 flags;                /* FN_* */
 	__u32 _pad;
+	FN_EVENT_EXTRA
 };
 PT_BTF_EXPORT(struct func_event, func_event);
 
@@ -142,6 +153,7 @@ static __always_inline void fn_emit(__u64 pid_tgid, __u32 flags, __u64 ip,
 		flags |= FN_HAS_LATENCY;
 	e->flags = flags;
 	e->_pad = 0;
+	FN_FILL_EXTRA(e, args);
 	pt_submit(e);
 }
 

@@ -20,10 +20,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import features
     from ._shipped import object_path, objects_dir
-    from .choose import trace_function, trace_syscall, trace_tracepoint
+    from .choose import trace_function, trace_syscall, trace_tracepoint, trace_user_function
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
-                          SyscallStats, SyscallTracer, TracepointTracer, Tracer)
+                          SyscallStats, SyscallTracer, TracepointTracer, Tracer,
+                          UserFunctionTracer)
 
 _LAZY = {
     "open": ".object", "OpenObject": ".object", "Object": ".object",
@@ -33,6 +34,7 @@ _LAZY = {
     "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
     "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
+    "trace_user_function": ".choose", "UserFunctionTracer": ".tracers",
 }
 
 
@@ -56,5 +58,5 @@ def __dir__() -> list:
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",
            "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
-           "TracepointTracer", "SyscallStats",
+           "TracepointTracer", "SyscallStats", "trace_user_function", "UserFunctionTracer",
            *errors.__all__]

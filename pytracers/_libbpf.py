@@ -95,6 +95,15 @@ struct bpf_kprobe_multi_opts {
     bool retprobe;
 };
 struct bpf_link *bpf_program__attach_kprobe_multi_opts(const struct bpf_program *prog, const char *pattern, const struct bpf_kprobe_multi_opts *opts);
+/* The fields of bpf_uprobe_opts up to retprobe (libbpf 1.1); `sz` says so.
+ * func_name is left out: pytracers resolves symbols itself (pytracers.user). */
+struct bpf_uprobe_opts {
+    size_t sz;
+    size_t ref_ctr_offset;
+    __u64 bpf_cookie;
+    bool retprobe;
+};
+struct bpf_link *bpf_program__attach_uprobe_opts(const struct bpf_program *prog, int pid, const char *binary_path, size_t func_offset, const struct bpf_uprobe_opts *opts);
 struct bpf_link *bpf_program__attach_tracepoint(const struct bpf_program *prog, const char *tp_category, const char *tp_name);
 struct bpf_link *bpf_program__attach_raw_tracepoint(const struct bpf_program *prog, const char *tp_name);
 struct bpf_link *bpf_program__attach_trace(const struct bpf_program *prog);

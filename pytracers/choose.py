@@ -39,6 +39,19 @@ For a syscall (``trace_syscall(name, kind=None)``):
    the kernel has no syscall tracepoints; then tp_btf (cheapest per call),
    then raw_tp.  ``t.why`` states the trade-off.
 
+For a user-space function (``trace_user_function(target, symbol, pid=None,
+kind=None)``):
+
+1. ``kind`` given (uprobe or uretprobe): the uprobe + uretprobe pair on the
+   symbol (arguments, return value, latency), as ``kind="kprobe"`` gives the
+   kprobe pair for a kernel function.
+2. Otherwise a USDT probe of that name where the binary has one
+   (:func:`usdt_alternative`): a USDT probe is the program's documented,
+   stable interface -- the user-space tracepoint -- while a symbol is internal
+   code that a new build may rename, inline or change.
+3. Else the uprobe pair on the symbol; ``t.why`` says that it follows the
+   code (like a kprobe) and how the target was resolved.
+
 For any tracepoint (``trace_tracepoint("category:name")``): tp, the only
 kind whose context is the tracepoint's record as its format file describes
 it; raw_tp and tp_btf hand over the kernel's own arguments (pointers to
@@ -50,7 +63,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 from .errors import BadArgumentError, NotSupportedError, TargetNotFoundError
 from .kernel.symbols import function_exists, function_suggestions
-from .kinds import FENTRY, FEXIT, KPROBE, KPROBE_MULTI, KRETPROBE, RAW_TP, TP, TP_BTF
+from .kinds import (FENTRY, FEXIT, KPROBE, KPROBE_MULTI, KRETPROBE, RAW_TP, TP, TP_BTF, UPROBE,
+                    URETPROBE)
 from .tracers.base import Tracer
 from .tracers.function import FunctionTracer
 from .tracers.syscalls import SyscallTracer, kernel_syscalls, tracepoint_name
@@ -299,4 +313,42 @@ def _first_that_works(make: Callable[[str], Any], kind: Optional[str],
     raise NotSupportedError(feature, "; ".join(refused))
 
 
-__all__ += ["trace_all_syscalls", "syscall_stats"]
+__all__ += ["trace_all_syscalls", "syscall_stats", "trace_user_function", "usdt_alternative",
+            "USER_FUNCTION_KINDS"]
+
+USER_FUNCTION_KINDS = (UPROBE, URETPROBE)
+
+
+def usdt_alternative(target: str, symbol: Union[str, int], pid: Optional[int] = None,
+                     **filters: Any) -> Optional[Tracer]:
+    """The hook of rule 2 for user functions: a started tracer on the USDT
+    probe ``symbol`` of ``target`` when the binary has one, else None.  (Here
+    always None: the USDT tracer fills it in.)"""
+    return None
+
+
+def trace_user_function(target: str, symbol: Union[str, int], pid: Optional[int] = None,
+                        kind: Optional[str] = None, **filters: Any) -> Tracer:
+    """Trace function ``symbol`` (a name or a file offset) of user-space binary
+    ``target`` (a path, a library name such as ``libc``, a command; with
+    ``pid``, the file that process mapped, and only that process).  Returns a
+    started tracer whose events have ``name, args, ret, latency_ns, pid, tid,
+    comm``; ``t.why`` says which probe and why (rules in the module
+    docstring).  ``filters``: ``comm=``, ``ring_size=``..."""
+    from .tracers.user_function import UserFunctionTracer
+    if not isinstance(target, str) or not target:
+        raise BadArgumentError("trace_user_function() needs a target binary or library")
+    if kind is not None:
+        if kind not in USER_FUNCTION_KINDS:
+            raise BadArgumentError(f"kind must be one of {', '.join(USER_FUNCTION_KINDS)} "
+                                   f"or None, not {kind!r}")
+        t = UserFunctionTracer(target, symbol, pid=pid, **filters)
+        t.why = f"kind={kind!r} requested: " + t.why
+        return t
+    alt = usdt_alternative(target, symbol, pid, **filters)
+    if alt is not None:
+        return alt
+    t = UserFunctionTracer(target, symbol, pid=pid, **filters)
+    t.why = ("a uprobe on the symbol (no USDT probe of that name to prefer): it follows the "
+             "code, so a new build may rename, inline or change it; " + t.why)
+    return t

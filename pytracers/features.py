@@ -19,6 +19,8 @@ tp_btf         load (BTF target sys_enter) and attach
 kprobe         attach a kprobe to a probe function (security_file_open...)
 kretprobe      the same, as a return probe
 kprobe_multi   one multi-kprobe link on that function (by name)
+uprobe         attach a uprobe to libc's getpid, for this process only
+uretprobe      the same, as a return probe
 fentry/fexit   load against the probe function's BTF, attach
 fmod_ret       load against security_file_open (returns 0: no effect), attach
 cookies        load a program calling bpf_get_attach_cookie
@@ -338,6 +340,20 @@ def kprobe_multi_refusal(e: PytracersError) -> PytracersError:
     return e
 
 
+UPROBE_SYMBOLS = ("getpid", "getppid")     # of libc, present everywhere
+
+
+def _probe_uprobe(pk: kinds.ProbeKind) -> Feature:
+    reason = host.no_uprobes_reason()
+    if reason:  # libbpf would fail with a bare ENOENT; this says why
+        raise NotSupportedError(pk.name, reason, min_kernel=pk.min_kernel,
+                                hint="a kernel built with CONFIG_UPROBE_EVENTS")
+    fn = _first_target(pk.name, UPROBE_SYMBOLS, lambda f: _attempt(
+        pk, _nothing, lambda p: p.attach_uprobe("libc", f, pid=os.getpid(),
+                                                retprobe=pk.retprobe)))
+    return _ok(pk.name, f"attached to libc:{fn} (this process)")
+
+
 def _probe_trampoline(pk: kinds.ProbeKind) -> Feature:
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         raise NotSupportedError(pk.name, "the kernel has no BTF (/sys/kernel/btf/vmlinux): "
@@ -358,6 +374,7 @@ _KIND_PROBES: Dict[str, Callable[[kinds.ProbeKind], Feature]] = {
     kinds.ATTACH_BTF: _probe_btf_typed,
     kinds.ATTACH_FUNCTION: _probe_kprobe,
     kinds.ATTACH_FUNCTION_GLOB: _probe_kprobe_multi,
+    kinds.ATTACH_USER_FUNCTION: _probe_uprobe,
 }
 
 

@@ -3,7 +3,7 @@
 A probe kind is how a BPF program meets the kernel: a tracepoint (``tp``), a
 raw tracepoint (``raw_tp``), a BTF tracepoint (``tp_btf``), a kprobe or
 kretprobe, a multi-kprobe, or a BPF trampoline (``fentry``, ``fexit``,
-``fmod_ret``).  This module is the only place that spells their names; every
+``fmod_ret``), and in user space a uprobe or uretprobe.  This module is the only place that spells their names; every
 module that lists kinds, dispatches on them or explains them reads
 :data:`KINDS`:
 
@@ -24,11 +24,11 @@ from typing import Dict, NamedTuple, Optional, Tuple
 __all__ = [
     "ProbeKind", "KINDS", "get", "kind_of_section",
     "TP", "RAW_TP", "TP_BTF", "KPROBE", "KRETPROBE", "KPROBE_MULTI", "KRETPROBE_MULTI",
-    "FENTRY", "FEXIT", "FMOD_RET",
+    "FENTRY", "FEXIT", "FMOD_RET", "UPROBE", "URETPROBE",
     "PERF_EVENT_LINK", "BPF_LINK", "ATTACH_TRACEPOINT", "ATTACH_RAW_TRACEPOINT",
-    "ATTACH_FUNCTION", "ATTACH_FUNCTION_GLOB", "ATTACH_BTF",
+    "ATTACH_FUNCTION", "ATTACH_FUNCTION_GLOB", "ATTACH_BTF", "ATTACH_USER_FUNCTION",
     "PROBED_KINDS", "TRACEPOINT_KINDS", "KPROBE_KINDS", "MULTI_KINDS", "TRAMPOLINE_KINDS",
-    "BTF_TARGET_KINDS",
+    "BTF_TARGET_KINDS", "UPROBE_KINDS",
 ]
 
 TP = "tp"
@@ -41,6 +41,8 @@ KRETPROBE_MULTI = "kretprobe_multi"
 FENTRY = "fentry"
 FEXIT = "fexit"
 FMOD_RET = "fmod_ret"
+UPROBE = "uprobe"
+URETPROBE = "uretprobe"
 
 # How the kernel holds an attachment (what ``Link.pin`` can pin before 5.15).
 PERF_EVENT_LINK = "perf_event"    # a perf event with the program set on it
@@ -52,6 +54,7 @@ ATTACH_RAW_TRACEPOINT = "raw_tracepoint"  # attach_raw_tracepoint(name)
 ATTACH_FUNCTION = "function"          # attach_kprobe(function)
 ATTACH_FUNCTION_GLOB = "function_glob"  # attach_kprobe_multi(pattern | functions)
 ATTACH_BTF = "btf"                    # attach_trace(): the target was fixed before load
+ATTACH_USER_FUNCTION = "user_function"  # attach_uprobe(binary, symbol_or_offset, pid=)
 
 
 class ProbeKind(NamedTuple):
@@ -112,6 +115,14 @@ _ALL = (
     ProbeKind(FMOD_RET, ("fmod_ret", "fmod_ret.s"), ATTACH_BTF, BPF_LINK,
               "a security_* hook or an error-injection function", "5.7", trampoline=True,
               feature_program="probe_fmod_ret"),
+    # BPF programs on uprobes: perf_event_open with the uprobe PMU (4.17); the
+    # target is a file and an offset in it ("BINARY:SYMBOL" where one string is asked).
+    ProbeKind(UPROBE, ("uprobe", "uprobe.s"), ATTACH_USER_FUNCTION, PERF_EVENT_LINK,
+              "a user-space function, 'BINARY:SYMBOL'", "4.17", twin=URETPROBE,
+              feature_program="probe_uprobe"),
+    ProbeKind(URETPROBE, ("uretprobe", "uretprobe.s"), ATTACH_USER_FUNCTION, PERF_EVENT_LINK,
+              "a user-space function, 'BINARY:SYMBOL'", "4.17", retprobe=True, twin=UPROBE,
+              feature_program="probe_uretprobe"),
 )
 
 KINDS: Dict[str, ProbeKind] = {k.name: k for k in _ALL}
@@ -126,6 +137,10 @@ MULTI_KINDS: Tuple[str, ...] = tuple(k.name for k in _ALL if k.attach == ATTACH_
 TRAMPOLINE_KINDS: Tuple[str, ...] = tuple(k.name for k in _ALL if k.trampoline)
 BTF_TARGET_KINDS: Tuple[str, ...] = tuple(k.name for k in _ALL if k.attach == ATTACH_BTF)
 """Kinds whose target is fixed before load (``OpenProgram.set_attach_target``)."""
+
+UPROBE_KINDS: Tuple[str, ...] = tuple(k.name for k in _ALL
+                                     if k.attach == ATTACH_USER_FUNCTION)
+"""Kinds that attach to a function of a user-space binary."""
 
 _BY_SECTION: Dict[str, str] = {s: k.name for k in _ALL for s in k.sections}
 

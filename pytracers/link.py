@@ -26,9 +26,14 @@ def check_pin_path(path: str) -> None:
 
 
 class Link(Resource):
-    """An attachment of ``program`` of ``kind`` to ``target``."""
+    """An attachment of ``program`` of ``kind`` to ``target``.  A uprobe's
+    link also says where it sits: ``binary`` (the resolved path), ``offset``
+    (in that file) and ``pid`` (None: every process running the file)."""
 
     _what = "link"
+    binary: Optional[str] = None
+    offset: Optional[int] = None
+    pid: Optional[int] = None
 
     def __init__(self, ptr: Any, program: "Program", kind: str, target: str) -> None:
         self._ptr = ptr

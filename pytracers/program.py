@@ -17,7 +17,17 @@ from .link import Link
 if TYPE_CHECKING:
     from .object import Object
 
-__all__ = ["Program", "TestRun"]
+__all__ = ["Program", "TestRun", "parse_symbol_or_offset"]
+
+
+def parse_symbol_or_offset(text: str) -> Union[str, int]:
+    """A uprobe target's symbol part: ``0x1f0`` (or decimal digits) is a file
+    offset, anything else a symbol name."""
+    t = text.strip()
+    try:
+        return int(t, 16) if t.lower().startswith("0x") else int(t) if t.isdigit() else t
+    except ValueError:
+        return t
 
 
 class TestRun:
@@ -91,6 +101,7 @@ class Program:
         kinds.ATTACH_FUNCTION: "attach_kprobe",
         kinds.ATTACH_FUNCTION_GLOB: "_attach_glob",
         kinds.ATTACH_BTF: "_attach_fixed",
+        kinds.ATTACH_USER_FUNCTION: "_attach_user_spec",
     }
 
     def attach(self, target: Optional[str] = None) -> Link:
@@ -118,6 +129,13 @@ class Program:
             raise BadArgumentError(f"tracepoint target must be 'category/name' or "
                                    f"'category:name', got {target!r}") from None
         return self.attach_tracepoint(cat, name)
+
+    def _attach_user_spec(self, target: str) -> Link:
+        binary, sep, symbol = target.rpartition(":")
+        if not sep or not binary or not symbol:
+            raise BadArgumentError(f"a uprobe target is 'BINARY:SYMBOL' (or BINARY:0xOFFSET), "
+                                   f"got {target!r}")
+        return self.attach_uprobe(binary, parse_symbol_or_offset(symbol))
 
     def _attach_glob(self, pattern: str) -> Link:
         return self.attach_kprobe_multi(pattern=pattern)
@@ -173,6 +191,45 @@ class Program:
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_kprobe,
                                               self._ptr, retprobe, function.encode())
         return self._link(ptr, err, cap, kind, function)
+
+    def attach_uprobe(self, binary: str, symbol_or_offset: Union[str, int],
+                      pid: Optional[int] = None, retprobe: Optional[bool] = None) -> Link:
+        """Attach a uprobe (or, with ``retprobe``, a uretprobe) to a function of
+        a user-space binary: ``binary`` a path, a library name (``libc``) or,
+        with ``pid``, the file that process mapped (see
+        :func:`pytracers.user.targets.resolve_binary`); ``symbol_or_offset`` a
+        function name (``malloc``, ``malloc@@GLIBC_2.2.5``) or a file offset.
+        With ``pid`` only that process fires it, otherwise every process that
+        runs the file.  A uprobe stays on the file's inode: a binary replaced on
+        disk after attaching is not traced (reattach to trace the new one)."""
+        from .user import symbols as user_symbols
+        from .user import targets as user_targets
+        self._check_kind(*kinds.UPROBE_KINDS)
+        self.object._check()
+        path = user_targets.resolve_binary(binary, pid)
+        offset, desc = user_symbols.resolve_symbol(path, symbol_or_offset)
+        if retprobe is None:
+            retprobe = kinds.get(self.kind).retprobe
+        kind = kinds.URETPROBE if retprobe else kinds.UPROBE
+        target = desc if pid is None else f"{desc} (pid {pid})"
+        self._refuse_duplicate(kind, target)
+        reason = host.no_uprobes_reason()
+        if reason:
+            raise NotSupportedError(kind, reason, min_kernel=kinds.get(kind).min_kernel,
+                                    hint="a kernel built with CONFIG_UPROBE_EVENTS")
+        opts = ffi.new("struct bpf_uprobe_opts *")
+        opts.sz = ffi.sizeof("struct bpf_uprobe_opts")
+        opts.retprobe = bool(retprobe)
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_uprobe_opts, self._ptr,
+                                              pid if pid is not None else -1, path.encode(),
+                                              offset, opts)
+        if ptr == ffi.NULL and err == errno.ESRCH and pid is not None:
+            from .errors import TargetNotFoundError
+            raise TargetNotFoundError("process", str(pid), detail="it exited before the "
+                                      "uprobe was attached")
+        link = self._link(ptr, err, cap, kind, target)
+        link.binary, link.offset, link.pid = path, offset, pid
+        return link
 
     def attach_kprobe_multi(self, pattern: Optional[str] = None, *,
                             functions: Optional[Sequence[str]] = None,

@@ -586,8 +586,8 @@ def test_doctor_json_reports_every_kind_with_its_reason(capsys):
     assert r.returncode == 0, text(r.stderr)
     rows = {d["feature"]: d for d in json_lines(r.stdout)}
     assert set(rows) == {"btf", "ringbuf", "tp", "raw_tp", "tp_btf", "kprobe", "kretprobe",
-                         "kprobe_multi", "fentry", "fexit", "fmod_ret", "cookies", "tracefs",
-                         "lockdown"}
+                         "kprobe_multi", "fentry", "fexit", "fmod_ret", "uprobe", "uretprobe",
+                         "cookies", "tracefs", "lockdown"}
     for d in rows.values():
         assert isinstance(d["available"], bool) and d["reason"], d
         if not d["available"]:

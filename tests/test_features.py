@@ -14,6 +14,7 @@ import pytracers
 from pytracers import choose, features
 from pytracers.kernel import host
 from pytracers.errors import BadArgumentError, NotSupportedError, TargetNotFoundError
+from pytracers.tracers.user_function import UserFunctionTracer
 from pytracers.tracers import (FmodRetPolicy, FunctionTracer, ProcessTracer, SyscallTracer)
 
 from conftest import VM_KERNEL
@@ -47,6 +48,9 @@ REAL = {
     "fentry": lambda child: FunctionTracer(TARGET, kind="fentry"),
     "fexit": lambda child: FunctionTracer(TARGET, kind="fentry", measure_latency=False),
     "fmod_ret": lambda child: FmodRetPolicy("security_file_open", pid=child, enable=True),
+    "uprobe": lambda child: UserFunctionTracer("libc", "getpid", pid=child, kind="uprobe"),
+    "uretprobe": lambda child: UserFunctionTracer("libc", "getpid", pid=child,
+                                                  kind="uretprobe"),
 }
 
 
@@ -91,7 +95,7 @@ def test_report_shape_cache_and_refresh():
     assert (fresh.supported, fresh.reason) == (r.raw_tp.supported, r.raw_tp.reason)
     assert "tp_btf" in r.table()
     with pytest.raises(KeyError):
-        r["uprobe"]
+        r["usdt-not-a-feature"]
 
 
 def test_tracepoint_kinds_supported_everywhere():

@@ -14,8 +14,9 @@ pytestmark = pytest.mark.kernel_independent
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "pytracers")
-# generated data (build.py's stored inspection holds section names, not code)
-GENERATED = ("pytracers/elf/_inspected.py",)
+# generated data (build.py's stored inspection holds section names, not code;
+# the syscall table names the uprobe/uretprobe syscalls, not probe kinds)
+GENERATED = ("pytracers/elf/_inspected.py", "pytracers/tracers/_x86_64_syscalls.py")
 
 
 def _string_literals(path: str):
@@ -51,7 +52,8 @@ def test_section_prefixes_map_to_their_kinds():
         "kretprobe.multi": kinds.KRETPROBE_MULTI, "fentry/vfs_read": kinds.FENTRY,
         "fentry.s/x": kinds.FENTRY, "fexit/vfs_read": kinds.FEXIT, "fexit.s/x": kinds.FEXIT,
         "fmod_ret/security_file_open": kinds.FMOD_RET, "fmod_ret.s/x": kinds.FMOD_RET,
-        "?fentry/vfs_read": kinds.FENTRY,
+        "?fentry/vfs_read": kinds.FENTRY, "uprobe": kinds.UPROBE, "uprobe.s": kinds.UPROBE,
+        "uretprobe/x": kinds.URETPROBE, "uretprobe.s": kinds.URETPROBE,
         # sections of no probe kind keep their libbpf prefix
         "xdp": "xdp", "lsm/file_open": "lsm", "iter/task": "iter",
     }

@@ -1,4 +1,5 @@
-"""``pytracers list tracepoints|functions GLOB``: what exists, and which kinds reach it."""
+"""``pytracers list tracepoints|functions GLOB``: what exists, and which kinds reach it
+(``list symbols``: :mod:`pytracers.cli.user`)."""
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,8 @@ log = logging.getLogger("pytracers.cli")
 
 
 def add_command(sub: Any) -> None:
-    lp = subcommand(sub, "list", "list tracepoints or kernel functions matching a glob")
+    lp = subcommand(sub, "list", "list tracepoints, kernel functions or a binary's symbols "
+                                 "matching a glob")
     lsub = lp.add_subparsers(dest="what", metavar="WHAT", parser_class=Parser)
     lsub.required = True
     lt = lsub.add_parser("tracepoints", help="tracepoints (category:name) and the kinds that "
@@ -34,6 +36,8 @@ def add_command(sub: Any) -> None:
                     help="check at most this many matches (default 50; 0: all)")
     common(lf, filters=False, duration=False, kinds=LIST_FUNCTION_KINDS)
     lf.set_defaults(func=cmd_list_functions, command="list functions")
+    from .user import add_list_command
+    add_list_command(lsub)
 
 
 # ---- tracepoints ---------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Any, Dict, List, NoReturn, Sequence, Tuple
 
-from ..kinds import FENTRY, FEXIT, KPROBE, KPROBE_MULTI, KRETPROBE, RAW_TP, TP, TP_BTF
+from ..kinds import (FENTRY, FEXIT, KPROBE, KPROBE_MULTI, KRETPROBE, RAW_TP, TP, TP_BTF, UPROBE,
+                     URETPROBE)
 from .status import EPILOG, EXIT_USAGE, PROG, CliError
 
 # The kinds a user may name, in `--kind K` or `trace K:TARGET`: the one list
@@ -16,6 +17,7 @@ SYSCALL_KINDS = (TP, RAW_TP, TP_BTF)
 ALL_KINDS = SYSCALL_KINDS + FUNCTION_KINDS
 EXEC_KINDS = (TP, TP_BTF)                  # exec: the execve tracepoints, or the process tracer
 LIST_FUNCTION_KINDS = (FENTRY, KPROBE)     # list functions: can this kind attach?
+USER_KINDS = (UPROBE, URETPROBE)           # trace uprobe:TARGET:SYMBOL (user-space functions)
 
 
 class Parser(argparse.ArgumentParser):

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .. import errors as E
 from ..kinds import KPROBE_MULTI, TP, TP_BTF
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
-from .options import (ALL_KINDS, SYSCALL_KINDS, common, split_names, subcommand,
+from .options import (ALL_KINDS, SYSCALL_KINDS, USER_KINDS, common, split_names, subcommand,
                       tracer_options)
 from .output import Clock, Column, Output, args_text, hms, kernel_value, lat_us, note
 from .status import EXIT_NOT_SUPPORTED, EXIT_USAGE, PROG, CliError, cli_words, one_line
@@ -33,13 +33,19 @@ def add_command(sub: Any) -> None:
                         f"KIND:TARGET with KIND one of {', '.join(ALL_KINDS)} "
                         "(tp/raw_tp/tp_btf take a syscall name; kprobe_multi a glob); "
                         "sched:sched_process_exec|fork|exit use the process tracer (tp_btf), "
-                        "tp:sched:sched_process_exec the tracepoint's own fields")
+                        "tp:sched:sched_process_exec the tracepoint's own fields; "
+                        "a user-space function: uprobe:TARGET:SYMBOL or uretprobe:TARGET:SYMBOL "
+                        "(TARGET a path, a library such as libc, or a command; with --pid the "
+                        "file that process mapped, and only that process)")
     t.add_argument("--stable", action="store_true",
                    help="trace the syscall tracepoints that stand in for a kernel function "
                         "(a stable interface) instead of the function itself")
     t.add_argument("--no-latency", dest="no_latency", action="store_true",
                    help="do not time the calls: one program per call, at exit (arguments "
                         "and return value), about half the cost on the traced path")
+    t.add_argument("--string-arg", dest="string_arg", metavar="ARG",
+                   help="uprobe:/uretprobe: targets: read this argument (its name, or its "
+                        "index from 0) as a C string, up to 63 bytes")
     common(t, kinds=ALL_KINDS)
     t.set_defaults(func=cmd_trace)
 
@@ -63,6 +69,12 @@ class Target:
 def parse_target(spec: str, kind: Optional[str]) -> Target:
     """`[KIND:]TARGET` (and --kind) -> Target; raises CliError for contradictions."""
     prefix, sep, rest = spec.partition(":")
+    if sep and prefix in USER_KINDS:
+        if kind and kind != prefix:
+            raise CliError(f"{spec!r} names kind {prefix} but --kind says {kind}", EXIT_USAGE,
+                           "give the kind once")
+        from .user import split_user_target
+        return Target("user_function", list(split_user_target(prefix, rest)), prefix)
     if sep and prefix in ALL_KINDS:
         if kind and kind != prefix:
             raise CliError(f"{spec!r} names kind {prefix} but --kind says {kind}", EXIT_USAGE,
@@ -136,6 +148,14 @@ def open_trace(target: Target, args: argparse.Namespace) -> Tuple[TracerSource, 
         from ..tracers.process import ProcessTracer
         t = ProcessTracer(events=target.names, **kw)
         return TracerSource(t, f"sched:sched_process_{target.label}"), ""
+    if target.what == "user_function":
+        from .user import open_user_trace
+        t = open_user_trace(target.kind or "", target.names[0], target.names[1], kw,
+                            getattr(args, "string_arg", None))
+        return TracerSource(t, ":".join(target.names)), ""
+    if getattr(args, "string_arg", None) is not None:
+        raise CliError("--string-arg applies to user-space functions (uprobe:TARGET:SYMBOL)",
+                       EXIT_USAGE, f"e.g. {PROG} trace uprobe:libc:puts --string-arg 0")
     from ..choose import stable_tracepoints, trace_function, trace_syscall, trace_tracepoint
     if target.what == "tracepoint":
         t = trace_tracepoint(target.names[0], kind=target.kind, **kw)
@@ -251,8 +271,12 @@ def cmd_trace(args: argparse.Namespace) -> int:
             out.row(d)
 
         ready = f"trace: {prefix}{src.target} with {src.kind}: {cli_words(src.why)}"
+        tick = None
+        if target.what == "user_function":
+            from .user import watcher
+            tick = watcher(src.tracer, stopper.stop)
         return run_events(src, out, stopper, args.duration, on_event, what="trace",
-                          ready=ready)
+                          ready=ready, tick=tick)
 
 
 # ---- any tracepoint: its fields as name=value ---------------------------------------------

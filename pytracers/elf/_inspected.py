@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = '31334d86e1d249abd15967c7a001045bbe560e1adfdf56dca60a34387a5c2236'
+VALIDATOR_DIGEST = '529a810892100584be8e463652e2d7b3aa9f213a68d3d1fab37f7c5faf284ef4'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
     '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {
@@ -48,13 +48,15 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4920, 30271),
     },
     # features.bpf.o
-    '5054bf8e4edbb0f354ff02777b87ae04b08715f359e8a8c79115dd1eee8a54e6': {
+    '11e6be0a33190f86564761040355bdff424798a9f04643786b546933c17e0981': {
         'programs': {
             'probe_tp': 'tp',
             'probe_raw_tp': 'raw_tp',
             'probe_tp_btf': 'tp_btf/sys_enter',
             'probe_kprobe': 'kprobe',
             'probe_kretprobe': 'kretprobe',
+            'probe_uprobe': 'uprobe',
+            'probe_uretprobe': 'uretprobe',
             'probe_kprobe_multi': 'kprobe.multi',
             'probe_fentry': 'fentry',
             'probe_fexit': 'fexit',
@@ -63,12 +65,12 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'probe_cookie': 'kprobe',
         },
         'variables': {},
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (1264, 910),
+        'btf': (1440, 980),
     },
     # fentry.bpf.o
-    '937c7d11ab3a93f15c07fbeec4791d0af7915938b319da2406e99a6a5fbd08ff': {
+    '3b381c6b97acde08224ee8ef9d2ede63f2a98363104aa324f78e8ebdbdebe531': {
         'programs': {
             'fn_fentry': 'fentry',
             'fn_fexit': 'fexit',
@@ -112,7 +114,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (2296, 2870),
     },
     # kprobe.bpf.o
-    'bbe9728221420b1975d50a268d7d90184835b5ee228eeba53216c485a7c8a050': {
+    '6f6a3e52e090f0de22ad93b98f733fa8a972cd15f40b50fa613439137ffc3230': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -204,5 +206,26 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', 'license', '.maps', '.reltp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
         'btf': (3392, 2701),
+    },
+    # uprobe.bpf.o
+    '41c9f174cf35f13af902046d8f1f78dd97b7c3f5a4dfe78d5ef9728856495b18': {
+        'programs': {
+            'ufn_entry': 'uprobe',
+            'ufn_return': 'uretprobe',
+        },
+        'variables': {
+            'fn_stack_empty': ('.rodata', 56, 264),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_entry_only': ('.rodata', 44, 4),
+            'cfg_str_arg': ('.rodata', 48, 4),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_emit_entry': ('.rodata', 40, 4),
+            'pt_btf_func_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (9704, 5394),
     },
 }

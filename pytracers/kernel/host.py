@@ -14,7 +14,8 @@ from ..errors import BadArgumentError
 __all__ = ["kernel_release", "parse_version", "kernel_version", "kernel_older_than",
            "read_text", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_BPF", "effective_caps", "has_cap",
            "missing_bpf_caps", "SECURITYFS", "lockdown_mode", "kprobe_pmu",
-           "kprobe_events_file", "no_kprobes_reason"]
+           "kprobe_events_file", "no_kprobes_reason",
+           "uprobe_pmu", "no_uprobes_reason"]
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
@@ -129,6 +130,23 @@ def kprobe_events_file() -> bool:
         if os.path.exists(os.path.join(root, "kprobe_events")):
             return True
     return False
+
+
+def uprobe_pmu() -> bool:
+    """Does the kernel have the uprobe PMU (perf-event uprobes, 4.17+)?"""
+    return os.path.exists("/sys/bus/event_source/devices/uprobe/type")
+
+
+def no_uprobes_reason() -> Optional[str]:
+    """Why uprobes cannot work here, or None if the kernel seems to have them
+    (the uprobe PMU, or uprobe_events in tracefs, which libbpf falls back to)."""
+    if uprobe_pmu():
+        return None
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.exists(os.path.join(root, "uprobe_events")):
+            return None
+    return ("the kernel has no uprobe PMU (/sys/bus/event_source/devices/uprobe) and no "
+            "uprobe_events in tracefs: CONFIG_UPROBE_EVENTS is off")
 
 
 def no_kprobes_reason() -> Optional[str]:

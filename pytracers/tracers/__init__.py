@@ -12,14 +12,15 @@ if TYPE_CHECKING:
     from .process import ProcessTracer
     from .syscalls import SyscallStats, SyscallTracer
     from .tracepoint import TracepointTracer
+    from .user_function import UserFunctionTracer
 
 __all__ = ["Tracer", "ExecTracer", "SyscallTracer", "SyscallStats", "ProcessTracer",
-           "FunctionTracer", "FmodRetPolicy", "TracepointTracer"]
+           "FunctionTracer", "FmodRetPolicy", "TracepointTracer", "UserFunctionTracer"]
 
 _HOME = {"Tracer": "base", "ExecTracer": "exec", "SyscallTracer": "syscalls",
          "SyscallStats": "syscalls",
          "ProcessTracer": "process", "FunctionTracer": "function", "FmodRetPolicy": "policy",
-         "TracepointTracer": "tracepoint"}
+         "TracepointTracer": "tracepoint", "UserFunctionTracer": "user_function"}
 
 
 def __getattr__(name: str) -> object:

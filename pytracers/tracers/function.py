@@ -24,13 +24,15 @@ Without BTF for the function the arguments are ``arg0..arg5``, raw.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Type
 
 from ..errors import BadArgumentError, BadTypeError
 from ..kernel.symbols import (Signature, converter as _conv, filter_functions,
                               function_suggestions, kallsyms_matching, signature)
 from ..kinds import FENTRY, KPROBE, KPROBE_MULTI
-from .base import Tracer, named_tuple
+from ._func_records import (FN_ENTRY, FN_RETURN, NARGS, Shape, function_record_class, raw_shape,
+                            signature_shape)
+from .base import Tracer
 
 __all__ = ["FunctionTracer", "Signature", "signature", "KINDS", "FN_ENTRY", "FN_RETURN"]
 
@@ -40,9 +42,7 @@ KINDS = (FENTRY, KPROBE, KPROBE_MULTI)
 # the arguments it accepted, which must not match.
 _REFUSED_ARG = re.compile(r"func '[^']*' arg(\d+) (?:type \w+ is not a struct|"
                           r"'[^']*' has type \w+\. Only pointer access is allowed)")
-NARGS = 6
 MAX_TRAMPOLINE_SLOTS = 12  # trampoline.h reads up to ctx[12]
-FN_ENTRY, FN_RETURN, FN_HAS_ARGS, FN_HAS_RET, FN_HAS_LATENCY = 1, 2, 4, 8, 16
 
 
 class FunctionTracer(Tracer):
@@ -192,69 +192,18 @@ class FunctionTracer(Tracer):
         return self._names.get(ip) or f"0x{ip:x}"
 
     def _record_class(self, base: Type[Any]) -> Optional[Type[Any]]:
-        fields = base._fields
-        i_ip, i_args, i_ret, i_lat, i_flags = (fields.index(f) for f in
-                                               ("ip", "args", "ret", "latency_ns", "flags"))
-        getitem = tuple.__getitem__
-        multi = self.kind == KPROBE_MULTI
         fixed = self.function
-        tracer = self
-        shapes: Dict[str, Tuple[Any, Any]] = {}
+        multi = self.kind == KPROBE_MULTI
 
-        def shape(fname: str) -> Tuple[Any, Any]:
-            s = shapes.get(fname)
-            if s is None:
-                sig = signature(fname)
-                if sig is None:
-                    nt = named_tuple("args", [f"arg{i}" for i in range(NARGS)])
-                    s = (lambda raw, _nt=nt: _nt._make(raw), _conv(64, True))
-                else:
-                    n = min(len(sig.params), NARGS)
-                    nt = named_tuple(f"{fname}_args", sig.params[:n])
-                    convs: List[Callable[[int], Any]] = list(sig.arg_convs[:n])
-                    if fname == fixed:
-                        for i, p in enumerate(sig.params[:n]):
-                            if p in tracer.skipped_args:
-                                convs[i] = _void
-                    s = (lambda raw, _nt=nt, _c=convs: _nt._make([c(v) for c, v in zip(_c, raw)]),
-                         sig.ret_conv or _void)
-                shapes[fname] = s
-            return s
+        def name_of(ip: int) -> str:
+            return self._name_of(ip) if multi else fixed
 
-        def name(self: Any) -> str:
-            return tracer._name_of(getitem(self, i_ip)) if multi else fixed
-
-        def args(self: Any) -> Any:
-            if not getitem(self, i_flags) & FN_HAS_ARGS:
-                return None
-            return shape(self.name)[0](getitem(self, i_args))
-
-        def ret(self: Any) -> Any:
-            if not getitem(self, i_flags) & FN_HAS_RET:
-                return None
-            return shape(self.name)[1](getitem(self, i_ret) & 0xFFFFFFFFFFFFFFFF)
-
-        def latency_ns(self: Any) -> Optional[int]:
-            if not getitem(self, i_flags) & FN_HAS_LATENCY:
-                return None
-            return getitem(self, i_lat)
-
-        def entry(self: Any) -> bool:
-            return bool(getitem(self, i_flags) & FN_ENTRY)
-
-        def raw_args(self: Any) -> Tuple[int, ...]:
-            return getitem(self, i_args)
-
-        return type("FunctionEvent", (base,), {
-            "__slots__": (), "__doc__": "A func_event record with the arguments named and typed "
-                                        "from the function's BTF prototype",
-            "name": property(name), "args": property(args), "ret": property(ret),
-            "latency_ns": property(latency_ns), "entry": property(entry),
-            "raw_args": property(raw_args)})
-
-
-def _void(v: int) -> None:
-    return None
+        def shape_of(fname: str) -> Shape:
+            sig = signature(fname)
+            if sig is None:
+                return raw_shape()
+            return signature_shape(sig, self.skipped_args if fname == fixed else ())
+        return function_record_class(base, name_of, shape_of)
 
 
 def function_not_found(name: str, detail: str) -> Exception:
