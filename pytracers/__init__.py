@@ -20,16 +20,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import features
     from ._shipped import object_path, objects_dir
-    from .choose import trace_function, trace_syscall, trace_tracepoint
+    from .choose import trace_function, trace_syscall, trace_tracepoint, trace_usdt, \
+        trace_python
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
-                          SyscallStats, SyscallTracer, TracepointTracer, Tracer)
+                          SyscallStats, SyscallTracer, TracepointTracer, Tracer, UsdtTracer,
+                          PythonTracer)
 
 _LAZY = {
     "open": ".object", "OpenObject": ".object", "Object": ".object",
     "objects_dir": "._shipped", "object_path": "._shipped",
     "features": None,
     "trace_function": ".choose", "trace_syscall": ".choose", "trace_tracepoint": ".choose",
+    "trace_usdt": ".choose", "trace_python": ".choose",
+    "UsdtTracer": ".tracers", "PythonTracer": ".tracers",
     "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
     "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
@@ -56,5 +60,6 @@ def __dir__() -> list:
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",
            "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
-           "TracepointTracer", "SyscallStats",
+           "TracepointTracer", "SyscallStats", "trace_usdt", "trace_python", "UsdtTracer",
+           "PythonTracer",
            *errors.__all__]

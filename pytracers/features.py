@@ -22,6 +22,8 @@ kprobe_multi   one multi-kprobe link on that function (by name)
 fentry/fexit   load against the probe function's BTF, attach
 fmod_ret       load against security_file_open (returns 0: no effect), attach
 cookies        load a program calling bpf_get_attach_cookie
+usdt           attach to a USDT probe of a binary that has one (CPython's
+               gc__start, libstdc++'s throw); no such binary: inconclusive
 tracefs        mounted, or mountable (pytracers mounts it when needed)
 lockdown       securityfs' lockdown mode (confidentiality forbids tracing reads)
 =============  ===========================================================
@@ -251,8 +253,9 @@ def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any
     o = open_object(object_path("features"))
     try:
         o.only(prog)
-        if prog != "probe_ringbuf":
-            o.maps["probe_rb"].autocreate = False
+        for m, user in _MAP_USERS.items():
+            if user != prog:
+                o.maps[m].autocreate = False
         setup(o)
         obj = o.load()
     except BaseException:
@@ -262,6 +265,13 @@ def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any
         link = attach(obj.programs[prog])
         if link is not None:
             link.close()
+
+
+_MAP_USERS = {"probe_rb": "probe_ringbuf", "__bpf_usdt_specs": "probe_usdt",  # one user each
+              "__bpf_usdt_ip_to_spec_id": "probe_usdt"}
+# (binary, provider:name) the usdt prober attaches to, first present first
+USDT_PROBE_TARGETS = (("python3.11", "python:gc__start"), ("python3", "python:gc__start"),
+                      ("libstdc++", "libstdcxx:throw"))
 
 
 def _nothing(o: Any) -> None:
@@ -351,6 +361,23 @@ def _probe_trampoline(pk: kinds.ProbeKind) -> Feature:
     return _ok(pk.name, f"BPF trampoline on {fn}")
 
 
+def _probe_usdt(pk: kinds.ProbeKind) -> Feature:
+    from .user.targets import resolve_binary
+    from .user.usdt import find_probe
+    if host.no_uprobes_reason():
+        raise NotSupportedError(pk.name, host.no_uprobes_reason() or "")
+    for binary, probe in USDT_PROBE_TARGETS:
+        try:
+            path = find_probe(resolve_binary(binary), probe).path
+        except PytracersError:
+            continue
+        _attempt(pk, _nothing, lambda p: p.attach_usdt(path, *probe.split(":")))
+        return _ok(pk.name, f"attached to {probe} of {path}")
+    return _no(pk.name, "no binary with a USDT probe to try: " + ", ".join(
+        f"{b} ({p})" for b, p in USDT_PROBE_TARGETS), "a CPython built with --with-dtrace "
+        "(Debian's python3)", conclusive=False)
+
+
 # How each attach style (kinds.ProbeKind.attach) is probed: a real load and attach.
 _KIND_PROBES: Dict[str, Callable[[kinds.ProbeKind], Feature]] = {
     kinds.ATTACH_TRACEPOINT: _probe_tracepoint,
@@ -358,6 +385,7 @@ _KIND_PROBES: Dict[str, Callable[[kinds.ProbeKind], Feature]] = {
     kinds.ATTACH_BTF: _probe_btf_typed,
     kinds.ATTACH_FUNCTION: _probe_kprobe,
     kinds.ATTACH_FUNCTION_GLOB: _probe_kprobe_multi,
+    kinds.ATTACH_USDT: _probe_usdt,
 }
 
 

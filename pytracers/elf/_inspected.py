@@ -48,7 +48,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4920, 30271),
     },
     # features.bpf.o
-    '5054bf8e4edbb0f354ff02777b87ae04b08715f359e8a8c79115dd1eee8a54e6': {
+    'c4b0ad05de8afac9b045d04504836e6885068990f4d936e5a5df28ee1b526b9a': {
         'programs': {
             'probe_tp': 'tp',
             'probe_raw_tp': 'raw_tp',
@@ -61,11 +61,12 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'probe_fmod_ret': 'fmod_ret',
             'probe_ringbuf': 'raw_tp',
             'probe_cookie': 'kprobe',
+            'probe_usdt': 'usdt',
         },
         'variables': {},
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', '.text', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', 'usdt', '.maps', 'license', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (1264, 910),
+        'btf': (3336, 3904),
     },
     # fentry.bpf.o
     '937c7d11ab3a93f15c07fbeec4791d0af7915938b319da2406e99a6a5fbd08ff': {
@@ -204,5 +205,21 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', 'license', '.maps', '.reltp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
         'btf': (3392, 2701),
+    },
+    # usdt.bpf.o
+    '4b548ff522547906edab3aa22585cc2715f9f50c6fd89a4df8e0c421526dcd69': {
+        'programs': {
+            'usdt_probe': 'usdt',
+        },
+        'variables': {
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'pt_btf_usdt_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', '.text', 'usdt', '.rodata', '.data', '.maps', 'license', '.rel.text', '.relusdt', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (7936, 5717),
     },
 }

@@ -14,7 +14,7 @@ from ..errors import BadArgumentError
 __all__ = ["kernel_release", "parse_version", "kernel_version", "kernel_older_than",
            "read_text", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_BPF", "effective_caps", "has_cap",
            "missing_bpf_caps", "SECURITYFS", "lockdown_mode", "kprobe_pmu",
-           "kprobe_events_file", "no_kprobes_reason"]
+           "kprobe_events_file", "no_kprobes_reason", "UPROBE_PMU", "no_uprobes_reason"]
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
@@ -121,6 +121,17 @@ def lockdown_mode(mount: bool = False) -> Optional[str]:
 def kprobe_pmu() -> bool:
     """Does the kernel have the kprobe PMU (perf-event kprobes, 4.17+)?"""
     return os.path.exists("/sys/bus/event_source/devices/kprobe/type")
+
+
+UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"
+
+
+def no_uprobes_reason() -> Optional[str]:
+    """Why uprobes (and so USDT probes) cannot work here, or None: libbpf
+    creates them through the uprobe PMU (4.17+, CONFIG_UPROBE_EVENTS)."""
+    if os.path.exists(UPROBE_PMU + "/type"):
+        return None
+    return f"the kernel has no uprobe PMU ({UPROBE_PMU}): CONFIG_UPROBE_EVENTS is off"
 
 
 def kprobe_events_file() -> bool:

@@ -12,14 +12,16 @@ if TYPE_CHECKING:
     from .process import ProcessTracer
     from .syscalls import SyscallStats, SyscallTracer
     from .tracepoint import TracepointTracer
+    from .usdt import UsdtTracer
+    from .python import PythonTracer
 
 __all__ = ["Tracer", "ExecTracer", "SyscallTracer", "SyscallStats", "ProcessTracer",
-           "FunctionTracer", "FmodRetPolicy", "TracepointTracer"]
+           "FunctionTracer", "FmodRetPolicy", "TracepointTracer", "UsdtTracer", "PythonTracer"]
 
 _HOME = {"Tracer": "base", "ExecTracer": "exec", "SyscallTracer": "syscalls",
          "SyscallStats": "syscalls",
          "ProcessTracer": "process", "FunctionTracer": "function", "FmodRetPolicy": "policy",
-         "TracepointTracer": "tracepoint"}
+         "TracepointTracer": "tracepoint", "UsdtTracer": "usdt", "PythonTracer": "python"}
 
 
 def __getattr__(name: str) -> object:
