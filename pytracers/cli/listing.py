@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import errors as E
 from ..kinds import RAW_TP, TP, TP_BTF
+from .usdt import add_list_usdt
 from .options import LIST_FUNCTION_KINDS, Parser, common, subcommand
 from .output import dumps, note, print_table
 from .status import EPILOG, EXIT_NOT_FOUND, EXIT_OK, PROG, CliError
@@ -16,7 +17,8 @@ log = logging.getLogger("pytracers.cli")
 
 
 def add_command(sub: Any) -> None:
-    lp = subcommand(sub, "list", "list tracepoints or kernel functions matching a glob")
+    lp = subcommand(sub, "list", "list tracepoints or kernel functions matching a glob, or a "
+                                 "binary's USDT probes")
     lsub = lp.add_subparsers(dest="what", metavar="WHAT", parser_class=Parser)
     lsub.required = True
     lt = lsub.add_parser("tracepoints", help="tracepoints (category:name) and the kinds that "
@@ -34,6 +36,7 @@ def add_command(sub: Any) -> None:
                     help="check at most this many matches (default 50; 0: all)")
     common(lf, filters=False, duration=False, kinds=LIST_FUNCTION_KINDS)
     lf.set_defaults(func=cmd_list_functions, command="list functions")
+    add_list_usdt(lsub)
 
 
 # ---- tracepoints ---------------------------------------------------------------------------

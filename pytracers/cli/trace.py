@@ -7,8 +7,9 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import errors as E
-from ..kinds import KPROBE_MULTI, TP, TP_BTF
+from ..kinds import KPROBE_MULTI, TP, TP_BTF, USDT
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
+from .usdt import add_trace_options, trace_usdt_command
 from .options import (ALL_KINDS, SYSCALL_KINDS, common, split_names, subcommand,
                       tracer_options)
 from .output import Clock, Column, Output, args_text, hms, kernel_value, lat_us, note
@@ -33,13 +34,15 @@ def add_command(sub: Any) -> None:
                         f"KIND:TARGET with KIND one of {', '.join(ALL_KINDS)} "
                         "(tp/raw_tp/tp_btf take a syscall name; kprobe_multi a glob); "
                         "sched:sched_process_exec|fork|exit use the process tracer (tp_btf), "
-                        "tp:sched:sched_process_exec the tracepoint's own fields")
+                        "tp:sched:sched_process_exec the tracepoint's own fields; "
+                        "usdt:BINARY:PROVIDER:NAME a USDT probe of a user program")
     t.add_argument("--stable", action="store_true",
                    help="trace the syscall tracepoints that stand in for a kernel function "
                         "(a stable interface) instead of the function itself")
     t.add_argument("--no-latency", dest="no_latency", action="store_true",
                    help="do not time the calls: one program per call, at exit (arguments "
                         "and return value), about half the cost on the traced path")
+    add_trace_options(t)
     common(t, kinds=ALL_KINDS)
     t.set_defaults(func=cmd_trace)
 
@@ -222,6 +225,9 @@ def _process_detail(d: Mapping[str, Any]) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    prefix, sep, rest = args.target.partition(":")
+    if sep and prefix == USDT:
+        return trace_usdt_command(rest, args)
     target = parse_target(args.target, args.kind)
     need_bpf_privileges()
     with Stopper() as stopper:

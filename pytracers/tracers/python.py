@@ -39,6 +39,7 @@ from .usdt import UsdtTracer
 __all__ = ["PythonTracer", "PyImport", "PyGC", "PyCall", "PROBES", "interpreter_of"]
 
 PROVIDER = "python"
+FUNCTIONS_RING_SIZE = 16 << 20  # the default ring with functions=True (records are ~900 bytes)
 # (probe, the arguments that are strings), in cookie-id order
 PROBES: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
     ("import__find__load__start", (0,)),
@@ -79,7 +80,7 @@ class PyGC(NamedTuple):
 
 class PyCall(NamedTuple):
     """A function entry or return (``function__entry`` / ``function__return``)."""
-    event: str
+    phase: str
     """"entry" or "return"."""
     file: str
     function: str
@@ -131,6 +132,8 @@ class PythonTracer(UsdtTracer):
             raise TargetNotFoundError("USDT probes of CPython", ", ".join(missing),
                                       detail=f"{path} has only {', '.join(sorted(have))}")
         self.functions = bool(functions)
+        if functions:       # thousands of returns a second: room for a burst
+            kw.setdefault("ring_size", FUNCTIONS_RING_SIZE)
         self._starts: Dict[Tuple[int, int], List[Tuple[Any, int]]] = {}
         super().__init__(path, [f"{PROVIDER}:{n}" for n, _s in wanted], pid=pid,
                          strings={f"{PROVIDER}:{n}": s for n, s in wanted}, **kw)
