@@ -46,7 +46,20 @@ REAL = {
     "fentry": lambda child: FunctionTracer(TARGET, kind="fentry"),
     "fexit": lambda child: FunctionTracer(TARGET, kind="fentry", measure_latency=False),
     "fmod_ret": lambda child: FmodRetPolicy("security_file_open", pid=child, enable=True),
+    # the USDT tracer on the probe the prober uses (CPython's, or libstdc++'s)
+    "usdt": lambda child: choose.trace_usdt(*_usdt_probe_target()),
 }
+
+
+def _usdt_probe_target():
+    from pytracers.user.targets import resolve_binary
+    from pytracers.user.usdt import find_probe
+    for binary, probe in features.USDT_PROBE_TARGETS:
+        try:
+            return find_probe(resolve_binary(binary), probe).path, probe
+        except TargetNotFoundError:
+            continue
+    pytest.skip("no binary with a USDT probe here (python3.11's, python3's, libstdc++'s)")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("binding", ("pytracers.errors", "pytracers.kinds", "pytracers._libbpf",
                  "pytracers._libbpf_ffi", "pytracers._resource", "pytracers._shipped",
                  "pytracers._version")),
-    ("formats", ("pytracers.elf", "pytracers.btf")),
+    ("formats", ("pytracers.elf", "pytracers.btf", "pytracers.user")),
     ("kernel facts", ("pytracers.kernel", "pytracers.tracefs", "pytracers.introspect")),
     ("core objects", ("pytracers._errmap", "pytracers.object", "pytracers.program",
                       "pytracers.link", "pytracers.maps", "pytracers.ringbuf",

@@ -7,6 +7,7 @@ import os
 import sys
 from typing import Any, Dict, List, Tuple
 
+from ..kinds import USDT
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
 from .options import common, subcommand, tracer_options
 from .output import Clock, Column, Output, dumps, hms, note, print_table, us
@@ -59,7 +60,7 @@ def trace_usdt_command(spec: str, args: argparse.Namespace) -> int:
 
         def on_event(rec: Any) -> None:
             d = t.event_dict(rec)
-            out.row({"event": "usdt", "time": round(clock.wall(d["ts_ns"]), 6), **d})
+            out.row({"event": USDT, "time": round(clock.wall(d["ts_ns"]), 6), **d})
 
         return run_events(src, out, stopper, args.duration, on_event, what="trace",
                           ready=f"trace: {src.target} with {src.kind}: {cli_words(t.why)}")
@@ -68,7 +69,7 @@ def trace_usdt_command(spec: str, args: argparse.Namespace) -> int:
 # ---- list usdt -------------------------------------------------------------------------------
 
 def add_list_usdt(lsub: Any) -> None:
-    lu = lsub.add_parser("usdt", help="USDT probes (.note.stapsdt) of a binary or of the files "
+    lu = lsub.add_parser(USDT, help="USDT probes (.note.stapsdt) of a binary or of the files "
                          "a process mapped: provider, name, address, semaphore, argument "
                          "specs", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     lu.add_argument("target", nargs="?", metavar="TARGET",

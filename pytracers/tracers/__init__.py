@@ -3,6 +3,8 @@ from __future__ import annotations
 
 # Each tracer's module is imported on first use (module __getattr__ below):
 # opening one tracer does not pay for the others.
+from ..kinds import USDT    # tracers/usdt.py is named for its kind
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .base import Tracer
@@ -21,7 +23,7 @@ __all__ = ["Tracer", "ExecTracer", "SyscallTracer", "SyscallStats", "ProcessTrac
 _HOME = {"Tracer": "base", "ExecTracer": "exec", "SyscallTracer": "syscalls",
          "SyscallStats": "syscalls",
          "ProcessTracer": "process", "FunctionTracer": "function", "FmodRetPolicy": "policy",
-         "TracepointTracer": "tracepoint", "UsdtTracer": "usdt", "PythonTracer": "python"}
+         "TracepointTracer": "tracepoint", "UsdtTracer": USDT, "PythonTracer": "python"}
 
 
 def __getattr__(name: str) -> object:

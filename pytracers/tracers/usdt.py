@@ -59,7 +59,7 @@ class UsdtTracer(Tracer):
     probe, or a dict ``{"provider:name": (indexes)}``.
     """
 
-    object_name = "usdt"
+    object_name = USDT      # usdt.bpf.o
     event_struct = "usdt_event"
     kind = USDT
     record_internals = ("cookie", "nargs", "str_len", "strs")
