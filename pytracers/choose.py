@@ -63,7 +63,9 @@ from .tracers.function import FunctionTracer
 from .tracers.syscalls import SyscallTracer, kernel_syscalls, tracepoint_name
 
 if TYPE_CHECKING:
+    from .tracers.python import PythonTracer
     from .tracers.tracepoint import TracepointTracer
+    from .tracers.usdt import UsdtTracer
 
 __all__ = ["trace_function", "trace_syscall", "trace_tracepoint", "stable_tracepoints",
            "trace_usdt", "trace_python", "usdt_for_function",
@@ -312,7 +314,7 @@ __all__ += ["trace_all_syscalls", "syscall_stats"]
 # ---------------------------------------------------------------------- user space
 
 def trace_usdt(target: str, probe: Union[str, Sequence[str]], pid: Optional[int] = None,
-               strings: Any = (), **kw: Any) -> Tracer:
+               strings: Any = (), **kw: Any) -> "UsdtTracer":
     """Trace USDT probe ``probe`` (``"provider:name"``, or several) of
     ``target`` (a path, or a library/program name; with ``pid``, as that
     process mapped it): a :class:`~pytracers.tracers.UsdtTracer`.
@@ -328,7 +330,7 @@ def trace_usdt(target: str, probe: Union[str, Sequence[str]], pid: Optional[int]
 
 
 def trace_python(binary: Optional[str] = None, pid: Optional[int] = None,
-                 functions: bool = False, **kw: Any) -> Tracer:
+                 functions: bool = False, **kw: Any) -> "PythonTracer":
     """Imports, garbage collections and (``functions=True``) function
     returns of a CPython interpreter, from its USDT probes: a
     :class:`~pytracers.tracers.PythonTracer` (``t.why`` says what it cannot see)."""

@@ -9,6 +9,7 @@ process in a container gets its own copy).
 """
 from __future__ import annotations
 
+import errno as _errno
 import glob
 import os
 import re
@@ -55,7 +56,7 @@ def mapped_files(pid: int) -> List[str]:
     except PermissionError as e:
         from ..errors import PermissionDeniedError
         raise PermissionDeniedError(f"read /proc/{pid}/maps", "CAP_SYS_PTRACE",
-                                    errno=e.errno) from None
+                                    errno=e.errno or _errno.EACCES) from None
     seen: List[str] = []
     for line in lines:
         parts = line.split(None, 5)
