@@ -239,7 +239,7 @@ def test_python_tracer_pairs_gc_and_imports(need):
         with need(kinds.USDT):
             t = trace_python(pid=child.pid)
         with t:
-            assert t.path == os.path.realpath(PY)
+            assert os.path.realpath(t.path) == os.path.realpath(PY)
             child.go()
             got = collect(t, lambda evs: any(type(e).__name__ == "PyImport"
                                              and e.module == "colorsys" for e in evs))
@@ -315,6 +315,23 @@ def test_system_wide_attach_to_a_pie_binary(need, sdt_binary):
         child.go()
         got = collect(t, lambda evs: len([e for e in evs if e.pid == child.pid]) >= 3)
     assert [e.args for e in got if e.pid == child.pid] == [(7,), (14,), (21,)]
+
+
+@needs_python
+def test_program_attach_takes_binary_provider_name(need):
+    """Program.attach("BINARY:PROVIDER:NAME") on a usdt program (the kind's
+    attach style); a missing probe is a TargetNotFoundError before libbpf."""
+    import pytracers
+    with pytracers.open(pytracers.object_path(kinds.USDT)).load() as obj:
+        prog = obj.programs["usdt_probe"]
+        assert prog.kind == kinds.USDT
+        with need(kinds.USDT):
+            link = prog.attach(f"{PY}:python:gc__start")
+        assert link.kind == kinds.USDT and "python:gc__start" in link.target
+        with pytest.raises(TargetNotFoundError):
+            prog.attach(f"{PY}:python:gc__begin")
+        with pytest.raises(BadArgumentError, match="binary:provider:name"):
+            prog.attach("gc__start")
 
 
 def test_bad_usdt_arguments_are_refused(sdt_binary):

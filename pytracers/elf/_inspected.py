@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = '31334d86e1d249abd15967c7a001045bbe560e1adfdf56dca60a34387a5c2236'
+VALIDATOR_DIGEST = 'c55bc0db23b915c96cb2eb157743ba78a46934228645c144fd3bf52b82e70f40'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
     '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {

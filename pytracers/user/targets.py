@@ -91,7 +91,9 @@ def resolve_binary(target: str, pid: Optional[int] = None) -> str:
                                   sorted({os.path.basename(p) for p in files})[:8],
                                   detail=f"not mapped by process {pid}")
     if "/" in target:
-        path = os.path.realpath(target)
+        # a file seen through /proc/PID/root stays there (a container's own copy)
+        path = os.path.abspath(target) if target.startswith("/proc/") \
+            else os.path.realpath(target)
         if not os.path.isfile(path):
             raise TargetNotFoundError("binary", target, detail="no such file")
         if not _is_elf(path):
