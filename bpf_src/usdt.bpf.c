@@ -70,8 +70,13 @@ int usdt_probe(struct pt_regs *ctx)
 		e->str_len[s] = 0;
 		if (arg == 0 || arg > USDT_MAX_ARGS || (int)arg > n)
 			continue;
+		/* read the argument again rather than index e->args with a
+		 * variable: 5.10's verifier loses the bound of that index */
+		v = 0;
+		if (bpf_usdt_arg(ctx, arg - 1, &v))
+			continue;
 		e->str_len[s] = bpf_probe_read_user_str(e->strs[s], USDT_STR_LEN,
-							(const void *)e->args[arg - 1]);
+							(const void *)v);
 	}
 	pt_submit(e);
 	return 0;

@@ -269,9 +269,6 @@ def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any
 
 _MAP_USERS = {"probe_rb": "probe_ringbuf", "__bpf_usdt_specs": "probe_usdt",  # one user each
               "__bpf_usdt_ip_to_spec_id": "probe_usdt"}
-# (binary, provider:name) the usdt prober attaches to, first present first
-USDT_PROBE_TARGETS = (("python3.11", "python:gc__start"), ("python3", "python:gc__start"),
-                      ("libstdc++", "libstdcxx:throw"))
 
 
 def _nothing(o: Any) -> None:
@@ -362,20 +359,25 @@ def _probe_trampoline(pk: kinds.ProbeKind) -> Feature:
 
 
 def _probe_usdt(pk: kinds.ProbeKind) -> Feature:
-    from .user.targets import resolve_binary
-    from .user.usdt import find_probe
+    from .user.targets import mapped_files
+    from .user.usdt import WELL_KNOWN, well_known_probes
     if host.no_uprobes_reason():
         raise NotSupportedError(pk.name, host.no_uprobes_reason() or "")
-    for binary, probe in USDT_PROBE_TARGETS:
-        try:
-            path = find_probe(resolve_binary(binary), probe).path
-        except PytracersError:
-            continue
-        _attempt(pk, _nothing, lambda p: p.attach_usdt(path, *probe.split(":")))
-        return _ok(pk.name, f"attached to {probe} of {path}")
+    for pr in well_known_probes():
+        for pid in (None, os.getpid()):     # without BPF cookies a library needs a pid: ours
+            try:
+                _attempt(pk, _nothing, lambda p: p.attach_usdt(pr.path, pr.provider, pr.name,
+                                                               pid=pid))
+                return _ok(pk.name, f"attached to {pr.full_name} of {pr.path}"
+                           + (" (this process)" if pid else ""))
+            except NotSupportedError as e:
+                if e.min_kernel is None:
+                    raise
+                if pid or pr.path not in mapped_files(os.getpid()):
+                    break
     return _no(pk.name, "no binary with a USDT probe to try: " + ", ".join(
-        f"{b} ({p})" for b, p in USDT_PROBE_TARGETS), "a CPython built with --with-dtrace "
-        "(Debian's python3)", conclusive=False)
+        f"{b} ({p})" for b, p in WELL_KNOWN), "Debian's python3 (built --with-dtrace)",
+        conclusive=False)
 
 
 # How each attach style (kinds.ProbeKind.attach) is probed: a real load and attach.

@@ -52,13 +52,9 @@ REAL = {
 
 
 def _usdt_probe_target():
-    from pytracers.user.targets import resolve_binary
-    from pytracers.user.usdt import find_probe
-    for binary, probe in features.USDT_PROBE_TARGETS:
-        try:
-            return find_probe(resolve_binary(binary), probe).path, probe
-        except TargetNotFoundError:
-            continue
+    from pytracers.user.usdt import well_known_probes
+    for p in well_known_probes():
+        return p.path, p.full_name
     pytest.skip("no binary with a USDT probe here (python3.11's, python3's, libstdc++'s)")
 
 

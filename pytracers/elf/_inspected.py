@@ -207,7 +207,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3392, 2701),
     },
     # usdt.bpf.o
-    '4b548ff522547906edab3aa22585cc2715f9f50c6fd89a4df8e0c421526dcd69': {
+    '6f7edce57c60bb4ef964da999636ea4c2681654e382f1226baea098f45b9e865': {
         'programs': {
             'usdt_probe': 'usdt',
         },
@@ -220,6 +220,6 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', '.text', 'usdt', '.rodata', '.data', '.maps', 'license', '.rel.text', '.relusdt', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (7936, 5717),
+        'btf': (8096, 5740),
     },
 }

@@ -99,9 +99,9 @@ def resolve_binary(target: str, pid: Optional[int] = None) -> str:
         if not _is_elf(path):
             raise BadArgumentError(f"{target} is not an ELF executable or library")
         return path
-    path_dirs = [d for d in os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-                 .split(os.pathsep) if d]
-    for d in (*LIBRARY_DIRS, *path_dirs):      # a file of exactly that name first
+    path_dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d] + \
+        ["/usr/local/bin", "/usr/bin", "/bin"]
+    for d in (*path_dirs, *LIBRARY_DIRS):      # a file of exactly that name first
         path = os.path.join(d, target)
         if os.path.isfile(path) and _is_elf(path):
             return os.path.realpath(path)

@@ -27,12 +27,12 @@ import difflib
 import re
 import struct
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
-from ..errors import BadArgumentError, TargetNotFoundError
+from ..errors import BadArgumentError, PytracersError, TargetNotFoundError
 
 __all__ = ["UsdtArg", "UsdtProbe", "read_probes", "find_probe", "parse_args", "split_probe", "sites",
-           "NOTE_SECTION", "BASE_SECTION"]
+           "NOTE_SECTION", "BASE_SECTION", "WELL_KNOWN", "well_known_probes"]
 
 NOTE_SECTION = ".note.stapsdt"
 BASE_SECTION = ".stapsdt.base"
@@ -210,3 +210,18 @@ def sites(path: str, spec: str) -> List[UsdtProbe]:
     first = find_probe(path, spec)
     return [p for p in read_probes(path)
             if p.provider == first.provider and p.name == first.name]
+
+
+WELL_KNOWN = (("/usr/bin/python3.11", "python:gc__start"), ("/usr/bin/python3", "python:gc__start"),
+              ("python3", "python:gc__start"), ("libstdc++", "libstdcxx:throw"))
+"""(binary, probe) pairs present on many machines (the feature prober attaches to them)."""
+
+
+def well_known_probes() -> Iterator[UsdtProbe]:
+    """The probes of :data:`WELL_KNOWN` this machine has, in that order."""
+    from .targets import resolve_binary
+    for binary, spec in WELL_KNOWN:
+        try:
+            yield find_probe(resolve_binary(binary), spec)
+        except PytracersError:
+            continue
