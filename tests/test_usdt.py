@@ -356,31 +356,59 @@ def test_cli_list_usdt_json_is_the_notes():
                                 p.arg_specs) for p in read_probes(PY)]
 
 
+def _cli_ready(need: Any, *argv: str) -> "subprocess.Popen[bytes]":
+    """The CLI started and attached (its ready line seen on stderr)."""
+    cli = subprocess.Popen([*CLI, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = b""
+    while b"Ctrl-C to stop" not in err:
+        line = cli.stderr.readline()
+        if not line:
+            break
+        err += line
+    if b"Ctrl-C to stop" not in err:
+        cli.kill()
+        cli.wait()
+        with need(kinds.USDT):
+            raise NotSupportedError(kinds.USDT, err.decode())
+        pytest.fail(err.decode())
+    return cli
+
+
+def _cli_rows(cli: "subprocess.Popen[bytes]") -> List[dict]:
+    time.sleep(0.5)
+    cli.send_signal(2)
+    out, err = cli.communicate(timeout=TIMEOUT)
+    assert cli.returncode == 0, err
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
 def test_cli_trace_usdt_prints_the_arguments(need, sdt_binary):
     """`pytracers trace usdt:BINARY:pt_test:hit --pid PID --strings 4 --json`."""
     child = Child([sdt_binary])
-    cli = subprocess.Popen([*CLI, "trace", f"usdt:{sdt_binary}:pt_test:hit", "--pid",
-                            str(child.pid), "--strings", "4", "--json", "-d",
-                            str(TIMEOUT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        err = b""
-        while b"Ctrl-C to stop" not in err:
-            line = cli.stderr.readline()
-            if not line:
-                break
-            err += line
-        if b"Ctrl-C to stop" not in err:
-            with need(kinds.USDT):
-                raise NotSupportedError(kinds.USDT, err.decode())
+        cli = _cli_ready(need, "trace", f"usdt:{sdt_binary}:pt_test:hit", "--pid",
+                         str(child.pid), "--strings", "4", "--json", "-d", str(TIMEOUT * 3))
         assert child.go() == ["done 1"]
-        time.sleep(0.5)
-        cli.send_signal(2)
-        out, _ = cli.communicate(timeout=TIMEOUT)
-        rows = [json.loads(line) for line in out.decode().splitlines()]
-        assert [(d["name"], d["args"]) for d in rows] == \
-            [("hit", [i, -1000000000000 * i, 250 + i, -i, f"call-{i}"]) for i in (1, 2, 3)]
+        rows = _cli_rows(cli)
+        assert [(d["event"], d["name"], d["args"]) for d in rows] == \
+            [("usdt", "hit", [i, -1000000000000 * i, 250 + i, -i, f"call-{i}"])
+             for i in (1, 2, 3)]
     finally:
         child.kill()
-        if cli.poll() is None:
-            cli.kill()
-            cli.wait()
+
+
+@needs_python
+def test_cli_python_reports_collections_and_imports(need):
+    """`pytracers python --pid PID --json`: the child's gc.collect(1) and its
+    import of colorsys, one JSON object each."""
+    child = python_child("gc.collect(1)\nimport colorsys")
+    try:
+        cli = _cli_ready(need, "python", "--pid", str(child.pid), "--json",
+                         "-d", str(TIMEOUT * 3))
+        child.go()
+        rows = _cli_rows(cli)
+        assert [(d["event"], d["generation"]) for d in rows if d["event"] == "PyGC"] == \
+            [("PyGC", 1)]
+        assert [d["module"] for d in rows if d["event"] == "PyImport"] == ["colorsys"]
+    finally:
+        child.kill()
