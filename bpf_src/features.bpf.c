@@ -19,13 +19,18 @@
  *   probe_uretprobe     uretprobe
  *   probe_ringbuf       raw_tp using the ring buffer `probe_rb` (5.8+)
  *   probe_cookie        kprobe calling bpf_get_attach_cookie (5.15+)
+ *   probe_usdt          usdt         bpf_program__attach_usdt to a USDT probe
  *
- * `probe_rb` is the only map and only probe_ringbuf uses it: when probing
- * anything else, turn its autocreate off, so that a kernel without ring
- * buffers does not fail the load for an unrelated reason.
+ * `probe_rb` is used by probe_ringbuf alone, and the two maps of usdt.bpf.h
+ * (`__bpf_usdt_specs`, `__bpf_usdt_ip_to_spec_id`, which libbpf fills when it
+ * attaches a USDT probe) by probe_usdt alone: when probing anything else,
+ * turn their autocreate off, so that a kernel without ring buffers does not
+ * fail the load for an unrelated reason.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/usdt.bpf.h>
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -113,6 +118,12 @@ SEC("kprobe")
 int probe_cookie(void *ctx)
 {
 	bpf_get_attach_cookie(ctx);
+	return 0;
+}
+
+SEC("usdt")
+int probe_usdt(void *ctx)
+{
 	return 0;
 }
 

@@ -20,17 +20,20 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import features
     from ._shipped import object_path, objects_dir
-    from .choose import trace_function, trace_syscall, trace_tracepoint, trace_user_function
+    from .choose import (trace_function, trace_python, trace_syscall, trace_tracepoint,
+                         trace_usdt, trace_user_function)
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
-                          SyscallStats, SyscallTracer, TracepointTracer, Tracer,
-                          UserFunctionTracer)
+                          PythonTracer, SyscallStats, SyscallTracer, TracepointTracer, Tracer,
+                          UsdtTracer, UserFunctionTracer)
 
 _LAZY = {
     "open": ".object", "OpenObject": ".object", "Object": ".object",
     "objects_dir": "._shipped", "object_path": "._shipped",
     "features": None,
     "trace_function": ".choose", "trace_syscall": ".choose", "trace_tracepoint": ".choose",
+    "trace_usdt": ".choose", "trace_python": ".choose",
+    "UsdtTracer": ".tracers", "PythonTracer": ".tracers",
     "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
     "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
@@ -59,4 +62,5 @@ __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path
            "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
            "TracepointTracer", "SyscallStats", "trace_user_function", "UserFunctionTracer",
+           "trace_usdt", "trace_python", "UsdtTracer", "PythonTracer",
            *errors.__all__]

@@ -15,7 +15,8 @@ from . import kinds
 from .errors import (ENOTSUPP, AttachError, LoadError, NotSupportedError,
                      PermissionDeniedError, PytracersError, TargetNotFoundError, VerifierError,
                      errno_name)
-from .kernel.host import kprobe_pmu, lockdown_mode, missing_bpf_caps, no_kprobes_reason
+from .kernel.host import (kprobe_pmu, lockdown_mode, missing_bpf_caps, no_kprobes_reason,
+                          no_uprobes_reason)
 # kernel.symbols (kallsyms, BTF look-ups) is imported where an error needs it:
 # mapping a failure is off the start path, and so must be its imports.
 
@@ -171,6 +172,15 @@ def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> Pytr
                                          f"({errno_name(err)}): it is inlined at every call "
                                          "site, notrace, or on the kprobe blacklist",
                                          errno=err)
+    if kind == kinds.USDT:
+        reason = no_uprobes_reason()
+        if reason:
+            return NotSupportedError(kind, reason, errno=err)
+        if err in (errno.EOPNOTSUPP, ENOTSUPP):
+            return NotSupportedError(kind, f"libbpf refused ({errno_name(err)}: {libbpf_msg}); "
+                                     "without BPF cookies (5.15) it cannot attach to a shared "
+                                     "library in every process", min_kernel="5.15",
+                                     hint="pass pid= to trace one process", errno=err)
     if err in (errno.EPERM, errno.EACCES):
         cap = missing_bpf_caps()
         if cap:

@@ -107,6 +107,12 @@ struct bpf_link *bpf_program__attach_uprobe_opts(const struct bpf_program *prog,
 struct bpf_link *bpf_program__attach_tracepoint(const struct bpf_program *prog, const char *tp_category, const char *tp_name);
 struct bpf_link *bpf_program__attach_raw_tracepoint(const struct bpf_program *prog, const char *tp_name);
 struct bpf_link *bpf_program__attach_trace(const struct bpf_program *prog);
+struct bpf_usdt_opts {
+    size_t sz;
+    __u64 usdt_cookie;
+};
+/* pid: -1 for every process; libbpf 1.1 exports it */
+struct bpf_link *bpf_program__attach_usdt(const struct bpf_program *prog, int pid, const char *binary_path, const char *usdt_provider, const char *usdt_name, const struct bpf_usdt_opts *opts);
 
 int bpf_link__fd(const struct bpf_link *link);
 int bpf_link__destroy(struct bpf_link *link);

@@ -56,6 +56,13 @@ For any tracepoint (``trace_tracepoint("category:name")``): tp, the only
 kind whose context is the tracepoint's record as its format file describes
 it; raw_tp and tp_btf hand over the kernel's own arguments (pointers to
 internal structs), different for every tracepoint and kernel.
+
+For user space (``trace_usdt(target, "provider:name")``): a USDT probe is the
+program's own stable, documented probe point -- the user-space tracepoint.
+:func:`usdt_for_function` is the rule a user-function chooser applies with
+``kind=None``: where the binary has a USDT probe of that name, it is preferred
+to a uprobe on the symbol (which reaches any function but breaks when the
+code changes: renamed, inlined, arguments moved).
 """
 from __future__ import annotations
 
@@ -70,9 +77,12 @@ from .tracers.function import FunctionTracer
 from .tracers.syscalls import SyscallTracer, kernel_syscalls, tracepoint_name
 
 if TYPE_CHECKING:
+    from .tracers.python import PythonTracer
     from .tracers.tracepoint import TracepointTracer
+    from .tracers.user_usdt import UsdtTracer
 
 __all__ = ["trace_function", "trace_syscall", "trace_tracepoint", "stable_tracepoints",
+           "trace_usdt", "trace_python", "usdt_for_function",
            "FUNCTION_KINDS", "SYSCALL_KINDS", "TRACEPOINT_KINDS"]
 
 FUNCTION_KINDS = {FENTRY: FENTRY, FEXIT: FENTRY, KPROBE: KPROBE,
@@ -314,17 +324,25 @@ def _first_that_works(make: Callable[[str], Any], kind: Optional[str],
 
 
 __all__ += ["trace_all_syscalls", "syscall_stats", "trace_user_function", "usdt_alternative",
-            "USER_FUNCTION_KINDS"]
+            "USER_FUNCTION_KINDS", "trace_usdt", "trace_python", "usdt_for_function"]
 
 USER_FUNCTION_KINDS = (UPROBE, URETPROBE)
 
 
 def usdt_alternative(target: str, symbol: Union[str, int], pid: Optional[int] = None,
                      **filters: Any) -> Optional[Tracer]:
-    """The hook of rule 2 for user functions: a started tracer on the USDT
-    probe ``symbol`` of ``target`` when the binary has one, else None.  (Here
-    always None: the USDT tracer fills it in.)"""
-    return None
+    """Rule 2 for user functions: a started tracer on the USDT probe named
+    ``symbol`` (``"name"`` or ``"provider:name"``) of ``target`` when the
+    binary has exactly one, else None (then a uprobe on the symbol)."""
+    if not isinstance(symbol, str):
+        return None
+    from .user.targets import resolve_binary
+    probe = usdt_for_function(resolve_binary(target, pid), symbol)
+    if probe is None:
+        return None
+    t = trace_usdt(target, probe, pid=pid, **filters)
+    t.why = (f"USDT probe {probe} chosen over a uprobe on {symbol!r}: " + t.why)
+    return t
 
 
 def trace_user_function(target: str, symbol: Union[str, int], pid: Optional[int] = None,
@@ -352,3 +370,46 @@ def trace_user_function(target: str, symbol: Union[str, int], pid: Optional[int]
     t.why = ("a uprobe on the symbol (no USDT probe of that name to prefer): it follows the "
              "code, so a new build may rename, inline or change it; " + t.why)
     return t
+
+
+# ---------------------------------------------------------------------- user space
+
+def trace_usdt(target: str, probe: Union[str, Sequence[str]], pid: Optional[int] = None,
+               strings: Any = (), **kw: Any) -> "UsdtTracer":
+    """Trace USDT probe ``probe`` (``"provider:name"``, or several) of
+    ``target`` (a path, or a library/program name; with ``pid``, as that
+    process mapped it): a :class:`~pytracers.tracers.UsdtTracer`.
+    ``strings``: the indexes of the arguments to read as strings (the note
+    gives sizes, not types: ``char *`` is only in the probe's documentation).
+    """
+    from .tracers.user_usdt import UsdtTracer
+    t = UsdtTracer(target, probe, pid=pid, strings=strings, **kw)
+    t.why = ("a USDT probe is the program's own stable probe point (like a tracepoint): "
+             "its name and arguments are part of the program's interface, while a uprobe "
+             "on a symbol breaks when the code changes. " + t.why)
+    return t
+
+
+def trace_python(binary: Optional[str] = None, pid: Optional[int] = None,
+                 functions: bool = False, **kw: Any) -> "PythonTracer":
+    """Imports, garbage collections and (``functions=True``) function
+    returns of a CPython interpreter, from its USDT probes: a
+    :class:`~pytracers.tracers.PythonTracer` (``t.why`` says what it cannot see)."""
+    from .tracers.python import PythonTracer
+    return PythonTracer(binary, pid=pid, functions=functions, **kw)
+
+
+def usdt_for_function(path: str, symbol: str) -> Optional[str]:
+    """The ``"provider:name"`` of the USDT probe named ``symbol`` (or
+    ``"provider:symbol"``) in the binary at ``path``, if it has exactly one;
+    None otherwise (then a uprobe on the symbol is the choice).  A
+    user-function chooser with ``kind=None`` prefers it, and says so in
+    ``t.why``."""
+    from .user.usdt import read_probes, split_probe
+    try:
+        provider, name = split_probe(symbol)
+    except BadArgumentError:
+        return None
+    found = sorted({p.full_name for p in read_probes(path)
+                    if p.name == name and provider in (None, p.provider)})
+    return found[0] if len(found) == 1 else None

@@ -24,6 +24,8 @@ uretprobe      the same, as a return probe
 fentry/fexit   load against the probe function's BTF, attach
 fmod_ret       load against security_file_open (returns 0: no effect), attach
 cookies        load a program calling bpf_get_attach_cookie
+usdt           attach to a USDT probe of a binary that has one (CPython's
+               gc__start, libstdc++'s throw); no such binary: inconclusive
 tracefs        mounted, or mountable (pytracers mounts it when needed)
 lockdown       securityfs' lockdown mode (confidentiality forbids tracing reads)
 =============  ===========================================================
@@ -253,8 +255,9 @@ def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any
     o = open_object(object_path("features"))
     try:
         o.only(prog)
-        if prog != "probe_ringbuf":
-            o.maps["probe_rb"].autocreate = False
+        for m, user in _MAP_USERS.items():
+            if user != prog:
+                o.maps[m].autocreate = False
         setup(o)
         obj = o.load()
     except BaseException:
@@ -264,6 +267,10 @@ def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any
         link = attach(obj.programs[prog])
         if link is not None:
             link.close()
+
+
+_MAP_USERS = {"probe_rb": "probe_ringbuf", "__bpf_usdt_specs": "probe_usdt",  # one user each
+              "__bpf_usdt_ip_to_spec_id": "probe_usdt"}
 
 
 def _nothing(o: Any) -> None:
@@ -367,6 +374,28 @@ def _probe_trampoline(pk: kinds.ProbeKind) -> Feature:
     return _ok(pk.name, f"BPF trampoline on {fn}")
 
 
+def _probe_usdt(pk: kinds.ProbeKind) -> Feature:
+    from .user.targets import mapped_files
+    from .user.usdt import WELL_KNOWN, well_known_probes
+    if host.no_uprobes_reason():
+        raise NotSupportedError(pk.name, host.no_uprobes_reason() or "")
+    for pr in well_known_probes():
+        for pid in (None, os.getpid()):     # without BPF cookies a library needs a pid: ours
+            try:
+                _attempt(pk, _nothing, lambda p: p.attach_usdt(pr.path, pr.provider, pr.name,
+                                                               pid=pid))
+                return _ok(pk.name, f"attached to {pr.full_name} of {pr.path}"
+                           + (" (this process)" if pid else ""))
+            except NotSupportedError as e:
+                if e.min_kernel is None:
+                    raise
+                if pid or pr.path not in mapped_files(os.getpid()):
+                    break
+    return _no(pk.name, "no binary with a USDT probe to try: " + ", ".join(
+        f"{b} ({p})" for b, p in WELL_KNOWN), "Debian's python3 (built --with-dtrace)",
+        conclusive=False)
+
+
 # How each attach style (kinds.ProbeKind.attach) is probed: a real load and attach.
 _KIND_PROBES: Dict[str, Callable[[kinds.ProbeKind], Feature]] = {
     kinds.ATTACH_TRACEPOINT: _probe_tracepoint,
@@ -375,6 +404,7 @@ _KIND_PROBES: Dict[str, Callable[[kinds.ProbeKind], Feature]] = {
     kinds.ATTACH_FUNCTION: _probe_kprobe,
     kinds.ATTACH_FUNCTION_GLOB: _probe_kprobe_multi,
     kinds.ATTACH_USER_FUNCTION: _probe_uprobe,
+    kinds.ATTACH_USDT: _probe_usdt,
 }
 
 

@@ -3,9 +3,10 @@
 A probe kind is how a BPF program meets the kernel: a tracepoint (``tp``), a
 raw tracepoint (``raw_tp``), a BTF tracepoint (``tp_btf``), a kprobe or
 kretprobe, a multi-kprobe, or a BPF trampoline (``fentry``, ``fexit``,
-``fmod_ret``), and in user space a uprobe or uretprobe.  This module is the only place that spells their names; every
-module that lists kinds, dispatches on them or explains them reads
-:data:`KINDS`:
+``fmod_ret``), and in user space a uprobe, a uretprobe or a USDT probe of a
+user program (``usdt``).  This module is the only place that spells their
+names; every module that lists kinds, dispatches on them or explains them
+reads :data:`KINDS`:
 
 * :meth:`pytracers.program.Program.attach` dispatches on :attr:`ProbeKind.attach`;
 * :func:`pytracers.features.probe` builds its report from the kinds whose
@@ -24,9 +25,10 @@ from typing import Dict, NamedTuple, Optional, Tuple
 __all__ = [
     "ProbeKind", "KINDS", "get", "kind_of_section",
     "TP", "RAW_TP", "TP_BTF", "KPROBE", "KRETPROBE", "KPROBE_MULTI", "KRETPROBE_MULTI",
-    "FENTRY", "FEXIT", "FMOD_RET", "UPROBE", "URETPROBE",
+    "FENTRY", "FEXIT", "FMOD_RET", "UPROBE", "URETPROBE", "USDT",
     "PERF_EVENT_LINK", "BPF_LINK", "ATTACH_TRACEPOINT", "ATTACH_RAW_TRACEPOINT",
     "ATTACH_FUNCTION", "ATTACH_FUNCTION_GLOB", "ATTACH_BTF", "ATTACH_USER_FUNCTION",
+    "ATTACH_USDT",
     "PROBED_KINDS", "TRACEPOINT_KINDS", "KPROBE_KINDS", "MULTI_KINDS", "TRAMPOLINE_KINDS",
     "BTF_TARGET_KINDS", "UPROBE_KINDS",
 ]
@@ -43,6 +45,7 @@ FEXIT = "fexit"
 FMOD_RET = "fmod_ret"
 UPROBE = "uprobe"
 URETPROBE = "uretprobe"
+USDT = "usdt"
 
 # How the kernel holds an attachment (what ``Link.pin`` can pin before 5.15).
 PERF_EVENT_LINK = "perf_event"    # a perf event with the program set on it
@@ -55,6 +58,7 @@ ATTACH_FUNCTION = "function"          # attach_kprobe(function)
 ATTACH_FUNCTION_GLOB = "function_glob"  # attach_kprobe_multi(pattern | functions)
 ATTACH_BTF = "btf"                    # attach_trace(): the target was fixed before load
 ATTACH_USER_FUNCTION = "user_function"  # attach_uprobe(binary, symbol_or_offset, pid=)
+ATTACH_USDT = "usdt"                  # attach_usdt(binary, provider, name)
 
 
 class ProbeKind(NamedTuple):
@@ -123,6 +127,15 @@ _ALL = (
     ProbeKind(URETPROBE, ("uretprobe", "uretprobe.s"), ATTACH_USER_FUNCTION, PERF_EVENT_LINK,
               "a user-space function, 'BINARY:SYMBOL'", "4.17", retprobe=True, twin=UPROBE,
               feature_program="probe_uretprobe"),
+    # libbpf's USDT support (usdt.bpf.h) reads arguments with
+    # bpf_probe_read_kernel/_user (5.5) and counts semaphores through the
+    # uprobe's ref_ctr_offset (4.20).  It uses BPF cookies (5.15) to find a
+    # probe's argument spec; before 5.15 it falls back to a map keyed by the
+    # probe's address, which works for executables and for a library in one
+    # process (pid=), but not for a shared library system-wide.
+    ProbeKind(USDT, ("usdt", "usdt.s"), ATTACH_USDT, PERF_EVENT_LINK,
+              "a USDT probe of a user program, 'binary:provider:name'", "5.5",
+              feature_program="probe_usdt"),
 )
 
 KINDS: Dict[str, ProbeKind] = {k.name: k for k in _ALL}

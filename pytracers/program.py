@@ -102,12 +102,14 @@ class Program:
         kinds.ATTACH_FUNCTION_GLOB: "_attach_glob",
         kinds.ATTACH_BTF: "_attach_fixed",
         kinds.ATTACH_USER_FUNCTION: "_attach_user_spec",
+        kinds.ATTACH_USDT: "_attach_usdt_spec",
     }
 
     def attach(self, target: Optional[str] = None) -> Link:
         """Attach by kind (see :mod:`pytracers.kinds`): tracepoints take
         "category/name" (or "category:name"), raw tracepoints a name, kprobes a
-        function, multi-kprobes a glob; BTF-based programs (tp_btf, fentry,
+        function, multi-kprobes a glob, USDT programs
+        "binary:provider:name"; BTF-based programs (tp_btf, fentry,
         fexit, fmod_ret) attach to the target fixed at load.  Without
         ``target``, the one written in the program's section."""
         pk = kinds.KINDS.get(self.kind)
@@ -145,6 +147,46 @@ class Program:
             raise BadArgumentError(f"{self.name} was loaded for {self.attach_target}; "
                                    "a BTF-based program's target is fixed before load")
         return self.attach_trace()
+
+    def _attach_usdt_spec(self, target: str) -> Link:
+        binary, sep, probe = target.rpartition(":")
+        binary, sep2, provider = binary.rpartition(":")
+        if not (sep and sep2 and binary and provider and probe):
+            raise BadArgumentError(f"a USDT target is 'binary:provider:name', got {target!r}")
+        return self.attach_usdt(binary, provider, probe)
+
+    def attach_usdt(self, binary: str, provider: str, name: str, pid: Optional[int] = None,
+                    cookie: int = 0) -> Link:
+        """Attach to USDT probe ``provider:name`` of ``binary`` (a path, or a
+        library/program name resolved by :func:`pytracers.user.targets.resolve_binary`)
+        in every process (``pid=None``) or in process ``pid``, through libbpf's
+        ``bpf_program__attach_usdt`` (which also increments the probe's
+        semaphore while attached).  The program reads ``cookie`` with
+        ``bpf_usdt_cookie()``; its object must include ``<bpf/usdt.bpf.h>``."""
+        from .user.targets import resolve_binary
+        from .user.usdt import find_probe
+        self._check_kind(kinds.USDT)
+        self.object._check()
+        for what, v in (("provider", provider), ("name", name)):
+            if not isinstance(v, str) or not v or ":" in v:
+                raise BadArgumentError(f"USDT {what} must be a non-empty name, got {v!r}")
+        if isinstance(cookie, bool) or not isinstance(cookie, int) or \
+                not 0 <= cookie < 1 << 64:
+            raise BadTypeError("cookie must be an int in 0..2**64-1")
+        if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0):
+            raise BadArgumentError(f"pid must be a positive process id, got {pid!r}")
+        path = resolve_binary(binary, pid)
+        find_probe(path, f"{provider}:{name}")      # TargetNotFoundError with suggestions
+        target = f"{path}:{provider}:{name}" + (f" (pid {pid})" if pid else "") + \
+            (f" cookie {cookie:#x}" if cookie else "")
+        self._refuse_duplicate(kinds.USDT, target)
+        opts = ffi.new("struct bpf_usdt_opts *")
+        opts.sz = ffi.sizeof("struct bpf_usdt_opts")
+        opts.usdt_cookie = cookie
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_usdt, self._ptr,
+                                              pid if pid else -1, path.encode(),
+                                              provider.encode(), name.encode(), opts)
+        return self._link(ptr, err, cap, kinds.USDT, target)
 
     def _check_kind(self, *kinds: str) -> None:
         if self.kind not in kinds:

@@ -587,7 +587,7 @@ def test_doctor_json_reports_every_kind_with_its_reason(capsys):
     rows = {d["feature"]: d for d in json_lines(r.stdout)}
     assert set(rows) == {"btf", "ringbuf", "tp", "raw_tp", "tp_btf", "kprobe", "kretprobe",
                          "kprobe_multi", "fentry", "fexit", "fmod_ret", "uprobe", "uretprobe",
-                         "cookies", "tracefs", "lockdown"}
+                         "usdt", "cookies", "tracefs", "lockdown"}
     for d in rows.values():
         assert isinstance(d["available"], bool) and d["reason"], d
         if not d["available"]:
@@ -595,7 +595,7 @@ def test_doctor_json_reports_every_kind_with_its_reason(capsys):
     for k in ("btf", "ringbuf", "tp", "raw_tp", "tp_btf", "tracefs"):
         assert rows[k]["available"], rows[k]
     if VM_KERNEL:
-        for k in ("kprobe", "kretprobe", "fentry", "fexit", "kprobe_multi"):
+        for k in ("kprobe", "kretprobe", "fentry", "fexit", "kprobe_multi", "usdt"):
             assert rows[k]["available"] is expected(k), rows[k]
     else:
         from pytracers.kernel.host import lockdown_mode, no_kprobes_reason

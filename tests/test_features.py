@@ -51,7 +51,16 @@ REAL = {
     "uprobe": lambda child: UserFunctionTracer("libc", "getpid", pid=child, kind="uprobe"),
     "uretprobe": lambda child: UserFunctionTracer("libc", "getpid", pid=child,
                                                   kind="uretprobe"),
+    # the USDT tracer on the probe the prober uses (CPython's, or libstdc++'s)
+    "usdt": lambda child: choose.trace_usdt(*_usdt_probe_target()),
 }
+
+
+def _usdt_probe_target():
+    from pytracers.user.usdt import well_known_probes
+    for p in well_known_probes():
+        return p.path, p.full_name
+    pytest.skip("no binary with a USDT probe here (python3.11's, python3's, libstdc++'s)")
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .. import errors as E
 from ..kinds import RAW_TP, TP, TP_BTF
+from .usdt import add_list_usdt
 from .options import LIST_FUNCTION_KINDS, Parser, common, subcommand
 from .output import dumps, note, print_table
 from .status import EPILOG, EXIT_NOT_FOUND, EXIT_OK, PROG, CliError
@@ -18,7 +19,7 @@ log = logging.getLogger("pytracers.cli")
 
 def add_command(sub: Any) -> None:
     lp = subcommand(sub, "list", "list tracepoints, kernel functions or a binary's symbols "
-                                 "matching a glob")
+                                 "matching a glob, or a binary's USDT probes")
     lsub = lp.add_subparsers(dest="what", metavar="WHAT", parser_class=Parser)
     lsub.required = True
     lt = lsub.add_parser("tracepoints", help="tracepoints (category:name) and the kinds that "
@@ -38,6 +39,7 @@ def add_command(sub: Any) -> None:
     lf.set_defaults(func=cmd_list_functions, command="list functions")
     from .user import add_list_command
     add_list_command(lsub)
+    add_list_usdt(lsub)
 
 
 # ---- tracepoints ---------------------------------------------------------------------------

@@ -7,8 +7,9 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import errors as E
-from ..kinds import KPROBE_MULTI, TP, TP_BTF
+from ..kinds import KPROBE_MULTI, TP, TP_BTF, USDT
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
+from .usdt import add_trace_options, trace_usdt_command
 from .options import (ALL_KINDS, SYSCALL_KINDS, USER_KINDS, common, split_names, subcommand,
                       tracer_options)
 from .output import Clock, Column, Output, args_text, hms, kernel_value, lat_us, note
@@ -36,7 +37,8 @@ def add_command(sub: Any) -> None:
                         "tp:sched:sched_process_exec the tracepoint's own fields; "
                         "a user-space function: uprobe:TARGET:SYMBOL or uretprobe:TARGET:SYMBOL "
                         "(TARGET a path, a library such as libc, or a command; with --pid the "
-                        "file that process mapped, and only that process)")
+                        "file that process mapped, and only that process); "
+                        "usdt:BINARY:PROVIDER:NAME a USDT probe of a user program")
     t.add_argument("--stable", action="store_true",
                    help="trace the syscall tracepoints that stand in for a kernel function "
                         "(a stable interface) instead of the function itself")
@@ -46,6 +48,7 @@ def add_command(sub: Any) -> None:
     t.add_argument("--string-arg", dest="string_arg", metavar="ARG",
                    help="uprobe:/uretprobe: targets: read this argument (its name, or its "
                         "index from 0) as a C string, up to 63 bytes")
+    add_trace_options(t)
     common(t, kinds=ALL_KINDS)
     t.set_defaults(func=cmd_trace)
 
@@ -242,6 +245,9 @@ def _process_detail(d: Mapping[str, Any]) -> str:
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
+    prefix, sep, rest = args.target.partition(":")
+    if sep and prefix == USDT:
+        return trace_usdt_command(rest, args)
     target = parse_target(args.target, args.kind)
     need_bpf_privileges()
     with Stopper() as stopper:

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = '529a810892100584be8e463652e2d7b3aa9f213a68d3d1fab37f7c5faf284ef4'
+VALIDATOR_DIGEST = '354d0fcd857d45f6a86db1bdbcb4c3deb35d04bb6a664e29d529fd9af01d8471'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
     '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {
@@ -48,7 +48,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4920, 30271),
     },
     # features.bpf.o
-    '11e6be0a33190f86564761040355bdff424798a9f04643786b546933c17e0981': {
+    '1208e0b0a630cb05a8fd965efc16c8b6d08a72ce24d123746db6fbf8b1f459ad': {
         'programs': {
             'probe_tp': 'tp',
             'probe_raw_tp': 'raw_tp',
@@ -63,11 +63,12 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'probe_fmod_ret': 'fmod_ret',
             'probe_ringbuf': 'raw_tp',
             'probe_cookie': 'kprobe',
+            'probe_usdt': 'usdt',
         },
         'variables': {},
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', '.text', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', 'usdt', '.maps', 'license', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (1440, 980),
+        'btf': (3504, 3974),
     },
     # fentry.bpf.o
     '3b381c6b97acde08224ee8ef9d2ede63f2a98363104aa324f78e8ebdbdebe531': {
@@ -227,5 +228,21 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
         'btf': (9704, 5394),
+    },
+    # usdt.bpf.o
+    '6f7edce57c60bb4ef964da999636ea4c2681654e382f1226baea098f45b9e865': {
+        'programs': {
+            'usdt_probe': 'usdt',
+        },
+        'variables': {
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'pt_btf_usdt_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', '.text', 'usdt', '.rodata', '.data', '.maps', 'license', '.rel.text', '.relusdt', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (8096, 5740),
     },
 }

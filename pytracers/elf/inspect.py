@@ -33,7 +33,7 @@ SHF_EXECINSTR = 0x4
 # is a program section.
 PROGRAM_SECTION_PREFIXES = tuple(s for k in KINDS.values() for s in k.sections) + (
     "socket", "sk_reuseport/migrate", "sk_reuseport", "uprobe.multi", "uretprobe.multi",
-    "ksyscall", "kretsyscall", "usdt", "usdt.s",
+    "ksyscall", "kretsyscall",
     "tc", "tcx/ingress", "tcx/egress", "netkit/primary", "netkit/peer", "classifier", "action",
     "freplace", "lsm.s", "lsm_cgroup", "lsm", "iter.s", "iter", "syscall", "xdp.frags/devmap",
     "xdp/devmap", "xdp.frags/cpumap", "xdp/cpumap", "xdp.frags", "xdp", "perf_event", "lwt_in",

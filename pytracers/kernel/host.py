@@ -15,7 +15,7 @@ __all__ = ["kernel_release", "parse_version", "kernel_version", "kernel_older_th
            "read_text", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_BPF", "effective_caps", "has_cap",
            "missing_bpf_caps", "SECURITYFS", "lockdown_mode", "kprobe_pmu",
            "kprobe_events_file", "no_kprobes_reason",
-           "uprobe_pmu", "no_uprobes_reason"]
+           "uprobe_pmu", "no_uprobes_reason", "UPROBE_PMU"]
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
@@ -132,14 +132,18 @@ def kprobe_events_file() -> bool:
     return False
 
 
+UPROBE_PMU = "/sys/bus/event_source/devices/uprobe"
+
+
 def uprobe_pmu() -> bool:
     """Does the kernel have the uprobe PMU (perf-event uprobes, 4.17+)?"""
-    return os.path.exists("/sys/bus/event_source/devices/uprobe/type")
+    return os.path.exists(UPROBE_PMU + "/type")
 
 
 def no_uprobes_reason() -> Optional[str]:
-    """Why uprobes cannot work here, or None if the kernel seems to have them
-    (the uprobe PMU, or uprobe_events in tracefs, which libbpf falls back to)."""
+    """Why uprobes (and so USDT probes) cannot work here, or None if the kernel
+    seems to have them (the uprobe PMU, or uprobe_events in tracefs, which
+    libbpf falls back to)."""
     if uprobe_pmu():
         return None
     for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):

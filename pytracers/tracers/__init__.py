@@ -3,6 +3,7 @@ from __future__ import annotations
 
 # Each tracer's module is imported on first use (module __getattr__ below):
 # opening one tracer does not pay for the others.
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .base import Tracer
@@ -13,14 +14,18 @@ if TYPE_CHECKING:
     from .syscalls import SyscallStats, SyscallTracer
     from .tracepoint import TracepointTracer
     from .user_function import UserFunctionTracer
+    from .user_usdt import UsdtTracer
+    from .python import PythonTracer
 
 __all__ = ["Tracer", "ExecTracer", "SyscallTracer", "SyscallStats", "ProcessTracer",
-           "FunctionTracer", "FmodRetPolicy", "TracepointTracer", "UserFunctionTracer"]
+           "FunctionTracer", "FmodRetPolicy", "TracepointTracer", "UserFunctionTracer",
+           "UsdtTracer", "PythonTracer"]
 
 _HOME = {"Tracer": "base", "ExecTracer": "exec", "SyscallTracer": "syscalls",
          "SyscallStats": "syscalls",
          "ProcessTracer": "process", "FunctionTracer": "function", "FmodRetPolicy": "policy",
-         "TracepointTracer": "tracepoint", "UserFunctionTracer": "user_function"}
+         "TracepointTracer": "tracepoint", "UserFunctionTracer": "user_function",
+         "UsdtTracer": "user_usdt", "PythonTracer": "python"}
 
 
 def __getattr__(name: str) -> object:
