@@ -21,9 +21,12 @@ page (``struct perf_event_mmap_page``: ``data_head``, written by the kernel,
 and ``data_tail``, ours) and a power-of-two number of data pages.  Records
 are 8-byte aligned and start with ``struct perf_event_header`` (u32 type, u16
 misc, u16 size).  A sample (PERF_RECORD_SAMPLE, with PERF_SAMPLE_RAW only)
-is that header, a u32 raw size and the raw bytes, which the kernel pads
-with zeros to keep the record 8-aligned: a 64-byte struct arrives as 68
-raw bytes (libbpf's callback gets the same 68).  The data area is mapped
+is that header, a u32 raw size and the raw bytes, which the kernel pads to
+keep the record 8-aligned: a 64-byte struct arrives as 68 raw bytes
+(libbpf's callback gets the same 68), and the padding holds whatever the
+ring held there before -- the kernel does not record the size the program
+passed, so a sample read as ``bytes`` is the padded size and a decoder
+reads only its struct's bytes.  The data area is mapped
 once, so a record may wrap around its end: the reader joins the two parts
 (only such a record is copied).  When a ring is full the kernel drops the
 sample and counts it; once space frees up it writes a PERF_RECORD_LOST

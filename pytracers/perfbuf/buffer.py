@@ -95,7 +95,8 @@ class PerfBuffer(EventBuffer):
     are :class:`~pytracers.ringbuf.RingBuffer`'s: with
     ``event="struct_name"`` samples are decoded through that struct's BTF
     layout, the same decoders as ring records; otherwise a sample is its
-    raw ``bytes``, including the kernel's padding (see :mod:`pytracers.perfbuf`).
+    raw ``bytes``, including the kernel's padding to 8-byte alignment, whose
+    content is not defined (see :mod:`pytracers.perfbuf`).
 
     Wakeups: by default the kernel wakes the reader at every sample
     (``wakeup_events=1``, libbpf's choice); ``wakeup_events=N`` wakes it
