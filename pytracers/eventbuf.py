@@ -21,13 +21,15 @@ mapping).
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional, Tuple, TypeVar
 
 from ._resource import Resource
-from .errors import BadArgumentError, BadTypeError, BusyError, ClosedError, NotSupportedError
+from .errors import (BadArgumentError, BadTypeError, BusyError, CallbackError, ClosedError,
+                     NotSupportedError)
 
 if TYPE_CHECKING:
     import numpy
@@ -44,6 +46,29 @@ Callback = Callable[[Any], Any]
 def _np() -> Any:
     import numpy
     return numpy
+
+
+def call_with_view(callback: Callable[[Any], Any], rows: Any, mapping: Any,
+                   done: Callable[[], None]) -> Any:
+    """``callback(rows)`` for a zero-copy batch, then ``done()`` (which moves
+    the consumer position past the rows) even if the callback raises; its
+    return value.  ``mapping`` is the numpy array of the whole mapping: when
+    ``rows`` views it and the callback kept the view, or a view derived from
+    it (one more reference to ``rows`` or to ``mapping`` afterwards), raises
+    CallbackError once ``done()`` has run -- the producer will overwrite it."""
+    view = rows.base is mapping
+    before = (sys.getrefcount(rows), sys.getrefcount(mapping))
+    try:
+        r = callback(rows)
+    finally:
+        after = (sys.getrefcount(rows), sys.getrefcount(mapping))
+        escaped = view and (after[0] > before[0] or after[1] > before[1])
+        done()
+    if escaped:
+        raise CallbackError(
+            "consume_views(): the callback kept a view into the buffer, which the "
+            "producer will overwrite; keep a copy instead (rows.copy())")
+    return r
 
 
 class _Gate:
@@ -395,6 +420,27 @@ class EventBuffer(Resource):
             if len(out):
                 return out
         return batch()
+
+    def consume_views(self, callback: Callable[[Any], Any], *,
+                      max_records: Optional[int] = None) -> int:
+        """Zero-copy batches of the records available now: ``callback(rows)``
+        for each run of records, ``rows`` a read-only numpy array of
+        :attr:`dtype` that views the buffer itself (no copy), in buffer order.
+        Returns how many records were delivered.
+
+        ``rows`` is valid only during the call: the consumer position moves
+        past them when the callback returns (or raises -- the exception then
+        propagates), and the producer reuses the space.  Keep what you need
+        as a copy (``rows.copy()``, ``rows["pid"].sum()``...); a callback that
+        keeps the view itself, or a view derived from it, gets CallbackError
+        once it returns.  Return False (or a negative int) to stop after this
+        batch.  This is libbpf's ``ring_buffer__consume`` contract, one call
+        per run of records instead of one per record; :meth:`read_batch` is
+        the copying, always-safe form.  A close() during the callback leaves
+        ``rows`` valid until it returns.
+        """
+        self._check()
+        return self._read(self._reader.consume_views, callback, max_records, self.dtype)
 
     def iter_batches(self, timeout: Optional[float] = None, *,
                      max_records: Optional[int] = None) -> Iterator["numpy.ndarray"]:

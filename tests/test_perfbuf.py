@@ -36,7 +36,7 @@ import pytest
 
 import pytracers
 import pytracers.aio as aio
-from pytracers.errors import BadArgumentError, BusyError, ClosedError
+from pytracers.errors import BadArgumentError, BusyError, CallbackError, ClosedError
 from pytracers.perfbuf import PerfBuffer, PerfReader
 from pytracers.ringbuf import RingBuffer
 
@@ -249,6 +249,33 @@ def test_batches_use_the_events_dtype_from_btf():
         assert sum(len(x) for x in batches) == 30
         assert pb.read_batch().size == 0
         assert pb.delivered == 230
+
+
+def test_zero_copy_views_and_a_kept_view_refused():
+    """consume_views(): read-only views into the rings, every sample once
+    (including one that wraps, delivered copied); a callback that keeps its
+    view gets CallbackError, and the samples still count as consumed."""
+    with load() as obj, one_cpu():
+        pb = obj.perf_buffer("events", event="sample64", pages=1)
+        seqs: List[int] = []
+        views = [0]
+
+        def cb(rows: Any) -> None:
+            views[0] += not rows.flags.writeable         # a view (copies are writeable)
+            seqs.extend(rows["seq"].tolist())
+            assert (rows["pad"][:, 0] == rows["seq"] ^ np.uint64(MAGIC)).all()
+
+        for _ in range(6):
+            produce(obj, 37)
+            pb.consume_views(cb)
+        assert seqs == list(range(6 * 37)) and pb.delivered == 6 * 37
+        assert views[0] >= 6
+        kept: List[Any] = []
+        produce(obj, 20)
+        with pytest.raises(CallbackError, match="copy"):
+            pb.consume_views(kept.append)
+        kept.clear()
+        assert pb.read() == [] and pb.delivered == 6 * 37 + 20
 
 
 def test_asyncio_reads_a_perf_buffer():

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence
 
 from .._libbpf import ffi, lib
 from ..errors import BadArgumentError
-from ..eventbuf import Callback, Decoder, _np
+from ..eventbuf import Callback, Decoder, _np, call_with_view
 from ..ringbuf.records import _bad_return, _Bytes, _Padded, _plain
 
 if TYPE_CHECKING:
@@ -274,16 +274,17 @@ class PerfReader:
         return n, stop
 
     # -- batches -------------------------------------------------------------------------
-    def _chunks(self, k: int, dt: Any, max_records: Optional[int]
+    def _chunks(self, k: int, dt: Any, max_records: Optional[int], copy: bool = True
                 ) -> Generator[Tuple[Any, int], None, None]:
         """The samples available now on ring ``k`` as ``(rows, tail)``:
         ``rows`` an array of ``dt`` (None for a last item with no rows),
         ``tail`` the position just past them; the caller stores the tail.
 
         A contiguous run of samples of one size whose raw data holds a row
-        is checked with one vectorised pass over the headers and copied by
-        numpy in one operation; other samples (shorter, or wrapping around
-        the end) are copied one by one (what fits in the dtype, zero-filled)."""
+        is checked with one vectorised pass over the headers and becomes one
+        array: a copy (``copy``) or a read-only view into the ring; other
+        samples (shorter, or wrapping around the end) are copied one by one
+        (what fits in the dtype, zero-filled)."""
         np = _np()
         itemsize = dt.itemsize
         ring = self._rings[k]
@@ -326,7 +327,12 @@ class PerfReader:
                         odd.clear()
                         nodd = 0
                     start = base + pos
-                    rows = self._copy_rows(arr, start, run, rsize, dt)
+                    if copy:
+                        rows = self._copy_rows(arr, start, run, rsize, dt)
+                    else:
+                        rows = np.ndarray((run,), dt, buffer=arr, offset=start + SAMPLE_HEADER,
+                                          strides=(rsize,))
+                        rows.flags.writeable = False
                     tail += run * rsize
                     total += run
                     yield rows, tail
@@ -357,6 +363,42 @@ class PerfReader:
         src = np.ndarray((run,), dt, buffer=arr, offset=start + SAMPLE_HEADER, strides=(rsize,))
         return src.copy()
 
+    def _linear(self, k: int, dt: Any, max_records: Optional[int]) -> Any:
+        """The fast batch path: when everything pending on ring ``k`` (or the
+        first ``max_records``) is samples of one size holding a row, one copy
+        of their records in ring order (the part before the end of the ring,
+        then the part from its start: a wrapped record is joined by the two
+        copies) viewed as rows; the tail moves past them.  None when the
+        ring holds anything else (the general path then reads it)."""
+        np = _np()
+        ring = self._rings[k]
+        tail = _U64.unpack_from(ring, TAIL_OFFSET)[0]
+        head = _U64.unpack_from(ring, HEAD_OFFSET)[0]
+        pos = tail & self._mask
+        hdr = _U64.unpack_from(ring, self._base + pos)[0]
+        rsize = hdr >> 48
+        if (hdr & 0xFFFF_FFFF) != SAMPLE or rsize - SAMPLE_HEADER < dt.itemsize:
+            return None
+        count = (head - tail) // rsize
+        if max_records is not None:
+            count = min(count, max_records)
+        if count < _MIN_RUN:
+            return None
+        nbytes = count * rsize
+        arr = self._arr(k)
+        base = self._base
+        buf = np.empty(nbytes, np.uint8)
+        first = min(nbytes, self.size - pos)
+        buf[:first] = arr[base + pos:base + pos + first]
+        if first < nbytes:
+            buf[first:] = arr[base:base + nbytes - first]
+        h = np.ndarray((count,), "<u8", buffer=buf, strides=(rsize,)) & np.uint64(_NO_MISC)
+        if not (h == np.uint64(hdr & _NO_MISC)).all():
+            return None
+        _U64.pack_into(ring, TAIL_OFFSET, tail + nbytes)
+        self.delivered += count
+        return np.ndarray((count,), dt, buffer=buf, offset=SAMPLE_HEADER, strides=(rsize,))
+
     def read_batch(self, max_records: Optional[int] = None, dtype: Any = None) -> "numpy.ndarray":
         """Every sample available now (at most ``max_records``) as a numpy
         structured array of ``dtype`` (default: the reader's), copied out of
@@ -372,6 +414,13 @@ class PerfReader:
         for k in self._order():
             if self.stop or (max_records is not None and total >= max_records):
                 break
+            left = None if max_records is None else max_records - total
+            fast = self._linear(k, dt, left)
+            if fast is not None:
+                chunks.append(fast)
+                total += len(fast)
+                if left is not None and len(fast) >= left:
+                    break
             ring = self._rings[k]
             tail = None
             try:
@@ -389,3 +438,47 @@ class PerfReader:
         if len(chunks) == 1:
             return chunks[0]
         return np.concatenate(chunks)
+
+    def consume_views(self, callback: Any, max_records: Optional[int] = None,
+                      dtype: Any = None) -> int:
+        """Zero-copy batches: ``callback(rows)`` for each run of samples
+        available now, ``rows`` a read-only numpy view into a ring (a
+        sample that wraps around the end comes alone, copied); the tail
+        moves past them when the callback returns (or raises).  See
+        :meth:`EventBuffer.consume_views <pytracers.eventbuf.EventBuffer.consume_views>`."""
+        np = _np()
+        if dtype is None and self.dtype is None:
+            raise BadArgumentError("no record dtype: pass dtype= (or give the reader one)")
+        dt = np.dtype(dtype if dtype is not None else self.dtype)
+        n = 0
+        for k in self._order():
+            if self.stop or (max_records is not None and n >= max_records):
+                break
+            ring = self._rings[k]
+            it = self._chunks(k, dt, None if max_records is None else max_records - n, False)
+            stop = False
+            try:
+                for rows, tail in it:
+                    if rows is None:
+                        _U64.pack_into(ring, TAIL_OFFSET, tail)
+                        break
+                    m = len(rows)
+
+                    def done(tail: int = tail, m: int = m) -> None:
+                        _U64.pack_into(ring, TAIL_OFFSET, tail)
+                        self.delivered += m
+                    r = call_with_view(callback, rows, self._arr(k), done)
+                    del rows
+                    n += m
+                    if r is None or r is True:
+                        continue
+                    if r is False or (type(r) is int and r < 0):
+                        stop = True
+                        break
+                    if type(r) is not int:
+                        raise _bad_return(r)
+            finally:
+                it.close()
+            if stop:
+                break
+        return n

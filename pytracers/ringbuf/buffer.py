@@ -3,8 +3,8 @@
 The parsing is :class:`~pytracers.ringbuf.RingReader`'s (``records.py``);
 the reading API, the waiting, the threads and the lifetime are
 :class:`~pytracers.eventbuf.EventBuffer`'s (shared with the perf-buffer
-reader); this module maps the ring and makes its epoll fd -- the contract
-is stated in :mod:`pytracers.ringbuf`.
+reader, ``consume_views`` included); this module maps the ring and makes
+its epoll fd -- the contract is stated in :mod:`pytracers.ringbuf`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import mmap
 import os
 import select
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from ..eventbuf import EventBuffer, check_latency, check_platform, wake_pipe
 from .records import PAGE_SIZE, Callback, Decoder, RingReader
@@ -103,28 +103,6 @@ class RingBuffer(EventBuffer):
         self._fd = fd
         reader = RingReader(cons, prod, self.size, decoder=decoder, layout=layout)
         self._start(reader, ep, wake_w, partial(_release, reader, ep, cons, prod, fds))
-
-    # -- zero-copy batches (the ring's own) ------------------------------------------------
-    def consume_views(self, callback: Callable[[Any], Any], *,
-                      max_records: Optional[int] = None) -> int:
-        """Zero-copy batches of the records available now: ``callback(rows)``
-        for each run of records, ``rows`` a read-only numpy array of
-        :attr:`dtype` that views the ring itself (no copy), in ring order.
-        Returns how many records were delivered.
-
-        ``rows`` is valid only during the call: the consumer position moves
-        past them when the callback returns (or raises -- the exception then
-        propagates), and the producer reuses the space.  Keep what you need
-        as a copy (``rows.copy()``, ``rows["pid"].sum()``...); a callback that
-        keeps the view itself, or a view derived from it, gets CallbackError
-        once it returns.  Return False (or a negative int) to stop after this
-        batch.  This is libbpf's ``ring_buffer__consume`` contract, one call
-        per run of records instead of one per record; :meth:`read_batch` is
-        the copying, always-safe form.  A close() during the callback leaves
-        ``rows`` valid until it returns.
-        """
-        self._check()
-        return self._read(self._reader.consume_views, callback, max_records, self.dtype)
 
     def __repr__(self) -> str:
         return f"<RingBuffer {self.map.name} {self.size} bytes{' closed' if self.closed else ''}>"
