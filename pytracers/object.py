@@ -432,6 +432,11 @@ class Object(Resource):
         if m.type == MapType.PERF_EVENT_ARRAY:
             return m.perf_buffer(event=event, **kw)
         if m.type == MapType.RINGBUF:
+            perf_only = sorted(set(kw) & {"pages", "wakeup_events", "wakeup_bytes"})
+            if perf_only:
+                raise BadArgumentError(f"map {m.name} is a ring buffer: {', '.join(perf_only)} "
+                                       "only apply to perf buffers (a ring's size is set on "
+                                       "the open object: maps[name].max_entries)")
             return m.ring_buffer(event=event, **kw)
         raise BadArgumentError(f"map {m.name} is a {m.type_name} map, not an output map "
                                "(a ring buffer or a perf event array)")

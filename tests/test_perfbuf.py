@@ -427,6 +427,8 @@ def test_output_picks_the_reader_by_map_type_and_ring_buffer_names_the_way():
         assert isinstance(rb, RingBuffer)
         with pytest.raises(BadArgumentError, match="ring_buffer"):
             ring_obj.perf_buffer("events")
+        with pytest.raises(BadArgumentError, match="pages only apply to perf buffers"):
+            ring_obj.output("events", pages=4)
 
 
 @pytest.mark.parametrize("kw, word", [

@@ -73,7 +73,11 @@ def _release(reader: PerfReader, epoll: Any, rings: List[mmap.mmap], map_fd: int
     key = ffi.new("__u32 *")
     for cpu in entries:   # the map's references keep the events alive: drop them
         key[0] = cpu
-        lib.bpf_map_delete_elem(map_fd, key)   # ENOENT/EBADF alike: nothing to undo
+        try:
+            _libbpf.checked(lib.bpf_map_delete_elem, map_fd, key, what="remove a perf event "
+                            "from its map", error=MapError, expected=(_errno.ENOENT,))
+        except MapError:  # pragma: no cover - a close must not fail: nothing left to undo
+            pass
     for thing in [epoll, *rings]:
         try:
             thing.close()
@@ -172,7 +176,11 @@ class PerfBuffer(EventBuffer):
                                    e.errno or _errno.ENOMEM,
                                    "kernel.perf_event_mlock_kb limits what a process without "
                                    "CAP_IPC_LOCK may map") from None
-                fcntl.ioctl(pfd, lib.PERF_EVENT_IOC_ENABLE, 0)
+                try:
+                    fcntl.ioctl(pfd, lib.PERF_EVENT_IOC_ENABLE, 0)
+                except OSError as e:  # pragma: no cover - an event we just opened
+                    raise MapError(f"{what}: enable CPU {cpu}'s perf event",
+                                   e.errno or _errno.EINVAL) from None
                 key[0], val[0] = cpu, pfd
                 _libbpf.checked(lib.bpf_map_update_elem, map_fd, key, val, 0,
                                 what=f"{what}: set CPU {cpu}'s entry", error=MapError)
