@@ -1,7 +1,7 @@
 """pytracers benchmarks (run through bench/run).
 
-Five sections, all measured in the same run and printed with the targets of
-issues 6 and 14 next to them (uprobe and symbols: see bench/user.py):
+Six sections, all measured in the same run and printed with the targets of
+issues 6, 13 and 14 next to them (uprobe and symbols: see bench/user.py):
 
 drain       Ring drain rate for 8, 64 and 256-byte records.  The ring
             (bench.bpf.o's ``events``) is filled to capacity with
@@ -17,6 +17,18 @@ drain       Ring drain rate for 8, 64 and 256-byte records.  The ring
                 callback doing ``rows["seq"].sum()`` on a view into the ring
                 (libbpf's contract: the data is valid during the callback).
             Each drain is checked: exactly the records filled, seqs complete.
+perf        Perf-buffer drain rate for 64-byte samples (80-byte records).  CPU
+            0's ring of bench/perf_fill.bpf.o's ``events`` (a perf event
+            array) is filled to capacity with BPF_PROG_TEST_RUN of
+            fill_perf64 on CPU 0 (not timed), then drained by
+            (a) libbpf's C consumer: bench/perfdrain.c, one
+                perf_buffer__consume() call with a C callback adding up seq;
+            (b) pytracers per event: PerfBuffer.consume() with a Python
+                callback adding up ``rec.seq``;
+            (c) pytracers batch: PerfBuffer.read_batch() + ``arr["seq"].sum()``;
+            (d) pytracers zero-copy: PerfBuffer.consume_views() with
+                ``rows["seq"].sum()``.
+            Each drain is checked: exactly the samples filled, seqs complete.
 probe-cost  ns per getpgid(2) in a C loop (bench/sysloop.c) with nothing
             attached, with the count-only program, with the built-in
             SyscallTracer and no reader, and with the tracer and a reader
@@ -72,6 +84,7 @@ TARGETS = {
     "start": ("start -> attached", "<= 0.2x bpftrace's", 0.2),
     "uprobe_tracer_vs_count": ("uprobe tracer added cost", "<= 1.5x count-only's", 1.5),
     "symbol_lookups": ("symbol look-ups after one load", ">= 1 M/s", 1e6),
+    "perf64": ("perf-buffer drain, 64-byte samples", ">= 0.5x perf_buffer__consume", 0.5),
 }
 
 results: Dict[str, Any] = {"sections": {}, "targets": {}}
@@ -271,6 +284,102 @@ def drain_section(quick: bool) -> None:
     print("   per event: consume(cb), records decoded through the BTF layout, cb reads rec.seq;")
     print("   read_batch: arr = read_batch() (a copy) + arr['seq'].sum(); consume_views: "
           "callback(rows) on views into the ring, rows['seq'].sum()")
+
+
+# ---- 1b. perf-buffer drain ------------------------------------------------------------------
+
+PERF_REC = 80                       # a 64-byte sample's record: 8 + 4 + 68 (padded)
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def perf_section(quick: bool) -> None:
+    pages = 256 if quick else 1024
+    reps = 5 if quick else 9
+    cap = (pages * PAGE - 1) // PERF_REC      # the kernel keeps one byte free
+    heading(f"perf-buffer drain: CPU 0's ring of {pages} pages ({cap} samples of 64 bytes) "
+            f"filled by BPF_PROG_TEST_RUN, median of {reps}; samples per second of the "
+            "consumer's CPU time")
+    perfdrain = build("perfdrain", ("-lbpf",))
+    obj_path = os.path.join(HERE, "perf_fill.bpf.o")
+    r = subprocess.run([perfdrain, obj_path, str(pages), str(reps)], capture_output=True,
+                       text=True)
+    if r.returncode:
+        sys.exit(f"bench/run: perfdrain failed: {r.stderr.strip()}")
+    c_rates = [int(n) / (int(ns) / 1e9) for n, ns in (ln.split() for ln in r.stdout.split("\n")
+                                                      if ln.strip())]
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})                # test runs send to CPU 0's ring
+    try:
+        with pytracers.open(obj_path).load() as obj:
+            fill = obj.programs["fill_perf64"]
+            pb = obj.perf_buffer(event="perf_rec64", pages=pages)
+            next_seq = [0]
+
+            def refill() -> Tuple[int, int]:
+                left = cap
+                while left:
+                    got = fill.test_run([min(left, 1024)]).retval
+                    if not got:
+                        break
+                    left -= got
+                first = next_seq[0]
+                next_seq[0] += cap - left
+                return cap - left, first
+
+            def rates(what: str, drain: Callable[[], Tuple[int, int, Any]]) -> List[float]:
+                out = []
+                for _ in range(reps):
+                    n, first = refill()
+                    t0 = time.thread_time()
+                    got, total, keep = drain()
+                    dt = time.thread_time() - t0
+                    if got != n or total != n * first + n * (n - 1) // 2 or pb.lost:
+                        sys.exit(f"bench/run: perf {what} drain returned {got}/{n} samples")
+                    del keep
+                    out.append(n / dt)
+                return out
+
+            def per_event() -> Tuple[int, int, Any]:
+                acc = [0]
+
+                def cb(rec: Any) -> None:
+                    acc[0] += rec.seq
+                return pb.consume(cb), acc[0], None
+
+            def batch() -> Tuple[int, int, Any]:
+                arr = pb.read_batch()
+                return len(arr), int(arr["seq"].sum()), arr
+
+            def views() -> Tuple[int, int, Any]:
+                acc = [0]
+
+                def vcb(rows: Any) -> None:
+                    acc[0] += int(rows["seq"].sum())
+                return pb.consume_views(vcb), acc[0], None
+
+            rates("warm-up", batch)             # first touch of the mapping: not measured
+            ev_rates = rates("per-event", per_event)
+            batch_rates = rates("batch", batch)
+            view_rates = rates("view", views)
+    finally:
+        os.sched_setaffinity(0, before)
+    c, ev, b, v = (median(x) for x in (c_rates, ev_rates, batch_rates, view_rates))
+    print(f"   {'sample':>7} {'samples':>8}  {'libbpf C':>12}  {'per event (x C)':>22}  "
+          f"{'read_batch (x C)':>22}  {'consume_views (x C)':>22}")
+    print(f"   {64:>5} B {cap:>8}  {fmt_rate(c)}  {fmt_rate(ev)} ({ev / c:5.3f}x)  "
+          f"{fmt_rate(b)} ({b / c:5.3f}x)  {fmt_rate(v)} ({v / c:5.3f}x)")
+    print("   C: perf_buffer__consume() with a C callback adding up seq; per event: "
+          "consume(cb), cb reads rec.seq;")
+    print("   read_batch: arr = read_batch() (a copy) + arr['seq'].sum(); consume_views: "
+          "rows['seq'].sum() on views into the ring")
+    results["sections"]["perf"] = {
+        "pages": pages, "samples": cap, "reps": reps, "c": c, "per_event": ev, "batch": b,
+        "views": v, "per_event_ratio": ev / c, "batch_ratio": b / c, "views_ratio": v / c,
+        "c_all": c_rates, "per_event_all": ev_rates, "batch_all": batch_rates,
+        "views_all": view_rates}
+    best = max(b / c, v / c)
+    target("perf64", best, best >= 0.5,
+           f"{v / c:.3f}x (consume_views), {b / c:.3f}x (read_batch), {ev / c:.3f}x (per event)")
 
 
 # ---- 2. probe cost -------------------------------------------------------------------------
@@ -710,7 +819,8 @@ def _user_section(name: str) -> Callable[[bool], None]:
     return run
 
 
-SECTIONS = {"drain": drain_section, "probe-cost": probe_cost_section, "start": start_section,
+SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_cost_section,
+            "start": start_section,
             "uprobe": _user_section("uprobe_section"),
             "symbols": _user_section("symbols_section")}
 
@@ -745,7 +855,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         SECTIONS[s](args.quick)
     if results["targets"]:
         print()
-        print("== targets (issues 6 and 14)")
+        print("== targets (issues 6, 13 and 14)")
         for key, t in results["targets"].items():
             print(f"   {t['what']:<38} {t['goal']:<24} measured {t['measured']:<40} "
                   f"{'MET' if t['met'] else 'NOT MET'}")

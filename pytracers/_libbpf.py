@@ -168,6 +168,64 @@ LIBC_CDEF = r"""
 int vsnprintf(char *str, size_t size, const char *format, void *ap);
 int mount(const char *source, const char *target, const char *filesystemtype,
           unsigned long mountflags, const void *data);
+
+/* ---- perf events, for the perf-buffer reader (pytracers.perfbuf) ----
+ * perf_event_open(2) has no libc wrapper: it is called through syscall(),
+ * whose variadic arguments must be passed as cdata of type long. */
+long syscall(long number, ...);
+#define PT_NR_PERF_EVENT_OPEN 298              /* x86-64 */
+#define PERF_TYPE_SOFTWARE 1
+#define PERF_COUNT_SW_BPF_OUTPUT 10
+#define PERF_SAMPLE_RAW 1024                   /* 1U << 10 */
+#define PERF_FLAG_FD_CLOEXEC 8                 /* 1UL << 3 */
+#define PERF_EVENT_IOC_ENABLE 9216             /* _IO('$', 0) */
+#define PERF_EVENT_IOC_DISABLE 9217            /* _IO('$', 1) */
+#define PERF_RECORD_LOST 2
+#define PERF_RECORD_SAMPLE 9
+/* Bits of perf_event_attr's flag word (a C bitfield in the kernel's header:
+ * disabled is bit 0, watermark bit 14). */
+#define PT_PERF_ATTR_DISABLED 1
+#define PT_PERF_ATTR_WATERMARK 16384
+/* PERF_ATTR_SIZE_VER5 (112 bytes, Linux 4.1): every kernel we support
+ * knows all of it, and zero-extends what it knows beyond. */
+struct perf_event_attr {
+    __u32 type;
+    __u32 size;
+    __u64 config;
+    __u64 sample_period;        /* union with sample_freq */
+    __u64 sample_type;
+    __u64 read_format;
+    __u64 flags;                /* the bitfield: PT_PERF_ATTR_* */
+    __u32 wakeup_events;        /* union with wakeup_watermark (bytes) */
+    __u32 bp_type;
+    __u64 config1;
+    __u64 config2;
+    __u64 branch_sample_type;
+    __u64 sample_regs_user;
+    __u32 sample_stack_user;
+    __s32 clockid;
+    __u64 sample_regs_intr;
+    __u32 aux_watermark;
+    __u16 sample_max_stack;
+    __u16 __reserved_2;
+};
+/* The first page of a perf event's mapping: only the data positions are
+ * read (the fields between are the self-monitoring ones). */
+struct perf_event_mmap_page {
+    __u32 version;
+    __u32 compat_version;
+    __u8 __pt_not_read[1016];
+    __u64 data_head;            /* written by the kernel */
+    __u64 data_tail;            /* written by the reader */
+    __u64 data_offset;          /* Linux 4.1+ */
+    __u64 data_size;
+};
+/* Each record in the data area starts with this (8-byte aligned). */
+struct perf_event_header {
+    __u32 type;
+    __u16 misc;
+    __u16 size;
+};
 """
 
 GENERATED = "pytracers/_libbpf_ffi.py"

@@ -6,7 +6,7 @@
         async for ev in events:
             ...
 
-    async for ev in ring_buffer:                          # RingBuffer.__aiter__
+    async for ev in ring_buffer:                          # RingBuffer/PerfBuffer.__aiter__
         ...
 
     async for batch in pytracers.aio.batches(ring_buffer):   # lists of records
@@ -63,7 +63,7 @@ import asyncio
 from typing import Any, AsyncIterator, Callable, List, Optional
 
 from .errors import BadArgumentError, BadTypeError, ClosedError
-from .ringbuf import RingBuffer
+from .eventbuf import EventBuffer
 
 __all__ = ["ring_of", "wait", "read", "events", "batches", "AsyncReader", "reader"]
 
@@ -71,18 +71,19 @@ __all__ = ["ring_of", "wait", "read", "events", "batches", "AsyncReader", "reade
 DEFAULT_CHUNK = 4096
 
 
-def ring_of(source: Any) -> RingBuffer:
-    """The :class:`RingBuffer` behind ``source``: a ring buffer itself, or an
-    object (a tracer) that exposes one as ``.ring_buffer``, ``.ring`` or
-    ``.rb``."""
-    if isinstance(source, RingBuffer):
+def ring_of(source: Any) -> EventBuffer:
+    """The event buffer behind ``source``: a :class:`RingBuffer` or a
+    :class:`~pytracers.perfbuf.PerfBuffer` itself, or an object (a tracer)
+    that exposes one as ``.ring_buffer``, ``.ring`` or ``.rb``."""
+    if isinstance(source, EventBuffer):
         return source
     for attr in ("ring_buffer", "ring", "rb"):
         rb = getattr(source, attr, None)
-        if isinstance(rb, RingBuffer):
+        if isinstance(rb, EventBuffer):
             return rb
     raise BadTypeError(f"{type(source).__name__} has no ring buffer to read asynchronously "
-                       "(pass a RingBuffer, or an object with a .ring_buffer/.ring attribute)")
+                       "(pass a RingBuffer or PerfBuffer, or an object with a "
+                       ".ring_buffer/.ring attribute)")
 
 
 def _resolve(fut: "asyncio.Future[bool]", value: bool) -> None:
@@ -115,7 +116,7 @@ async def wait(source: Any, timeout: Optional[float] = None) -> bool:
         await _wait_once(loop, rb, step)
 
 
-async def _wait_once(loop: asyncio.AbstractEventLoop, rb: RingBuffer, seconds: float) -> bool:
+async def _wait_once(loop: asyncio.AbstractEventLoop, rb: EventBuffer, seconds: float) -> bool:
     """One-shot: True if the ring's fd became readable within ``seconds``.
     The ring is held open meanwhile, so its fd is not closed (nor reused)
     while the loop watches it."""
@@ -135,7 +136,7 @@ async def _wait_once(loop: asyncio.AbstractEventLoop, rb: RingBuffer, seconds: f
         rb._unhold()
 
 
-def _drain(rb: RingBuffer, limit: Optional[int]) -> List[Any]:
+def _drain(rb: EventBuffer, limit: Optional[int]) -> List[Any]:
     """The records available now; none while a thread is reading (the event
     loop does not wait for it) or once the ring is closed."""
     out: List[Any] = []
@@ -171,7 +172,7 @@ async def read(source: Any, timeout: Optional[float] = 0.0,
 
 async def batches(source: Any, timeout: Optional[float] = None, *,
                   chunk: int = DEFAULT_CHUNK, arrays: bool = False,
-                  reader: Optional[Callable[[RingBuffer], Any]] = None) -> AsyncIterator[Any]:
+                  reader: Optional[Callable[[EventBuffer], Any]] = None) -> AsyncIterator[Any]:
     """Yield non-empty batches of records as they arrive, for ``timeout``
     seconds in all (None: until the ring closes or the loop breaks).
 
@@ -217,8 +218,8 @@ async def batches(source: Any, timeout: Optional[float] = None, *,
                 await asyncio.sleep(0.0005)  # first record still being written
 
 
-def _array_reader(chunk: int) -> Callable[[RingBuffer], Any]:
-    def read(rb: RingBuffer) -> Any:
+def _array_reader(chunk: int) -> Callable[[EventBuffer], Any]:
+    def read(rb: EventBuffer) -> Any:
         try:
             return rb._read_batch_nowait(chunk)     # None while a thread is reading
         except ClosedError:                         # closed by another thread just now
@@ -243,7 +244,7 @@ class AsyncReader:
     ring buffer closes its mapping.  ``ring`` is the ring buffer read (found
     with :func:`ring_of` unless given)."""
 
-    def __init__(self, source: Any, *, ring: Optional[RingBuffer] = None,
+    def __init__(self, source: Any, *, ring: Optional[EventBuffer] = None,
                  close: bool = True, chunk: int = DEFAULT_CHUNK) -> None:
         self.source = source
         self.ring = ring if ring is not None else ring_of(source)
@@ -272,7 +273,7 @@ class AsyncReader:
         return events(self.ring, timeout, chunk=self.chunk)
 
     def batches(self, timeout: Optional[float] = None, *, arrays: bool = False,
-                reader: Optional[Callable[[RingBuffer], Any]] = None) -> AsyncIterator[Any]:
+                reader: Optional[Callable[[EventBuffer], Any]] = None) -> AsyncIterator[Any]:
         """Batches of records (see :func:`batches`)."""
         return batches(self.ring, timeout, chunk=self.chunk, arrays=arrays, reader=reader)
 

@@ -23,6 +23,7 @@ from .errors import BadArgumentError, BadTypeError, KeyNotFoundError, MapError, 
 
 if TYPE_CHECKING:
     from .object import Object
+    from .perfbuf import PerfBuffer
     from .ringbuf import RingBuffer
 
 __all__ = ["Map", "MapType", "MAP_TYPES", "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST"]
@@ -283,6 +284,10 @@ class Map:
                     **kw: Any) -> "RingBuffer":
         """Open this ring-buffer map for reading (see pytracers.ringbuf)."""
         from .ringbuf import RingBuffer
+        if self.type == MapType.PERF_EVENT_ARRAY:
+            raise BadArgumentError(f"map {self.name} is a perf_event_array map, not a ring "
+                                   "buffer: read it with perf_buffer(), or output() (either "
+                                   "kind)")
         if self.type != RINGBUF:
             raise BadArgumentError(f"map {self.name} is a {self.type_name} map, not a ring buffer")
         # With event= and no decoder, RingBuffer decodes through the event's
@@ -290,6 +295,20 @@ class Map:
         rb = RingBuffer(self, decoder=decoder, event=event, **kw)
         self.object._adopt(rb)
         return rb
+
+
+    def perf_buffer(self, *, event: Optional[str] = None,
+                    decoder: Optional[Callable[[Any, int], Any]] = None,
+                    **kw: Any) -> "PerfBuffer":
+        """Open this perf-event-array map for reading (see pytracers.perfbuf)."""
+        from .perfbuf import PerfBuffer
+        if self.type != MapType.PERF_EVENT_ARRAY:
+            hint = ": read it with ring_buffer(), or output()" if self.type == RINGBUF else ""
+            raise BadArgumentError(f"map {self.name} is a {self.type_name} map, not a perf "
+                                   f"event array{hint}")
+        pb = PerfBuffer(self, decoder=decoder, event=event, **kw)
+        self.object._adopt(pb)
+        return pb
 
 
 class TypedMap:

@@ -414,5 +414,34 @@ class Object(Resource):
         records as ``struct <event>`` from the object's BTF when ``event`` is given."""
         return self.maps[map_name].ring_buffer(event=event, **kw)
 
+    def perf_buffer(self, map_name: str = "events", *, event: Optional[str] = None,
+                    **kw: Any) -> Any:
+        """A :class:`~pytracers.perfbuf.PerfBuffer` on the perf-event-array map
+        ``map_name`` (per-CPU rings; ``pages=``, ``wakeup_events=``,
+        ``wakeup_bytes=``), decoding samples as ``struct <event>`` from the
+        object's BTF when ``event`` is given."""
+        return self.maps[map_name].perf_buffer(event=event, **kw)
+
+    def output(self, map_name: str = "events", *, event: Optional[str] = None,
+               **kw: Any) -> Any:
+        """The reader of the output map ``map_name``, whichever kind it is: a
+        :class:`~pytracers.ringbuf.RingBuffer` for a ``BPF_MAP_TYPE_RINGBUF``,
+        a :class:`~pytracers.perfbuf.PerfBuffer` for a
+        ``BPF_MAP_TYPE_PERF_EVENT_ARRAY``; both have the same reading API.
+        Keyword arguments go to that reader (the perf buffer's ``pages=`` and
+        ``wakeup_*=`` only to it)."""
+        m = self.maps[map_name]
+        if m.type == MapType.PERF_EVENT_ARRAY:
+            return m.perf_buffer(event=event, **kw)
+        if m.type == MapType.RINGBUF:
+            perf_only = sorted(set(kw) & {"pages", "wakeup_events", "wakeup_bytes"})
+            if perf_only:
+                raise BadArgumentError(f"map {m.name} is a ring buffer: {', '.join(perf_only)} "
+                                       "only apply to perf buffers (a ring's size is set on "
+                                       "the open object: maps[name].max_entries)")
+            return m.ring_buffer(event=event, **kw)
+        raise BadArgumentError(f"map {m.name} is a {m.type_name} map, not an output map "
+                               "(a ring buffer or a perf event array)")
+
     def __repr__(self) -> str:
         return f"<Object {self.path}{' closed' if self.closed else ''}>"

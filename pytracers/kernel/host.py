@@ -1,4 +1,4 @@
-"""The running kernel and this process: version, capabilities, lockdown, kprobe support.
+"""The running kernel and this process: version, online CPUs, capabilities, lockdown, kprobe support.
 
 Each answer is read from procfs/sysfs when asked (nothing here is cached:
 capabilities change with the process, securityfs may be mounted later).
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ..errors import BadArgumentError
 
@@ -15,7 +15,7 @@ __all__ = ["kernel_release", "parse_version", "kernel_version", "kernel_older_th
            "read_text", "CAP_SYS_ADMIN", "CAP_PERFMON", "CAP_BPF", "effective_caps", "has_cap",
            "missing_bpf_caps", "SECURITYFS", "lockdown_mode", "kprobe_pmu",
            "kprobe_events_file", "no_kprobes_reason",
-           "uprobe_pmu", "no_uprobes_reason", "UPROBE_PMU"]
+           "uprobe_pmu", "no_uprobes_reason", "UPROBE_PMU", "parse_cpu_list", "online_cpus"]
 
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
@@ -60,6 +60,29 @@ def read_text(path: str) -> Optional[str]:
             return f.read()
     except OSError:
         return None
+
+
+def parse_cpu_list(text: str) -> Tuple[int, ...]:
+    """``"0-3,5,7-8"`` (the kernel's CPU list format) -> (0, 1, 2, 3, 5, 7, 8)."""
+    cpus: List[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(cpus)
+
+
+def online_cpus() -> Tuple[int, ...]:
+    """The CPUs online now (/sys/devices/system/cpu/online): where a perf
+    event can be opened.  Falls back to 0 .. os.cpu_count()-1."""
+    text = read_text("/sys/devices/system/cpu/online")
+    if text:
+        try:
+            return parse_cpu_list(text)
+        except ValueError:  # pragma: no cover - the kernel's own format
+            pass
+    return tuple(range(os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------------- capabilities

@@ -52,8 +52,10 @@ The parsing core, :class:`RingReader` (``ringbuf/records.py``), works on any
 pair of buffers with the kernel's layout (tests drive it with a synthetic
 ring to produce states a kernel producer cannot leave behind, such as a BUSY
 record followed by complete ones); :class:`RingBuffer` (``ringbuf/buffer.py``)
-adds the mapping of a real ring, waiting (epoll with a latency bound),
-threads and lifetime.
+adds the mapping of a real ring; waiting (epoll with a latency bound),
+threads and lifetime are :class:`~pytracers.eventbuf.EventBuffer`'s, shared
+with the perf-buffer reader (:mod:`pytracers.perfbuf`), which keeps the
+contract below too.
 
 Memory ordering: on x86-64 (TSO), loads are not reordered with other loads
 and stores are not reordered with earlier loads, so plain loads of the

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import mmap
 import struct
-import sys
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional, Tuple
 
 from ..errors import BadArgumentError, CallbackError
+from ..eventbuf import call_with_view
 
 if TYPE_CHECKING:
     import numpy
@@ -418,23 +418,13 @@ class RingReader:
                     self._set_consumer_pos(pos)
                     break
                 k = len(rows)
-                view = rows.base is self._arr
-                # A view the callback kept holds one more reference to `rows`; a
-                # view derived from it (rows["pid"]) one more to the ring array.
-                before = (sys.getrefcount(rows), sys.getrefcount(self._arr))
-                try:
-                    r = callback(rows)
-                finally:
-                    after = (sys.getrefcount(rows), sys.getrefcount(self._arr))
-                    escaped = view and (after[0] > before[0] or after[1] > before[1])
-                    del rows
+
+                def done(pos: int = pos, k: int = k) -> None:
                     self._set_consumer_pos(pos)
-                    n += k
                     self.delivered += k
-                if escaped:
-                    raise CallbackError(
-                        "consume_views(): the callback kept a view into the ring, which the "
-                        "producer will overwrite; keep a copy instead (rows.copy())")
+                r = call_with_view(callback, rows, self._arr, done)
+                del rows
+                n += k
                 if r is None or r is True:
                     continue
                 if r is False or (type(r) is int and r < 0):
