@@ -354,19 +354,32 @@ class HeldMessages:
 
     def release(self, demote: bool = False) -> None:
         msgs, self.messages[:] = list(self.messages), []
+        outer = getattr(_tls, "held", None)
         for pylevel, text in msgs:
-            _emit(10 if demote else pylevel, text)
+            if outer:                 # an enclosing hold decides for these too
+                outer[-1].append((10 if demote else pylevel, text))
+            else:
+                _emit(10 if demote else pylevel, text)
 
 
 def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfLogCapture]:
     """Call ``lib.fn(*args)``; return (result, errno, captured libbpf messages).
 
+    libbpf's messages go to the ``pytracers.libbpf`` logger only: at their
+    own level when the call succeeds, at DEBUG when it fails (a negative
+    return or NULL), since the caller's exception then quotes them.
+
     Callers that want the result or an exception use :func:`checked` below,
     which is built on this."""
-    with LibbpfLogCapture() as cap:
+    held = HeldMessages()
+    with LibbpfLogCapture() as cap, held:
         ffi.errno = 0
         res = fn(*args)
         err = ffi.errno
+    # What libbpf says while a call fails is the exception's to quote (and
+    # goes to the log at DEBUG); it must not also reach stderr through
+    # logging's last-resort handler as a WARNING of its own.
+    held.release(demote=(res < 0) if isinstance(res, int) else (res == ffi.NULL))
     return res, err, cap
 
 

@@ -9,8 +9,8 @@ from . import _errmap, _libbpf, kinds, tracefs
 from ._libbpf import checked
 from ._libbpf import ffi, lib
 from .elf.inspect import section_target, split_tracepoint
-from .errors import (ENOTSUPP, BadArgumentError, BadTypeError, NotSupportedError, TestRunError,
-                     errno_name)
+from .errors import (ENOTSUPP, BadArgumentError, BadTypeError, NotSupportedError,
+                     TargetNotFoundError, TestRunError, errno_name)
 from .link import Link
 
 if TYPE_CHECKING:
@@ -167,8 +167,12 @@ class Program:
         reason = _errmap.no_kprobes_reason()
         if reason:  # libbpf would fail with a bare ENOENT
             raise NotSupportedError(kind, reason, min_kernel=kinds.get(kind).min_kernel,
-                                    hint="use fentry/fexit where BPF trampolines work, "
-                                         "or a tracepoint")
+                                    hint=_errmap.alternative_hint(kind))
+        if _errmap.function_exists(function) is False:   # not a libbpf warning, an answer
+            raise TargetNotFoundError("kernel function", function,
+                                      _errmap.function_suggestions(function),
+                                      detail=f"program {self.name!r}: in neither the kernel's "
+                                             "BTF nor kallsyms")
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_kprobe,
                                               self._ptr, retprobe, function.encode())
         return self._link(ptr, err, cap, kind, function)
@@ -221,10 +225,12 @@ class Program:
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_trace, self._ptr)
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err in (
                 errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, ENOTSUPP):
-            raise _errmap.trampoline_refused(self.kind, err, cap.last_line())
+            raise _errmap.trampoline_refused(self.kind, err, cap.last_line(), program=self.name)
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err == errno.EBUSY:
             raise _errmap.untraceable(self.kind, target, err)
-        return self._link(ptr, err, cap, self.kind, target)
+        link = self._link(ptr, err, cap, self.kind, target)
+        _errmap.note_kind(self.kind, True)
+        return link
 
     # ---- BPF_PROG_TEST_RUN ---------------------------------------------------
     def test_run(self, ctx: Union[bytes, Sequence[int], None] = None, *,
