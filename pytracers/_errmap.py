@@ -100,10 +100,12 @@ def alternative_hint(kind: str, *extra: str) -> Optional[str]:
 
 def multi_hint() -> Optional[str]:
     """What to do instead of a multi-kprobe: one kprobe per function, where kprobes exist."""
+    if kind_present(kinds.KPROBE):
+        return MULTI_HINT
     return alternative_hint(kinds.KPROBE_MULTI)
 
 
-MULTI_HINT = "attach one kprobe per function instead"   # kept for callers of old releases
+MULTI_HINT = "attach one kprobe per function instead"
 
 
 def unknown_helper(log: str) -> Optional[str]:
@@ -212,9 +214,9 @@ def map_create_failure(path: str, err: int, lines: List[str]) -> Optional[Pytrac
     if err in (errno.EPERM, errno.EACCES):
         cap = missing_bpf_caps()
         if cap:
-            return PermissionDeniedError(f"create map {name!r} of {path}", cap, errno=err,
+            return PermissionDeniedError(f"load {path}: create map {name!r}", cap, errno=err,
                                          detail=said)
-    e = LoadError(f"create map {name!r} of {path}", err, said)
+    e = LoadError(f"load {path}: create map {name!r}", err, said)
     e.map = name   # type: ignore[attr-defined]
     return e
 
