@@ -467,6 +467,16 @@ class Object(Resource):
             self._btf = Btf.from_bytes(self.info.btf)
         return self._btf
 
+    def attach_all(self) -> Any:
+        """Attach every loaded program whose section says where it goes, as
+        libbpf's auto-attach does; returns a :class:`~pytracers.program.AttachedAll`
+        (``.links`` by program name, ``.skipped`` with the reason for each
+        program left alone: no target in its section, or a perf event or
+        cgroup only the caller has)."""
+        from .program import attach_all
+        self._check()
+        return attach_all(list(self.programs.values()))
+
     def ring_buffer(self, map_name: str = "events", *, event: Optional[str] = None,
                     **kw: Any) -> Any:
         """A :class:`~pytracers.ringbuf.RingBuffer` on map ``map_name``, decoding

@@ -123,7 +123,7 @@ def test_hints_name_only_kinds_known_present(monkeypatch):
         "use a tracepoint (tp, raw_tp or tp_btf) where one covers the event"
 
 
-def test_real_refusals_do_not_recommend_each_other(need):
+def test_real_refusals_do_not_recommend_each_other():
     """On this host both kprobes and fentry are absent: after fentry was
     refused, the kprobe error does not suggest fentry, nor fentry's kprobe."""
     if _errmap.no_kprobes_reason() is None:
