@@ -130,8 +130,17 @@ def untraceable(kind: str, target: str, err: int) -> NotSupportedError:
                              hint=alternative_hint(kind, "or trace a caller"), errno=err)
 
 
-def _named(program: Optional[str], why: str) -> str:
-    return f"program {program!r}: {why}" if program else why
+def naming(e: NotSupportedError, program: Optional[str]) -> NotSupportedError:
+    """``e`` with the program it is about: ``e.program``, and the message says
+    "(program 'x')" before the reason (``e.reason`` itself stays the
+    kernel's, the same for every program, as reports and tracers quote it)."""
+    e.program = program   # type: ignore[attr-defined]
+    if program:
+        head = f"{e.feature} is not supported by this kernel"
+        msg = str(e)
+        if msg.startswith(head + ": "):
+            e.args = (f"{head} (program {program!r}){msg[len(head):]}",)
+    return e
 
 
 def bpf_lsm_active() -> Optional[bool]:
@@ -150,7 +159,7 @@ def trampoline_refused(kind: str, err: int, detail: str = "",
     """A BPF-trampoline program (fentry family, lsm) the kernel refuses as such."""
     mode = lockdown_mode()
     if err in (errno.EPERM, errno.EACCES):
-        why = f"load refused with {errno_name(err)} and no verifier log"
+        why = f"program load refused with {errno_name(err)} and no verifier log"
         why += " (refused by a security module or kernel policy"
         if mode and mode != "none":
             # mainline 'integrity' lockdown alone does not forbid trampolines;
@@ -166,10 +175,8 @@ def trampoline_refused(kind: str, err: int, detail: str = "",
     else:
         why = f"{errno_name(err)}{': ' + detail if detail else ''}"
         hint = None
-    e = NotSupportedError(kind, _named(program, why), min_kernel=_min_kernel(kind), hint=hint,
-                          errno=err)
-    e.program = program   # type: ignore[attr-defined]
-    return e
+    return naming(NotSupportedError(kind, why, min_kernel=_min_kernel(kind), hint=hint,
+                                    errno=err), program)
 
 
 def lsm_refused(program: str, err: int, log: str) -> Optional[PytracersError]:
@@ -177,12 +184,11 @@ def lsm_refused(program: str, err: int, log: str) -> Optional[PytracersError]:
     or trampolines refused; None when the verifier log explains it."""
     active = bpf_lsm_active()
     if active is False:
-        e = NotSupportedError("lsm", _named(program, "the BPF LSM is not active: 'bpf' is "
-                              "missing from the kernel's LSM list (securityfs 'lsm')"),
-                              min_kernel="5.7", hint="boot with lsm=...,bpf (CONFIG_BPF_LSM=y)",
-                              errno=err)
-        e.program = program   # type: ignore[attr-defined]
-        return e
+        return naming(NotSupportedError("lsm", "the BPF LSM is not active: 'bpf' is missing "
+                                        "from the kernel's LSM list (securityfs 'lsm')",
+                                        min_kernel="5.7",
+                                        hint="boot with lsm=...,bpf (CONFIG_BPF_LSM=y)",
+                                        errno=err), program)
     if err in (errno.EPERM, errno.EACCES) and not log.strip():
         return trampoline_refused("lsm", err, program=program)
     return None
@@ -237,13 +243,12 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
                 return refused
         mode = lockdown_mode()
         if mode == "confidentiality":
-            return NotSupportedError(kind, _named(program, "kernel lockdown 'confidentiality' "
-                                                  "forbids BPF tracing programs"), errno=err)
-        return NotSupportedError(kind, _named(program, f"load refused with {errno_name(err)} "
-                                              "and no verifier log, although the process has "
-                                              "CAP_BPF and CAP_PERFMON (a security module or "
-                                              "kernel policy refuses this program type)"),
-                                 errno=err)
+            return naming(NotSupportedError(kind, "kernel lockdown 'confidentiality' forbids "
+                                            "BPF tracing programs", errno=err), program)
+        return naming(NotSupportedError(kind, f"program load refused with {errno_name(err)} and no "
+                                        "verifier log, although the process has CAP_BPF and "
+                                        "CAP_PERFMON (a security module or kernel policy "
+                                        "refuses this program type)", errno=err), program)
     m = _BTF_ID_MISSING.search(libbpf_msg)
     if m and err in (errno.ESRCH, errno.ENOENT):
         target = target or m.group(1)
@@ -253,7 +258,8 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
             return TargetNotFoundError("BTF tracepoint", target, detail=f"program {program!r}: "
                                        f"no btf_trace_{target} in the kernel's BTF")
         if kind == "lsm":
-            return TargetNotFoundError("LSM hook", target, function_suggestions("bpf_lsm_" + target),
+            return TargetNotFoundError("LSM hook", target,
+                                       function_suggestions("bpf_lsm_" + target),
                                        detail=f"program {program!r}: no bpf_lsm_{target} in the "
                                               "kernel's BTF")
         e = TargetNotFoundError("kernel function", target, function_suggestions(target),
