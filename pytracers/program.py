@@ -288,6 +288,11 @@ class Program:
             return self.attach()
         target = section_target(self.section) or self.section
         self._refuse_duplicate(self.kind, target)
+        if self.kind == LSM_SECTION and _errmap.bpf_lsm_active() is False:
+            # the kernel attaches it all the same, and the hook never runs
+            refused = _errmap.lsm_refused(self.name, errno.EOPNOTSUPP, "")
+            assert refused is not None
+            raise refused
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach, self._ptr)
         if ptr == ffi.NULL:
             raise self._generic_refused(err, cap, target)

@@ -4,6 +4,7 @@ types of no probe kind: lsm, iter, perf_event, cgroup
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,30 +127,41 @@ def test_perf_event_and_cgroup_programs_need_their_target():
             obj.programs["on_tp"].attach_cgroup("/proc")
 
 
-def _cgroup2() -> str:
+@pytest.fixture
+def cgroup2(tmp_path):
+    """A cgroup v2 mount: the machine's, else one mounted for the test."""
     with open("/proc/self/mounts") as f:
         for line in f:
             dev, path, fstype = line.split()[:3]
             if fstype == "cgroup2":
-                return path
-    pytest.skip("no cgroup2 mount on this machine")
+                yield path
+                return
+    where = tmp_path / "cgroup2"
+    where.mkdir()
+    res = subprocess.run(["mount", "-t", "cgroup2", "none", str(where)], capture_output=True,
+                         text=True)
+    if res.returncode != 0:
+        pytest.skip(f"no cgroup2 mount and mounting one failed: {res.stderr.strip()}")
+    try:
+        yield str(where)
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
 
 
-def test_cgroup_program_counts_sockets_made_in_its_cgroup():
-    root = _cgroup2()
-    cg = os.path.join(root, f"pytracers-test-{os.getpid()}")
+def test_cgroup_program_counts_sockets_made_in_its_cgroup(cgroup2):
+    cg = os.path.join(cgroup2, f"pytracers-test-{os.getpid()}")
     os.mkdir(cg)
     try:
         with _load() as obj:
             with obj.programs["on_sock_create"].attach(cg) as link:
                 assert link.target == cg
-                child = ("import os, socket, sys; "
-                         f"open({os.path.join(cg, 'cgroup.procs')!r}, 'w').write(str(os.getpid())); "
+                child = ("import os, socket; "
+                         f"open({os.path.join(cg, 'cgroup.procs')!r}, 'w')"
+                         ".write(str(os.getpid())); "
                          "[socket.socket().close() for _ in range(3)]")
                 subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
                 assert _hits(obj)[5] == 3
-                socket_here = __import__("socket").socket()   # this process: other cgroup
-                socket_here.close()
+                socket.socket().close()          # this process: another cgroup
                 assert _hits(obj)[5] == 3
     finally:
         os.rmdir(cg)
