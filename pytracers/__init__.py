@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._shipped import object_path, objects_dir
     from .choose import (trace_function, trace_python, trace_syscall, trace_tracepoint,
                          trace_usdt, trace_user_function)
+    from .kernel.tracefs import trace_pipe
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
                           PythonTracer, SyscallStats, SyscallTracer, TracepointTracer, Tracer,
@@ -38,6 +39,7 @@ _LAZY = {
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
     "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
     "trace_user_function": ".choose", "UserFunctionTracer": ".tracers",
+    "trace_pipe": ".kernel.tracefs",
 }
 
 
@@ -62,5 +64,5 @@ __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path
            "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
            "TracepointTracer", "SyscallStats", "trace_user_function", "UserFunctionTracer",
-           "trace_usdt", "trace_python", "UsdtTracer", "PythonTracer",
+           "trace_usdt", "trace_python", "UsdtTracer", "PythonTracer", "trace_pipe",
            *errors.__all__]

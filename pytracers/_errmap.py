@@ -9,7 +9,8 @@ do_unlinkat").
 from __future__ import annotations
 
 import errno
-from typing import Optional, Tuple
+import re
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import kinds
 from .errors import (ENOTSUPP, AttachError, LoadError, NotSupportedError,
@@ -39,6 +40,73 @@ def helper_since(helper: str) -> Tuple[str, Optional[str]]:
     return helper, None
 
 
+# ---- which kinds this kernel is known to have (hints name only those) -----
+
+_known: Dict[str, bool] = {}
+_oracle: List[Callable[[str], Optional[bool]]] = []
+
+
+def note_kind(kind: str, present: bool) -> None:
+    """Record what this process saw: a ``kind`` program attached (True) or the
+    kernel refusing the kind itself (False)."""
+    _known[kind] = present
+
+
+def set_kind_oracle(oracle: Callable[[str], Optional[bool]]) -> None:
+    """Let a higher layer (the feature prober) answer :func:`kind_present`
+    from what it has already found out; the oracle must not probe."""
+    _oracle[:] = [oracle]
+
+
+def kind_present(kind: str) -> Optional[bool]:
+    """Does this kernel have ``kind``?  None when nothing known says (no probe
+    is run here: kernel facts, this process's own loads, the prober's cache)."""
+    if kind in kinds.KPROBE_KINDS:
+        return no_kprobes_reason() is None
+    if kind in _known:
+        return _known[kind]
+    for oracle in _oracle:
+        answer = oracle(kind)
+        if answer is not None:
+            return answer
+    return None
+
+
+def alternative_hint(kind: str, *extra: str) -> Optional[str]:
+    """A hint naming another way to trace what a ``kind`` probe would have, only
+    kinds this kernel is known to have (see :func:`kind_present`), plus
+    ``extra`` advice; None when there is nothing to say.  Kinds are named as
+    sections and tracer kinds spell them (``kprobe``, ``fentry``), not as an
+    API argument: the hint serves the object API and the tracers alike."""
+    pk = kinds.KINDS.get(kind)
+    options: List[str] = []
+    alt: Optional[str] = None
+    if kind in kinds.TRAMPOLINE_KINDS and kind != kinds.FMOD_RET:
+        alt = kinds.KRETPROBE if pk is not None and pk.retprobe else kinds.KPROBE
+    elif kind in kinds.KPROBE_KINDS:
+        alt = kinds.FEXIT if pk is not None and pk.retprobe else kinds.FENTRY
+    elif kind in kinds.MULTI_KINDS:
+        alt = kinds.KRETPROBE if pk is not None and pk.retprobe else kinds.KPROBE
+    if alt is not None and kind_present(alt):
+        options.append(f"a {alt} program on the same function"
+                       if kind not in kinds.MULTI_KINDS else f"one {alt} per function")
+    if kind in kinds.KPROBE_KINDS + kinds.TRAMPOLINE_KINDS + kinds.MULTI_KINDS \
+            and kind_present(kinds.TP) is not False:
+        options.append("a tracepoint (tp, raw_tp or tp_btf) where one covers the event")
+    text = ", ".join([("use " + " or ".join(options)) if options else ""] + list(extra))
+    text = text.strip(", ")
+    if text.startswith("or "):
+        text = text[3:]
+    return text or None
+
+
+def multi_hint() -> Optional[str]:
+    """What to do instead of a multi-kprobe: one kprobe per function, where kprobes exist."""
+    if kind_present(kinds.KPROBE):
+        return MULTI_HINT
+    return alternative_hint(kinds.KPROBE_MULTI)
+
+
 MULTI_HINT = "attach one kprobe per function instead"
 
 
@@ -61,11 +129,36 @@ def untraceable(kind: str, target: str, err: int) -> NotSupportedError:
     return NotSupportedError(kind, f"{target} cannot be traced with a BPF trampoline "
                              f"({errno_name(err)} at attach): it has no ftrace entry "
                              "(notrace, e.g. interrupt entry code)",
-                             hint="use kind='kprobe' where kprobes exist, or trace a caller",
-                             errno=err)
+                             hint=alternative_hint(kind, "or trace a caller"), errno=err)
 
 
-def trampoline_refused(kind: str, err: int, detail: str = "") -> NotSupportedError:
+def naming(e: NotSupportedError, program: Optional[str]) -> NotSupportedError:
+    """``e`` with the program it is about: ``e.program``, and the message says
+    "(program 'x')" before the reason (``e.reason`` itself stays the
+    kernel's, the same for every program, as reports and tracers quote it)."""
+    e.program = program   # type: ignore[attr-defined]
+    if program:
+        head = f"{e.feature} is not supported by this kernel"
+        msg = str(e)
+        if msg.startswith(head + ": "):
+            e.args = (f"{head} (program {program!r}){msg[len(head):]}",)
+    return e
+
+
+def bpf_lsm_active() -> Optional[bool]:
+    """Is the BPF LSM in the kernel's active LSM list (securityfs' ``lsm``)?
+    None when securityfs does not say."""
+    from .kernel.host import SECURITYFS, read_text
+    text = read_text(SECURITYFS + "/lsm")
+    if text is None:
+        lockdown_mode(mount=True)
+        text = read_text(SECURITYFS + "/lsm")
+    return None if text is None else "bpf" in text.strip().split(",")
+
+
+def trampoline_refused(kind: str, err: int, detail: str = "",
+                       program: Optional[str] = None) -> NotSupportedError:
+    """A BPF-trampoline program (fentry family, lsm) the kernel refuses as such."""
     mode = lockdown_mode()
     if err in (errno.EPERM, errno.EACCES):
         why = f"program load refused with {errno_name(err)} and no verifier log"
@@ -75,14 +168,65 @@ def trampoline_refused(kind: str, err: int, detail: str = "") -> NotSupportedErr
             # report the mode as a fact, not as the cause
             why += f"; kernel lockdown mode: '{mode}'"
         why += ")"
-        hint = "use kind='kprobe' where kprobes exist, or boot without the restriction"
+        hint = alternative_hint(kind, "or boot without the restriction")
+        note_kind(kind, False)
     elif err in (ENOTSUPP, errno.EOPNOTSUPP):
         why = "the kernel has no BPF trampoline for this architecture/config"
-        hint = "use kind='kprobe'"
+        hint = alternative_hint(kind)
+        note_kind(kind, False)
     else:
         why = f"{errno_name(err)}{': ' + detail if detail else ''}"
         hint = None
-    return NotSupportedError(kind, why, min_kernel=_min_kernel(kind), hint=hint, errno=err)
+    return naming(NotSupportedError(kind, why, min_kernel=_min_kernel(kind), hint=hint,
+                                    errno=err), program)
+
+
+def lsm_refused(program: str, err: int, log: str) -> Optional[PytracersError]:
+    """An lsm program refused: the BPF LSM off (not in the boot line's lsm=),
+    or trampolines refused; None when the verifier log explains it."""
+    active = bpf_lsm_active()
+    if active is False:
+        return naming(NotSupportedError("lsm", "the BPF LSM is not active: 'bpf' is missing "
+                                        "from the kernel's LSM list (securityfs 'lsm')",
+                                        min_kernel="5.7",
+                                        hint="boot with lsm=...,bpf (CONFIG_BPF_LSM=y)",
+                                        errno=err), program)
+    if err in (errno.EPERM, errno.EACCES) and not log.strip():
+        return trampoline_refused("lsm", err, program=program)
+    return None
+
+
+_BTF_ID_MISSING = re.compile(r"failed to find kernel BTF type ID of '([^']+)'")
+
+
+def quote(lines: Iterable[str], *needles: str) -> str:
+    """libbpf's lines that contain any of ``needles`` (all of them without
+    needles), stripped and joined: what an exception quotes."""
+    picked = [ln.strip()[len("libbpf: "):] if ln.strip().startswith("libbpf: ") else ln.strip()
+              for ln in lines if ln.strip() and (not needles or any(n in ln for n in needles))]
+    return "; ".join(dict.fromkeys(picked))
+
+
+def map_create_failure(path: str, err: int, lines: List[str]) -> Optional[PytracersError]:
+    """The exception for a load that failed creating a map, naming the map and
+    quoting libbpf (None when libbpf's lines name no map)."""
+    name = None
+    for line in lines:
+        m = re.search(r"map '([^']+)': failed to create", line) or \
+            re.search(r"map '([^']+)': failed", line)
+        if m:
+            name = m.group(1)
+    if name is None:
+        return None
+    said = quote(lines, f"map '{name}'", f"({name})")
+    if err in (errno.EPERM, errno.EACCES):
+        cap = missing_bpf_caps()
+        if cap:
+            return PermissionDeniedError(f"load {path}: create map {name!r}", cap, errno=err,
+                                         detail=said)
+    e = LoadError(f"load {path}: create map {name!r}", err, said)
+    e.map = name   # type: ignore[attr-defined]
+    return e
 
 
 def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = "",
@@ -94,20 +238,38 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
         if cap:
             return PermissionDeniedError(what, cap, errno=err)
         if kind in kinds.TRAMPOLINE_KINDS:
-            return trampoline_refused(kind, err)
+            return trampoline_refused(kind, err, program=program)
+        if kind == "lsm":
+            refused = lsm_refused(program, err, log)
+            if refused is not None:
+                return refused
         mode = lockdown_mode()
         if mode == "confidentiality":
-            return NotSupportedError(kind, "kernel lockdown 'confidentiality' forbids BPF "
-                                           "tracing programs", errno=err)
-        return PermissionDeniedError(what, "CAP_BPF and CAP_PERFMON", errno=err,
-                                     detail="the kernel refused the load without a verifier log")
-    if target and kind in kinds.BTF_TARGET_KINDS and err in (errno.ESRCH, errno.ENOENT):
+            return naming(NotSupportedError(kind, "kernel lockdown 'confidentiality' forbids "
+                                            "BPF tracing programs", errno=err), program)
+        return naming(NotSupportedError(kind, f"program load refused with {errno_name(err)} and no "
+                                        "verifier log, although the process has CAP_BPF and "
+                                        "CAP_PERFMON (a security module or kernel policy "
+                                        "refuses this program type)", errno=err), program)
+    m = _BTF_ID_MISSING.search(libbpf_msg)
+    if m and err in (errno.ESRCH, errno.ENOENT):
+        target = target or m.group(1)
+    if target and kind in kinds.BTF_TARGET_KINDS + ("lsm", "iter") and \
+            err in (errno.ESRCH, errno.ENOENT):
         if kind == kinds.TP_BTF:
-            return TargetNotFoundError("BTF tracepoint", target, detail="no btf_trace_" + target
-                                       + " in the kernel's BTF")
+            return TargetNotFoundError("BTF tracepoint", target, detail=f"program {program!r}: "
+                                       f"no btf_trace_{target} in the kernel's BTF")
         from .kernel.symbols import function_suggestions
-        return TargetNotFoundError("kernel function", target, function_suggestions(target),
-                                   detail="not in the kernel's BTF")
+        if kind == "lsm":
+            return TargetNotFoundError("LSM hook", target,
+                                       function_suggestions("bpf_lsm_" + target),
+                                       detail=f"program {program!r}: no bpf_lsm_{target} in the "
+                                              "kernel's BTF")
+        e = TargetNotFoundError("kernel function", target, function_suggestions(target),
+                                detail=f"program {program!r}: not in the kernel's BTF"
+                                       + (f" (libbpf: {m.group(0)})" if m else ""))
+        e.program = program   # type: ignore[attr-defined]
+        return e
     if kind in kinds.TRAMPOLINE_KINDS and err == errno.EINVAL and "processed 0 insns" in log:
         # refused before the first instruction: the target check failed
         return NotSupportedError(kind, f"the kernel refuses {kind} programs on "
@@ -131,11 +293,11 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
             return NotSupportedError(kind, f"the verifier does not know helper {name}, which "
                                      f"program {program!r} calls: this kernel predates it",
                                      min_kernel=since,
-                                     hint=MULTI_HINT if kind in kinds.MULTI_KINDS else None,
+                                     hint=multi_hint() if kind in kinds.MULTI_KINDS else None,
                                      errno=err)
         return VerifierError(program, err, log)
     if err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP) and kind in kinds.TRAMPOLINE_KINDS:
-        return trampoline_refused(kind, err, libbpf_msg)
+        return trampoline_refused(kind, err, libbpf_msg, program=program)
     if err == errno.E2BIG:
         return LoadError(what, err, "program or BTF too large for this kernel")
     return LoadError(what, err, libbpf_msg)
@@ -150,7 +312,7 @@ def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> Pytr
             return NotSupportedError(kinds.KPROBE_MULTI, "the kernel refused a multi-kprobe link "
                                      f"({errno_name(err)}): CONFIG_FPROBE is off",
                                      min_kernel=_min_kernel(kinds.KPROBE_MULTI),
-                                     hint="attach one kprobe per function instead", errno=err)
+                                     hint=multi_hint(), errno=err)
         if multi and err == errno.EINVAL and not kprobe_pmu():
             reason = no_kprobes_reason()
             if reason:
@@ -159,8 +321,7 @@ def attach_error(kind: str, target: str, err: int, libbpf_msg: str = "") -> Pytr
         reason = no_kprobes_reason()
         if reason:
             return NotSupportedError(kind, reason, min_kernel=_min_kernel(kind),
-                                     hint="use fentry/fexit where BPF trampolines work, or a "
-                                          "tracepoint", errno=err)
+                                     hint=alternative_hint(kind), errno=err)
         if err in (errno.ENOENT, errno.EINVAL, errno.ESRCH, errno.EADDRNOTAVAIL):
             from .kernel.symbols import function_exists, function_suggestions
             exists = function_exists(target) if not multi else None

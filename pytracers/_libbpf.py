@@ -113,6 +113,10 @@ struct bpf_usdt_opts {
 };
 /* pid: -1 for every process; libbpf 1.1 exports it */
 struct bpf_link *bpf_program__attach_usdt(const struct bpf_program *prog, int pid, const char *binary_path, const char *usdt_provider, const char *usdt_name, const struct bpf_usdt_opts *opts);
+struct bpf_link *bpf_program__attach_perf_event(const struct bpf_program *prog, int pfd);
+struct bpf_link *bpf_program__attach_cgroup(const struct bpf_program *prog, int cgroup_fd);
+struct bpf_link *bpf_program__attach_iter(const struct bpf_program *prog, const void *opts);
+int bpf_iter_create(int link_fd);
 
 int bpf_link__fd(const struct bpf_link *link);
 int bpf_link__destroy(struct bpf_link *link);
@@ -427,19 +431,32 @@ class HeldMessages:
 
     def release(self, demote: bool = False) -> None:
         msgs, self.messages[:] = list(self.messages), []
+        outer = getattr(_tls, "held", None)
         for pylevel, text in msgs:
-            _emit(10 if demote else pylevel, text)
+            if outer:                 # an enclosing hold decides for these too
+                outer[-1].append((10 if demote else pylevel, text))
+            else:
+                _emit(10 if demote else pylevel, text)
 
 
 def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfLogCapture]:
     """Call ``lib.fn(*args)``; return (result, errno, captured libbpf messages).
 
+    libbpf's messages go to the ``pytracers.libbpf`` logger only: at their
+    own level when the call succeeds, at DEBUG when it fails (a negative
+    return or NULL), since the caller's exception then quotes them.
+
     Callers that want the result or an exception use :func:`checked` below,
     which is built on this."""
-    with LibbpfLogCapture() as cap:
+    held = HeldMessages()
+    with LibbpfLogCapture() as cap, held:
         ffi.errno = 0
         res = fn(*args)
         err = ffi.errno
+    # What libbpf says while a call fails is the exception's to quote (and
+    # goes to the log at DEBUG); it must not also reach stderr through
+    # logging's last-resort handler as a WARNING of its own.
+    held.release(demote=(res < 0) if isinstance(res, int) else (res == ffi.NULL))
     return res, err, cap
 
 

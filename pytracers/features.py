@@ -54,7 +54,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import kinds
+from . import _errmap, kinds
 from ._shipped import object_path
 from .errors import (ENOTSUPP, KeyNotFoundError, NotSupportedError, PytracersError,
                      TargetNotFoundError, TracefsError)
@@ -614,3 +614,13 @@ def can_attach(kind: str, target: str) -> CanAttach:
                              if pk.trampoline else None, checks)
     return CanAttach(kind, target, True, f"{kind} works here and {target} passed: "
                      + "; ".join(checks[1:]), None, checks)
+
+
+def _cached_presence(kind: str) -> Optional[bool]:
+    """What the cache already says about ``kind`` (never probes): the error
+    mapping asks it before a hint names another kind."""
+    f = _cache.get(kind)
+    return None if f is None else f.supported
+
+
+_errmap.set_kind_oracle(_cached_presence)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Dict, Iterator, Mapping, Optional, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Union
 
 from . import _errmap, _libbpf, kinds
 from .kernel import host
 from ._libbpf import checked
 from ._libbpf import ffi, lib
 from ._resource import Resource
-from .elf.inspect import ObjectInfo, Variable, inspect, read_object_bytes
+from .elf.inspect import ObjectInfo, Variable, inspect, read_object_bytes, section_target
 from .errors import (BadArgumentError, BadTypeError, ClosedError, InvalidObjectError, LoadError,
                      PermissionDeniedError, PytracersError, TargetNotFoundError, os_error_text)
 from .maps import MapType
@@ -48,14 +48,21 @@ def _names(items: Any) -> str:
 class _View(Mapping[str, Any]):
     """Read-only name -> child mapping whose KeyError lists the choices."""
 
-    def __init__(self, kind: str, items: Dict[str, Any]) -> None:
+    def __init__(self, kind: str, items: Dict[str, Any],
+                 absent: Optional[Dict[str, str]] = None) -> None:
         self._kind = kind
         self._items = items
+        self._absent = absent or {}    # names that exist but are not here, and why
 
     def __getitem__(self, name: str) -> Any:
         try:
             return self._items[name]
         except KeyError:
+            if name in self._absent:
+                e = TargetNotFoundError(self._kind, name)
+                e.args = (f"program {name!r} {self._absent[name]}: it is in the object but "
+                          "was not loaded, so it cannot be attached or run",)
+                raise e from None
             import difflib
             raise TargetNotFoundError(self._kind, name,
                                       difflib.get_close_matches(name, list(self._items)),
@@ -96,11 +103,37 @@ def open(path: PathLike, *, allow_insecure: bool = False) -> "OpenObject":  # no
     return OpenObject(handle, info, data)
 
 
+class _OpenState:
+    """What an open object's children (programs, maps, config) need of it: the
+    handle while it is open, and the inspection.  They hold this, not the
+    :class:`OpenObject`, so an open object is never in a reference cycle:
+    dropping it (or a failed load) frees it at once, without the cycle
+    collector."""
+
+    def __init__(self, handle: _Handle, info: ObjectInfo) -> None:
+        self.handle: Optional[_Handle] = handle
+        self.info = info
+        self.path = info.path
+
+    def _check_open(self) -> None:
+        if self.handle is None or self.handle.closed:
+            raise ClosedError(f"open object {self.path} (already loaded or closed)")
+
+    def _internal_map(self, section: str) -> Any:
+        assert self.handle is not None
+        m = lib.bpf_object__next_map(self.handle.ptr, ffi.NULL)
+        while m != ffi.NULL:
+            if lib.bpf_map__is_internal(m) and (_libbpf.cstr(lib.bpf_map__name(m)) or "").endswith(section):
+                return m
+            m = lib.bpf_object__next_map(self.handle.ptr, m)
+        raise TargetNotFoundError("data section", section)
+
+
 class Config:
     """Read-only configuration: the object's ``const volatile`` globals (and
     other data-section variables), writable only before load."""
 
-    def __init__(self, obj: "OpenObject") -> None:
+    def __init__(self, obj: "_OpenState") -> None:
         self._obj = obj
 
     def _var(self, name: str) -> Variable:
@@ -160,7 +193,7 @@ class Config:
 class OpenProgram:
     """A program of an :class:`OpenObject`: choose whether it loads and where it attaches."""
 
-    def __init__(self, obj: "OpenObject", ptr: Any) -> None:
+    def __init__(self, obj: "_OpenState", ptr: Any) -> None:
         self._obj = obj
         self._ptr = ptr
         self.name: str = _libbpf.cstr(lib.bpf_program__name(ptr)) or ""
@@ -212,7 +245,7 @@ class OpenProgram:
 class OpenMap:
     """A map of an :class:`OpenObject`: size it before load."""
 
-    def __init__(self, obj: "OpenObject", ptr: Any) -> None:
+    def __init__(self, obj: "_OpenState", ptr: Any) -> None:
         self._obj = obj
         self._ptr = ptr
         self.name: str = _libbpf.cstr(lib.bpf_map__name(ptr)) or ""
@@ -271,38 +304,39 @@ class OpenObject:
     """An opened, not yet loaded object. See the module docstring."""
 
     def __init__(self, handle: _Handle, info: ObjectInfo, data: bytes) -> None:
-        self._handle: Optional[_Handle] = handle
+        self._state = state = _OpenState(handle, info)
         self.info = info
         self.path = info.path
         self._data = data  # libbpf may keep pointers into the buffer until load
         progs: Dict[str, OpenProgram] = {}
         p = lib.bpf_object__next_program(handle.ptr, ffi.NULL)
         while p != ffi.NULL:
-            op = OpenProgram(self, p)
+            op = OpenProgram(state, p)
             progs[op.name] = op
             p = lib.bpf_object__next_program(handle.ptr, p)
         maps: Dict[str, OpenMap] = {}
         m = lib.bpf_object__next_map(handle.ptr, ffi.NULL)
         while m != ffi.NULL:
-            om = OpenMap(self, m)
+            om = OpenMap(state, m)
             maps[om.name] = om
             m = lib.bpf_object__next_map(handle.ptr, m)
         self.programs: Mapping[str, OpenProgram] = _View("program", progs)
         self.maps: Mapping[str, OpenMap] = _View("map", maps)
-        self.config = Config(self)
+        self.config = Config(state)
+
+    @property
+    def _handle(self) -> Optional[_Handle]:
+        return self._state.handle
+
+    @_handle.setter
+    def _handle(self, handle: Optional[_Handle]) -> None:
+        self._state.handle = handle
 
     def _check_open(self) -> None:
-        if self._handle is None or self._handle.closed:
-            raise ClosedError(f"open object {self.path} (already loaded or closed)")
+        self._state._check_open()
 
     def _internal_map(self, section: str) -> Any:
-        assert self._handle is not None
-        m = lib.bpf_object__next_map(self._handle.ptr, ffi.NULL)
-        while m != ffi.NULL:
-            if lib.bpf_map__is_internal(m) and (_libbpf.cstr(lib.bpf_map__name(m)) or "").endswith(section):
-                return m
-            m = lib.bpf_object__next_map(self._handle.ptr, m)
-        raise TargetNotFoundError("data section", section)
+        return self._state._internal_map(section)
 
     def only(self, *names: str) -> "OpenObject":
         """Autoload exactly the named programs (others are not loaded)."""
@@ -313,7 +347,11 @@ class OpenObject:
         return self
 
     def load(self) -> "Object":
-        """Load into the kernel; the open object is consumed (even on failure)."""
+        """Load into the kernel; the open object is consumed (even on failure).
+
+        A failure names the program or map that failed and quotes what libbpf
+        said; the verifier-log buffers (1 MiB per program) are freed before
+        the exception propagates (nothing the exception holds refers to them)."""
         self._check_open()
         handle = self._handle
         assert handle is not None
@@ -326,22 +364,40 @@ class OpenObject:
                     checked(lib.bpf_program__set_log_buf, prog._ptr, buf, LOG_BUF_SIZE,
                             what=f"give program {prog.name!r} a verifier log", error=LoadError)
                     logs[prog.name] = buf
-            checked(lib.bpf_object__load, handle.ptr, what=f"load {self.path}", error=LoadError,
-                    refine=lambda err, log: self._load_failure(err, logs, log))
+            res, err, cap = _libbpf.call_with_log(lib.bpf_object__load, handle.ptr)
+            failure = self._load_failure(-res, logs, cap) if res < 0 else None
         except BaseException:
             handle.close()
+            logs.clear()
             raise
+        if failure is not None:
+            handle.close()       # before raising: libbpf's buffers and fds go now
+            logs.clear()         # and so do ours (the frame below dies with the raise)
+            try:
+                raise failure
+            finally:
+                failure = None   # no cycle: exception -> traceback -> this frame -> exception
+        logs_kept = set(logs)
+        logs.clear()
         return Object(handle, self.info, self.path,
-                      {n: p for n, p in self.programs.items() if n in logs})
+                      {n: p for n, p in self.programs.items() if n in logs_kept},
+                      unloaded=[n for n in self.programs if n not in logs_kept])
 
     def _load_failure(self, err: int, logs: Dict[str, Any], cap: Any) -> PytracersError:
-        # Which program failed?  libbpf names it in its messages; failing that,
-        # the one whose log buffer the kernel wrote to.
+        # Which program or map failed?  libbpf names it in its messages;
+        # failing that, the program whose log buffer the kernel wrote to.
         failed = None
         for line in cap.lines:
             for name in logs:
                 if f"prog '{name}'" in line and ("failed" in line or "load" in line):
                     failed = name
+                    break
+            if failed is not None:
+                break
+        if failed is None:
+            mapped = _errmap.map_create_failure(self.path, err, cap.lines)
+            if mapped is not None:
+                return mapped
         if failed is None:
             for name, buf in logs.items():
                 if buf[0] != b"\0":
@@ -352,11 +408,15 @@ class OpenObject:
                 if missing:
                     return PermissionDeniedError(f"load {self.path}", missing, errno=err,
                                                  detail="run as root or grant the capability")
-            return LoadError(f"load {self.path}", err, cap.last_line())
+            return LoadError(f"load {self.path}", err, _errmap.quote(cap.lines))
         prog = self.programs[failed]
         log = ffi.string(logs[failed]).decode("utf-8", "replace")
-        return _errmap.load_error(failed, prog.kind, err, log, cap.last_line(),
-                                  prog.attach_target)
+        said = _errmap.quote(cap.lines, f"prog '{failed}'")
+        exc = _errmap.load_error(failed, prog.kind, err, log, said,
+                                 prog.attach_target or section_target(prog.section))
+        if not hasattr(exc, "program"):
+            exc.program = failed   # type: ignore[attr-defined]
+        return exc
 
     def close(self) -> None:
         """Drop the object without loading it. Safe twice."""
@@ -381,7 +441,7 @@ class Object(Resource):
     _what = "BPF object"
 
     def __init__(self, handle: _Handle, info: ObjectInfo, path: str,
-                 loaded: Dict[str, OpenProgram]) -> None:
+                 loaded: Dict[str, OpenProgram], unloaded: Sequence[str] = ()) -> None:
         from .maps import Map
         from .program import Program
         self._handle = handle
@@ -391,7 +451,8 @@ class Object(Resource):
         self._btf: Any = None
         self.programs: Mapping[str, Program] = _View(
             "loaded program", {n: Program(self, p._ptr, p.name, p.section, p.attach_target)
-                               for n, p in loaded.items()})
+                               for n, p in loaded.items()},
+            absent={n: "not loaded (autoload was off)" for n in unloaded})
         maps: Dict[str, Map] = {}
         m = lib.bpf_object__next_map(handle.ptr, ffi.NULL)
         while m != ffi.NULL:
@@ -407,6 +468,16 @@ class Object(Resource):
             from .btf import Btf
             self._btf = Btf.from_bytes(self.info.btf)
         return self._btf
+
+    def attach_all(self) -> Any:
+        """Attach every loaded program whose section says where it goes, as
+        libbpf's auto-attach does; returns a :class:`~pytracers.program.AttachedAll`
+        (``.links`` by program name, ``.skipped`` with the reason for each
+        program left alone: no target in its section, or a perf event or
+        cgroup only the caller has)."""
+        from .program import attach_all
+        self._check()
+        return attach_all(list(self.programs.values()))
 
     def ring_buffer(self, map_name: str = "events", *, event: Optional[str] = None,
                     **kw: Any) -> Any:

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Union
 
 from . import _errmap, _libbpf, kinds
 from .kernel import host, tracefs
 from ._libbpf import checked
 from ._libbpf import ffi, lib
 from .elf.inspect import section_target, split_tracepoint
-from .errors import (ENOTSUPP, BadArgumentError, BadTypeError, NotSupportedError, TestRunError,
-                     errno_name)
+from .errors import (ENOTSUPP, BadArgumentError, BadTypeError, LinkError, NotSupportedError,
+                     PytracersError, TargetNotFoundError, TestRunError, errno_name)
 from .link import Link
 
 if TYPE_CHECKING:
     from .object import Object
 
-__all__ = ["Program", "TestRun", "parse_symbol_or_offset"]
+__all__ = ["Program", "TestRun", "AttachedAll", "attach_all", "parse_symbol_or_offset"]
 
 
 def parse_symbol_or_offset(text: str) -> Union[str, int]:
@@ -28,6 +28,19 @@ def parse_symbol_or_offset(text: str) -> Union[str, int]:
         return int(t, 16) if t.lower().startswith("0x") else int(t) if t.isdigit() else t
     except ValueError:
         return t
+
+
+# Section types of no probe kind (their libbpf prefixes, as kinds.kind_of_section
+# returns them): which libbpf attaches by itself, and which need the caller's
+# perf event or cgroup.
+LSM_SECTION = "lsm"
+ITER_SECTION = "iter"
+PERF_EVENT_SECTION = "perf_event"
+CGROUP_SECTIONS = ("sockops",)
+# Section types whose programs need an interface, socket or map from the caller.
+NEEDS_CALLER = ("xdp", "tc", "tcx", "netkit", "socket", "sk_skb", "sk_msg", "sk_lookup",
+                "flow_dissector", "lirc_mode2", "sk_reuseport", "classifier", "action",
+                "struct_ops", "syscall")
 
 
 class TestRun:
@@ -111,11 +124,20 @@ class Program:
         function, multi-kprobes a glob, USDT programs
         "binary:provider:name"; BTF-based programs (tp_btf, fentry,
         fexit, fmod_ret) attach to the target fixed at load.  Without
-        ``target``, the one written in the program's section."""
+        ``target``, the one written in the program's section.
+
+        A program of no probe kind (``lsm/...``, ``iter/...``, ...) attaches
+        as libbpf's auto-attach would (:meth:`attach_auto`); a cgroup program
+        takes its cgroup's path as ``target`` (:meth:`attach_cgroup`); a
+        perf_event program needs :meth:`attach_perf_event`."""
         pk = kinds.KINDS.get(self.kind)
         if pk is None:
-            raise BadArgumentError(f"pytracers cannot attach {self.kind!r} programs "
-                                   f"({self.section})")
+            if target is not None and self.kind.startswith("cgroup"):
+                return self.attach_cgroup(target)
+            if target is not None:
+                raise BadArgumentError(f"program {self.name!r} ({self.section!r}) attaches "
+                                       "where its section says; it takes no target")
+            return self.attach_auto()
         target = target if target is not None else section_target(self.section)
         method = getattr(self, self.ATTACH[pk.attach])
         if not target and not pk.target_fixed_at_load:
@@ -228,8 +250,12 @@ class Program:
         reason = host.no_kprobes_reason()
         if reason:  # libbpf would fail with a bare ENOENT
             raise NotSupportedError(kind, reason, min_kernel=kinds.get(kind).min_kernel,
-                                    hint="use fentry/fexit where BPF trampolines work, "
-                                         "or a tracepoint")
+                                    hint=_errmap.alternative_hint(kind))
+        if _errmap.function_exists(function) is False:   # not a libbpf warning, an answer
+            raise TargetNotFoundError("kernel function", function,
+                                      _errmap.function_suggestions(function),
+                                      detail=f"program {self.name!r}: in neither the kernel's "
+                                             "BTF nor kallsyms")
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_kprobe,
                                               self._ptr, retprobe, function.encode())
         return self._link(ptr, err, cap, kind, function)
@@ -321,10 +347,142 @@ class Program:
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_trace, self._ptr)
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err in (
                 errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, ENOTSUPP):
-            raise _errmap.trampoline_refused(self.kind, err, cap.last_line())
+            raise _errmap.trampoline_refused(self.kind, err, cap.last_line(), program=self.name)
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err == errno.EBUSY:
             raise _errmap.untraceable(self.kind, target, err)
+        link = self._link(ptr, err, cap, self.kind, target)
+        _errmap.note_kind(self.kind, True)
+        return link
+
+    # ---- program types of no probe kind ---------------------------------------
+    def auto_attach_skip(self) -> Optional[str]:
+        """Why libbpf's auto-attach would leave this program alone (its
+        section names no target, or its type needs something only the caller
+        has), or None when :meth:`attach` with no argument attaches it."""
+        pk = kinds.KINDS.get(self.kind)
+        if pk is not None:
+            if pk.target_fixed_at_load or section_target(self.section):
+                return None
+            return (f"its section {self.section!r} names no {pk.name} target: "
+                    f"attach it with attach(target) ({pk.target})")
+        if self.kind == PERF_EVENT_SECTION:
+            return "a perf_event program needs a perf event: attach_perf_event(fd)"
+        if self.kind.startswith("cgroup"):
+            return "a cgroup program needs a cgroup: attach_cgroup(path) or attach(path)"
+        if self.kind in NEEDS_CALLER:
+            return (f"libbpf cannot auto-attach a {self.kind!r} program (section "
+                    f"{self.section!r}): it needs a target only the caller has")
+        if self.kind in (LSM_SECTION, ITER_SECTION) and not section_target(self.section):
+            return f"its section {self.section!r} names no target"
+        return None      # libbpf decides (EOPNOTSUPP: it cannot)
+
+    def attach_auto(self) -> Link:
+        """Attach where the program's section says, as libbpf's auto-attach
+        does (``bpf_program__attach``): lsm hooks, iterators and the other
+        section types libbpf knows how to attach without arguments."""
+        self.object._check()
+        why = self.auto_attach_skip()
+        if why is not None:
+            raise BadArgumentError(f"program {self.name!r} cannot attach by itself: {why}")
+        pk = kinds.KINDS.get(self.kind)
+        if pk is not None:
+            return self.attach()
+        target = section_target(self.section) or self.section
+        self._refuse_duplicate(self.kind, target)
+        if self.kind == LSM_SECTION and _errmap.bpf_lsm_active() is False:
+            # the kernel attaches it all the same, and the hook never runs
+            refused = _errmap.lsm_refused(self.name, errno.EOPNOTSUPP, "")
+            assert refused is not None
+            raise refused
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach, self._ptr)
+        if ptr == ffi.NULL:
+            raise self._generic_refused(err, cap, target)
         return self._link(ptr, err, cap, self.kind, target)
+
+    def _generic_refused(self, err: int, cap: Any, target: str) -> Exception:
+        said = _errmap.quote(cap.lines)
+        if self.kind == LSM_SECTION:
+            refused = _errmap.lsm_refused(self.name, err, "")
+            if refused is not None:
+                return refused
+        if err in (errno.EOPNOTSUPP, ENOTSUPP):
+            return NotSupportedError(f"attaching {self.kind} programs",
+                                     f"program {self.name!r}: libbpf or the kernel cannot "
+                                     f"attach a {self.section!r} program "
+                                     f"({errno_name(err)}{': ' + said if said else ''})",
+                                     errno=err)
+        return _errmap.attach_error(self.kind, f"{target} (program {self.name!r})", err, said)
+
+    def attach_perf_event(self, perf_fd: int) -> Link:
+        """Attach a ``perf_event`` program to an open perf event (a file
+        descriptor from perf_event_open).  The link holds its own duplicate of
+        the fd: the caller's stays the caller's to close."""
+        self._check_kind(PERF_EVENT_SECTION)
+        self.object._check()
+        if not isinstance(perf_fd, int) or isinstance(perf_fd, bool) or perf_fd < 0:
+            raise BadTypeError("perf_fd must be the file descriptor of an open perf event")
+        target = f"perf event fd {perf_fd}"
+        import os
+        try:
+            mine = os.dup(perf_fd)     # the link closes the fd it was given
+        except OSError as e:
+            raise BadArgumentError(f"perf_fd {perf_fd}: {e.strerror}") from None
+        ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_perf_event, self._ptr,
+                                              mine)
+        if ptr == ffi.NULL:
+            os.close(mine)
+            raise _errmap.attach_error(self.kind, f"{target} (program {self.name!r})", err,
+                                       _errmap.quote(cap.lines))
+        return self._link(ptr, err, cap, self.kind, target)
+
+    def attach_cgroup(self, path: str) -> Link:
+        """Attach a cgroup program (``cgroup/...``, ``cgroup_skb/...``,
+        ``sockops``...) to the cgroup v2 directory ``path``."""
+        if not self.kind.startswith("cgroup") and self.kind not in CGROUP_SECTIONS:
+            raise BadArgumentError(f"program {self.name!r} is a {self.kind} program "
+                                   f"(section {self.section!r}), not a cgroup program")
+        self.object._check()
+        if not isinstance(path, str) or not path:
+            raise BadTypeError("cgroup path must be a non-empty str")
+        import os
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            raise TargetNotFoundError("cgroup", path, detail="no such directory") from None
+        except OSError as e:
+            raise BadArgumentError(f"cannot open cgroup {path}: {e.strerror}") from None
+        try:
+            self._refuse_duplicate(self.kind, path)
+            ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_cgroup, self._ptr, fd)
+        finally:
+            os.close(fd)       # the link holds the cgroup itself
+        if ptr == ffi.NULL and err == errno.EBADF:
+            raise BadArgumentError(f"cannot attach program {self.name!r} to {path}: not a "
+                                   "cgroup v2 directory (the kernel wants a directory of a "
+                                   "cgroup2 mount)")
+        if ptr == ffi.NULL:
+            raise _errmap.attach_error(self.kind, f"cgroup {path} (program {self.name!r})", err,
+                                       _errmap.quote(cap.lines))
+        return self._link(ptr, err, cap, self.kind, path)
+
+    def read_iter(self) -> bytes:
+        """Run an ``iter/...`` program once: attach it, read what it prints
+        (``BPF_SEQ_PRINTF``) to the end, detach."""
+        self._check_kind(ITER_SECTION)
+        import os
+        with self.attach_auto() as link:
+            fd = checked(lib.bpf_iter_create, link.fd, what=f"run iterator {self.name!r}",
+                         error=LinkError)
+            chunks = []
+            try:
+                while True:
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+        return b"".join(chunks)
 
     # ---- BPF_PROG_TEST_RUN ---------------------------------------------------
     def test_run(self, ctx: Union[bytes, Sequence[int], None] = None, *,
@@ -383,3 +541,67 @@ class Program:
             return NotSupportedError("BPF_PROG_TEST_RUN for " + self.kind,
                                      f"the kernel refused it ({errno_name(err)})", errno=err)
         return None
+
+
+class AttachedAll:
+    """What :meth:`Object.attach_all` did: ``links`` (program name -> Link,
+    in the object's order) and ``skipped`` (program name -> why it was left
+    alone).  Iterating yields the links; ``close()`` (or ``with``) detaches
+    them all."""
+
+    def __init__(self, links: Dict[str, Link], skipped: Dict[str, str]) -> None:
+        self.links = links
+        self.skipped = skipped
+
+    def __iter__(self) -> Iterator[Link]:
+        return iter(list(self.links.values()))
+
+    def __len__(self) -> int:
+        return len(self.links)
+
+    def __getitem__(self, name: str) -> Link:
+        return self.links[name]
+
+    def close(self) -> None:
+        for link in reversed(list(self.links.values())):
+            link.close()
+
+    def __enter__(self) -> "AttachedAll":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<AttachedAll links={list(self.links)} skipped={list(self.skipped)}>"
+
+
+def attach_all(programs: Sequence[Program]) -> AttachedAll:
+    """Attach every program whose section says where it goes, as libbpf's
+    skeleton auto-attach does: programs whose section names no target (or
+    whose type needs the caller's perf event, cgroup or interface) are
+    skipped, with the reason; the first program the kernel refuses stops the
+    attach, detaches what was attached, and raises its error (``.program``
+    names it)."""
+    links: Dict[str, Link] = {}
+    skipped: Dict[str, str] = {}
+    try:
+        for prog in programs:
+            why = prog.auto_attach_skip()
+            if why is not None:
+                skipped[prog.name] = why
+                continue
+            try:
+                links[prog.name] = prog.attach_auto()
+            except NotSupportedError as e:
+                if e.errno in (errno.EOPNOTSUPP, ENOTSUPP) and kinds.KINDS.get(prog.kind) is None:
+                    skipped[prog.name] = e.reason    # libbpf has no auto-attach for it
+                    continue
+                raise
+    except PytracersError as e:
+        for link in reversed(list(links.values())):
+            link.close()
+        if getattr(e, "program", None) is None:
+            e.program = prog.name    # type: ignore[attr-defined]
+        raise
+    return AttachedAll(links, skipped)

@@ -139,3 +139,161 @@ def tracepoint_format(category: str, name: str) -> List[Field]:
     path = os.path.join(tracepoint_dir(category, name), "format")
     with open(path) as f:
         return parse_format(f.read())
+
+
+# ---------------------------------------------------------------------- trace_pipe
+
+class TraceLine(NamedTuple):
+    """One line of tracefs' trace_pipe, as the kernel formats it::
+
+        <comm>-<pid> [<cpu>] <flags> <timestamp>: <event>: <message>
+
+    ``pid`` is the thread's id (the kernel's task pid); ``comm`` is the
+    thread's name (where the kernel prints ``<...>``, having not recorded it,
+    :class:`TracePipe` reads ``/proc/<pid>/comm`` while the thread lives);
+    ``flags`` is empty where the kernel prints none; ``timestamp`` is in
+    seconds of tracefs' trace clock (by default ``local``: the scheduler
+    clock since boot, close to ``time.monotonic()``)."""
+
+    comm: str
+    pid: int
+    cpu: int
+    flags: str
+    timestamp: float
+    event: str
+    message: str
+    raw: str
+
+
+_TRACE_LINE = re.compile(
+    r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<flags>[^\s\d][^\s]*|\d[^\s.:]*\.[^\s]*?[^\d\s.][^\s]*)\s+)?"
+    r"(?P<ts>\d+\.\d+):\s+(?P<event>[^:]+):\s?(?P<msg>.*)$")
+BPF_PRINTK_EVENT = "bpf_trace_printk"
+
+
+def _comm_of(tid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/{tid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return None
+
+
+def parse_trace_line(line: str) -> Optional[TraceLine]:
+    """A trace_pipe line as a :class:`TraceLine` (None when it is not one)."""
+    text = line.rstrip("\n")
+    m = _TRACE_LINE.match(text)
+    if m is None:
+        return None
+    return TraceLine(m.group("comm"), int(m.group("pid")), int(m.group("cpu")),
+                     m.group("flags") or "", float(m.group("ts")), m.group("event").strip(),
+                     m.group("msg"), text)
+
+
+class TracePipe:
+    """An iterator over tracefs' trace_pipe: :class:`TraceLine` values, by
+    default only ``bpf_printk`` lines (``everything=True``: every line of the
+    global trace buffer).  Reading consumes: another reader of trace_pipe
+    (``cat``, bpftool) gets other lines.
+
+    ``timeout``: iteration ends once no line has come for that many seconds
+    (None: waits for ever; close() from another thread ends it too).
+    ``close()`` (or ``with``) releases the file; safe twice."""
+
+    def __init__(self, timeout: Optional[float] = None, *, everything: bool = False) -> None:
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+            from ..errors import BadArgumentError
+            raise BadArgumentError("timeout must be a number of seconds >= 0 or None")
+        self.timeout = timeout
+        self.everything = everything
+        path = os.path.join(root(), "trace_pipe")
+        try:
+            self._fd: Optional[int] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            raise TracefsError(f"cannot open {path}: {e.strerror}", e.errno or 0) from None
+        self._wake_r, self._wake_w = os.pipe()
+        self._partial = b""
+        self._ready: List[TraceLine] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.write(self._wake_w, b"x")       # wakes a reader blocked in next()
+            os.close(fd)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def __enter__(self) -> "TracePipe":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __iter__(self) -> "TracePipe":
+        return self
+
+    def __next__(self) -> TraceLine:
+        line = self.read_line(self.timeout)
+        if line is None:
+            raise StopIteration
+        return line
+
+    def read_line(self, timeout: Optional[float] = None) -> Optional[TraceLine]:
+        """The next line (None after ``timeout`` seconds without one, or once closed)."""
+        import select
+        import time
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready:
+            fd = self._fd
+            if fd is None:
+                return None
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                chunk = None
+            except OSError:
+                if self._fd is None:
+                    return None
+                raise
+            if chunk:
+                self._take(chunk)
+                continue
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return None
+            # trace_pipe polls readable when the buffer has data; wait at most
+            # 0.2 s at a time (older kernels' poll wakes late on an idle CPU)
+            step = 0.2 if wait is None else min(wait, 0.2)
+            r, _, _ = select.select([fd, self._wake_r], [], [], step)
+            if self._wake_r in r:
+                return None
+        return self._ready.pop(0)
+
+    def _take(self, chunk: bytes) -> None:
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        for raw in lines:
+            parsed = parse_trace_line(raw.decode("utf-8", "replace"))
+            if parsed is None:
+                continue
+            if self.everything or parsed.event == BPF_PRINTK_EVENT:
+                if parsed.comm == "<...>":
+                    parsed = parsed._replace(comm=_comm_of(parsed.pid) or parsed.comm)
+                self._ready.append(parsed)
+
+
+def trace_pipe(timeout: Optional[float] = None, *, everything: bool = False) -> TracePipe:
+    """``for line in pytracers.trace_pipe(timeout=1): print(line.pid, line.message)``
+    -- the ``bpf_printk`` output of every loaded program (see :class:`TracePipe`)."""
+    return TracePipe(timeout, everything=everything)
