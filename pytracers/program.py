@@ -251,9 +251,10 @@ class Program:
         if reason:  # libbpf would fail with a bare ENOENT
             raise NotSupportedError(kind, reason, min_kernel=kinds.get(kind).min_kernel,
                                     hint=_errmap.alternative_hint(kind))
-        if _errmap.function_exists(function) is False:   # not a libbpf warning, an answer
+        from .kernel import symbols
+        if symbols.function_exists(function) is False:   # not a libbpf warning, an answer
             raise TargetNotFoundError("kernel function", function,
-                                      _errmap.function_suggestions(function),
+                                      symbols.function_suggestions(function),
                                       detail=f"program {self.name!r}: in neither the kernel's "
                                              "BTF nor kallsyms")
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_kprobe,
