@@ -39,7 +39,7 @@ SRC = ROOT / "bpf_src"
 OUT = ROOT / "pytracers" / "bpf"
 # (source directory, output directory), relative to the root: the objects
 # pytracers ships, and the benchmark's own (bench/run loads them from bench/)
-TARGETS = (("bpf_src", "pytracers/bpf"), ("bench", "bench"))
+TARGETS = (("bpf_src", "pytracers/bpf"), ("bench", "bench"), ("tests/objects", "tests/objects"))
 VMLINUX_DIR = ROOT / "vmlinux" / "x86"
 CLANG = os.environ.get("CLANG", "clang-19")
 BPFTOOL = os.environ.get("BPFTOOL", "bpftool")
@@ -83,7 +83,7 @@ def staged_sources() -> Iterator[Path]:
         shutil.copytree(SRC, STAGE / "bpf_src")
         for src_dir, _ in TARGETS:
             if src_dir != "bpf_src":
-                (STAGE / src_dir).mkdir()
+                (STAGE / src_dir).mkdir(parents=True)
                 for src in sorted((ROOT / src_dir).glob("*.bpf.c")):
                     shutil.copy(src, STAGE / src_dir / src.name)
         shutil.copytree(VMLINUX_DIR, STAGE / "vmlinux" / "x86")

@@ -278,7 +278,7 @@ class Map:
             self._typed = TypedMap(self)
         return self._typed
 
-    def ring_buffer(self, *, event: Optional[str] = None,
+    def ring_buffer(self, *, event: Any = None,
                     decoder: Optional[Callable[[Any, int], Any]] = None,
                     **kw: Any) -> "RingBuffer":
         """Open this ring-buffer map for reading (see pytracers.ringbuf)."""

@@ -96,11 +96,13 @@ def open(path: PathLike, *, allow_insecure: bool = False) -> "OpenObject":  # no
 
 
 class Config:
-    """Read-only configuration: the object's ``const volatile`` globals (and
-    other data-section variables), writable only before load."""
+    """Values of the object's globals set before load: ``const volatile``
+    configuration (.rodata), and the initial values of .data and .bss
+    variables.  After load use :attr:`Object.globals`."""
 
     def __init__(self, obj: "OpenObject") -> None:
         self._obj = obj
+        self.pending_bss: Dict[str, bytes] = {}   # written after load (see OpenObject.load)
 
     def _var(self, name: str) -> Variable:
         v = self._obj.info.variables.get(name)
@@ -109,9 +111,6 @@ class Config:
             raise TargetNotFoundError("global variable", name,
                                       difflib.get_close_matches(name, list(self._obj.info.variables)),
                                       detail="variables: " + _names(self._obj.info.variables))
-        if v.section.startswith(".bss"):
-            raise BadArgumentError(f"{name} lives in .bss, which has no initial value; "
-                                   "declare it `const volatile` to configure it before load")
         return v
 
     def _buffer(self, v: Variable) -> Any:
@@ -152,8 +151,22 @@ class Config:
                                        f"(plus a NUL); got {len(raw)}")
             raw = raw.ljust(v.size, b"\0")
         else:
-            raise BadTypeError(f"{name} takes an int, str or bytes, not {type(value).__name__}")
+            raw = self._typed(v, value)
         self._buffer(v)[:] = raw
+        if v.section.startswith(".bss"):
+            # libbpf does not copy .bss from its initial buffer at load (the
+            # kernel zero-fills it): the value is written after load.
+            self.pending_bss[name] = raw
+
+    def _typed(self, v: Variable, value: Any) -> bytes:
+        """A float, array or struct value, encoded through the object's BTF."""
+        from .btf import Btf
+        from .globals import VarCodec, var_type_id
+        btf = Btf.from_bytes(self._obj.info.btf) if self._obj.info.btf else None
+        codec = VarCodec(v.name, v.size, btf, var_type_id(btf, v.section, v.name) if btf else 0)
+        if codec.kind not in ("float", "array", "struct"):
+            raise BadTypeError(f"{v.name} takes an int, str or bytes, not {type(value).__name__}")
+        return codec.encode(value, bytes(self._buffer(v)))
 
 
 class OpenProgram:
@@ -329,8 +342,15 @@ class OpenObject:
         except BaseException:
             handle.close()
             raise
-        return Object(handle, self.info, self.path,
-                      {n: p for n, p in self.programs.items() if n in logs})
+        loaded = Object(handle, self.info, self.path,
+                        {n: p for n, p in self.programs.items() if n in logs})
+        try:
+            for name, raw in self.config.pending_bss.items():
+                loaded.globals[name] = raw
+        except BaseException:
+            loaded.close()
+            raise
+        return loaded
 
     def _load_failure(self, err: int, logs: Dict[str, Any], cap: Any) -> PytracersError:
         # Which program failed?  libbpf names it in its messages; failing that,
@@ -387,6 +407,7 @@ class Object(Resource):
         self.info = info
         self.path = path
         self._btf: Any = None
+        self._globals: Any = None
         self.programs: Mapping[str, Program] = _View(
             "loaded program", {n: Program(self, p._ptr, p.name, p.section, p.attach_target)
                                for n, p in loaded.items()})
@@ -399,6 +420,17 @@ class Object(Resource):
         self.maps: Mapping[str, Map] = _View("map", maps)
 
     @property
+    def globals(self) -> Any:
+        """The object's global variables, typed, readable and (outside .rodata)
+        writable: a :class:`pytracers.globals.Globals`."""
+        self._check()
+        if self._globals is None or self._globals.closed:
+            from .globals import Globals
+            self._globals = Globals(self)
+            self._adopt(self._globals)
+        return self._globals
+
+    @property
     def btf(self) -> Any:
         """The object's own BTF (pytracers.btf.Btf), parsed lazily."""
         if self._btf is None:
@@ -406,10 +438,12 @@ class Object(Resource):
             self._btf = Btf.from_bytes(self.info.btf)
         return self._btf
 
-    def ring_buffer(self, map_name: str = "events", *, event: Optional[str] = None,
+    def ring_buffer(self, map_name: str = "events", *, event: Any = None,
                     **kw: Any) -> Any:
         """A :class:`~pytracers.ringbuf.RingBuffer` on map ``map_name``, decoding
-        records as ``struct <event>`` from the object's BTF when ``event`` is given."""
+        records as ``event``: a struct name in the object's BTF, or -- for a
+        struct clang left out of BTF -- its C declaration, a numpy dtype or a
+        ctypes.Structure (see :mod:`pytracers.btf.foreign`)."""
         return self.maps[map_name].ring_buffer(event=event, **kw)
 
     def __repr__(self) -> str:
