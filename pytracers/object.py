@@ -221,7 +221,8 @@ class OpenProgram:
 
 
 class OpenMap:
-    """A map of an :class:`OpenObject`: size it before load."""
+    """A map of an :class:`OpenObject`: its type, key and value sizes, flags
+    and size (``max_entries``) can be changed before load."""
 
     def __init__(self, obj: "OpenObject", ptr: Any) -> None:
         self._obj = obj
@@ -266,13 +267,52 @@ class OpenMap:
                 refine=lambda err, log: BadArgumentError(
                     f"cannot change autocreate of map {self.name}: {os_error_text(err)}"))
 
+    def _set(self, fn: Any, value: int, what: str, limit: int = 1 << 32) -> None:
+        self._obj._check_open()
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadTypeError(f"{what} must be an int")
+        if not 0 <= value < limit:
+            raise BadArgumentError(f"{what} of map {self.name} must be in [0, {limit}); "
+                                   f"got {value}")
+        checked(fn, self._ptr, value, what=f"set the {what} of map {self.name!r}",
+                error=LoadError, refine=lambda err, log: BadArgumentError(
+                    f"cannot set the {what} of map {self.name}: {os_error_text(err)}"))
+
+    @property
+    def map_type(self) -> int:
+        """The map's type (a :class:`~pytracers.maps.MapType`); settable before load."""
+        return int(lib.bpf_map__type(self._ptr))
+
+    @map_type.setter
+    def map_type(self, value: int) -> None:
+        self._set(lib.bpf_map__set_type, int(value) if isinstance(value, MapType) else value,
+                  "type")
+        self.type = int(lib.bpf_map__type(self._ptr))
+
     @property
     def key_size(self) -> int:
         return int(lib.bpf_map__key_size(self._ptr))
 
+    @key_size.setter
+    def key_size(self, n: int) -> None:
+        self._set(lib.bpf_map__set_key_size, n, "key size")
+
     @property
     def value_size(self) -> int:
         return int(lib.bpf_map__value_size(self._ptr))
+
+    @value_size.setter
+    def value_size(self, n: int) -> None:
+        self._set(lib.bpf_map__set_value_size, n, "value size")
+
+    @property
+    def map_flags(self) -> int:
+        """The map's creation flags (BPF_F_*); settable before load."""
+        return int(lib.bpf_map__map_flags(self._ptr))
+
+    @map_flags.setter
+    def map_flags(self, flags: int) -> None:
+        self._set(lib.bpf_map__set_map_flags, flags, "flags")
 
     def __repr__(self) -> str:
         return f"<OpenMap {self.name} type={self.type}>"
