@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from . import features
     from ._shipped import object_path, objects_dir
     from .choose import trace_function, trace_syscall, trace_tracepoint
+    from .link import open_pinned_link
+    from .maps import open_pinned_map
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
                           SyscallStats, SyscallTracer, TracepointTracer, Tracer)
@@ -33,6 +35,7 @@ _LAZY = {
     "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
     "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
+    "open_pinned_map": ".maps", "open_pinned_link": ".link",
 }
 
 
@@ -56,5 +59,5 @@ def __dir__() -> list:
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",
            "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
-           "TracepointTracer", "SyscallStats",
+           "TracepointTracer", "SyscallStats", "open_pinned_map", "open_pinned_link",
            *errors.__all__]

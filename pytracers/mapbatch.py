@@ -43,7 +43,7 @@ class Batch(NamedTuple):
     keys: Any
     values: Any
 
-    def __len__(self) -> int:  # type: ignore[override]
+    def __len__(self) -> int:
         return len(self.keys)
 
     def to_dict(self) -> Dict[Any, Any]:
@@ -131,6 +131,9 @@ def lookup_batch(m: "Map", *, delete: bool = False, key_dtype: Any = None,
     kraw, vraw = b"".join(got_k), b"".join(got_v)
     total = len(kraw) // m.key_size if m.key_size else 0
     return Batch(np.frombuffer(kraw, kdt, count=total).copy(), _values_out(m, vraw, total, vdt))
+
+
+_FALLBACK = object()
 
 
 class _NoBatch(MapError):
@@ -268,13 +271,13 @@ def delete_batch(m: "Map", keys: Any) -> int:
                       what=what, error=MapError, expected=(_errno.ENOENT,),
                       refine=lambda err, log: _batch_refused(m, what, err))
     except _NoBatch:
-        res = -1
+        res = _FALLBACK
     if res is None:
         m.last_batch_path = "batch"
         done = int(count[0])
         raise KeyNotFoundError(kraw[done * m.key_size:(done + 1) * m.key_size],
                                f"map {m.name!r} (after deleting {done})")
-    if res == -1:
+    if res is _FALLBACK:
         m.last_batch_path = "per-entry"
         done = 0
         for i in range(n):

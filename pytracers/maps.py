@@ -263,7 +263,7 @@ class Map:
         unsupported = []
 
         def refine(err: int, log: Any) -> Optional[PytracersError]:
-            if err in (_errno.EOPNOTSUPP, ENOTSUPP, _errno.EINVAL) and self.type not in ARRAYS:
+            if err in (_errno.EOPNOTSUPP, ENOTSUPP) and self.type not in ARRAYS:
                 unsupported.append(err)
                 return _Unsupported(what, err, "")
             return self._delete_refused(err, log)
@@ -361,9 +361,10 @@ class PinnedMap(Map):
 
     def __init__(self, path: str, fd: int, info: Any) -> None:
         from ._resource import Resource
-        super().__init__(None, None, ffi.string(info.name).decode("utf-8", "replace"),
+        obj: Any = None              # no object: fd below
+        super().__init__(obj, None, ffi.string(info.name).decode("utf-8", "replace"),
                          int(info.type), int(info.key_size), int(info.value_size),
-                         int(info.max_entries))   # type: ignore[arg-type]
+                         int(info.max_entries))
         self.path = path
         self.id = int(info.id)
         self.map_flags = int(info.map_flags)

@@ -161,7 +161,7 @@ class Config:
     def _typed(self, v: Variable, value: Any) -> bytes:
         """A float, array or struct value, encoded through the object's BTF."""
         from .btf import Btf
-        from .globals import VarCodec, var_type_id
+        from .globalvars import VarCodec, var_type_id
         btf = Btf.from_bytes(self._obj.info.btf) if self._obj.info.btf else None
         codec = VarCodec(v.name, v.size, btf, var_type_id(btf, v.section, v.name) if btf else 0)
         if codec.kind not in ("float", "array", "struct"):
@@ -462,10 +462,10 @@ class Object(Resource):
     @property
     def globals(self) -> Any:
         """The object's global variables, typed, readable and (outside .rodata)
-        writable: a :class:`pytracers.globals.Globals`."""
+        writable: a :class:`pytracers.globalvars.Globals`."""
         self._check()
         if self._globals is None or self._globals.closed:
-            from .globals import Globals
+            from .globalvars import Globals
             self._globals = Globals(self)
             self._adopt(self._globals)
         return self._globals

@@ -9,8 +9,9 @@ accepts, besides a BTF struct name, the layout itself:
 - C declarations or a header's text (``"struct event { __u32 pid; ... };"``),
   parsed by cffi (``__u8``..``__u64``, ``__s8``..``__s64``, ``u8``..``u64``
   and ``pid_t`` are predeclared; ``#define NAME number`` works, other
-  preprocessor lines and ``__attribute__`` are ignored); with several structs
-  the last one is the event unless ``name`` says which;
+  preprocessor lines are ignored; ``__attribute__((packed))`` anywhere packs
+  every struct of the text, other attributes are ignored); with several
+  structs the last one is the event unless ``name`` says which;
 - a numpy structured dtype (field offsets and ``itemsize`` as given);
 - a ``ctypes.Structure`` subclass;
 - a :class:`~pytracers.btf.StructLayout`.
@@ -73,11 +74,8 @@ def event_layout(btf: Optional["Btf"], event: Any, name: Optional[str] = None) -
     import ctypes
     if isinstance(event, type) and issubclass(event, ctypes.Structure):
         return layout_from_ctypes(event)
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        np = None
-    if np is not None and isinstance(event, np.dtype):
+    import numpy as np
+    if isinstance(event, np.dtype):
         return layout_from_dtype(event, name)
     raise BadTypeError(f"event must be a struct name, C declarations, a numpy dtype, a "
                        f"ctypes.Structure or a StructLayout, not {type(event).__name__}")
@@ -109,9 +107,10 @@ def layout_from_c(text: str, name: Optional[str] = None) -> StructLayout:
         raise BadTypeError("C declarations must be a str")
     ffi = cffi.FFI()
     src = _clean_c(text)
+    packed = bool(re.search(r"__attribute__\s*\(\(\s*(__)?packed", text))
     try:
         ffi.cdef(_PRELUDE)
-        ffi.cdef(src, packed=False)
+        ffi.cdef(src, packed=packed)
     except Exception as e:   # cffi.CDefError, pycparser's ParseError
         raise BtfUnsupportedError(f"cannot parse the C declarations: {e}") from None
     declared = re.findall(r"\bstruct\s+(\w+)\s*\{", src)

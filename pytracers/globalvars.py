@@ -200,7 +200,9 @@ class _Section:
         if self.mem is not None:
             self.mem[off:off + len(raw)] = raw
             return
-        cur = bytearray(self.map[0])           # not mmappable: read, modify, write back
+        old = self.map[0]                       # not mmappable: read, modify, write back
+        assert isinstance(old, bytes)
+        cur = bytearray(old)
         cur[off:off + len(raw)] = raw
         self.map[0] = bytes(cur)
 
