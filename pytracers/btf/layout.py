@@ -345,8 +345,11 @@ class StructLayout:
             return cls((*rec, tail))
         return decode
 
-    def decode(self, buffer: Any, offset: int = 0) -> Any:
-        """Decode one record (convenience; use :meth:`decoder` in loops)."""
+    def decode(self, buffer: Any, offset: int = 0, length: Optional[int] = None) -> Any:
+        """Decode one record (convenience; use :meth:`decoder` in loops).
+        ``length``: the record's length, for a variable-length layout."""
+        if length is not None and self.tail is not None:
+            return self.decoder()(buffer, offset, length)
         return self.decoder()(buffer, offset)
 
     def _build_decoder(self) -> Callable[..., Any]:
