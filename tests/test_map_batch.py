@@ -43,8 +43,9 @@ def test_update_and_lookup_batch_round_trip():
         b = m.lookup_batch()
         assert m.last_batch_path == "batch" and len(b) == 1000
         assert b.keys.dtype == np.uint64 and b.values.dtype == np.uint64
-        order = np.argsort(b.keys)
-        assert (b.keys[order] == keys).all() and (b.values[order] == keys * 3).all()
+        # (sorted in Python: numpy's SIMD argsort is not trusted under qemu TCG)
+        assert sorted(zip(b.keys.tolist(), b.values.tolist())) == \
+            [(k, k * 3) for k in keys.tolist()]
         d = b.to_dict()
         assert d == {int(k): int(k) * 3 for k in keys}
         assert m.lookup(7 * 10) == (210).to_bytes(8, "little")
