@@ -1,6 +1,6 @@
 """pytracers benchmarks (run through bench/run).
 
-Six sections, all measured in the same run and printed with the targets of
+Seven sections, all measured in the same run and printed with the targets of
 issues 6, 13 and 14 next to them (uprobe and symbols: see bench/user.py):
 
 drain       Ring drain rate for 8, 64 and 256-byte records.  The ring
@@ -43,6 +43,10 @@ start       Process start to probe attached, pytracers vs bpftrace on
             the figure is that timestamp minus CLOCK_MONOTONIC taken just
             before the tool's process is spawned.  So it measures start-up
             + compile/load + attach, not how fast the first event is read.
+maps        Reading a hash map of 100,000 entries with 8-byte keys and values
+            (bench/maps.bpf.o, filled with update_batch): Map.lookup_batch()
+            into numpy arrays, the same into a dict, and the per-entry path
+            Map.items() (bpf_map_get_next_key + lookup per entry), same run.
 
 Figures are medians over repetitions.  Throughput and per-call costs are in
 CPU time (the consumer thread's; the loop process's user + system time, which
@@ -85,6 +89,7 @@ TARGETS = {
     "uprobe_tracer_vs_count": ("uprobe tracer added cost", "<= 1.5x count-only's", 1.5),
     "symbol_lookups": ("symbol look-ups after one load", ">= 1 M/s", 1e6),
     "perf64": ("perf-buffer drain, 64-byte samples", ">= 0.5x perf_buffer__consume", 0.5),
+    "map_batch": ("batch map read, 8-byte keys/values", ">= 1 M entries/s", 1e6),
 }
 
 results: Dict[str, Any] = {"sections": {}, "targets": {}}
@@ -809,6 +814,57 @@ def start_section(quick: bool) -> None:
     results["sections"]["start"] = row
 
 
+# ---- 4. map reads --------------------------------------------------------------------------
+
+def maps_section(quick: bool) -> None:
+    n = 100_000
+    reps = 3 if quick else 7
+    heading(f"map read: a hash of {n:,} entries, 8-byte keys and values (bench/maps.bpf.o), "
+            f"median of {reps}; entries per second of the reader's CPU time")
+    import numpy as np
+    with pytracers.open(os.path.join(HERE, "maps.bpf.o")).load() as obj:
+        m = obj.maps["bench_hash"]
+        keys = np.arange(n, dtype=np.uint64)
+        m.update_batch(keys, keys * 3)
+        rows: Dict[str, float] = {}
+
+        def timed(fn: Callable[[], int]) -> float:
+            rates = []
+            for _ in range(reps):
+                t0 = time.thread_time()
+                got = fn()
+                dt = time.thread_time() - t0
+                if got != n:
+                    raise SystemExit(f"bench/run: map read returned {got} entries, not {n}")
+                rates.append(n / dt)
+            return median(rates)
+
+        def batch_arrays() -> int:
+            b = m.lookup_batch()
+            if int(b.values.sum()) != int(keys.sum()) * 3:
+                raise SystemExit("bench/run: batch read returned wrong values")
+            return len(b)
+
+        rows["lookup_batch() (numpy arrays)"] = timed(batch_arrays)
+        rows["lookup_batch().to_dict()"] = timed(lambda: len(m.lookup_batch().to_dict()))
+        per = timed(lambda: sum(1 for _ in m.items())) if not quick else None
+        if quick:           # the per-entry path takes seconds: one pass
+            t0 = time.thread_time()
+            got = sum(1 for _ in m.items())
+            per = got / (time.thread_time() - t0)
+        rows["items() (per entry: get_next_key + lookup)"] = per
+        path = m.last_batch_path
+    print(f"   {'path':<46} {'entries/s':>12}")
+    for what, rate in rows.items():
+        print(f"   {what:<46} {fmt_rate(rate):>12}")
+    print(f"   (batch path used: {path}; x per-entry: "
+          f"{rows['lookup_batch() (numpy arrays)'] / per:.0f}x)")
+    results["sections"]["maps"] = {"entries": n, "rates": rows, "batch_path": path}
+    best = rows["lookup_batch() (numpy arrays)"]
+    target("map_batch", best, best >= TARGETS["map_batch"][2],
+           f"{fmt_rate(best)} (lookup_batch, {n:,} entries)")
+
+
 # ---- main -------------------------------------------------------------------------------------
 
 def _user_section(name: str) -> Callable[[bool], None]:
@@ -820,7 +876,7 @@ def _user_section(name: str) -> Callable[[bool], None]:
 
 
 SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_cost_section,
-            "start": start_section,
+            "start": start_section, "maps": maps_section,
             "uprobe": _user_section("uprobe_section"),
             "symbols": _user_section("symbols_section")}
 

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from .choose import (trace_function, trace_python, trace_syscall, trace_tracepoint,
                          trace_usdt, trace_user_function)
     from .kernel.tracefs import trace_pipe
+    from .link import open_pinned_link
+    from .maps import open_pinned_map
     from .object import Object, OpenObject, open  # noqa: A004
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
                           PythonTracer, SyscallStats, SyscallTracer, TracepointTracer, Tracer,
@@ -40,6 +42,7 @@ _LAZY = {
     "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
     "trace_user_function": ".choose", "UserFunctionTracer": ".tracers",
     "trace_pipe": ".kernel.tracefs",
+    "open_pinned_map": ".maps", "open_pinned_link": ".link",
 }
 
 
@@ -65,4 +68,5 @@ __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
            "TracepointTracer", "SyscallStats", "trace_user_function", "UserFunctionTracer",
            "trace_usdt", "trace_python", "UsdtTracer", "PythonTracer", "trace_pipe",
+           "open_pinned_map", "open_pinned_link",
            *errors.__all__]

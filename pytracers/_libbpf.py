@@ -142,6 +142,55 @@ int bpf_map_update_elem(int fd, const void *key, const void *value, __u64 flags)
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int bpf_map_delete_elem(int fd, const void *key);
 int bpf_map_get_next_key(int fd, const void *key, void *next_key);
+int bpf_map_lookup_and_delete_elem(int fd, const void *key, void *value);
+
+/* Batch operations (kernel 5.6+; libbpf 0.0.7+).  `sz` versions the struct. */
+struct bpf_map_batch_opts {
+    size_t sz;
+    __u64 elem_flags;
+    __u64 flags;
+};
+int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
+                         __u32 *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_lookup_and_delete_batch(int fd, void *in_batch, void *out_batch, void *keys,
+                                    void *values, __u32 *count,
+                                    const struct bpf_map_batch_opts *opts);
+int bpf_map_update_batch(int fd, const void *keys, const void *values, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+int bpf_map_delete_batch(int fd, const void *keys, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+
+/* Open-map setters (before load) */
+int bpf_map__set_type(struct bpf_map *map, int type);
+int bpf_map__set_key_size(struct bpf_map *map, __u32 size);
+int bpf_map__set_value_size(struct bpf_map *map, __u32 size);
+int bpf_map__set_map_flags(struct bpf_map *map, __u32 flags);
+
+/* Pinned objects and their info; bpf_map_info's leading fields (the kernel
+ * copies min(its size, info_len) bytes). */
+int bpf_obj_get(const char *pathname);
+struct bpf_map_info {
+    __u32 type;
+    __u32 id;
+    __u32 key_size;
+    __u32 value_size;
+    __u32 max_entries;
+    __u32 map_flags;
+    char name[16];
+    __u32 ifindex;
+    __u32 btf_vmlinux_value_type_id;
+    __u64 netns_dev;
+    __u64 netns_ino;
+    __u32 btf_id;
+    __u32 btf_key_type_id;
+    __u32 btf_value_type_id;
+};
+struct bpf_link_info_head {
+    __u32 type;
+    __u32 id;
+    __u32 prog_id;
+};
+int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
 
 int bpf_prog_get_next_id(__u32 start_id, __u32 *next_id);
 int bpf_map_get_next_id(__u32 start_id, __u32 *next_id);

@@ -14,7 +14,7 @@ from .errors import BadArgumentError, LinkError, NotSupportedError
 if TYPE_CHECKING:
     from .program import Program
 
-__all__ = ["Link"]
+__all__ = ["Link", "PinnedLink", "open_pinned_link"]
 
 
 def check_pin_path(path: str) -> None:
@@ -76,3 +76,54 @@ class Link(Resource):
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
         return f"<Link {self.kind}:{self.target} ({self.program.name}){state}>"
+
+
+class PinnedLink(Resource):
+    """A link opened from its bpffs pin (:func:`open_pinned_link`): proof that
+    the attachment is there, its ids, and a way to remove it
+    (:meth:`unpin`: the program detaches when the pin and every descriptor
+    are gone).  ``close()`` closes only our descriptor."""
+
+    _what = "pinned link"
+
+    def __init__(self, path: str, fd: int, type_: int, id_: int, prog_id: int) -> None:
+        self.path = path
+        self._fd = fd
+        self.type = type_          # enum bpf_link_type
+        self.id = id_
+        self.prog_id = prog_id
+        self._own(os.close, fd)
+
+    @property
+    def fd(self) -> int:
+        self._check()
+        return self._fd
+
+    def unpin(self) -> None:
+        """Remove the pin (the link goes when no descriptor holds it either)."""
+        os.unlink(self.path)
+
+    def __repr__(self) -> str:
+        return (f"<PinnedLink {self.path} id={self.id} prog={self.prog_id}"
+                f"{' closed' if self.closed else ''}>")
+
+
+def open_pinned_link(path: str) -> PinnedLink:
+    """The link pinned at ``path`` in bpffs (by :meth:`Link.pin` or any libbpf program)."""
+    from ._libbpf import ffi
+    from .maps import fd_kind
+    check_pin_path(path)
+    fd = checked(lib.bpf_obj_get, path.encode(), what=f"open pinned link {path}",
+                 error=LinkError)
+    try:
+        what = fd_kind(fd)
+        if what != "link":
+            raise BadArgumentError(f"{path} is a pinned {what}, not a link")
+        info = ffi.new("struct bpf_link_info_head *")
+        n = ffi.new("__u32 *", ffi.sizeof("struct bpf_link_info_head"))
+        checked(lib.bpf_obj_get_info_by_fd, fd, info, n, what=f"read the info of {path}",
+                error=LinkError)
+    except BaseException:
+        os.close(fd)
+        raise
+    return PinnedLink(path, fd, int(info.type), int(info.id), int(info.prog_id))

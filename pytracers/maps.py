@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 from . import _libbpf
 from ._libbpf import checked
 from ._libbpf import ffi, lib
-from .errors import BadArgumentError, BadTypeError, KeyNotFoundError, MapError, PytracersError
+from .errors import (ENOTSUPP, BadArgumentError, BadTypeError, KeyNotFoundError, MapError,
+                     PytracersError)
 
 if TYPE_CHECKING:
+    from .mapbatch import Batch
     from .object import Object
     from .perfbuf import PerfBuffer
     from .ringbuf import RingBuffer
 
-__all__ = ["Map", "MapType", "MAP_TYPES", "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST"]
+__all__ = ["Map", "MapType", "MAP_TYPES", "BPF_ANY", "BPF_NOEXIST", "BPF_EXIST", "PinnedMap",
+           "open_pinned_map"]
 
 
 class MapType(enum.IntEnum):
@@ -123,6 +126,7 @@ class Map:
         self.max_entries = max_entries
         self.percpu = type_ in PERCPU
         self._typed: Optional["TypedMap"] = None
+        self.last_batch_path = ""    # "batch" or "per-entry": how the last batch call ran
 
     @classmethod
     def _from_object(cls, obj: "Object", ptr: Any) -> "Map":
@@ -248,6 +252,59 @@ class Map:
         for _, v in self.items():
             yield v
 
+    def lookup_and_delete(self, key: Key) -> Optional[Union[bytes, List[bytes]]]:
+        """Remove ``key`` and return the value it had (None if absent), in one
+        step on kernels that can (hash maps from 5.14; queues and stacks
+        always); on older kernels a lookup then a delete (an update between
+        the two is lost)."""
+        self._not_ring()
+        k = _encode("key", key, self.key_size)
+        buf = self._value_buf()
+        what = f"lookup and delete in map {self.name!r}"
+        unsupported = []
+
+        def refine(err: int, log: Any) -> Optional[PytracersError]:
+            if err in (_errno.EOPNOTSUPP, ENOTSUPP) and self.type not in ARRAYS:
+                unsupported.append(err)
+                return _Unsupported(what, err, "")
+            return self._delete_refused(err, log)
+        try:
+            if checked(lib.bpf_map_lookup_and_delete_elem, self.fd, k, buf, what=what,
+                       error=MapError, expected=(_errno.ENOENT,), refine=refine) is None:
+                return None
+        except _Unsupported:
+            v = self.lookup(k)
+            if v is None or not self.delete(k):
+                return None
+            return v
+        return self._split(buf)
+
+    # -- batches (pytracers.mapbatch) -------------------------------------------------
+    def lookup_batch(self, *, key_dtype: Any = None, value_dtype: Any = None,
+                     chunk: Optional[int] = None) -> "Batch":
+        """Every entry at once, as numpy arrays (``.keys``, ``.values``;
+        ``.to_dict()``): see :mod:`pytracers.mapbatch`."""
+        from .mapbatch import lookup_batch
+        return lookup_batch(self, key_dtype=key_dtype, value_dtype=value_dtype, chunk=chunk)
+
+    def lookup_and_delete_batch(self, *, key_dtype: Any = None, value_dtype: Any = None,
+                                chunk: Optional[int] = None) -> "Batch":
+        """Every entry, each removed as it is read (read-and-reset without
+        losing a concurrent update); not for array maps."""
+        from .mapbatch import lookup_batch
+        return lookup_batch(self, delete=True, key_dtype=key_dtype, value_dtype=value_dtype,
+                            chunk=chunk)
+
+    def update_batch(self, keys: Any, values: Any = None, flags: int = BPF_ANY) -> int:
+        """Write many entries (numpy arrays, sequences, or a dict); returns the count."""
+        from .mapbatch import update_batch
+        return update_batch(self, keys, values, flags)
+
+    def delete_batch(self, keys: Any) -> int:
+        """Delete many keys; returns the count."""
+        from .mapbatch import delete_batch
+        return delete_batch(self, keys)
+
     def pin(self, path: str) -> None:
         """Pin the map in bpffs (mode 0600) so it outlives this process;
         ``os.unlink(path)`` unpins it."""
@@ -279,7 +336,7 @@ class Map:
             self._typed = TypedMap(self)
         return self._typed
 
-    def ring_buffer(self, *, event: Optional[str] = None,
+    def ring_buffer(self, *, event: Any = None,
                     decoder: Optional[Callable[[Any, int], Any]] = None,
                     **kw: Any) -> "RingBuffer":
         """Open this ring-buffer map for reading (see pytracers.ringbuf)."""
@@ -309,6 +366,97 @@ class Map:
         pb = PerfBuffer(self, decoder=decoder, event=event, **kw)
         self.object._adopt(pb)
         return pb
+class _Unsupported(MapError):
+    """Internal: the kernel lacks an operation that has a fallback (caught here)."""
+
+
+class PinnedMap(Map):
+    """A map opened from its bpffs pin (:func:`open_pinned_map`): the same
+    operations as a loaded object's map, on a map another process (or an
+    earlier run) created.  Owns its file descriptor: ``close()`` it (or use
+    ``with``); the map lives on while it is pinned."""
+
+    def __init__(self, path: str, fd: int, info: Any) -> None:
+        from ._resource import Resource
+        obj: Any = None              # no object: fd below
+        super().__init__(obj, None, ffi.string(info.name).decode("utf-8", "replace"),
+                         int(info.type), int(info.key_size), int(info.value_size),
+                         int(info.max_entries))
+        self.path = path
+        self.id = int(info.id)
+        self.map_flags = int(info.map_flags)
+        self._res = Resource()
+        self._res._what = f"pinned map {path}"
+        import os
+        self._res._own(os.close, fd)
+        self._fd = fd
+
+    @property
+    def fd(self) -> int:
+        self._res._check()
+        return self._fd
+
+    def close(self) -> None:
+        """Close our descriptor (the pin, and the map, stay). Safe twice."""
+        self._res.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._res.closed
+
+    def __enter__(self) -> "PinnedMap":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def typed(self) -> "TypedMap":
+        raise BadArgumentError("a pinned map has no object BTF here: decode its bytes "
+                               "(numpy dtypes with lookup_batch, or a StructLayout)")
+
+    def ring_buffer(self, **kw: Any) -> "RingBuffer":
+        raise BadArgumentError("open the ring buffer of a pinned map from its object")
+
+    def __repr__(self) -> str:
+        return (f"<PinnedMap {self.path} {self.type_name} key={self.key_size} "
+                f"value={self.value_size}{' closed' if self.closed else ''}>")
+
+
+def fd_kind(fd: int) -> str:
+    """What a BPF file descriptor refers to: "map", "prog", "link" (from
+    /proc/self/fdinfo), or "object" when it does not say."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            text = f.read()
+    except OSError:
+        return "object"
+    for kind in ("map", "link", "prog"):
+        if f"\n{kind}_type:" in text:
+            return kind
+    return "object"
+
+
+def open_pinned_map(path: str) -> PinnedMap:
+    """The map pinned at ``path`` in bpffs (by :meth:`Map.pin`, bpftool, or
+    any libbpf program), for reading and writing from this process."""
+    from .link import check_pin_path
+    check_pin_path(path)
+    fd = checked(lib.bpf_obj_get, path.encode(), what=f"open pinned map {path}",
+                 error=MapError)
+    info = ffi.new("struct bpf_map_info *")
+    n = ffi.new("__u32 *", ffi.sizeof("struct bpf_map_info"))
+    try:
+        what = fd_kind(fd)
+        if what != "map":
+            raise BadArgumentError(f"{path} is a pinned {what}, not a map")
+        checked(lib.bpf_obj_get_info_by_fd, fd, info, n, what=f"read the info of {path}",
+                error=MapError)
+    except BaseException:
+        import os
+        os.close(fd)
+        raise
+    return PinnedMap(path, fd, info)
 
 
 class TypedMap:

@@ -130,11 +130,13 @@ class _OpenState:
 
 
 class Config:
-    """Read-only configuration: the object's ``const volatile`` globals (and
-    other data-section variables), writable only before load."""
+    """Values of the object's globals set before load: ``const volatile``
+    configuration (.rodata), and the initial values of .data and .bss
+    variables.  After load use :attr:`Object.globals`."""
 
     def __init__(self, obj: "_OpenState") -> None:
         self._obj = obj
+        self.pending_bss: Dict[str, bytes] = {}   # written after load (see OpenObject.load)
 
     def _var(self, name: str) -> Variable:
         v = self._obj.info.variables.get(name)
@@ -143,9 +145,6 @@ class Config:
             raise TargetNotFoundError("global variable", name,
                                       difflib.get_close_matches(name, list(self._obj.info.variables)),
                                       detail="variables: " + _names(self._obj.info.variables))
-        if v.section.startswith(".bss"):
-            raise BadArgumentError(f"{name} lives in .bss, which has no initial value; "
-                                   "declare it `const volatile` to configure it before load")
         return v
 
     def _buffer(self, v: Variable) -> Any:
@@ -186,8 +185,22 @@ class Config:
                                        f"(plus a NUL); got {len(raw)}")
             raw = raw.ljust(v.size, b"\0")
         else:
-            raise BadTypeError(f"{name} takes an int, str or bytes, not {type(value).__name__}")
+            raw = self._typed(v, value)
         self._buffer(v)[:] = raw
+        if v.section.startswith(".bss"):
+            # libbpf does not copy .bss from its initial buffer at load (the
+            # kernel zero-fills it): the value is written after load.
+            self.pending_bss[name] = raw
+
+    def _typed(self, v: Variable, value: Any) -> bytes:
+        """A float, array or struct value, encoded through the object's BTF."""
+        from .btf import Btf
+        from .globalvars import VarCodec, var_type_id
+        btf = Btf.from_bytes(self._obj.info.btf) if self._obj.info.btf else None
+        codec = VarCodec(v.name, v.size, btf, var_type_id(btf, v.section, v.name) if btf else 0)
+        if codec.kind not in ("float", "array", "struct"):
+            raise BadTypeError(f"{v.name} takes an int, str or bytes, not {type(value).__name__}")
+        return codec.encode(value, bytes(self._buffer(v)))
 
 
 class OpenProgram:
@@ -243,7 +256,8 @@ class OpenProgram:
 
 
 class OpenMap:
-    """A map of an :class:`OpenObject`: size it before load."""
+    """A map of an :class:`OpenObject`: its type, key and value sizes, flags
+    and size (``max_entries``) can be changed before load."""
 
     def __init__(self, obj: "_OpenState", ptr: Any) -> None:
         self._obj = obj
@@ -288,13 +302,52 @@ class OpenMap:
                 refine=lambda err, log: BadArgumentError(
                     f"cannot change autocreate of map {self.name}: {os_error_text(err)}"))
 
+    def _set(self, fn: Any, value: int, what: str, limit: int = 1 << 32) -> None:
+        self._obj._check_open()
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise BadTypeError(f"{what} must be an int")
+        if not 0 <= value < limit:
+            raise BadArgumentError(f"{what} of map {self.name} must be in [0, {limit}); "
+                                   f"got {value}")
+        checked(fn, self._ptr, value, what=f"set the {what} of map {self.name!r}",
+                error=LoadError, refine=lambda err, log: BadArgumentError(
+                    f"cannot set the {what} of map {self.name}: {os_error_text(err)}"))
+
+    @property
+    def map_type(self) -> int:
+        """The map's type (a :class:`~pytracers.maps.MapType`); settable before load."""
+        return int(lib.bpf_map__type(self._ptr))
+
+    @map_type.setter
+    def map_type(self, value: int) -> None:
+        self._set(lib.bpf_map__set_type, int(value) if isinstance(value, MapType) else value,
+                  "type")
+        self.type = int(lib.bpf_map__type(self._ptr))
+
     @property
     def key_size(self) -> int:
         return int(lib.bpf_map__key_size(self._ptr))
 
+    @key_size.setter
+    def key_size(self, n: int) -> None:
+        self._set(lib.bpf_map__set_key_size, n, "key size")
+
     @property
     def value_size(self) -> int:
         return int(lib.bpf_map__value_size(self._ptr))
+
+    @value_size.setter
+    def value_size(self, n: int) -> None:
+        self._set(lib.bpf_map__set_value_size, n, "value size")
+
+    @property
+    def map_flags(self) -> int:
+        """The map's creation flags (BPF_F_*); settable before load."""
+        return int(lib.bpf_map__map_flags(self._ptr))
+
+    @map_flags.setter
+    def map_flags(self, flags: int) -> None:
+        self._set(lib.bpf_map__set_map_flags, flags, "flags")
 
     def __repr__(self) -> str:
         return f"<OpenMap {self.name} type={self.type}>"
@@ -379,9 +432,16 @@ class OpenObject:
                 failure = None   # no cycle: exception -> traceback -> this frame -> exception
         logs_kept = set(logs)
         logs.clear()
-        return Object(handle, self.info, self.path,
-                      {n: p for n, p in self.programs.items() if n in logs_kept},
-                      unloaded=[n for n in self.programs if n not in logs_kept])
+        loaded = Object(handle, self.info, self.path,
+                        {n: p for n, p in self.programs.items() if n in logs_kept},
+                        unloaded=[n for n in self.programs if n not in logs_kept])
+        try:
+            for name, raw in self.config.pending_bss.items():
+                loaded.globals[name] = raw
+        except BaseException:
+            loaded.close()
+            raise
+        return loaded
 
     def _load_failure(self, err: int, logs: Dict[str, Any], cap: Any) -> PytracersError:
         # Which program or map failed?  libbpf names it in its messages;
@@ -449,6 +509,7 @@ class Object(Resource):
         self.info = info
         self.path = path
         self._btf: Any = None
+        self._globals: Any = None
         self.programs: Mapping[str, Program] = _View(
             "loaded program", {n: Program(self, p._ptr, p.name, p.section, p.attach_target)
                                for n, p in loaded.items()},
@@ -460,6 +521,17 @@ class Object(Resource):
             maps[mp.name] = mp
             m = lib.bpf_object__next_map(handle.ptr, m)
         self.maps: Mapping[str, Map] = _View("map", maps)
+
+    @property
+    def globals(self) -> Any:
+        """The object's global variables, typed, readable and (outside .rodata)
+        writable: a :class:`pytracers.globalvars.Globals`."""
+        self._check()
+        if self._globals is None or self._globals.closed:
+            from .globalvars import Globals
+            self._globals = Globals(self)
+            self._adopt(self._globals)
+        return self._globals
 
     @property
     def btf(self) -> Any:
@@ -479,10 +551,12 @@ class Object(Resource):
         self._check()
         return attach_all(list(self.programs.values()))
 
-    def ring_buffer(self, map_name: str = "events", *, event: Optional[str] = None,
+    def ring_buffer(self, map_name: str = "events", *, event: Any = None,
                     **kw: Any) -> Any:
         """A :class:`~pytracers.ringbuf.RingBuffer` on map ``map_name``, decoding
-        records as ``struct <event>`` from the object's BTF when ``event`` is given."""
+        records as ``event``: a struct name in the object's BTF, or -- for a
+        struct clang left out of BTF -- its C declaration, a numpy dtype or a
+        ctypes.Structure (see :mod:`pytracers.btf.foreign`)."""
         return self.maps[map_name].ring_buffer(event=event, **kw)
 
     def perf_buffer(self, map_name: str = "events", *, event: Optional[str] = None,

@@ -524,7 +524,11 @@ def test_plain_decoder_and_big_layouts() -> None:
     g = btf.struct_layout("grid")
     assert [(f.name, f.kind, f.count, f.shape) for f in g.fields] == [
         ("g", "array", 6, (2, 3)), ("n", "uint", 1, ())]
-    assert g.decode(struct.pack("<7I", *range(7))) == (tuple(range(6)), 6)
+    assert g.decode(struct.pack("<7I", *range(7))) == (tuple(range(6)), 6, b"")
+    # the flexible array member ends the struct: a variable-length record
+    assert g.tail is not None and (g.tail.name, g.tail.offset) == ("tail", 28)
+    var = g.decode(struct.pack("<9I", *range(9)), 0, 36)
+    assert var.tail == struct.pack("<2I", 7, 8) and var._length == 36
     np = pytest.importorskip("numpy")
     assert g.numpy_dtype()["g"].shape == (2, 3)
     assert w.numpy_dtype()["x"] == np.dtype("V16")

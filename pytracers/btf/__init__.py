@@ -73,7 +73,10 @@ Event layout rules (:meth:`Btf.struct_layout`)
   and ``"array"`` (arrays of numbers: decoded to a flat tuple; the numpy
   dtype keeps the shape).
 * Bitfields are rejected with :class:`BtfUnsupportedError`.  Zero-length
-  (flexible) arrays are left out.
+  arrays are not fields of the fixed layout; one that ends the struct (a
+  flexible array member, ``__u8 data[]``) makes it variable-length: records
+  get the member's bytes as their last field (``b""`` when decoded without a
+  length) and ``rec._length`` (``StructLayout.tail``).
 * Records (:meth:`StructLayout.record_class`) are tuple subclasses; a field
   ``a.b`` is the attribute ``a_b`` and keeps its dotted name in ``_fields`` /
   ``_asdict()``.

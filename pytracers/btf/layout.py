@@ -68,11 +68,15 @@ class Record(Tuple[Any, ...]):
 
     A tuple subclass: build one with ``Cls(iterable)`` or ``Cls._make(iterable)``;
     fields are attributes (dots in nested names become underscores) and
-    ``_asdict()`` maps the real (dotted) field names to values.
+    ``_asdict()`` maps the real (dotted) field names to values.  A field named
+    like a tuple method (``count``, ``index``) reads the field: the methods
+    stay reachable as ``tuple.count(rec, x)``.
     """
 
     __slots__ = ()
     _fields: Tuple[str, ...] = ()
+    _size = 0                 # bytes of the fixed struct
+    _tail_offset = -1         # offset of a flexible array member (the last field), or -1
 
     if TYPE_CHECKING:  # fields are properties made at run time
         def __getattr__(self, name: str) -> Any: ...
@@ -88,39 +92,58 @@ class Record(Tuple[Any, ...]):
         inner = ", ".join(f"{n}={v!r}" for n, v in zip(self._fields, self))
         return f"{type(self).__name__}({inner})"
 
+    @property
+    def _length(self) -> int:
+        """The record's length in bytes: the struct's size, or for a
+        variable-length struct the offset of its flexible array member plus
+        the bytes that arrived for it (the last field)."""
+        if self._tail_offset >= 0:
+            return self._tail_offset + len(self[-1])
+        return self._size
+
     def __reduce__(self) -> Any:
         return (_rebuild_record, (self._layout_key(), tuple(self)))
 
     @classmethod
-    def _layout_key(cls) -> Tuple[str, Tuple[str, ...]]:
-        return (cls.__name__, cls._fields)
+    def _layout_key(cls) -> Tuple[Any, ...]:
+        return (cls.__name__, cls._fields, cls._size, cls._tail_offset)
 
 
-def _rebuild_record(key: Tuple[str, Tuple[str, ...]], values: Tuple[Any, ...]) -> Any:
-    # Records pickle as plain (name, fields, values); rebuild a compatible class.
-    name, fields = key
-    cls = _make_record_class(name, fields)
+def _rebuild_record(key: Tuple[Any, ...], values: Tuple[Any, ...]) -> Any:
+    # Records pickle as plain (name, fields, size, tail offset, values); rebuild
+    # a compatible class.
+    name, fields = key[0], key[1]
+    cls = _make_record_class(name, fields, *key[2:4])
     return cls(values)
 
 
-_RECORD_CLASS_CACHE: Dict[Tuple[str, Tuple[str, ...]], Type[Record]] = {}
+# Names a field can never take over: what Record itself defines and needs.
+_RECORD_OWN = frozenset(n for n in vars(Record) if n.startswith("_")) | frozenset(
+    n for n in dir(tuple) if n.startswith("__"))
+
+_RECORD_CLASS_CACHE: Dict[Tuple[Any, ...], Type[Record]] = {}
 
 
 def _attr_name(field_name: str) -> str:
     return field_name.replace(".", "_")
 
 
-def _make_record_class(name: str, fields: Tuple[str, ...]) -> Type[Record]:
-    key = (name, fields)
+def _make_record_class(name: str, fields: Tuple[str, ...], size: int = 0,
+                       tail_offset: int = -1) -> Type[Record]:
+    key = (name, fields, size, tail_offset)
     cls = _RECORD_CLASS_CACHE.get(key)
     if cls is not None:
         return cls
     from operator import itemgetter
-    ns: Dict[str, Any] = {"__slots__": (), "_fields": fields, "__doc__": f"Record of struct {name}"}
-    reserved = set(dir(Record))
+    ns: Dict[str, Any] = {"__slots__": (), "_fields": fields, "_size": size,
+                          "_tail_offset": tail_offset, "__doc__": f"Record of struct {name}"}
     for i, f in enumerate(fields):
         attr = _attr_name(f)
-        if not attr.isidentifier() or keyword.iskeyword(attr) or attr in ns or attr in reserved:
+        # A field named like a tuple method (count, index) reads the field: the
+        # property on the subclass shadows the method.  Only the record's own
+        # machinery (_fields, _asdict, _make, dunders) is never shadowed.
+        if not attr.isidentifier() or keyword.iskeyword(attr) or attr in ns \
+                or attr in _RECORD_OWN:
             continue
         ns[attr] = property(itemgetter(i), doc=f"field {f}")
     cls_name = name if name.isidentifier() and not keyword.iskeyword(name) else "Record_"
@@ -159,12 +182,15 @@ class StructLayout:
     """
 
     def __init__(self, name: str, size: int, fields: Sequence[Field], byteorder: str = "<",
-                 type_id: int = 0) -> None:
+                 type_id: int = 0, tail: Optional[Field] = None) -> None:
         self.name = name
         self.size = size
         self.fields: Tuple[Field, ...] = tuple(fields)
         self.byteorder = byteorder
         self.type_id = type_id
+        # A flexible array member (``__u8 data[]``) ending a variable-length
+        # struct: records get its bytes as their last field (``kind`` "bytes").
+        self.tail = tail
         self._struct: Optional[struct.Struct] = None
         self._record_class: Optional[Type[Record]] = None
         self._decoder: Optional[Callable[..., Any]] = None
@@ -284,11 +310,16 @@ class StructLayout:
     def record_class(self) -> Type[Record]:
         """A tuple subclass with one attribute per field (see :class:`Record`)."""
         if self._record_class is None:
-            self._record_class = _make_record_class(self.name, self.field_names)
+            names = self.field_names
+            if self.tail is not None:
+                names += (self.tail.name,)
+            self._record_class = _make_record_class(
+                self.name, names, self.size, self.tail.offset if self.tail is not None else -1)
         return self._record_class
 
     def decoder(self) -> Callable[..., Any]:
-        """``decode(buffer, offset=0) -> record`` for one struct in ``buffer``.
+        """``decode(buffer, offset=0) -> record`` for one struct in ``buffer``
+        (variable-length layouts: ``decode(buffer, offset=0, length=None)``).
 
         Built once per layout: one precompiled ``struct.Struct.unpack_from``
         call, then only char arrays (and arrays/int128) are post-processed.
@@ -298,11 +329,27 @@ class StructLayout:
         too short, like ``unpack_from``.
         """
         if self._decoder is None:
-            self._decoder = self._build_decoder()
+            self._decoder = self._build_decoder() if self.tail is None else self._var_decoder()
         return self._decoder
 
-    def decode(self, buffer: Any, offset: int = 0) -> Any:
-        """Decode one record (convenience; use :meth:`decoder` in loops)."""
+    def _var_decoder(self) -> Callable[..., Any]:
+        # decode(buffer, offset=0, length=None): the fixed part, then the
+        # flexible member's bytes up to ``length`` (the record's length).
+        fixed = StructLayout(self.name, self.size, self.fields, self.byteorder).decoder()
+        cls = self.record_class()
+        toff = self.tail.offset if self.tail is not None else self.size
+
+        def decode(buffer: Any, offset: int = 0, length: Optional[int] = None) -> Any:
+            rec = fixed(buffer, offset)
+            tail = b"" if length is None else bytes(buffer[offset + toff:offset + length])
+            return cls((*rec, tail))
+        return decode
+
+    def decode(self, buffer: Any, offset: int = 0, length: Optional[int] = None) -> Any:
+        """Decode one record (convenience; use :meth:`decoder` in loops).
+        ``length``: the record's length, for a variable-length layout."""
+        if length is not None and self.tail is not None:
+            return self.decoder()(buffer, offset, length)
         return self.decoder()(buffer, offset)
 
     def _build_decoder(self) -> Callable[..., Any]:
@@ -412,7 +459,14 @@ def struct_layout(btf: "Btf", name: Union[str, int, BtfType]) -> StructLayout:
     fields: List[Field] = []
     _flatten(btf, t, 0, "", fields, 0, t.name)
     fields.sort(key=lambda f: f.offset)
-    return StructLayout(t.name or f"anon_{t.id}", t.size, fields, btf.byteorder, t.id)
+    tail = None
+    if t.members:
+        last = t.members[-1]
+        lt = btf.resolve(last.type_id)
+        if lt.kind == Kind.ARRAY and lt.array is not None and lt.array.nelems == 0 and last.name:
+            tail = Field(last.name, last.bit_offset // 8, 0, "bytes", 0,
+                         type_name=btf.type_str(last.type_id))
+    return StructLayout(t.name or f"anon_{t.id}", t.size, fields, btf.byteorder, t.id, tail)
 
 
 def _flatten(btf: "Btf", st: BtfType, base_off: int, prefix: str, out: List[Field], depth: int,

@@ -66,7 +66,7 @@ class RingBuffer(EventBuffer):
     _what = "ring buffer"
 
     def __init__(self, m: "Map", *, decoder: Optional[Decoder] = None,
-                 event: Optional[str] = None,
+                 event: Any = None,
                  callback: Optional[Callback] = None,
                  latency: float = 0.1, dtype: Any = None) -> None:
         check_platform("the mmap ring-buffer reader")
@@ -77,7 +77,10 @@ class RingBuffer(EventBuffer):
         self.size = int(m.max_entries)
         self._dtype_arg = dtype
         # The event's layout: its decoder for records, its dtype for batches.
-        layout = m.object.btf.struct_layout(event) if event is not None else None
+        # (a BTF struct name, C declarations, a numpy dtype, a ctypes.Structure
+        # or a StructLayout: see pytracers.btf.foreign)
+        from ..btf.foreign import event_layout
+        layout = event_layout(m.object.btf, event) if event is not None else None
         fds = [os.dup(m.fd)]
         fd = fds[0]
         maps: List[Any] = []

@@ -93,6 +93,17 @@ class _Padded:
         return self.dec(bytes(buf[off:off + self.length]) + self.zeros, 0)
 
 
+class _Sized:
+    """A variable-length layout's decoder for records of ``length`` bytes."""
+
+    def __init__(self, dec: Decoder, length: int) -> None:
+        self.dec = dec
+        self.length = length
+
+    def __call__(self, buf: Any, off: int) -> Any:
+        return self.dec(buf, off, self.length)   # type: ignore[call-arg]
+
+
 class RingReader:
     """The parsing core of a ring-buffer consumer, on any buffers.
 
@@ -155,7 +166,7 @@ class RingReader:
         if self._decoder is None:
             st = struct.Struct(f"<{HEADER_SIZE}x{length}s{pad}")
             fast = (partial(map, itemgetter(0)), st.iter_unpack)
-        elif (lay is not None and length == lay.size and _plain(lay)
+        elif (lay is not None and length == lay.size and _plain(lay) and lay.tail is None
               and self._decoder is lay.decoder()):
             # btf's decoder of a plain layout is record_class()(unpack(...)).
             fmt = lay.format
@@ -241,6 +252,9 @@ class RingReader:
                         one: Any = _Bytes(length)
                     elif self.layout is not None and length < self.layout.size:
                         one = _Padded(dec, length, self.layout.size)
+                    elif self.layout is not None and self.layout.tail is not None \
+                            and dec is self.layout.decoder():
+                        one = _Sized(dec, length)     # variable-length: the tail's bytes
                     else:
                         one = dec
                     recs = map(one, repeat(data, run), range(start, start + run * stride, stride))

@@ -482,22 +482,35 @@ class SyscallStats(SyscallTracer):
         """The counters now, keyed by (pid, syscall number), summed over CPUs."""
         self._check()
         import numpy as np
-        import struct
         dt = self._stat_dtype
         out: Dict[Tuple[int, int], SyscallCounters] = {}
-        for kb, per_cpu in self.object.maps["stats"].items():
-            pid, nr = struct.unpack_from("<II", kb)
-            slots: List[bytes] = per_cpu if isinstance(per_cpu, list) else [bytes(per_cpu)]
-            arr: Any = np.frombuffer(b"".join(v[:dt.itemsize] for v in slots), dtype=dt)
-            calls = int(arr["calls"].sum())
+        # One bpf() call for the whole map where the kernel has batch lookups
+        # (5.6+), one per entry otherwise (pytracers.mapbatch).
+        batch = self.object.maps["stats"].lookup_batch(key_dtype=np.dtype([("pid", "<u4"),
+                                                                           ("nr", "<u4")]),
+                                                       value_dtype=dt)
+        if not len(batch):
+            return out
+        arr: Any = batch.values                      # (keys, CPUs) of struct sc_stat
+        if arr.ndim == 1:
+            arr = arr[:, None]
+        calls = arr["calls"].sum(axis=1)
+        errors = arr["errors"].sum(axis=1)
+        total = arr["total_ns"].sum(axis=1)
+        mx = arr["max_ns"].max(axis=1)
+        hist = arr["hist"].sum(axis=1)
+        # the command as seen by the CPU that counted the most calls (first such CPU)
+        order = np.argsort(-arr["calls"], axis=1, kind="stable")
+        comms = np.take_along_axis(arr["comm"], order, axis=1)
+        for i, (pid, nr) in enumerate(batch.keys.tolist()):
             comm = ""
-            for c in arr["comm"][np.argsort(-arr["calls"], kind="stable")]:
+            for c in comms[i]:
                 comm = bytes(c).split(b"\0", 1)[0].decode("utf-8", "replace")
                 if comm:
                     break
             out[(pid, nr)] = SyscallCounters(
-                pid, nr, syscall_name(nr), comm, calls, int(arr["errors"].sum()), int(arr["total_ns"].sum()),
-                int(arr["max_ns"].max()), tuple(int(x) for x in arr["hist"].sum(axis=0)))
+                pid, nr, syscall_name(nr), comm, int(calls[i]), int(errors[i]), int(total[i]),
+                int(mx[i]), tuple(int(x) for x in hist[i]))
         return out
 
     @property
