@@ -354,7 +354,7 @@ class Map:
         return rb
 
 
-    def perf_buffer(self, *, event: Optional[str] = None,
+    def perf_buffer(self, *, event: Any = None,
                     decoder: Optional[Callable[[Any, int], Any]] = None,
                     **kw: Any) -> "PerfBuffer":
         """Open this perf-event-array map for reading (see pytracers.perfbuf)."""

@@ -559,7 +559,7 @@ class Object(Resource):
         ctypes.Structure (see :mod:`pytracers.btf.foreign`)."""
         return self.maps[map_name].ring_buffer(event=event, **kw)
 
-    def perf_buffer(self, map_name: str = "events", *, event: Optional[str] = None,
+    def perf_buffer(self, map_name: str = "events", *, event: Any = None,
                     **kw: Any) -> Any:
         """A :class:`~pytracers.perfbuf.PerfBuffer` on the perf-event-array map
         ``map_name`` (per-CPU rings; ``pages=``, ``wakeup_events=``,
@@ -567,7 +567,7 @@ class Object(Resource):
         object's BTF when ``event`` is given."""
         return self.maps[map_name].perf_buffer(event=event, **kw)
 
-    def output(self, map_name: str = "events", *, event: Optional[str] = None,
+    def output(self, map_name: str = "events", *, event: Any = None,
                **kw: Any) -> Any:
         """The reader of the output map ``map_name``, whichever kind it is: a
         :class:`~pytracers.ringbuf.RingBuffer` for a ``BPF_MAP_TYPE_RINGBUF``,

@@ -117,7 +117,7 @@ class PerfBuffer(EventBuffer):
     _what = "perf buffer"
 
     def __init__(self, m: "Map", *, decoder: Optional[Decoder] = None,
-                 event: Optional[str] = None,
+                 event: Any = None,
                  callback: Optional[Callback] = None,
                  latency: float = 0.1, dtype: Any = None, pages: int = DEFAULT_PAGES,
                  wakeup_events: Optional[int] = None,
@@ -147,7 +147,9 @@ class PerfBuffer(EventBuffer):
         self.wakeup_events = None if wakeup_bytes is not None else events
         self.wakeup_bytes = wakeup_bytes
         self._dtype_arg = dtype
-        layout = m.object.btf.struct_layout(event) if event is not None else None
+        # the event's layout, as for rings (see pytracers.btf.foreign)
+        from ..btf.foreign import event_layout
+        layout = event_layout(m.object.btf, event) if event is not None else None
         what = f"open perf buffer on map {m.name!r}"
         self.cpus: Tuple[int, ...] = tuple(c for c in online_cpus() if c < m.max_entries)
         if not self.cpus:
