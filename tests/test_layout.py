@@ -26,7 +26,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("core objects", ("pytracers._errmap", "pytracers.object", "pytracers.program",
                       "pytracers.link", "pytracers.maps", "pytracers.mapbatch",
                       "pytracers.globalvars", "pytracers.eventbuf", "pytracers.ringbuf",
-                      "pytracers.perfbuf", "pytracers.aio")),
+                      "pytracers.perfbuf", "pytracers.aio", "pytracers.attachall")),
     ("feature prober", ("pytracers.features",)),
     ("tracers", ("pytracers.tracers",)),
     ("choice", ("pytracers.choose",)),
