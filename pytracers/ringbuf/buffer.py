@@ -17,8 +17,7 @@ from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List,
                     Tuple, TypeVar)
 
 from .._resource import Resource
-from ..errors import (BadArgumentError, BadTypeError, BusyError, ClosedError,
-                      NotSupportedError)
+from ..errors import BadArgumentError, BadTypeError, BusyError, ClosedError
 from .records import PAGE_SIZE, Callback, Decoder, RingReader, _np
 
 if TYPE_CHECKING:
@@ -27,6 +26,21 @@ if TYPE_CHECKING:
     from ..maps import Map
 
 __all__ = ["RingBuffer"]
+
+# Machines (os.uname().machine) whose memory model is TSO: loads are not
+# reordered with loads, nor stores with earlier loads, so the reader needs no
+# barrier (see the package's "Memory ordering").
+TSO_MACHINES = ("x86_64",)
+
+
+def ring_fence(machine: Optional[str] = None) -> Optional[Callable[[], Any]]:
+    """The barrier the reader needs on this machine (or ``machine``): None on
+    x86-64, libatomic's full fence elsewhere (arm64...)."""
+    machine = os.uname().machine if machine is None else machine
+    if machine in TSO_MACHINES:
+        return None
+    from .._libbpf import full_fence
+    return full_fence()
 
 _T = TypeVar("_T")
 
@@ -144,10 +158,7 @@ class RingBuffer(Resource):
                  event: Optional[str] = None,
                  callback: Optional[Callback] = None,
                  latency: float = 0.1, dtype: Any = None) -> None:
-        machine = os.uname().machine     # what platform.machine() returns on Linux
-        if machine not in ("x86_64", "AMD64"):
-            raise NotSupportedError("the mmap ring-buffer reader",
-                                    f"only x86-64 is supported, this is {machine}")
+        fence = ring_fence()
         if not isinstance(latency, (int, float)) or isinstance(latency, bool):
             raise BadTypeError("latency must be a number of seconds")
         if latency <= 0:
@@ -184,7 +195,8 @@ class RingBuffer(Resource):
         cons, prod = maps[0], maps[1]
         self._fd = fd
         self._epoll = ep
-        self._reader = RingReader(cons, prod, self.size, decoder=decoder, layout=layout)
+        self._reader = RingReader(cons, prod, self.size, decoder=decoder, layout=layout,
+                                  fence=fence)
         self._gate = _Gate(wake_w)
         self._own(_close, self._gate, self._reader, ep, cons, prod, fds)
 
