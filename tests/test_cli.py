@@ -24,6 +24,7 @@ import pytest
 
 from pytracers import cli, introspect
 from pytracers.errors import NotSupportedError
+from pytracers.kernel.symbols import syscall_function
 
 from conftest import VM_KERNEL, expected, kernel_label, known_lack
 
@@ -720,8 +721,8 @@ def test_trace_function_automatic_choice():
         assert_one_line_error(run("trace", "vfs_write"), 4, "not supported",
                               f"fentry: {fentry.reason}", f"kprobe: {kprobe.reason}",
                               "trace syscall:NAME", "doctor")
-        assert_one_line_error(run("trace", "__x64_sys_getppid"), 4,
-                              "trace --stable __x64_sys_getppid")
+        fn = syscall_function("getppid")      # __x64_sys_getppid, __arm64_sys_getppid
+        assert_one_line_error(run("trace", fn), 4, f"trace --stable {fn}")
         return
     chosen = "fentry" if fentry else "kprobe"
     with Gate(WRITE_GATE) as gate:
