@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import kinds
+from . import _shipped, kinds
 from ._shipped import object_path
 from .errors import (ENOTSUPP, KeyNotFoundError, NotSupportedError, PytracersError,
                      TargetNotFoundError, TracefsError)
@@ -96,13 +96,16 @@ class FeatureReport:
     (``report["fentry"]``), iterated in that order."""
 
     def __init__(self, features: Dict[str, Feature], kernel: str = "",
-                 seconds: float = 0.0) -> None:
+                 seconds: float = 0.0, arch: str = "",
+                 arch_notes: Tuple[str, ...] = ()) -> None:
         missing = [n for n in FEATURES if n not in features]
         if missing:
             raise TypeError(f"FeatureReport needs every feature; missing {missing}")
         self._features = {n: features[n] for n in FEATURES}
         self.kernel = kernel
         self.seconds = seconds          # wall time of the probe() call
+        self.arch = arch                # "x86-64", "arm64" (architecture())
+        self.arch_notes = arch_notes    # what the architecture changes
 
     def __getattr__(self, name: str) -> Feature:
         try:
@@ -123,14 +126,16 @@ class FeatureReport:
     def __eq__(self, other: Any) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return bool((self._features, self.kernel, self.seconds)
-                    == (other._features, other.kernel, other.seconds))
+        return bool((self._features, self.kernel, self.seconds, self.arch, self.arch_notes)
+                    == (other._features, other.kernel, other.seconds, other.arch,
+                        other.arch_notes))
 
     __hash__ = None     # type: ignore[assignment]  # mutable: unhashable
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={f!r}" for n, f in self._features.items())
-        return f"FeatureReport({inner}, kernel={self.kernel!r}, seconds={self.seconds!r})"
+        return (f"FeatureReport({inner}, kernel={self.kernel!r}, arch={self.arch!r}, "
+                f"seconds={self.seconds!r})")
 
     def supported(self) -> List[str]:
         return [f.name for f in self if f.supported]
@@ -479,7 +484,42 @@ def probe(refresh: bool = False) -> FeatureReport:
     for name in FEATURES:
         if name not in got:
             got[name] = probe_one(name, refresh)
-    return FeatureReport(got, kernel=kernel_release(), seconds=time.perf_counter() - t0)
+    arch, notes = architecture()
+    return FeatureReport(got, kernel=kernel_release(), seconds=time.perf_counter() - t0,
+                         arch=arch, arch_notes=notes)
+
+
+# What each architecture changes for pytracers (os.uname().machine -> notes
+# that do not depend on the kernel; architecture() adds the rest).
+_ARCH_NOTES: Dict[str, Tuple[str, ...]] = {
+    "x86_64": (
+        "syscall numbers: the x86-64 table (pytracers.tracers._x86_64_syscalls)",
+        "ring buffer: plain loads and stores (x86-64 orders them as the kernel needs)",
+    ),
+    "aarch64": (
+        "syscall numbers: the generic table (pytracers.tracers._arm64_syscalls): no open, "
+        "stat, fork, pipe, poll -- programs call openat, newfstatat, clone, pipe2, ppoll",
+        "ring buffer: a full barrier (libatomic's atomic_thread_fence, dmb ish) per run of "
+        "records, around the producer position, the headers and the consumer position",
+        "fentry/fexit/fmod_ret: BPF trampolines came to arm64 in 6.4 "
+        "(DYNAMIC_FTRACE_WITH_DIRECT_CALLS); kprobe_multi needs CONFIG_FPROBE",
+    ),
+}
+
+
+def architecture() -> Tuple[str, Tuple[str, ...]]:
+    """The running machine's architecture (``"x86-64"``, ``"arm64"``) and what
+    it changes for pytracers: which objects are loaded, the syscall table,
+    the syscall entry functions' names, how the ring buffer is read."""
+    machine = _shipped.machine()
+    notes: List[str] = []
+    try:
+        notes.append(f"objects: {_shipped.objects_dir()} (built for {_shipped.arch_name()})")
+    except NotSupportedError as e:
+        notes.append(f"objects: none: {e.reason}")
+    notes.append(f"syscall entry functions: {symbols.syscall_function('NAME')}")
+    notes += _ARCH_NOTES.get(machine, (f"syscall numbers: no table for {machine}",))
+    return _shipped.arch_name(), tuple(notes)
 
 
 def clear_cache() -> None:
