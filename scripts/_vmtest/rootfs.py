@@ -41,22 +41,32 @@ from kernels import FetchError, log
 SUITE = "bookworm"
 PYTHON = "3.11"                    # bookworm's python3
 DEBS = ["python3", "libbpf1", "libatomic1", "busybox-static"]
-# Python packages of the suite (and what they need at run time)
-WHEELS = ["numpy", "cffi", "pycparser", "pyelftools", "pytest", "pluggy", "iniconfig",
-          "packaging"]
+# Python packages of the suite; what they need at run time is added (the
+# requirements in the venv's metadata, followed)
+WHEELS = ["numpy", "cffi", "pyelftools", "pytest"]
 PLATFORMS = {"arm64": ["manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
                        "manylinux_2_17_aarch64", "manylinux2014_aarch64"]}
-FORMAT = 1                         # bump when the way the root is made changes
+FORMAT = 2                         # bump when the way the root is made changes
 
 
 def _versions() -> Dict[str, str]:
-    out = {}
-    for name in WHEELS:
+    """WHEELS and their run-time requirements, at the versions installed here."""
+    from packaging.requirements import Requirement
+    out: Dict[str, str] = {}
+    todo = list(WHEELS)
+    while todo:
+        name = todo.pop(0)
+        if name in out:
+            continue
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             raise FetchError(f"{name} is not installed in {sys.executable}; the {name} of "
                              "the guest's root is taken at the same version") from None
+        for spec in metadata.requires(name) or ():
+            req = Requirement(spec)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name.lower())
     return out
 
 
