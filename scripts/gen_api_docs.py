@@ -53,6 +53,7 @@ MODULES = [
     "pytracers.kernel.symbols",
     "pytracers.kernel.tracefs",
     "pytracers.kernel.introspect",
+    "pytracers.kernel.arch",
     "pytracers.errors",
     "pytracers.pytest_plugin",
     "pytracers.agent",

@@ -13,6 +13,7 @@ from elftools.elf.elffile import ELFFile
 
 import pytracers
 from pytracers import _shipped, features
+from pytracers.kernel.arch import architecture
 from pytracers.errors import NotSupportedError
 from pytracers.kernel.symbols import function_exists, syscall_function
 from pytracers.tracers import syscalls as sc
@@ -88,7 +89,7 @@ def test_entry_function_exists_in_the_running_kernel():
 
 
 def test_feature_report_names_the_architecture():
-    arch, notes = features.architecture()
+    arch, notes = architecture()
     assert arch == {"x86_64": "x86-64", "aarch64": "arm64"}[MACHINE]
     text = "\n".join(notes)
     assert f"objects: {pytracers.objects_dir()}" in text
@@ -97,3 +98,5 @@ def test_feature_report_names_the_architecture():
         assert "generic table" in text and "dmb ish" in text and "6.4" in text
     else:
         assert "x86-64 table" in text and "plain loads" in text
+    report = features.probe()
+    assert (report.arch, report.arch_notes) == (arch, notes)
