@@ -237,11 +237,13 @@ class RingReader:
         fence = self._fence
         n = 0
         cons = self.consumer_pos()
+        prod = cons                         # read the producer position when needed
         try:
             while (limit is None or n < limit) and not self.stop:
-                prod = get_prod()
-                if cons >= prod:
-                    break
+                if cons >= prod:            # what it covered is read: look again
+                    prod = get_prod()
+                    if cons >= prod:
+                        break
                 off = base + (cons & mask)
                 hdr = unpack_u32(data, off)[0]
                 if hdr & BUSY_BIT:
@@ -345,10 +347,12 @@ class RingReader:
         discarded = 0
         fence = self._fence
         cons = self.consumer_pos()
+        prod = cons
         while (max_records is None or total < max_records) and not self.stop:
-            prod = self.producer_pos()
             if cons >= prod:
-                break
+                prod = self.producer_pos()
+                if cons >= prod:
+                    break
             off = base + (cons & mask)
             hdr = unpack_u32(data, off)[0]
             if hdr & BUSY_BIT:
