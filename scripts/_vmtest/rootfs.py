@@ -46,7 +46,7 @@ DEBS = ["python3", "libbpf1", "libatomic1", "busybox-static"]
 WHEELS = ["numpy", "cffi", "pyelftools", "pytest"]
 PLATFORMS = {"arm64": ["manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
                        "manylinux_2_17_aarch64", "manylinux2014_aarch64"]}
-FORMAT = 2                         # bump when the way the root is made changes
+FORMAT = 3                         # bump when the way the root is made changes
 
 
 def _versions() -> Dict[str, str]:
@@ -72,7 +72,8 @@ def _versions() -> Dict[str, str]:
 
 def _key(arch: str, versions: Dict[str, str]) -> str:
     blob = json.dumps({"format": FORMAT, "arch": arch, "suite": SUITE, "debs": DEBS,
-                       "wheels": versions}, sort_keys=True)
+                       "wheels": versions, "pytracers": metadata.version("pytracers")},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -125,6 +126,25 @@ def _wheels(arch: str, versions: Dict[str, str], root: Path) -> None:
     _run(cmd + [f"{n}=={v}" for n, v in versions.items()])
 
 
+def _project(root: Path) -> None:
+    """pytracers as the venv has it (an editable install): its metadata and
+    entry points (the pytest plugin loads through one) and its command; the
+    package itself is the repository, on the guest's PYTHONPATH."""
+    dist = metadata.distribution("pytracers")
+    info = root / f"usr/local/lib/python{PYTHON}/dist-packages/pytracers-{dist.version}.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    for name in ("METADATA", "entry_points.txt"):
+        text = dist.read_text(name)
+        if text is not None:
+            (info / name).write_text(text)
+    (info / "INSTALLER").write_text("scripts/vmtest\n")
+    cli = root / "usr/local/bin/pytracers"
+    cli.parent.mkdir(parents=True, exist_ok=True)
+    cli.write_text(f"#!/usr/bin/python{PYTHON}\nimport sys\nfrom pytracers.cli import main\n"
+                   "sys.exit(main())\n")
+    cli.chmod(0o755)
+
+
 def _byte_compile(root: Path) -> None:
     if sys.version_info[:2] != tuple(int(x) for x in PYTHON.split(".")):
         log(f"not byte-compiling the guest root: this is Python "
@@ -166,6 +186,7 @@ def get_rootfs(arch: str, offline: bool = False) -> Path:
         _finish(root)
         log(f"{arch} root: wheels {', '.join(f'{n} {v}' for n, v in versions.items())}")
         _wheels(arch, versions, root)
+        _project(root)
         _byte_compile(root)
         (tmp / "manifest.json").write_text(json.dumps(
             {"arch": arch, "suite": SUITE, "debs": [d.name for d in debs], "wheels": versions,
