@@ -527,8 +527,11 @@ CASES: List[Case] = [
           "no ftrace entry" if VM_KERNEL else "use kind='kprobe'"]),
     Case("deny-listed-function-fentry", _fentry_on("migrate_disable"), E.NotSupportedError, ["fentry is not supported by this kernel",
                                "deny list" if VM_KERNEL else "use kind='kprobe'"]),
+    # exc_int3 (x86's breakpoint handler), notify_die (NOKPROBE_SYMBOL on every arch)
     Case("kprobe-blacklisted-function",
-         lambda t: pytracers.FunctionTracer("exc_int3", kind="kprobe"), E.NotSupportedError,
+         lambda t: pytracers.FunctionTracer(
+             "notify_die" if os.uname().machine == "aarch64" else "exc_int3", kind="kprobe"),
+         E.NotSupportedError,
          ["kprobe is not supported by this kernel",
           "cannot be probed" if VM_KERNEL else "CONFIG_KPROBES is off"]),
     Case("tracer-bad-pid", lambda t: pytracers.SyscallTracer(["getppid"], pid=-4),

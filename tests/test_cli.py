@@ -25,6 +25,9 @@ import pytest
 from pytracers import cli, introspect
 from pytracers.errors import NotSupportedError
 from pytracers.kernel.symbols import syscall_function
+from pytracers.tracers.syscalls import syscall_number
+
+GETPPID_NR = syscall_number("getppid")          # 110 on x86-64, 173 on arm64
 
 from conftest import VM_KERNEL, expected, kernel_label, known_lack
 
@@ -650,7 +653,7 @@ def test_trace_syscall_exact_events(spec, kind, by):
     events = json_lines(out)
     assert len(events) == 3, events
     for e in events:
-        assert (e["event"], e["name"], e["id"]) == ("syscall", "getppid", 110)
+        assert (e["event"], e["name"], e["id"]) == ("syscall", "getppid", GETPPID_NR)
         assert e["pid"] == e["tid"] == gate.pid
         assert e["ret"] == os.getpid()            # getppid() of our child: us
         assert e["args"] == {}

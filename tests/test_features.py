@@ -257,7 +257,10 @@ def test_trace_function_stable_uses_syscall_tracepoints(tmp_path):
 
 @pytest.mark.kind("fentry")
 def test_trace_function_prefers_fentry(need, tmp_path):
+    fentry = features.probe_one("fentry")
     with need("fentry"):
+        if not fentry.supported:            # the chooser would fall back to kprobe
+            raise NotSupportedError("fentry", fentry.reason)
         t = pytracers.trace_function(TARGET, pid=os.getpid())
     with t:
         assert t.kind == "fentry"
