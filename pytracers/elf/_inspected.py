@@ -227,7 +227,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4472, 2344),
     },
     # arm64/exec.bpf.o
-    '13bccb84c2869a2c8338ef895de4d7fada00de6a1790dbce135551e1847cfee8': {
+    'ed9b6f26937a32ccc73cdf75a71b227e7d40654c1972ddc2dcc2b770326599fe': {
         'programs': {
             'exec_enter': 'tp/syscalls/sys_enter_execve',
             'exec_exit': 'tp/syscalls/sys_exit_execve',
@@ -328,7 +328,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (17160, 5350),
     },
     # arm64/proc.bpf.o
-    'e60117688e4bf599e8b3a1dd60909ad696489586d5879973ddc6bbc33c8b96c2': {
+    '07c94c2460e11a1982e22c641ddfa28719c45c19f1cfe5893ae9d3c75ecdcca6': {
         'programs': {
             'proc_exec': 'tp_btf/sched_process_exec',
             'proc_fork': 'tp_btf/sched_process_fork',
