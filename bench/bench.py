@@ -78,7 +78,11 @@ import pytracers  # noqa: E402
 from pytracers.errors import NotSupportedError, PytracersError  # noqa: E402
 
 BUILD = os.environ.get("PYTRACERS_BENCH_BUILD", os.path.join(HERE, "_build"))
-GETPGID_NR = 121                    # x86-64
+from pytracers import _shipped  # noqa: E402
+from pytracers.kernel.symbols import syscall_function  # noqa: E402
+from pytracers.tracers.syscalls import syscall_number  # noqa: E402
+
+GETPGID_NR = syscall_number("getpgid")     # 121 on x86-64, 155 on arm64
 TARGETS = {
     "batch64": ("batch drain, 64-byte records", ">= 0.5x the C consumer", 0.5),
     "views64": ("batch drain, 64-byte records", ">= 0.5x the C consumer", 0.5),
@@ -146,11 +150,15 @@ def machine() -> Dict[str, Any]:
     return info
 
 
-def build(name: str, libs: Tuple[str, ...] = ()) -> str:
-    """Compile bench/<name>.c into the build dir (cached by source hash)."""
+def build(name: str, libs: Tuple[str, ...] = (), optional: bool = False) -> Optional[str]:
+    """Compile bench/<name>.c into the build dir (cached by source hash).
+    ``optional``: None without a compiler (the arm64 guest's root has none)."""
     src = os.path.join(HERE, f"{name}.c")
     cc = os.environ.get("CC", "gcc")
     if shutil.which(cc) is None:
+        if optional:
+            print(f"   ({cc} not found: no {name} baseline)")
+            return None
         sys.exit(f"bench/run: {cc} not found (install gcc and libbpf-dev)")
     flags = ["-O2", "-Wall", "-Wextra"]
     with open(src, "rb") as f:
@@ -196,7 +204,7 @@ def drain_section(quick: bool) -> None:
     reps = 5 if quick else 9
     heading(f"ring drain: ring of {ring >> 20} MiB filled to capacity by BPF_PROG_TEST_RUN, "
             f"median of {reps}; records per second of the consumer's CPU time")
-    ringdrain = build("ringdrain", ("-lbpf",))
+    ringdrain = build("ringdrain", ("-lbpf",), optional=True)
     obj_path = pytracers.object_path("bench")
     rows = {}
     print(f"   {'record':>7} {'records':>8}  {'libbpf C':>12}  {'per event (x C)':>22}  "
@@ -205,12 +213,14 @@ def drain_section(quick: bool) -> None:
         stride = (size + 8 + 7) & ~7
         cap = ring // stride
         # (a) C
-        r = subprocess.run([ringdrain, obj_path, str(size), str(ring), str(reps)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            sys.exit(f"bench/run: ringdrain failed: {r.stderr.strip()}")
-        c_rates = [int(n) / (int(ns) / 1e9) for n, ns in (ln.split() for ln in r.stdout.split("\n")
-                                                          if ln.strip())]
+        c_rates = []
+        if ringdrain is not None:
+            r = subprocess.run([ringdrain, obj_path, str(size), str(ring), str(reps)],
+                               capture_output=True, text=True)
+            if r.returncode:
+                sys.exit(f"bench/run: ringdrain failed: {r.stderr.strip()}")
+            c_rates = [int(n) / (int(ns) / 1e9)
+                       for n, ns in (ln.split() for ln in r.stdout.split("\n") if ln.strip())]
         # (b), (c)
         o = pytracers.open(obj_path)
         o.only(f"fill_{size}")
@@ -272,8 +282,8 @@ def drain_section(quick: bool) -> None:
             batch_rates = rates("batch", batch)
             view_rates = rates("view", views)
             rb.close()
-        c, ev = median(c_rates), median(ev_rates)
-        b, v = median(batch_rates), median(view_rates)
+        c = median(c_rates) if c_rates else float("nan")     # nan: no C baseline
+        ev, b, v = median(ev_rates), median(batch_rates), median(view_rates)
         rows[size] = {"records": cap, "c": c, "per_event": ev, "batch": b, "views": v,
                       "per_event_ratio": ev / c, "batch_ratio": b / c, "views_ratio": v / c,
                       "c_all": c_rates, "per_event_all": ev_rates, "batch_all": batch_rates,
@@ -281,6 +291,8 @@ def drain_section(quick: bool) -> None:
         print(f"   {size:>5} B {cap:>8}  {fmt_rate(c)}  {fmt_rate(ev)} ({ev / c:5.3f}x)  "
               f"{fmt_rate(b)} ({b / c:5.3f}x)  {fmt_rate(v)} ({v / c:5.3f}x)")
     results["sections"]["drain"] = {"ring_bytes": ring, "reps": reps, "rows": rows}
+    if ringdrain is None:
+        return
     b64, v64 = rows[64]["batch_ratio"], rows[64]["views_ratio"]
     target("batch64", b64, b64 >= 0.5, f"{b64:.3f}x (read_batch, copies)")
     target("views64", v64, v64 >= 0.5, f"{v64:.3f}x (consume_views, zero-copy)")
@@ -389,9 +401,21 @@ def perf_section(quick: bool) -> None:
 
 # ---- 2. probe cost -------------------------------------------------------------------------
 
+# sysloop.c's "count N" in Python, where there is no compiler (the arm64
+# guest): the same getpgid calls, with the interpreter's loop around them
+# (a constant added to every figure; the differences stand).
+PY_SYSLOOP = ("import os, sys, time\n"
+              "n = int(sys.argv[2]); g = os.getpgid\n"
+              "w0 = time.monotonic_ns(); c0 = time.process_time_ns()\n"
+              "for _ in range(n): g(0)\n"
+              "c1 = time.process_time_ns(); w1 = time.monotonic_ns()\n"
+              "print((c1 - c0) / n, (w1 - w0) / n)\n")
+
+
 class Loop:
     def __init__(self, n: int, trials: int) -> None:
-        self.bin = build("sysloop")
+        built = build("sysloop", optional=True)
+        self.bin = [built] if built else [sys.executable, "-c", PY_SYSLOOP]
         self.n = n
         self.trials = trials
         self.wall: List[float] = []
@@ -399,7 +423,7 @@ class Loop:
 
     def once(self) -> float:
         """CPU ns per call (user + system of the loop process)."""
-        r = subprocess.run([self.bin, "count", str(self.n)], capture_output=True, text=True,
+        r = subprocess.run([*self.bin, "count", str(self.n)], capture_output=True, text=True,
                            check=True)
         cpu, wall = (float(x) for x in r.stdout.split())
         self.wall.append(wall)
@@ -434,9 +458,12 @@ def irq_work_interrupts() -> int:
     return 0
 
 
-FUNCTION = "__x64_sys_getpgid"       # where the function-attached kinds probe getpgid
-# the count-only and floor programs (bench/probe_cost.bpf.c, built by build.py; not shipped)
-PROBE_COST = os.path.join(HERE, "probe_cost.bpf.o")
+# where the function-attached kinds probe getpgid: __x64_sys_getpgid, __arm64_sys_getpgid
+FUNCTION = syscall_function("getpgid")
+# the count-only and floor programs (bench/probe_cost.bpf.c, built by build.py for
+# each architecture: bench/, bench/arm64/; not shipped)
+PROBE_COST = os.path.join(HERE, _shipped.ARCH_DIRS.get(os.uname().machine, ""),
+                          "probe_cost.bpf.o")
 KINDS = ("tp", "raw_tp", "tp_btf", "kprobe", "fentry")
 
 

@@ -15,9 +15,9 @@
  *
  * Only the pair Python autoloads is loaded.  fn_kprobe/fn_kretprobe use
  * nothing newer than 5.10; ip is then the probed address, taken at entry
- * from regs->ip, which a kprobe handler sees one byte past the probed
- * address (as after an int3) -- the function's address for a probe on its
- * first instruction -- and 0 in a return event whose entry was not seen
+ * from the saved ip, which a kprobe handler sees one byte past the probed
+ * address on x86 (as after an int3) and on it on arm64 -- the function's
+ * address for a probe on its first instruction -- and 0 in a return event whose entry was not seen
  * (Python knows which function it attached to).  args and ret are the raw
  * 64-bit registers: for an argument or return type narrower than 64 bits
  * the upper bits are not meaningful.  The kprobe.multi pair needs a kernel
@@ -27,10 +27,25 @@
  */
 #include "func_event.h"
 
-#ifndef bpf_target_x86
-#error "fn_args(): only the x86-64 calling convention is implemented"
+/* The probed address from a kprobe's saved ip: x86's int3 leaves ip one byte
+ * past it; arm64's brk leaves pc on it. */
+#if defined(bpf_target_x86)
+#define FN_KPROBE_IP_OFFSET 1
+#else
+#define FN_KPROBE_IP_OFFSET 0
 #endif
 
+/* libbpf 1.1 (Debian bookworm's) has PT_REGS_PARM1..5 only */
+#ifndef PT_REGS_PARM6
+#if defined(bpf_target_x86)
+#define PT_REGS_PARM6(x) ((x)->r9)
+#elif defined(bpf_target_arm64)
+#define PT_REGS_PARM6(x) (__PT_REGS_CAST(x)->regs[5])
+#endif
+#endif
+
+/* the six argument registers, read the way libbpf reads them on the object's
+ * architecture (PT_REGS_PARM*: x86-64 di..r9, arm64 x0..x5) */
 static __always_inline void fn_args(struct pt_regs *ctx, __u64 *args)
 {
 	args[0] = PT_REGS_PARM1(ctx);
@@ -38,7 +53,7 @@ static __always_inline void fn_args(struct pt_regs *ctx, __u64 *args)
 	args[2] = PT_REGS_PARM3(ctx);
 	args[3] = PT_REGS_PARM4(ctx);
 	args[4] = PT_REGS_PARM5(ctx);
-	args[5] = ctx->r9;          /* 6th argument register on x86-64 */
+	args[5] = PT_REGS_PARM6(ctx);
 }
 
 static __always_inline int fn_entry(struct pt_regs *ctx, __u64 ip)
@@ -84,7 +99,7 @@ static __always_inline int fn_return(struct pt_regs *ctx, __u64 ip, bool match_i
 SEC("kprobe")
 int fn_kprobe(struct pt_regs *ctx)
 {
-	return fn_entry(ctx, PT_REGS_IP(ctx) - 1);
+	return fn_entry(ctx, PT_REGS_IP(ctx) - FN_KPROBE_IP_OFFSET);
 }
 
 SEC("kretprobe")

@@ -43,9 +43,10 @@
  * from the stored entry's (the entry is stale) drops the entry unreported.
  *
  * Arguments beyond the syscall's own arity: tp reports 0, raw_tp/tp_btf
- * report whatever the registers held (the consumer masks them by arity).  Only the
- * x86-64 syscall ABI is handled; 32-bit (ia32) syscalls of compat tasks are
- * reported with x86-64 numbering and registers.
+ * report whatever the registers held (the consumer masks them by arity).  The
+ * native syscall ABI of the object's architecture is handled (syscalls.h:
+ * x86-64, arm64); 32-bit syscalls of compat tasks (ia32, AArch32) are
+ * reported with the native numbering and registers.
  */
 #include "syscalls.h"
 
@@ -80,28 +81,6 @@ struct sc_tp_exit_args {
 	__u32 _pad;
 	__s64 ret;
 };
-
-/* x86-64 passes syscall arguments in di, si, dx, r10, r8, r9, which lie in
- * pt_regs between r10 and di; one read of that window fetches all six. */
-struct sc_regs_window {
-	__u64 r10, r9, r8, ax, cx, dx, si, di, orig_ax;
-};
-
-_Static_assert(__builtin_offsetof(struct sc_pt_regs, orig_ax) -
-	       __builtin_offsetof(struct sc_pt_regs, r10) ==
-	       sizeof(struct sc_regs_window) - sizeof(__u64),
-	       "x86-64 pt_regs layout: r10 .. di, orig_ax must be contiguous");
-
-/* args[0..5] from a pt_regs (or sc_regs_window) `r`: the x86-64 syscall
- * argument registers. */
-#define SC_X86_64_ARGS(args, r) do {      \
-	(args)[0] = (r).di;               \
-	(args)[1] = (r).si;               \
-	(args)[2] = (r).dx;               \
-	(args)[3] = (r).r10;              \
-	(args)[4] = (r).r8;               \
-	(args)[5] = (r).r9;               \
-} while (0)
 
 /* Filters of the raw_tp/tp_btf entry programs: syscall id, then process. */
 static __always_inline bool sc_enter_wanted(long id, __u64 *pid_tgid)
@@ -177,7 +156,7 @@ static __always_inline void sc_complete(long id, long ret)
 	e_->id = (id_);                                                  \
 	e_->ret = (ret_);                                                \
 	e_->latency_ns = 0;                                              \
-	SC_X86_64_ARGS(e_->args, r);                                     \
+	SC_EXIT_ARGS(e_->args, r);                                       \
 	pt_submit(e_);                                                   \
 } while (0)
 
@@ -366,21 +345,29 @@ int sc_raw_enter(struct sc_raw_tp_args *ctx)
 
 	if (!sc_enter_wanted(id, &pid_tgid))
 		return 0;
-	if (bpf_probe_read_kernel(&w, sizeof(w), &regs->r10))
+	if (SC_WINDOW_READ(w, regs, false))
 		return 0;
-	SC_X86_64_ARGS(in.args, w);
+	SC_ENTRY_ARGS(in.args, w);
 	sc_store(&in, id, pid_tgid);
 	return 0;
 }
 
-/* The raw sys_exit's syscall number (orig_ax of the saved registers) in
- * *id; false when it cannot be read or the id filter drops it. */
+/* The raw sys_exit's syscall number (of the saved registers) in *id; false
+ * when it cannot be read or the id filter drops it. */
 static __always_inline bool sc_raw_exit_wanted(struct sc_raw_tp_args *ctx, long *id)
 {
 	struct sc_pt_regs *regs = (struct sc_pt_regs *)ctx->args[0];
 
+#if defined(bpf_target_x86)
 	if (bpf_probe_read_kernel(id, sizeof(*id), &regs->orig_ax))
 		return false;
+#else
+	__s32 nr;
+
+	if (bpf_probe_read_kernel(&nr, sizeof(nr), &regs->syscallno))
+		return false;
+	*id = nr;
+#endif
 	return sc_id_wanted(*id);
 }
 
@@ -410,11 +397,11 @@ int sc_raw_exit_regs(struct sc_raw_tp_args *ctx)
 	struct sc_pt_regs *regs = (struct sc_pt_regs *)ctx->args[0];
 	struct sc_regs_window w;
 
-	if (bpf_probe_read_kernel(&w, sizeof(w), &regs->r10))
+	if (SC_WINDOW_READ(w, regs, true))
 		return 0;
-	if (!sc_id_wanted(w.orig_ax))
+	if (!sc_id_wanted(SC_REGS_ID(w)))
 		return 0;
-	SC_EMIT_AT_EXIT(w.orig_ax, (long)ctx->args[1], w);
+	SC_EMIT_AT_EXIT(SC_REGS_ID(w), (long)ctx->args[1], w);
 	return 0;
 }
 
@@ -428,7 +415,7 @@ int BPF_PROG(sc_btf_enter, struct sc_pt_regs *regs, long id)
 
 	if (!sc_enter_wanted(id, &pid_tgid))
 		return 0;
-	SC_X86_64_ARGS(in.args, *regs);
+	SC_ENTRY_ARGS(in.args, *regs);
 	sc_store(&in, id, pid_tgid);
 	return 0;
 }
@@ -436,7 +423,7 @@ int BPF_PROG(sc_btf_enter, struct sc_pt_regs *regs, long id)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sc_btf_exit, struct sc_pt_regs *regs, long ret)
 {
-	long id = regs->orig_ax;
+	long id = SC_REGS_ID(*regs);
 
 	if (sc_id_wanted(id))
 		sc_complete(id, ret);
@@ -446,7 +433,7 @@ int BPF_PROG(sc_btf_exit, struct sc_pt_regs *regs, long ret)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sc_btf_stat_exit, struct sc_pt_regs *regs, long ret)
 {
-	long id = regs->orig_ax;
+	long id = SC_REGS_ID(*regs);
 
 	if (sc_id_wanted(id))
 		sc_stat_complete(id, ret);
@@ -456,7 +443,7 @@ int BPF_PROG(sc_btf_stat_exit, struct sc_pt_regs *regs, long ret)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sc_btf_exit_regs, struct sc_pt_regs *regs, long ret)
 {
-	long id = regs->orig_ax;
+	long id = SC_REGS_ID(*regs);
 
 	if (!sc_id_wanted(id))
 		return 0;

@@ -44,7 +44,9 @@ struct bpf_link;
 struct btf;
 
 /* libbpf_print_fn_t takes a va_list; on x86-64 a va_list argument is passed
- * as a pointer, which we hand to vsnprintf unchanged. */
+ * as a pointer (va_list is an array type), on arm64 too (va_list is a 32-byte
+ * struct, and AAPCS64 passes a composite that large by reference), which we
+ * hand to vsnprintf unchanged. */
 typedef int (*pt_print_fn_t)(int level, const char *fmt, void *ap);
 pt_print_fn_t libbpf_set_print(pt_print_fn_t fn);
 
@@ -281,13 +283,21 @@ struct perf_event_header {
 };
 """
 
+# libatomic (GCC's, libatomic.so.1): C11's atomic_thread_fence as a function,
+# the ring-buffer reader's memory barrier where the machine's ordering is
+# weaker than x86-64's (see pytracers.ringbuf).
+ATOMIC_CDEF = r"""
+void atomic_thread_fence(int order);
+"""
+MEMORY_ORDER_SEQ_CST = 5          # <stdatomic.h> memory_order_seq_cst
+
 GENERATED = "pytracers/_libbpf_ffi.py"
 
 
 def cdef_digest() -> str:
     """Identifies the declarations above; stamped into the generated module."""
     import zlib
-    return "%08x" % zlib.crc32((CDEF + LIBC_CDEF).encode())
+    return "%08x" % zlib.crc32((CDEF + LIBC_CDEF + ATOMIC_CDEF).encode())
 
 
 def _make_ffi() -> Any:
@@ -309,6 +319,7 @@ def _make_ffi() -> Any:
     f = cffi.FFI()
     f.cdef(CDEF)
     f.cdef(LIBC_CDEF)
+    f.cdef(ATOMIC_CDEF)
     return f
 
 
@@ -318,6 +329,7 @@ def generate_ffi_module(path: str) -> None:
     f = cffi.FFI()
     f.cdef(CDEF)
     f.cdef(LIBC_CDEF)
+    f.cdef(ATOMIC_CDEF)
     f.set_source("pytracers._libbpf_ffi", None)
     f.emit_python_code(path)
     with open(path, "a") as out:
@@ -346,6 +358,37 @@ def _open_libbpf() -> Any:
 
 lib = _open_libbpf()
 libc = ffi.dlopen(None)
+_libatomic: Any = None
+
+
+def full_fence() -> Callable[[], None]:
+    """A full memory barrier as a Python callable, without a compiler:
+    libatomic's ``atomic_thread_fence(memory_order_seq_cst)`` through cffi
+    (``dmb ish`` on arm64).  Raises NotSupportedError without libatomic."""
+    global _libatomic
+    if _libatomic is None:
+        errors = []
+        for name in ("libatomic.so.1", None):
+            if name is None:
+                import ctypes.util
+                name = ctypes.util.find_library("atomic")
+                if name is None:
+                    break
+            try:
+                _libatomic = ffi.dlopen(name)
+                break
+            except OSError as e:  # pragma: no cover - depends on the machine
+                errors.append(f"{name}: {e}")
+        if _libatomic is None:
+            from .errors import NotSupportedError
+            raise NotSupportedError(
+                "the ring-buffer reader on this architecture",
+                "its memory barrier comes from libatomic, which is not installed "
+                f"({'; '.join(errors) or 'not found'})",
+                hint="install GCC's libatomic (Debian/Ubuntu: apt-get install libatomic1)")
+    import functools
+    # a partial calls the C function with no Python frame of its own
+    return functools.partial(_libatomic.atomic_thread_fence, MEMORY_ORDER_SEQ_CST)
 
 _present: dict = {}
 

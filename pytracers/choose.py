@@ -18,7 +18,7 @@ For a kernel function (``trace_function(name, kind=None, stable=False)``):
    between releases (``do_unlinkat`` returned ``long`` in 5.10 and ``int``
    later), while tracepoints are a stable interface.  The syscall a function
    implements is found from a small table (``do_unlinkat`` -> unlink,
-   unlinkat) or by its name (``__x64_sys_X``, ``ksys_X``, ``do_sys_X``,
+   unlinkat) or by its name (``__x64_sys_X``, ``__arm64_sys_X``, ``ksys_X``, ``do_sys_X``,
    ``do_X`` -> syscall X), and traced with the per-syscall tracepoints (tp).
    No matching tracepoint: TargetNotFoundError.
 3. Otherwise fentry/fexit first: a trampoline is a direct call (no
@@ -109,8 +109,8 @@ STABLE = {
     "ksys_read": ("read",),
     "ksys_write": ("write",),
 }
-_PREFIXES = ("__x64_sys_", "__ia32_sys_", "__se_sys_", "__do_sys_", "__sys_", "ksys_",
-             "do_sys_", "do_", "sys_")
+_PREFIXES = ("__x64_sys_", "__ia32_sys_", "__arm64_sys_", "__arm64_compat_sys_", "__se_sys_",
+             "__do_sys_", "__sys_", "ksys_", "do_sys_", "do_", "sys_")
 
 
 def stable_tracepoints(function: str) -> List[str]:

@@ -138,8 +138,25 @@ def _close(gate: _Gate, reader: Any, release: Callable[[], None]) -> None:
     gate.close(release)
 
 
+# Machines (os.uname().machine) whose memory model is TSO: loads are not
+# reordered with loads, nor stores with earlier loads, so a reader needs no
+# barrier (see pytracers.ringbuf's "Memory ordering").
+TSO_MACHINES = ("x86_64",)
+
+
+def ring_fence(machine: Optional[str] = None) -> Optional[Callable[[], Any]]:
+    """The barrier the ring reader needs on this machine (or ``machine``):
+    None on x86-64, libatomic's full fence elsewhere (arm64...)."""
+    machine = os.uname().machine if machine is None else machine
+    if machine in TSO_MACHINES:
+        return None
+    from ._libbpf import full_fence
+    return full_fence()
+
+
 def check_platform(what: str) -> None:
-    """The readers rely on x86-64's memory ordering (see :mod:`pytracers.ringbuf`)."""
+    """For a reader without fences (the perf buffer's): x86-64's memory
+    ordering only (see :mod:`pytracers.ringbuf`)."""
     machine = os.uname().machine     # what platform.machine() returns on Linux
     if machine not in ("x86_64", "AMD64"):
         raise NotSupportedError(what, f"only x86-64 is supported, this is {machine}")

@@ -59,6 +59,7 @@ from ._shipped import object_path
 from .errors import (ENOTSUPP, KeyNotFoundError, NotSupportedError, PytracersError,
                      TargetNotFoundError, TracefsError)
 from .kernel import host, symbols, tracefs
+from .kernel.arch import architecture
 # kernel facts, also importable from here as before
 from .kernel.host import SECURITYFS, kernel_release, kernel_version
 from .kernel.symbols import (error_injection_list, filter_functions, in_btf,
@@ -100,13 +101,16 @@ class FeatureReport:
     (``report["fentry"]``), iterated in that order."""
 
     def __init__(self, features: Dict[str, Feature], kernel: str = "",
-                 seconds: float = 0.0) -> None:
+                 seconds: float = 0.0, arch: str = "",
+                 arch_notes: Tuple[str, ...] = ()) -> None:
         missing = [n for n in FEATURES if n not in features]
         if missing:
             raise TypeError(f"FeatureReport needs every feature; missing {missing}")
         self._features = {n: features[n] for n in FEATURES}
         self.kernel = kernel
         self.seconds = seconds          # wall time of the probe() call
+        self.arch = arch                # "x86-64", "arm64" (architecture())
+        self.arch_notes = arch_notes    # what the architecture changes
 
     def __getattr__(self, name: str) -> Feature:
         try:
@@ -127,14 +131,16 @@ class FeatureReport:
     def __eq__(self, other: Any) -> bool:
         if other.__class__ is not self.__class__:
             return NotImplemented
-        return bool((self._features, self.kernel, self.seconds)
-                    == (other._features, other.kernel, other.seconds))
+        return bool((self._features, self.kernel, self.seconds, self.arch, self.arch_notes)
+                    == (other._features, other.kernel, other.seconds, other.arch,
+                        other.arch_notes))
 
     __hash__ = None     # type: ignore[assignment]  # mutable: unhashable
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={f!r}" for n, f in self._features.items())
-        return f"FeatureReport({inner}, kernel={self.kernel!r}, seconds={self.seconds!r})"
+        return (f"FeatureReport({inner}, kernel={self.kernel!r}, arch={self.arch!r}, "
+                f"seconds={self.seconds!r})")
 
     def supported(self) -> List[str]:
         return [f.name for f in self if f.supported]
@@ -526,7 +532,9 @@ def probe(refresh: bool = False) -> FeatureReport:
     for name in FEATURES:
         if name not in got:
             got[name] = probe_one(name, refresh)
-    return FeatureReport(got, kernel=kernel_release(), seconds=time.perf_counter() - t0)
+    arch, notes = architecture()
+    return FeatureReport(got, kernel=kernel_release(), seconds=time.perf_counter() - t0,
+                         arch=arch, arch_notes=notes)
 
 
 def clear_cache() -> None:

@@ -2,6 +2,9 @@
 """Build the wheel and check what a user gets.
 
 - The wheel is pure (py3-none-any): installing it compiles nothing.
+- It carries the objects of every architecture pytracers is built for
+  (x86-64's in pytracers/bpf/, arm64's in pytracers/bpf/arm64/; the loader
+  picks the running machine's), the same set for each.
 - It ships one object per probe-kind family, each an eBPF ELF (EM_BPF) with
   .BTF and .BTF.ext sections (i.e. a CO-RE object), and besides them only
   the feature probes and the BPF_PROG_TEST_RUN ring producers: no other
@@ -38,7 +41,10 @@ OTHERS = {
     "bench": "ring producers run with BPF_PROG_TEST_RUN (tests, the pytest-plugin "
              "example, bench/run's drain)",
 }
-SHIPPED = {f"pytracers/bpf/{name}.bpf.o" for name in [*FAMILIES.values(), *OTHERS]}
+# where each architecture's objects are in the package (pytracers._shipped)
+ARCH_DIRS = {"x86-64": "pytracers/bpf/", "arm64": "pytracers/bpf/arm64/"}
+SHIPPED = {f"{d}{name}.bpf.o" for d in ARCH_DIRS.values()
+           for name in [*FAMILIES.values(), *OTHERS]}
 
 
 def programs(data: bytes) -> set[str]:
@@ -69,15 +75,17 @@ def main() -> int:
             problems.append(f"wheel is not pure Python: {whl.name}")
         with zipfile.ZipFile(whl) as z:
             names = set(z.namelist())
-            for family, obj in FAMILIES.items():
-                member = f"pytracers/bpf/{obj}.bpf.o"
+            for (family, obj), (arch, d) in ((f, a) for a in ARCH_DIRS.items()
+                                             for f in FAMILIES.items()):
+                member = f"{d}{obj}.bpf.o"
+                family = f"{family} ({arch})"
                 if member not in names:
                     problems.append(f"{family}: {member} missing from the wheel")
                     continue
                 elf = ELFFile(io.BytesIO(z.read(member)))
                 secs = {s.name for s in elf.iter_sections()}
                 ok = elf["e_machine"] == "EM_BPF" and {".BTF", ".BTF.ext"} <= secs
-                print(f"  {family:28} {member:32} EM_BPF={elf['e_machine'] == 'EM_BPF'} "
+                print(f"  {family:36} {member:38} EM_BPF={elf['e_machine'] == 'EM_BPF'} "
                       f".BTF={'.BTF' in secs} .BTF.ext={'.BTF.ext' in secs}")
                 if not ok:
                     problems.append(f"{member} is not an eBPF CO-RE object")
@@ -86,15 +94,15 @@ def main() -> int:
             objects = {n for n in names if n.endswith(".bpf.o")}
             for extra in sorted(objects - SHIPPED):
                 problems.append(f"{extra} is in the wheel but is not a product object")
-            for name, why in OTHERS.items():
-                if f"pytracers/bpf/{name}.bpf.o" not in names:
-                    problems.append(f"pytracers/bpf/{name}.bpf.o ({why}) missing from the wheel")
+            for (name, why), d in ((o, d) for d in ARCH_DIRS.values() for o in OTHERS.items()):
+                if f"{d}{name}.bpf.o" not in names:
+                    problems.append(f"{d}{name}.bpf.o ({why}) missing from the wheel")
             dist_info = whl.name.split("-py3-")[0] + ".dist-info/"
             for n in sorted(names):
                 if not n.startswith(("pytracers/", dist_info)):
                     problems.append(f"{n} is in the wheel but outside the package")
             bench_progs: dict[str, str] = {}
-            for obj in sorted((ROOT / "bench").glob("*.bpf.o")):
+            for obj in sorted((ROOT / "bench").glob("**/*.bpf.o")):
                 bench_progs.update(dict.fromkeys(programs(obj.read_bytes()), obj.name))
             if not bench_progs:
                 problems.append("no bench/*.bpf.o to compare with (run `python build.py`)")
@@ -110,7 +118,9 @@ def main() -> int:
         subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
                         "--only-binary", ":all:", str(whl)], check=True, env=env)
         code = ("import pytracers, glob, os\n"
-                "objs = sorted(glob.glob(os.path.join(pytracers.objects_dir(), '*.bpf.o')))\n"
+                "from pytracers import _shipped\n"
+                "objs = sorted(p for m in ('x86_64', 'aarch64')\n"
+                "              for p in glob.glob(os.path.join(_shipped.objects_dir(m), '*.bpf.o')))\n"
                 "for p in objs:\n"
                 "    pytracers.open(p).close()\n"
                 "print('installed wheel opened', len(objs), 'objects')\n")

@@ -65,6 +65,7 @@ MODULES = [
     "pytracers.user.symbols",
     "pytracers.user.elf_dwarf",
     "pytracers.user.usdt",
+    "pytracers.kernel.arch",
     "pytracers.errors",
     "pytracers.pytest_plugin",
     "pytracers.agent",

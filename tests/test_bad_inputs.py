@@ -322,7 +322,7 @@ def _fentry_unknown_function(tmp: str) -> Any:
 
 def _kind_lacking(tmp: str) -> Any:
     """Attach the first kind this kernel lacks (host: kprobe; 5.10/6.1: kprobe_multi)."""
-    if VM_KERNEL in ("6.12", "latest"):
+    if VM_KERNEL in ("6.12", "latest", "arm64-6.12", "arm64-latest"):
         pytest.skip(f"VM kernel {VM_KERNEL} has every probe kind pytracers uses")
     o = pytracers.open(KPROBE)
     if VM_KERNEL:
@@ -528,8 +528,11 @@ CASES: List[Case] = [
           "no ftrace entry" if VM_KERNEL else "or boot without the restriction"]),
     Case("deny-listed-function-fentry", _fentry_on("migrate_disable"), E.NotSupportedError, ["fentry is not supported by this kernel",
                                "deny list" if VM_KERNEL else "or boot without the restriction"]),
+    # exc_int3 (x86's breakpoint handler), notify_die (NOKPROBE_SYMBOL on every arch)
     Case("kprobe-blacklisted-function",
-         lambda t: pytracers.FunctionTracer("exc_int3", kind="kprobe"), E.NotSupportedError,
+         lambda t: pytracers.FunctionTracer(
+             "notify_die" if os.uname().machine == "aarch64" else "exc_int3", kind="kprobe"),
+         E.NotSupportedError,
          ["kprobe is not supported by this kernel",
           "cannot be probed" if VM_KERNEL else "CONFIG_KPROBES is off"]),
     Case("tracer-bad-pid", lambda t: pytracers.SyscallTracer(["getppid"], pid=-4),

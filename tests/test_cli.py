@@ -24,6 +24,10 @@ import pytest
 
 from pytracers import cli, introspect
 from pytracers.errors import NotSupportedError
+from pytracers.kernel.symbols import syscall_function
+from pytracers.tracers.syscalls import syscall_number
+
+GETPPID_NR = syscall_number("getppid")          # 110 on x86-64, 173 on arm64
 
 from conftest import VM_KERNEL, expected, kernel_label, known_lack
 
@@ -649,7 +653,7 @@ def test_trace_syscall_exact_events(spec, kind, by):
     events = json_lines(out)
     assert len(events) == 3, events
     for e in events:
-        assert (e["event"], e["name"], e["id"]) == ("syscall", "getppid", 110)
+        assert (e["event"], e["name"], e["id"]) == ("syscall", "getppid", GETPPID_NR)
         assert e["pid"] == e["tid"] == gate.pid
         assert e["ret"] == os.getpid()            # getppid() of our child: us
         assert e["args"] == {}
@@ -720,8 +724,8 @@ def test_trace_function_automatic_choice():
         assert_one_line_error(run("trace", "vfs_write"), 4, "not supported",
                               f"fentry: {fentry.reason}", f"kprobe: {kprobe.reason}",
                               "trace syscall:NAME", "doctor")
-        assert_one_line_error(run("trace", "__x64_sys_getppid"), 4,
-                              "trace --stable __x64_sys_getppid")
+        fn = syscall_function("getppid")      # __x64_sys_getppid, __arm64_sys_getppid
+        assert_one_line_error(run("trace", fn), 4, f"trace --stable {fn}")
         return
     chosen = "fentry" if fentry else "kprobe"
     with Gate(WRITE_GATE) as gate:

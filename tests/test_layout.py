@@ -34,7 +34,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
                     "pytracers.__main__", "pytracers")),
 ]
 GENERATED = {"pytracers/_libbpf_ffi.py", "pytracers/elf/_inspected.py",
-             "pytracers/tracers/_x86_64_syscalls.py"}
+             "pytracers/tracers/_x86_64_syscalls.py", "pytracers/tracers/_arm64_syscalls.py"}
 MAX_LINES = 600
 
 

@@ -30,6 +30,8 @@ import pytest
 
 import pytracers
 from pytracers import introspect
+from pytracers.kernel.symbols import syscall_function
+from pytracers.tracers.syscalls import syscall_number
 
 VM_KERNEL = os.environ.get("PYTRACERS_VM_KERNEL")
 CYCLES = int(os.environ.get("PYTRACERS_LEAK_CYCLES", "5" if VM_KERNEL else "100"))
@@ -37,8 +39,10 @@ RSS_LIMIT = float(os.environ.get("PYTRACERS_LEAK_RSS_MB", "4")) * (1 << 20)
 SYSCALLS = pytracers.object_path("syscalls")
 KPROBE = pytracers.object_path("kprobe")
 FENTRY = pytracers.object_path("fentry")
-GETPPID_NR = 110           # x86-64
-GETPGID_FN = "__x64_sys_getpgid"   # in the kernel's BTF (getppid, SYSCALL_DEFINE0, is not)
+GETPPID_NR = syscall_number("getppid")     # 110 on x86-64, 173 on arm64
+# __x64_sys_getpgid, __arm64_sys_getpgid: in the kernel's BTF (getppid,
+# SYSCALL_DEFINE0, is not)
+GETPGID_FN = syscall_function("getpgid")
 PID = os.getpid()
 
 Ids = Dict[str, Set[int]]
@@ -107,7 +111,7 @@ def cycle_kprobe(ids: Ids) -> None:
 def cycle_fentry(ids: Ids) -> None:
     o = pytracers.open(FENTRY)
     o.config["cfg_pid"] = PID
-    o.config["cfg_nargs"] = 1                 # __x64_sys_getpgid(const struct pt_regs *)
+    o.config["cfg_nargs"] = 1                 # __<arch>_sys_getpgid(const struct pt_regs *)
     for p in o.programs.values():
         p.set_attach_target(GETPGID_FN)
     with o.load() as obj:

@@ -20,6 +20,7 @@ from typing import IO, Any, Callable, Dict, List, Set, Tuple
 import pytest
 
 import pytracers
+from pytracers.tracers.syscalls import syscall_number
 from pytracers import introspect
 
 EXEC = pytracers.object_path("exec")
@@ -233,7 +234,7 @@ def test_callback_exception_stops_read_and_propagates_after_detach() -> None:
         o.config["cfg_filter_ids"] = 1
         o.config["cfg_pid"] = os.getpid()
         with o.load() as obj:
-            obj.maps["syscall_ids"][110] = b"\x01"
+            obj.maps["syscall_ids"][syscall_number("getppid")] = b"\x01"
             links = [pr.attach() for pr in obj.programs.values()]
             ids = _link_ids(obj, links)
             rb = obj.ring_buffer()

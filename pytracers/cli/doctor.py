@@ -32,7 +32,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     cap = missing_bpf_caps(tracing=True)
     tail = (f"; not privileged (needs {cap}): answers marked ? are inconclusive, run as root"
             if cap else "")
-    note(f"kernel {report.kernel}, probed in {report.seconds * 1000:.0f} ms{tail}")
+    note(f"kernel {report.kernel} ({report.arch}), probed in "
+         f"{report.seconds * 1000:.0f} ms{tail}")
+    for line in report.arch_notes:
+        note(f"{report.arch}: {line}")
     return EXIT_OK
 
 

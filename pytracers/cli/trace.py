@@ -7,6 +7,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import errors as E
+from ..kernel.symbols import syscall_function
 from ..kinds import KPROBE_MULTI, TP, TP_BTF, USDT
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
 from .usdt import add_trace_options, trace_usdt_command
@@ -128,7 +129,7 @@ def _syscall_kind(kind: Optional[str], spec: str) -> Optional[str]:
     if kind is not None and kind not in SYSCALL_KINDS:
         raise CliError(f"syscall target {spec} cannot be traced with {kind}: syscalls are "
                        f"traced with {', '.join(SYSCALL_KINDS)}", EXIT_NOT_SUPPORTED,
-                       f"trace the kernel function instead, e.g. {kind}:__x64_sys_NAME")
+                       f"trace the kernel function instead, e.g. {kind}:{syscall_function('NAME')}")
     return kind
 
 

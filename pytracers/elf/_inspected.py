@@ -115,7 +115,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (2296, 2870),
     },
     # kprobe.bpf.o
-    '6f6a3e52e090f0de22ad93b98f733fa8a972cd15f40b50fa613439137ffc3230': {
+    '0e44cdb0471fa7bc0dc916fd30de1cab62b8058d2d93c4c731fc6b4b5461a4f4': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -133,7 +133,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (17184, 5627),
+        'btf': (17184, 5609),
     },
     # proc.bpf.o
     '21b5e94cba14659056c49873221f875d94cd8e691a37b113377c4bbb54998f69': {
@@ -155,7 +155,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (8992, 29603),
     },
     # syscalls.bpf.o
-    'a0f5d9607e62ab7cffe531d9268a74bf01ffb0f2e7232aca538810005e0d746f': {
+    '22d7286b7c1709c90f8eefeee0e0b2c8603a929b0482114572447e595ac3eea3': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -189,7 +189,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', 'license', '.maps', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (37664, 7426),
+        'btf': (37664, 7454),
     },
     # tracepoint.bpf.o
     '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {
@@ -244,5 +244,240 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'sections': ['', '.strtab', '.symtab', '.text', 'usdt', '.rodata', '.data', '.maps', 'license', '.rel.text', '.relusdt', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
         'btf': (8096, 5740),
+    },
+    # arm64/bench.bpf.o
+    '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {
+        'programs': {
+            'fill_8': 'raw_tp',
+            'fill_64': 'raw_tp',
+            'fill_256': 'raw_tp',
+        },
+        'variables': {
+            'bench_seq': ('.bss', 0, 8),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'pt_btf_bench_rec8': ('.rodata', 32, 8),
+            'pt_btf_bench_rec64': ('.rodata', 40, 8),
+            'pt_btf_bench_rec256': ('.rodata', 48, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', '.text', 'raw_tp', '.rodata', '.data', '.bss', 'license', '.maps', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (4472, 2344),
+    },
+    # arm64/exec.bpf.o
+    '13bccb84c2869a2c8338ef895de4d7fada00de6a1790dbce135551e1847cfee8': {
+        'programs': {
+            'exec_enter': 'tp/syscalls/sys_enter_execve',
+            'exec_exit': 'tp/syscalls/sys_exit_execve',
+        },
+        'variables': {
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+        },
+        'sections': ['', '.strtab', '.symtab', 'tp/syscalls/sys_enter_execve', 'tp/syscalls/sys_exit_execve', '.rodata', '.data', '.maps', 'license', '.reltp/syscalls/sys_enter_execve', '.reltp/syscalls/sys_exit_execve', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (4920, 30940),
+    },
+    # arm64/features.bpf.o
+    '97f19e89bad550488773cce0f5d0649eb60809867f4ad8d7a6596a33e68ba800': {
+        'programs': {
+            'probe_tp': 'tp',
+            'probe_raw_tp': 'raw_tp',
+            'probe_tp_btf': 'tp_btf/sys_enter',
+            'probe_kprobe': 'kprobe',
+            'probe_kretprobe': 'kretprobe',
+            'probe_uprobe': 'uprobe',
+            'probe_uretprobe': 'uretprobe',
+            'probe_kprobe_multi': 'kprobe.multi',
+            'probe_fentry': 'fentry',
+            'probe_fexit': 'fexit',
+            'probe_fmod_ret': 'fmod_ret',
+            'probe_ringbuf': 'raw_tp',
+            'probe_cookie': 'kprobe',
+            'probe_usdt': 'usdt',
+        },
+        'variables': {},
+        'sections': ['', '.strtab', '.symtab', '.text', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', 'usdt', '.maps', 'license', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3504, 3703),
+    },
+    # arm64/fentry.bpf.o
+    '3b381c6b97acde08224ee8ef9d2ede63f2a98363104aa324f78e8ebdbdebe531': {
+        'programs': {
+            'fn_fentry': 'fentry',
+            'fn_fexit': 'fexit',
+        },
+        'variables': {
+            'fn_stack_empty': ('.rodata', 72, 264),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_latency': ('.rodata', 52, 4),
+            'cfg_func_ip': ('.rodata', 64, 8),
+            'cfg_emit_entry': ('.rodata', 40, 4),
+            'cfg_nargs': ('.rodata', 44, 4),
+            'cfg_skip_args': ('.rodata', 48, 4),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_skip_ret': ('.rodata', 56, 4),
+            'pt_btf_func_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'fentry', 'fexit', '.rodata', '.data', 'license', '.maps', '.relfentry', '.relfexit', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (9064, 4937),
+    },
+    # arm64/fmod_ret.bpf.o
+    '27f04c858869a5a9d613ac2c83eee6a927c114278b75d54c09df8067dca13a24': {
+        'programs': {
+            'policy_fmod_ret': 'fmod_ret',
+        },
+        'variables': {
+            'cfg_nargs': ('.rodata', 32, 4),
+            'cfg_target_pid': ('.rodata', 48, 4),
+            'cfg_errno': ('.rodata', 52, 4),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_skip_args': ('.rodata', 36, 4),
+            'pt_btf_policy_event': ('.rodata', 40, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'fmod_ret', '.rodata', '.data', '.maps', 'license', '.relfmod_ret', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (2296, 2870),
+    },
+    # arm64/kprobe.bpf.o
+    '1f28fdeac9d348cd9040b945eb4aab5dbc4950661a963f032fa7e9408693a18d': {
+        'programs': {
+            'fn_kprobe': 'kprobe',
+            'fn_kretprobe': 'kretprobe',
+            'fn_kprobe_multi': '?kprobe.multi',
+            'fn_kretprobe_multi': '?kretprobe.multi',
+        },
+        'variables': {
+            'fn_stack_empty': ('.rodata', 48, 264),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_emit_entry': ('.rodata', 40, 4),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'pt_btf_func_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (17160, 5350),
+    },
+    # arm64/proc.bpf.o
+    '07c94c2460e11a1982e22c641ddfa28719c45c19f1cfe5893ae9d3c75ecdcca6': {
+        'programs': {
+            'proc_exec': 'tp_btf/sched_process_exec',
+            'proc_fork': 'tp_btf/sched_process_fork',
+            'proc_exit': 'tp_btf/sched_process_exit',
+        },
+        'variables': {
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_threads': ('.rodata', 40, 4),
+            'pt_btf_proc_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_process_exec', 'tp_btf/sched_process_fork', 'tp_btf/sched_process_exit', '.rodata', '.data', 'license', '.maps', '.reltp_btf/sched_process_exec', '.reltp_btf/sched_process_fork', '.reltp_btf/sched_process_exit', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (8992, 30285),
+    },
+    # arm64/syscalls.bpf.o
+    '97af736501050e19aa03c9ee32fdcd8f9dc7e6fd00fea0d3958581a209720c75': {
+        'programs': {
+            'sc_tp_enter0': 'tp',
+            'sc_tp_enter1': 'tp',
+            'sc_tp_enter2': 'tp',
+            'sc_tp_enter3': 'tp',
+            'sc_tp_enter4': 'tp',
+            'sc_tp_enter5': 'tp',
+            'sc_tp_enter6': 'tp',
+            'sc_tp_exit': 'tp',
+            'sc_tp_exit_regs': 'tp',
+            'sc_tp_stat_exit': 'tp',
+            'sc_raw_enter': 'raw_tp/sys_enter',
+            'sc_raw_exit': 'raw_tp/sys_exit',
+            'sc_raw_stat_exit': 'raw_tp/sys_exit',
+            'sc_raw_exit_regs': 'raw_tp/sys_exit',
+            'sc_btf_enter': 'tp_btf/sys_enter',
+            'sc_btf_exit': 'tp_btf/sys_exit',
+            'sc_btf_stat_exit': 'tp_btf/sys_exit',
+            'sc_btf_exit_regs': 'tp_btf/sys_exit',
+        },
+        'variables': {
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'sc_stat_zero': ('.bss', 0, 720),
+            'cfg_filter_ids': ('.rodata', 40, 4),
+            'pt_btf_syscall_event': ('.rodata', 32, 8),
+            'pt_btf_sc_stat': ('.rodata', 48, 8),
+            'pt_btf_sc_stat_key': ('.rodata', 56, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', 'license', '.maps', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (37960, 7596),
+    },
+    # arm64/tracepoint.bpf.o
+    '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {
+        'programs': {
+            'tp_record': 'tp',
+        },
+        'variables': {
+            'cfg_copy': ('.rodata', 40, 4),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'pt_btf_tp_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', 'license', '.maps', '.reltp', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3392, 2701),
+    },
+    # arm64/uprobe.bpf.o
+    'c5edcd03c6b4f1c30536cdc3b1058db49567ef3e497aab7ff6cee3b562f55fa8': {
+        'programs': {
+            'ufn_entry': 'uprobe',
+            'ufn_return': 'uretprobe',
+        },
+        'variables': {
+            'fn_stack_empty': ('.rodata', 56, 264),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_entry_only': ('.rodata', 44, 4),
+            'cfg_str_arg': ('.rodata', 48, 4),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_emit_entry': ('.rodata', 40, 4),
+            'pt_btf_func_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (9704, 5135),
+    },
+    # arm64/usdt.bpf.o
+    'd661a657ecc12c4b47bf680186bfbf27c8fe66de8f3b0d7cfc6014d5da2b929b': {
+        'programs': {
+            'usdt_probe': 'usdt',
+        },
+        'variables': {
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_wakeup_bytes': ('.rodata', 24, 8),
+            'pt_wakeup_armed': ('.data', 0, 4),
+            'pt_btf_usdt_event': ('.rodata', 32, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', '.text', 'usdt', '.rodata', '.data', '.maps', 'license', '.rel.text', '.relusdt', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (8096, 5451),
     },
 }

@@ -39,6 +39,18 @@ _filter_functions_read = False
 _lists: Dict[str, Optional[Set[str]]] = {}
 
 
+# The prefix of a syscall's entry function (the one that unpacks pt_regs), per
+# os.uname().machine: __x64_sys_openat on x86-64, __arm64_sys_openat on arm64.
+SYSCALL_FUNCTION_PREFIXES = {"x86_64": "__x64_sys_", "aarch64": "__arm64_sys_"}
+
+
+def syscall_function(name: str, machine: Optional[str] = None) -> str:
+    """The kernel function that is syscall ``name``'s entry on this machine
+    (or ``machine``): ``__x64_sys_openat``, ``__arm64_sys_openat``."""
+    machine = os.uname().machine if machine is None else machine
+    return SYSCALL_FUNCTION_PREFIXES.get(machine, "__x64_sys_") + name
+
+
 def clear_cache() -> None:
     """Forget the cached lists (kallsyms, ftrace sites, deny lists)."""
     global _kallsyms, _filter_functions, _filter_functions_read

@@ -57,12 +57,29 @@ threads and lifetime are :class:`~pytracers.eventbuf.EventBuffer`'s, shared
 with the perf-buffer reader (:mod:`pytracers.perfbuf`), which keeps the
 contract below too.
 
-Memory ordering: on x86-64 (TSO), loads are not reordered with other loads
-and stores are not reordered with earlier loads, so plain loads of the
-producer position, then of a record's header, then of its data, and a plain
-store of the consumer position after them, give the acquire/release order the
-kernel expects.  The reader refuses to run on other architectures rather than
-risk torn reads.
+Memory ordering
+---------------
+The kernel's producer reserves a record by moving the producer position
+(a release store), writes it, then clears the BUSY bit of its header (a
+release store); it reads the consumer position with acquire semantics before
+reusing space.  The reader must therefore read the producer position before
+the headers it covers, each header before the data it covers (acquire), and
+finish reading a record before it stores the consumer position past it
+(release) -- libbpf's ``ringbuf_process_ring`` does the same with
+``smp_load_acquire``/``smp_store_release``.
+
+* On x86-64 (TSO) loads are not reordered with other loads and stores are not
+  reordered with earlier loads: plain loads and stores (``struct``, numpy)
+  give that order, and the reader adds nothing.
+* On arm64 (and any other machine) the reader issues a full barrier (``dmb
+  ish``: libatomic's ``atomic_thread_fence(memory_order_seq_cst)`` called
+  through cffi, no compiler involved) after reading the producer position,
+  between reading a run's headers and its data, and before storing the
+  consumer position.  A run of records is one set of barriers, whatever its
+  length, on the per-event, batch and zero-copy paths alike (a zero-copy
+  view is handed to the callback after the barrier, and the consumer position
+  moves after the callback returns).  Without libatomic (``libatomic1``) the
+  reader refuses to run rather than risk reading a record before its data.
 
 Threads
 -------

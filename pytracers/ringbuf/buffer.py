@@ -14,7 +14,7 @@ import select
 from functools import partial
 from typing import TYPE_CHECKING, Any, List, Optional
 
-from ..eventbuf import EventBuffer, check_latency, check_platform, wake_pipe
+from ..eventbuf import EventBuffer, check_latency, ring_fence, wake_pipe
 from .records import PAGE_SIZE, Callback, Decoder, RingReader
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class RingBuffer(EventBuffer):
                  event: Any = None,
                  callback: Optional[Callback] = None,
                  latency: float = 0.1, dtype: Any = None) -> None:
-        check_platform("the mmap ring-buffer reader")
+        fence = ring_fence()
         self.latency = check_latency(latency)
         self.map = m                  # keeps the object alive
         self.event = event
@@ -104,7 +104,8 @@ class RingBuffer(EventBuffer):
             raise
         cons, prod = maps[0], maps[1]
         self._fd = fd
-        reader = RingReader(cons, prod, self.size, decoder=decoder, layout=layout)
+        reader = RingReader(cons, prod, self.size, decoder=decoder, layout=layout,
+                            fence=fence)
         self._start(reader, ep, wake_w, partial(_release, reader, ep, cons, prod, fds))
 
     def __repr__(self) -> str:

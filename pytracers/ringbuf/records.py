@@ -114,6 +114,12 @@ class RingReader:
     no state of its own besides the ``delivered``/``discarded`` counters: the
     position lives in ``consumer``, as in the kernel.
 
+    ``fence``: None where plain loads and stores are ordered enough (x86-64),
+    else a full memory barrier (a callable) that the reader issues after
+    reading the producer position (acquire), between reading a run's headers
+    and its data (acquire of the headers), and before storing the consumer
+    position (release); see the package's "Memory ordering".
+
     Not thread-safe: one caller at a time (:class:`RingBuffer` sees to it).
     Setting :attr:`stop` (from any thread) ends a read in progress after the
     run of records it is delivering, and every later read at once.
@@ -121,13 +127,18 @@ class RingReader:
 
     def __init__(self, consumer: Any, data: Any, size: int, *,
                  data_offset: int = PAGE_SIZE, decoder: Optional[Decoder] = None,
-                 layout: Any = None, dtype: Any = None) -> None:
+                 layout: Any = None, dtype: Any = None,
+                 fence: Optional[Callable[[], Any]] = None) -> None:
         if size <= 0 or size & (size - 1):
             raise BadArgumentError(f"ring size must be a power of two, got {size}")
         if len(memoryview(data)) < data_offset + 2 * size:
             raise BadArgumentError("data buffer is shorter than data_offset + 2 * size")
         self._cons = consumer
         self._data = data
+        self._fence = fence
+        if fence is not None:
+            self.producer_pos = self._producer_pos_acquire        # type: ignore[method-assign]
+            self._set_consumer_pos = self._set_consumer_pos_release  # type: ignore[method-assign]
         self._base = data_offset
         self.size = size
         self._mask = size - 1
@@ -191,6 +202,18 @@ class RingReader:
     def _set_consumer_pos(self, pos: int) -> None:
         _U64.pack_into(self._cons, 0, pos)
 
+    # With a fence (weakly ordered machines) these replace the two above:
+    # the producer position is read before anything it covers (acquire), the
+    # consumer position stored after every read of what it frees (release).
+    def _producer_pos_acquire(self) -> int:
+        pos = int(_U64.unpack_from(self._data, 0)[0])
+        self._fence()       # type: ignore[misc]
+        return pos
+
+    def _set_consumer_pos_release(self, pos: int) -> None:
+        self._fence()       # type: ignore[misc]
+        _U64.pack_into(self._cons, 0, pos)
+
     def pending_bytes(self) -> int:
         """Bytes written (or reserved) by the producer and not yet consumed."""
         return self.producer_pos() - self.consumer_pos()
@@ -222,13 +245,16 @@ class RingReader:
         dec = self.decoder
         unpack_u32 = _U32.unpack_from
         get_prod = self.producer_pos
+        fence = self._fence
         n = 0
         cons = self.consumer_pos()
+        prod = cons                         # read the producer position when needed
         try:
             while (limit is None or n < limit) and not self.stop:
-                prod = get_prod()
-                if cons >= prod:
-                    break
+                if cons >= prod:            # what it covered is read: look again
+                    prod = get_prod()
+                    if cons >= prod:
+                        break
                 off = base + (cons & mask)
                 hdr = unpack_u32(data, off)[0]
                 if hdr & BUSY_BIT:
@@ -243,6 +269,8 @@ class RingReader:
                 if limit is not None:
                     count = min(count, limit - n)
                 run = self._run_length(off, hdr, count, stride)
+                if fence is not None:
+                    fence()                 # the headers read before the data they cover
                 start = off + HEADER_SIZE
                 done = 0
                 stop = False
@@ -331,11 +359,14 @@ class RingReader:
         nodd = 0
         total = 0
         discarded = 0
+        fence = self._fence
         cons = self.consumer_pos()
+        prod = cons
         while (max_records is None or total < max_records) and not self.stop:
-            prod = self.producer_pos()
             if cons >= prod:
-                break
+                prod = self.producer_pos()
+                if cons >= prod:
+                    break
             off = base + (cons & mask)
             hdr = unpack_u32(data, off)[0]
             if hdr & BUSY_BIT:
@@ -358,6 +389,8 @@ class RingReader:
                     if keep.all():
                         keep = None
                 del hv
+                if fence is not None:
+                    fence()                  # the headers read before the data they cover
                 if run:
                     if nodd:
                         yield np.frombuffer(bytearray(odd), dt), cons, discarded
@@ -380,6 +413,8 @@ class RingReader:
                     continue
                 # run == 0: this record is not fixed-size after all -- fall through
             # Slow path: one record.
+            if fence is not None:
+                fence()
             if hdr & DISCARD_BIT:
                 discarded += 1
             else:

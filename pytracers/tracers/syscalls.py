@@ -37,8 +37,9 @@ their names are read from the kernel at run time: tracefs
 ``events/syscalls/sys_enter_<X>/format`` (the fields after ``__syscall_nr``).
 The name -> number map is *not* published by the kernel in a readable form
 (not in BTF, not in the format files), so numbers come from the committed
-x86-64 table in :mod:`pytracers.tracers._x86_64_syscalls` (an ABI that never
-changes).  A few syscalls have a tracepoint named after the kernel function
+table of the running machine's architecture (an ABI that never changes):
+x86-64's in :mod:`pytracers.tracers._x86_64_syscalls`, arm64's (the generic
+table) in :mod:`pytracers.tracers._arm64_syscalls`.  A few syscalls have a tracepoint named after the kernel function
 rather than the ABI name (``stat`` -> ``sys_enter_newstat``); both names are
 accepted.
 """
@@ -51,6 +52,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type,
 from ..kernel import tracefs
 from ..errors import BadArgumentError, BadTypeError, TargetNotFoundError, TracefsError
 from ..kinds import RAW_TP, TP, TP_BTF
+from .._shipped import arch_name, machine
+from ._arm64_syscalls import ARM64
 from ._x86_64_syscalls import X86_64
 from .base import Tracer, named_tuple
 
@@ -69,7 +72,11 @@ MAX_ID = 1024  # size of the object's syscall_ids map
 TP_ALIASES = {"stat": "newstat", "fstat": "newfstat", "lstat": "newlstat", "uname": "newuname",
               "sendfile": "sendfile64", "umount2": "umount"}
 _ABI_OF_TP = {v: k for k, v in TP_ALIASES.items()}
-_NAME_OF_NR = {nr: name for name, nr in X86_64.items()}
+# os.uname().machine -> its syscall numbers
+SYSCALL_TABLES: Dict[str, Dict[str, int]] = {"x86_64": X86_64, "aarch64": ARM64}
+# this machine's (an architecture without a table has no names: numbers only)
+SYSCALLS: Dict[str, int] = SYSCALL_TABLES.get(machine(), {})
+_NAME_OF_NR = {nr: name for name, nr in SYSCALLS.items()}
 
 WHY = {
     TP: ("tp: the per-syscall tracepoints {tps} run only when {n} is called, so the rest of "
@@ -104,24 +111,26 @@ def _abi_name(name: str) -> str:
 
 
 def syscall_number(name: Union[str, int]) -> int:
-    """The x86-64 number of syscall ``name`` (ABI or tracepoint name)."""
+    """The number of syscall ``name`` (ABI or tracepoint name) on this
+    machine's architecture."""
     if isinstance(name, bool) or not isinstance(name, (str, int)):
         raise BadTypeError(f"a syscall is a name or a number, not {type(name).__name__}")
     if isinstance(name, int):
         if not 0 <= name < MAX_ID:
             raise BadArgumentError(f"syscall number {name} out of range 0..{MAX_ID - 1}")
         return name
-    nr = X86_64.get(_abi_name(name))
+    nr = SYSCALLS.get(_abi_name(name))
     if nr is None:
-        known = set(X86_64) | set(kernel_syscalls() or ())
+        known = set(SYSCALLS) | set(kernel_syscalls() or ())
         raise TargetNotFoundError("syscall", name, difflib.get_close_matches(name, known, n=5),
-                                  detail="x86-64 syscall names as in man 2 syscalls, e.g. "
-                                         "openat, or a number")
+                                  detail=f"{arch_name()} syscall names as in man 2 syscalls, "
+                                         "e.g. openat, or a number")
     return nr
 
 
 def syscall_name(nr: int) -> str:
-    """The ABI name of x86-64 syscall ``nr`` (``"syscall_<nr>"`` if unknown)."""
+    """The ABI name of syscall ``nr`` on this machine's architecture
+    (``"syscall_<nr>"`` if unknown)."""
     return _NAME_OF_NR.get(nr, f"syscall_{nr}")
 
 

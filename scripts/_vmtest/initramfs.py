@@ -172,9 +172,10 @@ class Cpio:
         self._entry("TRAILER!!!", 0)
 
 
-def find_static_busybox() -> Optional[Path]:
-    for cand in ("/bin/busybox", "/usr/bin/busybox"):
-        p = Path(cand)
+def find_static_busybox(root: Path = Path("/")) -> Optional[Path]:
+    """A statically linked busybox of the root file system ``root``."""
+    for cand in ("bin/busybox", "usr/bin/busybox"):
+        p = root / cand
         if p.is_file():
             with open(p, "rb") as f:
                 try:
@@ -186,9 +187,10 @@ def find_static_busybox() -> Optional[Path]:
     return None
 
 
-def build_initramfs(kernel: Kernel, out_path: Path) -> List[str]:
-    """Write the initramfs for *kernel* to *out_path*; return the module order."""
-    busybox = find_static_busybox()
+def build_initramfs(kernel: Kernel, out_path: Path, root: Path = Path("/")) -> List[str]:
+    """Write the initramfs for *kernel* to *out_path* (busybox from the
+    guest's root file system ``root``); return the module order."""
+    busybox = find_static_busybox(root)
     if busybox is None:
         raise InitramfsError("no statically linked busybox (apt-get install busybox-static)")
     mods = ModuleSet(kernel)

@@ -10,8 +10,12 @@ ABI number.
 
 Cache layout (``$XDG_CACHE_HOME/pytracers/kernels``, default ``~/.cache/...``)::
 
-    apt/<series>/            private apt state for that series
-    <series>/<version>/      unpacked packages (dpkg-deb -x) + manifest.json
+    apt/<key>/               private apt state for that series
+    <key>/<version>/         unpacked packages (dpkg-deb -x) + manifest.json
+
+where <key> is the series for amd64 kernels ("6.1") and series-arch for the
+others ("6.1-arm64"): the same series of another architecture is another
+kernel package (``linux-image-arm64``'s Depends chain).
 """
 
 from __future__ import annotations
@@ -31,8 +35,17 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-META_PACKAGE = "linux-image-amd64"
-ARCH = "amd64"
+ARCH = "amd64"                 # the default architecture (Debian's name)
+ARCHES = ("amd64", "arm64")
+
+
+def meta_package(arch: str) -> str:
+    return f"linux-image-{arch}"
+
+
+def cache_key(series: str, arch: str = ARCH) -> str:
+    """The cache directory (and apt state) name of *series* on *arch*."""
+    return series if arch == ARCH else f"{series}-{arch}"
 
 # Suites that make up each series.  "security" entries use the host's
 # security mirror URI; the rest use its main archive URI.
@@ -171,9 +184,10 @@ def host_mirrors() -> Dict[str, str]:
 class PrivateApt:
     """apt-get/apt-cache confined to <cache>/apt/<series>."""
 
-    def __init__(self, series: str, root: Path):
+    def __init__(self, series: str, root: Path, arch: str = ARCH):
         self.series = series
-        self.dir = root / "apt" / series
+        self.arch = arch
+        self.dir = root / "apt" / cache_key(series, arch)
         self.sources = self.dir / "sources.list"
 
     def _opts(self) -> List[str]:
@@ -190,8 +204,8 @@ class PrivateApt:
             # makes the repeated apt-cache calls below fast.
             "Dir::Cache::pkgcache": "pkgcache.bin",
             "Dir::Cache::srcpkgcache": "",
-            "APT::Architecture": ARCH,
-            "APT::Architectures": ARCH,
+            "APT::Architecture": self.arch,
+            "APT::Architectures": self.arch,
             "Acquire::Languages": "none",
         }
         if os.geteuid() == 0:
@@ -297,13 +311,13 @@ def _depends(rec: Dict[str, str]) -> List[List[str]]:
 
 
 def resolve_packages(apt: PrivateApt) -> Dict[str, str]:
-    """Follow linux-image-amd64's Depends to the versioned kernel packages.
+    """Follow linux-image-<arch>'s Depends to the versioned kernel packages.
 
     Returns {package: version} of every ABI-specific linux-* package reached
     (image, or binary+modules+base on newer kernels), never the meta package.
     """
     wanted: Dict[str, str] = {}
-    todo = [META_PACKAGE]
+    todo = [meta_package(apt.arch)]
     seen = set()
     while todo:
         name = todo.pop()
@@ -317,11 +331,11 @@ def resolve_packages(apt: PrivateApt) -> Dict[str, str]:
             # Only walk into kernel packages (meta or versioned); kmod,
             # initramfs-tools, linux-base etc. are not needed to boot.
             for a in alts:
-                if a.startswith("linux-") and (_ABI_PACKAGE.match(a) or a.endswith("-" + ARCH)):
+                if a.startswith("linux-") and (_ABI_PACKAGE.match(a) or a.endswith("-" + apt.arch)):
                     todo.append(a)
                     break
     if not any(p.startswith(("linux-image-", "linux-binary-")) for p in wanted):
-        raise FetchError(f"could not find the kernel image package below {META_PACKAGE} "
+        raise FetchError(f"could not find the kernel image package below {meta_package(apt.arch)} "
                          f"for {apt.series} (got {sorted(wanted)})")
     return wanted
 
@@ -339,6 +353,13 @@ class Kernel:
     moddir: Path                # .../lib/modules/<release>
     config: Optional[Path]
     packages: Dict[str, str] = field(default_factory=dict)
+    arch: str = ARCH
+
+    @property
+    def label(self) -> str:
+        """The kernel's name in the matrix: the series ("6.1") for amd64,
+        arch-series ("arm64-6.1") for the others."""
+        return self.series if self.arch == ARCH else f"{self.arch}-{self.series}"
 
     def config_value(self, name: str) -> Optional[str]:
         if not self.config:
@@ -347,7 +368,7 @@ class Kernel:
         return m.group(1) if m else None
 
 
-def _load_cached(series: str, vdir: Path) -> Optional[Kernel]:
+def _load_cached(series: str, vdir: Path, arch: str = ARCH) -> Optional[Kernel]:
     manifest = vdir / "manifest.json"
     if not manifest.is_file():
         return None
@@ -356,7 +377,7 @@ def _load_cached(series: str, vdir: Path) -> Optional[Kernel]:
         k = Kernel(series=series, tree=vdir, release=m["release"],
                    vmlinuz=vdir / m["vmlinuz"], moddir=vdir / m["moddir"],
                    config=(vdir / m["config"]) if m.get("config") else None,
-                   packages=m["packages"])
+                   packages=m["packages"], arch=m.get("arch", ARCH))
     except (ValueError, KeyError):
         return None
     return k if k.vmlinuz.is_file() and k.moddir.is_dir() else None
@@ -366,15 +387,16 @@ def _version_key(vdir: Path) -> float:
     return (vdir / "manifest.json").stat().st_mtime
 
 
-def cached_kernels(series: str, root: Optional[Path] = None) -> List[Kernel]:
-    """Complete cached kernels of *series*, newest first."""
-    sdir = (root or cache_root()) / series
+def cached_kernels(series: str, root: Optional[Path] = None, arch: str = ARCH) -> List[Kernel]:
+    """Complete cached kernels of *series* on *arch*, newest first."""
+    sdir = (root or cache_root()) / cache_key(series, arch)
     dirs = sorted((d for d in sdir.glob("*") if (d / "manifest.json").is_file()),
                   key=_version_key, reverse=True)
-    return [k for k in (_load_cached(series, d) for d in dirs) if k]
+    return [k for k in (_load_cached(series, d, arch) for d in dirs) if k]
 
 
-def _unpack(series: str, debs: List[Path], vdir: Path, packages: Dict[str, str]) -> Kernel:
+def _unpack(series: str, debs: List[Path], vdir: Path, packages: Dict[str, str],
+            arch: str = ARCH) -> Kernel:
     tmp = vdir.with_name(vdir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -397,6 +419,7 @@ def _unpack(series: str, debs: List[Path], vdir: Path, packages: Dict[str, str])
                    if p.is_file()), tmp / "missing-config")
     manifest = {
         "series": series,
+        "arch": arch,
         "release": release,
         "packages": packages,
         "vmlinuz": str(vmlinuz.relative_to(tmp)),
@@ -407,17 +430,17 @@ def _unpack(series: str, debs: List[Path], vdir: Path, packages: Dict[str, str])
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(vdir, ignore_errors=True)
     tmp.rename(vdir)
-    k = _load_cached(series, vdir)
+    k = _load_cached(series, vdir, arch)
     assert k is not None
     return k
 
 
-def _prune(series: str, root: Path) -> None:
+def _prune(series: str, root: Path, arch: str = ARCH) -> None:
     """Keep the two newest kernels of a series (another run may still be
     using the previous one) and remove older or unfinished ones.  Called
     with the series lock held, so nothing else is downloading."""
-    keep = {k.tree for k in cached_kernels(series, root)[:2]}
-    for d in (root / series).glob("*"):
+    keep = {k.tree for k in cached_kernels(series, root, arch)[:2]}
+    for d in (root / cache_key(series, arch)).glob("*"):
         if d.is_dir() and d not in keep:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -445,8 +468,8 @@ def _fetch(series: str, apt: PrivateApt, root: Path, packages: Dict[str, str]) -
     """Download and unpack *packages* (exact versions) into the cache."""
     version = packages[next(p for p in packages
                             if p.startswith(("linux-image-", "linux-binary-")))]
-    vdir = root / series / version
-    dl = root / series / (version + ".download")
+    vdir = root / cache_key(series, apt.arch) / version
+    dl = root / cache_key(series, apt.arch) / (version + ".download")
     shutil.rmtree(dl, ignore_errors=True)
     dl.mkdir(parents=True)
     t0 = time.monotonic()
@@ -457,17 +480,17 @@ def _fetch(series: str, apt: PrivateApt, root: Path, packages: Dict[str, str]) -
         raise FetchError(f"expected {len(packages)} .deb files, got {[d.name for d in debs]}")
     size = sum(d.stat().st_size for d in debs)
     t1 = time.monotonic()
-    k = _unpack(series, debs, vdir, packages)
+    k = _unpack(series, debs, vdir, packages, apt.arch)
     shutil.rmtree(dl, ignore_errors=True)
     log(f"{series}: downloaded {size / 1e6:.0f} MB in {t1 - t0:.1f}s, "
         f"unpacked in {time.monotonic() - t1:.1f}s -> {k.release}")
-    _prune(series, root)
+    _prune(series, root, apt.arch)
     return k
 
 
 def get_kernel(series: str, offline: bool = False,
-               index_max_age: float = DEFAULT_INDEX_MAX_AGE) -> Kernel:
-    """Return the newest kernel of *series*, downloading it if needed.
+               index_max_age: float = DEFAULT_INDEX_MAX_AGE, arch: str = ARCH) -> Kernel:
+    """Return the newest kernel of *series* for *arch*, downloading it if needed.
 
     The series' package index is refreshed when it is older than
     *index_max_age* seconds (0: always).  The packages it names are used from
@@ -477,13 +500,14 @@ def get_kernel(series: str, offline: bool = False,
     used with a warning.  *offline* uses the cache only.
     """
     root = cache_root()
-    with _Lock(root / f".{series}.lock"):
-        cached = cached_kernels(series, root)
+    key = cache_key(series, arch)
+    with _Lock(root / f".{key}.lock"):
+        cached = cached_kernels(series, root, arch)
         if offline:
             if not cached:
                 raise FetchError(f"--offline and no cached kernel for {series}")
             return cached[0]
-        apt = PrivateApt(series, root)
+        apt = PrivateApt(series, root, arch)
         try:
             apt.write_config(host_mirrors())
             refreshed = False

@@ -1,7 +1,7 @@
 """scripts/vmtest: run the test suite (or a command) on Debian kernels under qemu.
 
 Usage:
-    scripts/vmtest [--kernel 5.10|6.1|6.12|latest|all]... [--json FILE]
+    scripts/vmtest [--arch amd64|arm64] [--kernel 5.10|6.1|6.12|latest|all]... [--json FILE]
                    [--tests PATH] [--pytest-args ARGS] [--timeout SECONDS]
                    [--jobs N] [--memory MB] [--smp N] [--offline] [--verbose]
                    [--env NAME=VALUE]... [-- COMMAND...]
@@ -12,6 +12,13 @@ Without COMMAND the test suite runs in each guest
 table is printed at the end.  With COMMAND, it runs in the guest from the
 repository root with this interpreter's environment, and (for one kernel)
 its exit status becomes ours.
+
+--arch arm64 boots Debian's arm64 kernels under qemu-system-aarch64 (-M virt)
+on a root file system of their own (scripts/_vmtest/rootfs.py: Debian's
+python3 and libbpf1 for arm64 and the venv's Python packages as aarch64
+wheels, built once and cached beside the kernels); the repository and the
+kernel's tree are shared into it at their host paths.  The legs are named
+arm64-<series> in the results (PYTRACERS_VM_KERNEL) and the table.
 
 Exit status: the command's status for a single kernel (124 on timeout, 125
 if the guest never ran it or died); with several kernels 0 if every run
@@ -48,6 +55,13 @@ APT_PREREQS = {
     "busybox-static": lambda: _static_busybox() is not None,
     "debian-archive-keyring": lambda: os.path.exists(kernels.KEYRING),
 }
+# and for guests of another architecture
+ARCH_PREREQS = {
+    "arm64": {
+        "qemu-system-arm": lambda: shutil.which("qemu-system-aarch64") is not None,
+        "debootstrap": lambda: shutil.which("debootstrap") is not None,
+    },
+}
 
 # Kernel options worth seeing next to the results (None: not set).
 REPORTED_CONFIG = ["CONFIG_KPROBES", "CONFIG_FPROBE", "CONFIG_DEBUG_INFO_BTF",
@@ -79,11 +93,14 @@ def _apt_get(args: List[str]) -> int:
                           stdout=sys.stderr).returncode
 
 
-def ensure_prerequisites(install: bool) -> None:
+def ensure_prerequisites(install: bool, arch: str = kernels.ARCH) -> None:
+    prereqs = dict(APT_PREREQS, **ARCH_PREREQS.get(arch, {}))
+    if arch != kernels.ARCH:
+        del prereqs["qemu-system-x86"], prereqs["busybox-static"]   # from the guest's root
     if importlib.util.find_spec("elftools") is None:
         sys.exit(f"vmtest: pyelftools is missing from {sys.executable}; install the project "
                  f"(pip install -e .) or run: {sys.executable} -m pip install pyelftools")
-    missing = [pkg for pkg, present in APT_PREREQS.items() if not present()]
+    missing = [pkg for pkg, present in prereqs.items() if not present()]
     for tool in ("apt-get", "dpkg-deb"):
         if not shutil.which(tool):
             sys.exit(f"vmtest: {tool} not found: this harness needs a Debian host")
@@ -99,7 +116,7 @@ def ensure_prerequisites(install: bool) -> None:
         _apt_get(["-q", "update"])
         if _apt_get(["-q"] + args) != 0:
             sys.exit(f"vmtest: apt-get install {' '.join(missing)} failed")
-    still = [pkg for pkg, present in APT_PREREQS.items() if not present()]
+    still = [pkg for pkg, present in prereqs.items() if not present()]
     if still:
         sys.exit(f"vmtest: still missing after install: {' '.join(still)}")
 
@@ -108,11 +125,15 @@ def ensure_prerequisites(install: bool) -> None:
 # Guest environment
 # ---------------------------------------------------------------------------
 
-def guest_env(series: str, extra: List[str]) -> Dict[str, str]:
+def guest_env(series: str, extra: List[str], own_root: bool = False) -> Dict[str, str]:
     """Environment of the guest command: this interpreter's bin dir first on
-    PATH (so python3 is the venv's), no bytecode writes, and the series name
-    for the suite."""
+    PATH (so python3 is the venv's), no bytecode writes, and the kernel's name
+    (the series, arch-series for another architecture) for the suite.  A
+    guest with a root of its own (``own_root``) runs that root's python3,
+    which finds pytracers in the repository."""
     bindir = os.path.dirname(os.path.abspath(sys.executable))
+    if own_root:
+        bindir = "/usr/local/bin"
     env = {
         "PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": os.environ.get("HOME", "/root"),
@@ -121,14 +142,14 @@ def guest_env(series: str, extra: List[str]) -> Dict[str, str]:
         "COLUMNS": str(shutil.get_terminal_size((100, 24)).columns),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(SCRIPTS),
+        "PYTHONPATH": f"{REPO}:{SCRIPTS}" if own_root else str(SCRIPTS),
         "PYTRACERS_VM_KERNEL": series,
         "VMTEST_RESULTS": GUEST_RESULTS,
     }
     venv = os.environ.get("VIRTUAL_ENV")
     if sys.prefix != sys.base_prefix:
         venv = sys.prefix
-    if venv:
+    if venv and not own_root:
         env["VIRTUAL_ENV"] = venv
     for item in extra:
         name, _, value = item.partition("=")
@@ -136,8 +157,12 @@ def guest_env(series: str, extra: List[str]) -> Dict[str, str]:
     return env
 
 
-def suite_command(tests: str, pytest_args: str) -> List[str]:
-    return ([sys.executable, "-m", "pytest", "-q", "-p", "vmtest_results", tests]
+GUEST_PYTHON = "/usr/bin/python3"      # in a guest's own root
+
+
+def suite_command(tests: str, pytest_args: str, own_root: bool = False) -> List[str]:
+    python = GUEST_PYTHON if own_root else sys.executable
+    return ([python, "-m", "pytest", "-q", "-p", "vmtest_results", tests]
             + shlex.split(pytest_args))
 
 
@@ -150,12 +175,17 @@ def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: i
     opts = GuestOptions(timeout=args.timeout, memory_mb=args.memory, smp=smp,
                         verbose=args.verbose, prefix=prefix, cmdline_extra=args.append,
                         cpu=args.cpu)
-    log(f"{prefix}booting {kernel.release} ({kernel.series})")
-    res = run_guest(kernel, argv, guest_env(kernel.series, args.env), str(REPO), opts,
+    own_root = args.root is not None
+    if own_root:
+        opts.root = str(args.root)
+        opts.shares = {"repo": str(REPO), "kernel": str(kernel.tree)}
+    log(f"{prefix}booting {kernel.release} ({kernel.label})")
+    res = run_guest(kernel, argv, guest_env(kernel.label, args.env, own_root), str(REPO), opts,
                     keep_dir=args.keep)
     results = res.results or {}
     run: Dict[str, Any] = {
-        "series": kernel.series,
+        "series": kernel.label,
+        "arch": kernel.arch,
         "release": res.release or kernel.release,
         "packages": kernel.packages,
         "config": {name: kernel.config_value(name) for name in REPORTED_CONFIG},
@@ -169,7 +199,7 @@ def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: i
         "modules": res.modules,
         "summary": results.get("summary", ""),
         "results_complete": results.get("complete"),
-        "table": report.summarize(kernel.series, results) if results else {},
+        "table": report.summarize(kernel.label, results) if results else {},
         "unexpected_skips": 0,
         "tests": results.get("tests", []),
     }
@@ -202,6 +232,9 @@ def parse_args(argv: List[str]):
     p = argparse.ArgumentParser(prog="scripts/vmtest", description=doc[0],
                                 epilog="\n\n".join(doc[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default=kernels.ARCH, choices=kernels.ARCHES,
+                   help="the kernels' architecture (default amd64; arm64 runs under "
+                        "qemu-system-aarch64 on a root of its own)")
     p.add_argument("--kernel", action="append", metavar="SERIES",
                    help="5.10, 6.1, 6.12, latest or all (repeatable; default: all)")
     p.add_argument("--json", metavar="FILE", help="write per-kernel results and the table here")
@@ -250,7 +283,7 @@ def parse_args(argv: List[str]):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    ensure_prerequisites(install=True)
+    ensure_prerequisites(install=True, arch=args.arch)
 
     # 1. kernels (all before booting any, so fetch problems show up early)
     # (in parallel: each series has its own apt state and lock)
@@ -260,8 +293,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     fetched: List[kernels.Kernel] = []
     errors: List[str] = []
     with concurrent.futures.ThreadPoolExecutor(len(args.series)) as fetch_pool:
-        for fut in [fetch_pool.submit(kernels.get_kernel, s, args.offline, max_age)
-                    for s in args.series]:
+        futs = [fetch_pool.submit(kernels.get_kernel, s, args.offline, max_age, args.arch)
+                for s in args.series]
+        args.root = None
+        if args.arch != kernels.ARCH:
+            import rootfs
+            try:
+                args.root = rootfs.get_rootfs(args.arch, args.offline)
+            except kernels.FetchError as err:
+                errors.append(str(err))
+        for fut in futs:
             try:
                 fetched.append(fut.result())
             except kernels.FetchError as err:
@@ -271,23 +312,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     if errors:
         return EXIT_GUEST_FAILED
     log(f"kernels ready in {time.monotonic() - t0:.1f}s: "
-        + ", ".join(f"{k.series}={k.release}" for k in fetched))
+        + ", ".join(f"{k.label}={k.release}" for k in fetched))
     if args.setup:
         return 0
 
     # 2. run
     suite = not args.command
-    argv = suite_command(args.tests, args.pytest_args) if suite else args.command
+    argv = (suite_command(args.tests, args.pytest_args, args.root is not None) if suite
+            else args.command)
     jobs = min(args.jobs, len(fetched))
     smp = args.smp or max(1, (os.cpu_count() or 1) // jobs)
     multi = len(fetched) > 1
     runs: List[Dict[str, Any]] = []
     if jobs == 1:
         for k in fetched:
-            runs.append(run_one(k, argv, args, f"[{k.series}] " if multi else "", smp))
+            runs.append(run_one(k, argv, args, f"[{k.label}] " if multi else "", smp))
     else:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            futs = [pool.submit(run_one, k, argv, args, f"[{k.series}] ", smp) for k in fetched]
+            futs = [pool.submit(run_one, k, argv, args, f"[{k.label}] ", smp) for k in fetched]
             try:
                 runs = [f.result() for f in futs]
             except BaseException:

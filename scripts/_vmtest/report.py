@@ -11,6 +11,8 @@ from collections import Counter, OrderedDict
 from typing import Any, Dict, List, Optional, Sequence
 
 ALL_VM = ("5.10", "6.1", "6.12", "latest")
+# arm64 legs are named arch-series (kernels.Kernel.label)
+ARM64_VM = ("arm64-6.1", "arm64-6.12", "arm64-latest")
 
 KINDS = ["tp", "raw_tp", "tp_btf", "kprobe", "kretprobe", "fentry", "fexit",
          "fmod_ret", "kprobe_multi", "other"]
@@ -18,16 +20,18 @@ KINDS = ["tp", "raw_tp", "tp_btf", "kprobe", "kretprobe", "fentry", "fexit",
 # Which kernels are known to support each probe kind.  Where a kind is
 # expected, its tests must pass (or fail), never skip.
 #   kprobe_multi: 5.10 predates it (5.18); Debian's 6.1 has no CONFIG_FPROBE.
+#   arm64 6.1: no trampolines (fentry/fexit/fmod_ret attach fails with
+#   ENOTSUPP: no DYNAMIC_FTRACE_WITH_DIRECT_CALLS before 6.4), no FPROBE.
 EXPECTED: Dict[str, Sequence[str]] = {
-    "tp": ALL_VM,
-    "raw_tp": ALL_VM,
-    "tp_btf": ALL_VM,
-    "kprobe": ALL_VM,
-    "kretprobe": ALL_VM,
-    "fentry": ALL_VM,
-    "fexit": ALL_VM,
-    "fmod_ret": ALL_VM,
-    "kprobe_multi": ("6.12", "latest"),
+    "tp": ALL_VM + ARM64_VM,
+    "raw_tp": ALL_VM + ARM64_VM,
+    "tp_btf": ALL_VM + ARM64_VM,
+    "kprobe": ALL_VM + ARM64_VM,
+    "kretprobe": ALL_VM + ARM64_VM,
+    "fentry": ALL_VM + ("arm64-6.12", "arm64-latest"),
+    "fexit": ALL_VM + ("arm64-6.12", "arm64-latest"),
+    "fmod_ret": ALL_VM + ("arm64-6.12", "arm64-latest"),
+    "kprobe_multi": ("6.12", "latest", "arm64-6.12", "arm64-latest"),
 }
 
 PASSED = ("passed", "xpassed")
