@@ -57,6 +57,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)            # the working tree's pytracers
+sys.path.insert(0, HERE)
 
 import pytracers  # noqa: E402
 from pytracers.errors import NotSupportedError, PytracersError  # noqa: E402
@@ -72,6 +73,9 @@ TARGETS = {
     "start": ("start -> attached", "<= 0.2x bpftrace's", 0.2),
 }
 
+import bench_stacks  # noqa: E402  (issue 15's sections)
+
+TARGETS.update(bench_stacks.TARGETS)
 results: Dict[str, Any] = {"sections": {}, "targets": {}}
 
 
@@ -700,7 +704,9 @@ def start_section(quick: bool) -> None:
 
 # ---- main -------------------------------------------------------------------------------------
 
-SECTIONS = {"drain": drain_section, "probe-cost": probe_cost_section, "start": start_section}
+SECTIONS = {"drain": drain_section, "probe-cost": probe_cost_section, "start": start_section,
+            "symbolize": lambda quick: bench_stacks.symbolize_section(quick, target, heading,
+                                                                      results)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -733,7 +739,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         SECTIONS[s](args.quick)
     if results["targets"]:
         print()
-        print("== targets (issue 6)")
+        print("== targets (issues 6, 15)")
         for key, t in results["targets"].items():
             print(f"   {t['what']:<38} {t['goal']:<24} measured {t['measured']:<40} "
                   f"{'MET' if t['met'] else 'NOT MET'}")

@@ -1,0 +1,56 @@
+"""Addresses to names: kernel frames through ``/proc/kallsyms``, user frames
+through a process's mappings and the ELF symbol tables of its files.
+
+    from pytracers.symbolize import Symbolizer
+    sym = Symbolizer()
+    sym.kernel([0xffffffff81234567])          # [Frame(address, symbol, offset, module)]
+    sym.user(pid, [0x55d0c0de1234, ...])
+
+Tables are sorted address arrays searched in bulk (numpy ``searchsorted``);
+ELF files are cached by build id.  ``[unknown]`` is given only where no symbol
+covers an address, and :attr:`Symbolizer.stats` counts those by reason.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+from .elfsyms import ElfSymbols, elf_symbols
+from .frames import UNKNOWN, Frame, Stats
+from .kernel import KernelSymbols, kernel_symbols
+from .table import SymbolTable
+from .user import Mapping, ProcessSymbols, process_symbols, read_maps
+
+__all__ = ["Frame", "Stats", "UNKNOWN", "Symbolizer", "KernelSymbols", "kernel_symbols",
+           "ProcessSymbols", "ElfSymbols", "elf_symbols", "SymbolTable", "Mapping", "read_maps"]
+
+
+class Symbolizer:
+    """Kernel and user symbolisation with shared caches and one set of counts.
+
+    Make one per profile or trace session: each process's mappings are read
+    the first time one of its addresses is asked for (``refresh(pid)``
+    forgets them, e.g. after the process loaded a library)."""
+
+    def __init__(self) -> None:
+        self.stats = Stats()
+        self._procs: Dict[int, ProcessSymbols] = {}
+        self._kernel: Optional[KernelSymbols] = None
+
+    def kernel(self, addrs: Sequence[int]) -> List[Frame]:
+        if self._kernel is None:
+            self._kernel = kernel_symbols()
+        k = self._kernel
+        before = k.stats.unknown.get("no symbol", 0)
+        frames = k.symbolize(addrs)
+        self.stats.addresses += len(frames)
+        self.stats.miss("no symbol", k.stats.unknown.get("no symbol", 0) - before)
+        return frames
+
+    def user(self, pid: int, addrs: Sequence[int]) -> List[Frame]:
+        return process_symbols(pid, self._procs, self.stats).symbolize(addrs)
+
+    def refresh(self, pid: Optional[int] = None) -> None:
+        if pid is None:
+            self._procs.clear()
+        else:
+            self._procs.pop(pid, None)
