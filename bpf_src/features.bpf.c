@@ -17,6 +17,8 @@
  *   probe_fmod_ret      fmod_ret     same (a modifiable target)
  *   probe_ringbuf       raw_tp using the ring buffer `probe_rb` (5.8+)
  *   probe_cookie        kprobe calling bpf_get_attach_cookie (5.15+)
+ *   probe_perf_event    perf_event   attach to a cpu-clock event on one CPU (4.9+)
+ *   probe_stack         perf_event calling bpf_get_stack (4.18+; kernel + user)
  *
  * `probe_rb` is the only map and only probe_ringbuf uses it: when probing
  * anything else, turn its autocreate off, so that a kernel without ring
@@ -99,6 +101,22 @@ SEC("kprobe")
 int probe_cookie(void *ctx)
 {
 	bpf_get_attach_cookie(ctx);
+	return 0;
+}
+
+SEC("perf_event")
+int probe_perf_event(void *ctx)
+{
+	return 0;
+}
+
+SEC("perf_event")
+int probe_stack(void *ctx)
+{
+	__u64 ips[8];
+
+	bpf_get_stack(ctx, ips, sizeof(ips), 0);
+	bpf_get_stack(ctx, ips, sizeof(ips), BPF_F_USER_STACK);
 	return 0;
 }
 

@@ -98,6 +98,7 @@ struct bpf_link *bpf_program__attach_kprobe_multi_opts(const struct bpf_program 
 struct bpf_link *bpf_program__attach_tracepoint(const struct bpf_program *prog, const char *tp_category, const char *tp_name);
 struct bpf_link *bpf_program__attach_raw_tracepoint(const struct bpf_program *prog, const char *tp_name);
 struct bpf_link *bpf_program__attach_trace(const struct bpf_program *prog);
+struct bpf_link *bpf_program__attach_perf_event(const struct bpf_program *prog, int pfd);
 
 int bpf_link__fd(const struct bpf_link *link);
 int bpf_link__destroy(struct bpf_link *link);
@@ -150,6 +151,32 @@ int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
 """
 
 LIBC_CDEF = r"""
+/* perf_event_open(2) has no libc wrapper: it is called through syscall(2).
+ * The attribute struct as of PERF_ATTR_SIZE_VER5 (112 bytes, Linux 4.1); its
+ * `size` field tells the kernel which version we pass.  The bit fields after
+ * read_format are one __u64 (`flags`: PERF_FLAG_* bits in pytracers.perf). */
+struct perf_event_attr {
+    __u32 type;
+    __u32 size;
+    __u64 config;
+    __u64 sample_period_or_freq;
+    __u64 sample_type;
+    __u64 read_format;
+    __u64 flags;
+    __u32 wakeup_events;
+    __u32 bp_type;
+    __u64 config1;
+    __u64 config2;
+    __u64 branch_sample_type;
+    __u64 sample_regs_user;
+    __u32 sample_stack_user;
+    __s32 clockid;
+    __u64 sample_regs_intr;
+    __u32 aux_watermark;
+    __u16 sample_max_stack;
+    __u16 reserved_2;
+};
+long syscall(long number, ...);
 int vsnprintf(char *str, size_t size, const char *format, void *ap);
 int mount(const char *source, const char *target, const char *filesystemtype,
           unsigned long mountflags, const void *data);

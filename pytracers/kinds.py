@@ -2,8 +2,9 @@
 
 A probe kind is how a BPF program meets the kernel: a tracepoint (``tp``), a
 raw tracepoint (``raw_tp``), a BTF tracepoint (``tp_btf``), a kprobe or
-kretprobe, a multi-kprobe, or a BPF trampoline (``fentry``, ``fexit``,
-``fmod_ret``).  This module is the only place that spells their names; every
+kretprobe, a multi-kprobe, a BPF trampoline (``fentry``, ``fexit``,
+``fmod_ret``), or a sampling perf event (``perf_event``: a timer or counter
+overflowing at a frequency on every CPU).  This module is the only place that spells their names; every
 module that lists kinds, dispatches on them or explains them reads
 :data:`KINDS`:
 
@@ -24,9 +25,9 @@ from typing import Dict, NamedTuple, Optional, Tuple
 __all__ = [
     "ProbeKind", "KINDS", "get", "kind_of_section",
     "TP", "RAW_TP", "TP_BTF", "KPROBE", "KRETPROBE", "KPROBE_MULTI", "KRETPROBE_MULTI",
-    "FENTRY", "FEXIT", "FMOD_RET",
+    "FENTRY", "FEXIT", "FMOD_RET", "PERF_EVENT",
     "PERF_EVENT_LINK", "BPF_LINK", "ATTACH_TRACEPOINT", "ATTACH_RAW_TRACEPOINT",
-    "ATTACH_FUNCTION", "ATTACH_FUNCTION_GLOB", "ATTACH_BTF",
+    "ATTACH_FUNCTION", "ATTACH_FUNCTION_GLOB", "ATTACH_BTF", "ATTACH_PERF_EVENT",
     "PROBED_KINDS", "TRACEPOINT_KINDS", "KPROBE_KINDS", "MULTI_KINDS", "TRAMPOLINE_KINDS",
     "BTF_TARGET_KINDS",
 ]
@@ -41,6 +42,7 @@ KRETPROBE_MULTI = "kretprobe_multi"
 FENTRY = "fentry"
 FEXIT = "fexit"
 FMOD_RET = "fmod_ret"
+PERF_EVENT = "perf_event"
 
 # How the kernel holds an attachment (what ``Link.pin`` can pin before 5.15).
 PERF_EVENT_LINK = "perf_event"    # a perf event with the program set on it
@@ -52,6 +54,7 @@ ATTACH_RAW_TRACEPOINT = "raw_tracepoint"  # attach_raw_tracepoint(name)
 ATTACH_FUNCTION = "function"          # attach_kprobe(function)
 ATTACH_FUNCTION_GLOB = "function_glob"  # attach_kprobe_multi(pattern | functions)
 ATTACH_BTF = "btf"                    # attach_trace(): the target was fixed before load
+ATTACH_PERF_EVENT = "perf_event"      # attach_perf_event(event): one perf event per CPU
 
 
 class ProbeKind(NamedTuple):
@@ -112,6 +115,9 @@ _ALL = (
     ProbeKind(FMOD_RET, ("fmod_ret", "fmod_ret.s"), ATTACH_BTF, BPF_LINK,
               "a security_* hook or an error-injection function", "5.7", trampoline=True,
               feature_program="probe_fmod_ret"),
+    ProbeKind(PERF_EVENT, ("perf_event",), ATTACH_PERF_EVENT, PERF_EVENT_LINK,
+              "a perf event sampled on every CPU: 'cpu-clock', 'cycles', ... "
+              "(at a frequency)", "4.9", feature_program="probe_perf_event"),
 )
 
 KINDS: Dict[str, ProbeKind] = {k.name: k for k in _ALL}

@@ -14,7 +14,7 @@ from .errors import BadArgumentError, LinkError, NotSupportedError
 if TYPE_CHECKING:
     from .program import Program
 
-__all__ = ["Link"]
+__all__ = ["Link", "LinkSet"]
 
 
 def check_pin_path(path: str) -> None:
@@ -71,3 +71,22 @@ class Link(Resource):
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
         return f"<Link {self.kind}:{self.target} ({self.program.name}){state}>"
+
+
+class LinkSet(list):  # type: ignore[type-arg]
+    """Several links made by one attach (a perf event per CPU): ``close()``
+    closes them all (safe twice); ``with`` closes them on exit."""
+
+    def close(self) -> None:
+        for link in self:
+            link.close()
+
+    @property
+    def closed(self) -> bool:
+        return all(link.closed for link in self)
+
+    def __enter__(self) -> "LinkSet":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

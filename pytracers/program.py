@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -11,7 +12,7 @@ from ._libbpf import ffi, lib
 from .elf.inspect import section_target, split_tracepoint
 from .errors import (ENOTSUPP, BadArgumentError, BadTypeError, NotSupportedError, TestRunError,
                      errno_name)
-from .link import Link
+from .link import Link, LinkSet
 
 if TYPE_CHECKING:
     from .object import Object
@@ -90,24 +91,28 @@ class Program:
         kinds.ATTACH_FUNCTION: "attach_kprobe",
         kinds.ATTACH_FUNCTION_GLOB: "_attach_glob",
         kinds.ATTACH_BTF: "_attach_fixed",
+        kinds.ATTACH_PERF_EVENT: "attach_perf_event",
     }
 
-    def attach(self, target: Optional[str] = None) -> Link:
+    def attach(self, target: Optional[str] = None) -> Union[Link, LinkSet]:
         """Attach by kind (see :mod:`pytracers.kinds`): tracepoints take
         "category/name" (or "category:name"), raw tracepoints a name, kprobes a
         function, multi-kprobes a glob; BTF-based programs (tp_btf, fentry,
-        fexit, fmod_ret) attach to the target fixed at load.  Without
+        fexit, fmod_ret) attach to the target fixed at load, perf_event programs
+        to an event on every CPU at 99 Hz (a :class:`LinkSet`).  Without
         ``target``, the one written in the program's section."""
         pk = kinds.KINDS.get(self.kind)
         if pk is None:
             raise BadArgumentError(f"pytracers cannot attach {self.kind!r} programs "
                                    f"({self.section})")
         target = target if target is not None else section_target(self.section)
+        if not target and pk.attach == kinds.ATTACH_PERF_EVENT:
+            target = "auto"     # the sampling event of perf.resolve_event
         method = getattr(self, self.ATTACH[pk.attach])
         if not target and not pk.target_fixed_at_load:
             raise BadArgumentError(f"{self.name}: a {pk.name} program needs a target: "
                                    f"{pk.target}")
-        link: Link = method(target)
+        link: Union[Link, LinkSet] = method(target)
         return link
 
     def _attach_tracepoint_spec(self, target: str) -> Link:
@@ -225,6 +230,34 @@ class Program:
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err == errno.EBUSY:
             raise _errmap.untraceable(self.kind, target, err)
         return self._link(ptr, err, cap, self.kind, target)
+
+    def attach_perf_event(self, event: str = "auto", *, frequency: int = 99,
+                          cpus: Optional[Sequence[int]] = None, pid: int = -1) -> LinkSet:
+        """Run this ``perf_event`` program at ``frequency`` Hz on each CPU of
+        ``cpus`` (default: every online CPU), sampling ``event`` (see
+        :mod:`pytracers.perf`: ``cpu-clock``, ``cycles``...; ``auto`` picks
+        cycles where there is a PMU).  One perf event and one link per CPU,
+        returned together as a :class:`~pytracers.link.LinkSet`."""
+        from . import perf
+        self._check_kind(kinds.PERF_EVENT)
+        self.object._check()
+        event = perf.resolve_event(event or "auto")
+        target = f"{event}@{frequency}Hz"
+        self._refuse_duplicate(kinds.PERF_EVENT, target)
+        links = LinkSet()
+        try:
+            for cpu in (perf.online_cpus() if cpus is None else cpus):
+                pfd = perf.open_sampling_event(event, frequency, cpu, pid)
+                ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_perf_event,
+                                                      self._ptr, pfd)
+                if ptr == ffi.NULL:
+                    os.close(pfd)
+                # the link owns the perf event's fd from here (closing it closes the event)
+                links.append(self._link(ptr, err, cap, kinds.PERF_EVENT, target))
+        except BaseException:
+            links.close()
+            raise
+        return links
 
     # ---- BPF_PROG_TEST_RUN ---------------------------------------------------
     def test_run(self, ctx: Union[bytes, Sequence[int], None] = None, *,

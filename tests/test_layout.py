@@ -24,7 +24,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
     ("kernel facts", ("pytracers.kernel", "pytracers.tracefs", "pytracers.introspect",
                       "pytracers.symbolize")),
     ("core objects", ("pytracers._errmap", "pytracers.object", "pytracers.program",
-                      "pytracers.link", "pytracers.maps", "pytracers.ringbuf",
+                      "pytracers.link", "pytracers.maps", "pytracers.perf", "pytracers.ringbuf",
                       "pytracers.aio")),
     ("feature prober", ("pytracers.features",)),
     ("tracers", ("pytracers.tracers",)),

@@ -8,7 +8,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = '31334d86e1d249abd15967c7a001045bbe560e1adfdf56dca60a34387a5c2236'
+VALIDATOR_DIGEST = '3bee1520796a5d5ddcdf5a197cd257ab237cce6be569471eb861acf4cd31fb7a'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
     '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {
@@ -48,7 +48,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4920, 30271),
     },
     # features.bpf.o
-    '5054bf8e4edbb0f354ff02777b87ae04b08715f359e8a8c79115dd1eee8a54e6': {
+    '37721dda46e8ed92df78b5cfaaa83cd03dea144d75bae3c533dede73701b4883': {
         'programs': {
             'probe_tp': 'tp',
             'probe_raw_tp': 'raw_tp',
@@ -61,11 +61,13 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'probe_fmod_ret': 'fmod_ret',
             'probe_ringbuf': 'raw_tp',
             'probe_cookie': 'kprobe',
+            'probe_perf_event': 'perf_event',
+            'probe_stack': 'perf_event',
         },
         'variables': {},
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', 'perf_event', '.maps', 'license', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (1264, 910),
+        'btf': (1504, 1100),
     },
     # fentry.bpf.o
     '937c7d11ab3a93f15c07fbeec4791d0af7915938b319da2406e99a6a5fbd08ff': {
@@ -150,6 +152,23 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_process_exec', 'tp_btf/sched_process_fork', 'tp_btf/sched_process_exit', '.rodata', '.data', 'license', '.maps', '.reltp_btf/sched_process_exec', '.reltp_btf/sched_process_fork', '.reltp_btf/sched_process_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
         'btf': (8992, 29603),
+    },
+    # profile.bpf.o
+    'fefd19b273364fa96ba02d3b8b54eeea6b506a5c5e36ab9c4d672ac7fd2fb5fa': {
+        'programs': {
+            'profile_sample': 'perf_event',
+        },
+        'variables': {
+            'cfg_idle': ('.rodata', 32, 1),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_cgroup': ('.rodata', 24, 8),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_kernel': ('.rodata', 33, 1),
+            'cfg_user': ('.rodata', 34, 1),
+        },
+        'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3336, 2549),
     },
     # syscalls.bpf.o
     'a0f5d9607e62ab7cffe531d9268a74bf01ffb0f2e7232aca538810005e0d746f': {
