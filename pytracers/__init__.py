@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._shipped import object_path, objects_dir
     from .choose import trace_function, trace_syscall, trace_tracepoint
     from .object import Object, OpenObject, open  # noqa: A004
+    from .profiler import Profile, Profiler, profile
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
                           SyscallStats, SyscallTracer, TracepointTracer, Tracer)
 
@@ -33,6 +34,7 @@ _LAZY = {
     "Tracer": ".tracers", "ExecTracer": ".tracers", "SyscallTracer": ".tracers",
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
     "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
+    "profile": ".profiler", "Profiler": ".profiler", "Profile": ".profiler",
 }
 
 
@@ -56,5 +58,5 @@ def __dir__() -> list:
 __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path",
            "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
-           "TracepointTracer", "SyscallStats",
+           "TracepointTracer", "SyscallStats", "profile", "Profiler", "Profile",
            *errors.__all__]

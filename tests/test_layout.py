@@ -27,7 +27,7 @@ LAYERS: List[Tuple[str, Tuple[str, ...]]] = [
                       "pytracers.link", "pytracers.maps", "pytracers.perf", "pytracers.ringbuf",
                       "pytracers.aio")),
     ("feature prober", ("pytracers.features",)),
-    ("tracers", ("pytracers.tracers",)),
+    ("tracers", ("pytracers.tracers", "pytracers.profiler")),
     ("choice", ("pytracers.choose",)),
     ("front ends", ("pytracers.cli", "pytracers.agent", "pytracers.pytest_plugin",
                     "pytracers.__main__", "pytracers")),

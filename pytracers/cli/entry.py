@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from . import agent, doctor, exec as exec_, listing, syscalls, trace
+from . import agent, doctor, exec as exec_, listing, profile, syscalls, trace
 from .options import Parser
 from .output import silence_stdout
 from .status import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, report_error
@@ -32,6 +32,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     trace.add_command(sub)
     exec_.add_command(sub)
     syscalls.add_command(sub)
+    profile.add_command(sub)
     agent.add_command(sub, argv)
     return p
 
