@@ -28,7 +28,7 @@ from pytracers.kernel.host import kernel_release
 VM_KERNEL = os.environ.get("PYTRACERS_VM_KERNEL")  # "5.10", "6.1", "6.12", "latest" or None
 
 ALL_KINDS = ("tp", "raw_tp", "tp_btf", "kprobe", "kretprobe", "fentry", "fexit", "fmod_ret",
-             "kprobe_multi")
+             "kprobe_multi", "perf_event")
 # What each kernel of the matrix must support (see ../shared/KERNELS.md).
 VM_EXPECTED = {
     "5.10": set(ALL_KINDS) - {"kprobe_multi"},           # kprobe_multi is 5.18+

@@ -46,6 +46,7 @@ REAL = {
     "fentry": lambda child: FunctionTracer(TARGET, kind="fentry"),
     "fexit": lambda child: FunctionTracer(TARGET, kind="fentry", measure_latency=False),
     "fmod_ret": lambda child: FmodRetPolicy("security_file_open", pid=child, enable=True),
+    "perf_event": lambda child: pytracers.Profiler(frequency=49),
 }
 
 

@@ -39,7 +39,7 @@ def configure(o: Any, *, pid: Optional[int], comm: Optional[str], cgroup: Option
         o.config["cfg_pid"] = pid
     if comm:
         raw = comm.encode()[:15]
-        o.config["cfg_comm"] = raw + b"\0" * (16 - len(raw))
+        o.config["cfg_comm"] = raw
     if cgroup:
         try:
             o.config["cfg_cgroup"] = _cgroup_id(cgroup)
