@@ -138,7 +138,7 @@ static __always_inline struct sc_inflight *sc_entry(__u32 tid, long id)
 	return in;
 }
 
-static __always_inline void sc_complete(long id, long ret)
+static __always_inline void sc_complete(void *ctx, long id, long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
@@ -151,6 +151,7 @@ static __always_inline void sc_complete(long id, long ret)
 	e = PT_RESERVE(struct syscall_event);
 	if (e) {
 		PT_FILL_HEADER(e, pid_tgid);
+		PT_FILL_STACKS(e, ctx);
 		e->id = id;
 		e->ret = ret;
 		e->latency_ns = e->ts_ns - in->start_ns;
@@ -174,6 +175,7 @@ static __always_inline void sc_complete(long id, long ret)
 	if (!e_)                                                         \
 		break;                                                   \
 	PT_FILL_HEADER(e_, pid_tgid_);                                   \
+	PT_FILL_STACKS(e_, ctx);                                         \
 	e_->id = (id_);                                                  \
 	e_->ret = (ret_);                                                \
 	e_->latency_ns = 0;                                              \
@@ -332,7 +334,7 @@ SC_TP_ENTER(6)
 SEC("tp")
 int sc_tp_exit(struct sc_tp_exit_args *ctx)
 {
-	sc_complete(ctx->nr, ctx->ret);
+	sc_complete(ctx, ctx->nr, ctx->ret);
 	return 0;
 }
 
@@ -390,7 +392,7 @@ int sc_raw_exit(struct sc_raw_tp_args *ctx)
 	long id;
 
 	if (sc_raw_exit_wanted(ctx, &id))
-		sc_complete(id, (long)ctx->args[1]);
+		sc_complete(ctx, id, (long)ctx->args[1]);
 	return 0;
 }
 
@@ -439,7 +441,7 @@ int BPF_PROG(sc_btf_exit, struct sc_pt_regs *regs, long ret)
 	long id = regs->orig_ax;
 
 	if (sc_id_wanted(id))
-		sc_complete(id, ret);
+		sc_complete(ctx, id, ret);
 	return 0;
 }
 

@@ -11,7 +11,7 @@ FORMAT = 1
 VALIDATOR_DIGEST = '3bee1520796a5d5ddcdf5a197cd257ab237cce6be569471eb861acf4cd31fb7a'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
-    '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {
+    'fec8077a1522f1e23e529a0155d08065c14bd58e651bb743269cf61d1c1a2d75': {
         'programs': {
             'fill_8': 'raw_tp',
             'fill_64': 'raw_tp',
@@ -23,16 +23,17 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'pt_btf_bench_rec8': ('.rodata', 32, 8),
-            'pt_btf_bench_rec64': ('.rodata', 40, 8),
-            'pt_btf_bench_rec256': ('.rodata', 48, 8),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'pt_btf_bench_rec8': ('.rodata', 40, 8),
+            'pt_btf_bench_rec64': ('.rodata', 48, 8),
+            'pt_btf_bench_rec256': ('.rodata', 56, 8),
         },
         'sections': ['', '.strtab', '.symtab', '.text', 'raw_tp', '.rodata', '.data', '.bss', 'license', '.maps', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (4472, 2344),
+        'btf': (4576, 2606),
     },
     # exec.bpf.o
-    '65fdaaa3ecde6cbe665130fe032005d28e315e594a998c889394fd499e6f93cc': {
+    '8422216bb743705f5976bc7af75ec4ae316787c7b17acf5f050c2793a1ecf4ae': {
         'programs': {
             'exec_enter': 'tp/syscalls/sys_enter_execve',
             'exec_exit': 'tp/syscalls/sys_exit_execve',
@@ -42,10 +43,11 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
         },
         'sections': ['', '.strtab', '.symtab', 'tp/syscalls/sys_enter_execve', 'tp/syscalls/sys_exit_execve', '.rodata', '.data', '.maps', 'license', '.reltp/syscalls/sys_enter_execve', '.reltp/syscalls/sys_exit_execve', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (4920, 30271),
+        'btf': (5040, 30573),
     },
     # features.bpf.o
     '37721dda46e8ed92df78b5cfaaa83cd03dea144d75bae3c533dede73701b4883': {
@@ -70,51 +72,53 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (1504, 1100),
     },
     # fentry.bpf.o
-    '937c7d11ab3a93f15c07fbeec4791d0af7915938b319da2406e99a6a5fbd08ff': {
+    '7abee069837bc41d6838b2a92693ac09a10414855bf187c46a41d620ebac991c': {
         'programs': {
             'fn_fentry': 'fentry',
             'fn_fexit': 'fexit',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 72, 264),
+            'fn_stack_empty': ('.rodata', 80, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_latency': ('.rodata', 52, 4),
-            'cfg_func_ip': ('.rodata', 64, 8),
-            'cfg_emit_entry': ('.rodata', 40, 4),
-            'cfg_nargs': ('.rodata', 44, 4),
-            'cfg_skip_args': ('.rodata', 48, 4),
+            'cfg_latency': ('.rodata', 60, 4),
+            'cfg_func_ip': ('.rodata', 72, 8),
+            'cfg_emit_entry': ('.rodata', 48, 4),
+            'cfg_nargs': ('.rodata', 52, 4),
+            'cfg_skip_args': ('.rodata', 56, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_skip_ret': ('.rodata', 56, 4),
-            'pt_btf_func_event': ('.rodata', 32, 8),
+            'cfg_skip_ret': ('.rodata', 64, 4),
+            'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'fentry', 'fexit', '.rodata', '.data', 'license', '.maps', '.relfentry', '.relfexit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9064, 4937),
+        'btf': (9656, 5292),
     },
     # fmod_ret.bpf.o
-    '27f04c858869a5a9d613ac2c83eee6a927c114278b75d54c09df8067dca13a24': {
+    'c177af85b9e2e437077225467401490813136725bc005d947b5c922cdddf5d70': {
         'programs': {
             'policy_fmod_ret': 'fmod_ret',
         },
         'variables': {
-            'cfg_nargs': ('.rodata', 32, 4),
-            'cfg_target_pid': ('.rodata', 48, 4),
-            'cfg_errno': ('.rodata', 52, 4),
+            'cfg_nargs': ('.rodata', 36, 4),
+            'cfg_target_pid': ('.rodata', 56, 4),
+            'cfg_errno': ('.rodata', 60, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_skip_args': ('.rodata', 36, 4),
-            'pt_btf_policy_event': ('.rodata', 40, 8),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_skip_args': ('.rodata', 40, 4),
+            'pt_btf_policy_event': ('.rodata', 48, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'fmod_ret', '.rodata', '.data', '.maps', 'license', '.relfmod_ret', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (2296, 2870),
+        'btf': (2432, 3172),
     },
     # kprobe.bpf.o
-    'bbe9728221420b1975d50a268d7d90184835b5ee228eeba53216c485a7c8a050': {
+    'c0067b3c5139509ecf9c9c1d8871439577d623f6f364f97f657bd010748fe13d': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -122,20 +126,21 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'fn_kretprobe_multi': '?kretprobe.multi',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 48, 264),
+            'fn_stack_empty': ('.rodata', 56, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_emit_entry': ('.rodata', 40, 4),
+            'cfg_emit_entry': ('.rodata', 48, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'pt_btf_func_event': ('.rodata', 32, 8),
+            'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (17184, 5627),
+        'btf': (19024, 5977),
     },
     # proc.bpf.o
-    '21b5e94cba14659056c49873221f875d94cd8e691a37b113377c4bbb54998f69': {
+    '68a1780cd163ffd829f57d83097d71a250397bc4adc1aa421828113b3273aa46': {
         'programs': {
             'proc_exec': 'tp_btf/sched_process_exec',
             'proc_fork': 'tp_btf/sched_process_fork',
@@ -146,12 +151,13 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_threads': ('.rodata', 40, 4),
-            'pt_btf_proc_event': ('.rodata', 32, 8),
+            'cfg_threads': ('.rodata', 48, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'pt_btf_proc_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_process_exec', 'tp_btf/sched_process_fork', 'tp_btf/sched_process_exit', '.rodata', '.data', 'license', '.maps', '.reltp_btf/sched_process_exec', '.reltp_btf/sched_process_fork', '.reltp_btf/sched_process_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (8992, 29603),
+        'btf': (9176, 29905),
     },
     # profile.bpf.o
     'fefd19b273364fa96ba02d3b8b54eeea6b506a5c5e36ab9c4d672ac7fd2fb5fa': {
@@ -171,7 +177,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3336, 2549),
     },
     # syscalls.bpf.o
-    'a0f5d9607e62ab7cffe531d9268a74bf01ffb0f2e7232aca538810005e0d746f': {
+    'a853a3bbac36c8f6e6b78e3f64ee0154121b529ab222bc554f0025c9b67a2d5c': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -195,33 +201,35 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'variables': {
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'sc_stat_zero': ('.bss', 0, 720),
-            'cfg_filter_ids': ('.rodata', 40, 4),
-            'pt_btf_syscall_event': ('.rodata', 32, 8),
-            'pt_btf_sc_stat': ('.rodata', 48, 8),
-            'pt_btf_sc_stat_key': ('.rodata', 56, 8),
+            'cfg_filter_ids': ('.rodata', 48, 4),
+            'pt_btf_syscall_event': ('.rodata', 40, 8),
+            'pt_btf_sc_stat': ('.rodata', 56, 8),
+            'pt_btf_sc_stat_key': ('.rodata', 64, 8),
         },
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', 'license', '.maps', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (37664, 7426),
+        'btf': (39064, 7808),
     },
     # tracepoint.bpf.o
-    '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {
+    '3aaa57d9556f2bfcc45a34e1a57070cc230e411e77ae763d21eb390823ab001e': {
         'programs': {
             'tp_record': 'tp',
         },
         'variables': {
-            'cfg_copy': ('.rodata', 40, 4),
+            'cfg_copy': ('.rodata', 48, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'pt_btf_tp_event': ('.rodata', 32, 8),
+            'pt_btf_tp_event': ('.rodata', 40, 8),
         },
-        'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', 'license', '.maps', '.reltp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', '.maps', 'license', '.reltp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3392, 2701),
+        'btf': (3744, 3046),
     },
 }

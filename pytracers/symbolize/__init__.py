@@ -35,13 +35,23 @@ class Symbolizer:
         self.stats = Stats()
         self._procs: Dict[int, ProcessSymbols] = {}
         self._kernel: Optional[KernelSymbols] = None
+        self._fresh = False
 
     def kernel(self, addrs: Sequence[int]) -> List[Frame]:
+        """Kernel frames.  BPF programs come and go, and their symbols with
+        them: the first time a frame falls in a BPF program (module ``bpf``)
+        or on no symbol, kallsyms is read again (once per Symbolizer) and the
+        addresses are looked up in the fresh table."""
         if self._kernel is None:
             self._kernel = kernel_symbols()
         k = self._kernel
         before = k.stats.unknown.get("no symbol", 0)
         frames = k.symbolize(addrs)
+        if not self._fresh and any(f.module == "bpf" or f.symbol == UNKNOWN for f in frames):
+            self._fresh = True
+            k = self._kernel = kernel_symbols(refresh=True)
+            before = k.stats.unknown.get("no symbol", 0)
+            frames = k.symbolize(addrs)
         self.stats.addresses += len(frames)
         self.stats.miss("no symbol", k.stats.unknown.get("no symbol", 0) - before)
         return frames
