@@ -706,7 +706,9 @@ def start_section(quick: bool) -> None:
 
 SECTIONS = {"drain": drain_section, "probe-cost": probe_cost_section, "start": start_section,
             "symbolize": lambda quick: bench_stacks.symbolize_section(quick, target, heading,
-                                                                      results)}
+                                                                      results),
+            "profile": lambda quick: bench_stacks.profile_section(quick, target, heading,
+                                                                  results, BUILD)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ._shipped import object_path, objects_dir
     from .choose import trace_function, trace_syscall, trace_tracepoint
     from .object import Object, OpenObject, open  # noqa: A004
-    from .profiler import Profile, Profiler, profile
+    from .profiler import OffCpuProfiler, Profile, Profiler, offcpu, profile
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
                           SyscallStats, SyscallTracer, TracepointTracer, Tracer)
 
@@ -35,6 +35,7 @@ _LAZY = {
     "ProcessTracer": ".tracers", "FunctionTracer": ".tracers", "FmodRetPolicy": ".tracers",
     "TracepointTracer": ".tracers", "SyscallStats": ".tracers",
     "profile": ".profiler", "Profiler": ".profiler", "Profile": ".profiler",
+    "offcpu": ".profiler", "OffCpuProfiler": ".profiler",
 }
 
 
@@ -59,4 +60,5 @@ __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path
            "features", "trace_function", "trace_syscall", "trace_tracepoint", "Tracer",
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
            "TracepointTracer", "SyscallStats", "profile", "Profiler", "Profile",
+           "offcpu", "OffCpuProfiler",
            *errors.__all__]

@@ -40,6 +40,8 @@ def add_command(sub: Any) -> None:
     t.add_argument("--no-latency", dest="no_latency", action="store_true",
                    help="do not time the calls: one program per call, at exit (arguments "
                         "and return value), about half the cost on the traced path")
+    t.add_argument("--stack", choices=("kernel", "user", "both"),
+                   help="record the stacks of each event (JSON: kstack/ustack frames)")
     common(t, kinds=ALL_KINDS)
     t.set_defaults(func=cmd_trace)
 
@@ -131,6 +133,8 @@ def _is_syscall(name: str) -> bool:
 def open_trace(target: Target, args: argparse.Namespace) -> Tuple[TracerSource, str]:
     """Start the tracer for a target; (source, what to say on stderr about the choice)."""
     kw = tracer_options(args, wakeup_bytes=WAKEUP_BYTES, latency=LATENCY)
+    if getattr(args, "stack", None):
+        kw["stack"] = args.stack
     t: Any
     if target.what == "process":
         from ..tracers.process import ProcessTracer

@@ -139,6 +139,24 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'has_btf_ext': True,
         'btf': (19024, 5977),
     },
+    # offcpu.bpf.o
+    '266a206568840b25a686748d80b3f906a98bbe7eb3a2276af18a3d4f6a54b8ed': {
+        'programs': {
+            'offcpu_switch': 'tp_btf/sched_switch',
+        },
+        'variables': {
+            'cfg_preempted': ('.rodata', 34, 1),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_cgroup': ('.rodata', 24, 8),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_kernel': ('.rodata', 32, 1),
+            'cfg_user': ('.rodata', 33, 1),
+            'cfg_min_ns': ('.rodata', 40, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3824, 28694),
+    },
     # proc.bpf.o
     '68a1780cd163ffd829f57d83097d71a250397bc4adc1aa421828113b3273aa46': {
         'programs': {

@@ -12,6 +12,8 @@ profile and its outputs; ``flamegraph.py`` writes the SVG.
 from __future__ import annotations
 
 from .result import ENTRY_FUNCTIONS, Profile, Sample
+from .offcpu import OffCpuProfiler, offcpu
 from .sampler import Profiler, profile
 
-__all__ = ["Profile", "Sample", "Profiler", "profile", "ENTRY_FUNCTIONS"]
+__all__ = ["Profile", "Sample", "Profiler", "profile", "OffCpuProfiler", "offcpu",
+           "ENTRY_FUNCTIONS"]

@@ -16,7 +16,7 @@ from ..errors import BadArgumentError
 from ..symbolize import Frame, Symbolizer
 from .result import ENTRY_FUNCTIONS, Profile, Sample
 
-__all__ = ["Profiler", "profile", "read_stacks"]
+__all__ = ["Profiler", "profile", "read_stacks", "read_counts", "configure"]
 
 # struct profile_key of profile.bpf.c: u32 pid, s32 kstack, s32 ustack, u32 pad, char comm[16]
 KEY = struct.Struct("<IiiI16s")
@@ -32,7 +32,7 @@ def _cgroup_id(path: str) -> int:
 
 
 def configure(o: Any, *, pid: Optional[int], comm: Optional[str], cgroup: Optional[str],
-              kernel: bool, user: bool, idle: bool) -> None:
+              kernel: bool, user: bool, idle: Optional[bool] = None) -> None:
     if pid is not None:
         if not isinstance(pid, int) or pid <= 0:
             raise BadArgumentError(f"pid must be a positive int, got {pid!r}")
@@ -49,7 +49,8 @@ def configure(o: Any, *, pid: Optional[int], comm: Optional[str], cgroup: Option
         raise BadArgumentError("profile at least one of the kernel and user stacks")
     o.config["cfg_kernel"] = int(kernel)
     o.config["cfg_user"] = int(user)
-    o.config["cfg_idle"] = int(idle)
+    if idle is not None:
+        o.config["cfg_idle"] = int(idle)
 
 
 def read_stacks(stack_map: Any, ids: set) -> Dict[int, np.ndarray]:
@@ -106,6 +107,26 @@ def symbolize_counts(entries: List[Tuple[int, str, int, int, int]], stacks: Dict
     return samples, {"short_user_stacks": short, "user_stack_missing": empty_user}
 
 
+def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1
+                ) -> Tuple[List[Sample], Dict[str, Any]]:
+    """The ``counts`` map of a profile object (``profile_key`` -> u64, divided
+    by ``scale``) with its stacks from ``stacks``, symbolised."""
+    entries = []
+    for k, v in obj.maps["counts"].items():
+        pid, ks, us, _, comm = KEY.unpack(k)
+        n = struct.unpack("<Q", v)[0] // scale  # type: ignore[arg-type]
+        if n:
+            entries.append((pid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ks, us, n))
+    ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}
+    stacks = read_stacks(obj.maps["stacks"], ids)
+    sym = Symbolizer()
+    samples, short = symbolize_counts(entries, stacks, sym)
+    stats: Dict[str, Any] = dict(kernel_stats, **short)
+    stats["unknown_frames"] = dict(sym.stats.unknown)
+    stats["symbolized"] = sym.stats.addresses
+    return samples, stats
+
+
 class Profiler:
     """A running sampling profiler (``with Profiler(...) as p: ...; prof = p.result()``).
 
@@ -149,18 +170,7 @@ class Profiler:
     def result(self) -> Profile:
         """Stop, read the counts and stacks, symbolise: the :class:`Profile`."""
         self.stop()
-        entries = []
-        for k, v in self.obj.maps["counts"].items():
-            pid, ks, us, _, comm = KEY.unpack(k)
-            n = struct.unpack("<Q", v)[0]  # type: ignore[arg-type]
-            entries.append((pid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ks, us, n))
-        ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}
-        stacks = read_stacks(self.obj.maps["stacks"], ids)
-        sym = Symbolizer()
-        samples, short = symbolize_counts(entries, stacks, sym)
-        stats: Dict[str, Any] = dict(self.stats(), **short)
-        stats["unknown_frames"] = dict(sym.stats.unknown)
-        stats["symbolized"] = sym.stats.addresses
+        samples, stats = read_counts(self.obj, self.stats())
         end = self.stopped if self.stopped is not None else time.monotonic()
         return Profile(samples, duration=end - self.started, frequency=self.frequency,
                        event=self.event, stats=stats)

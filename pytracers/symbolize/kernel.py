@@ -18,6 +18,7 @@ from .table import SymbolTable
 __all__ = ["KernelSymbols", "kernel_symbols", "KALLSYMS"]
 
 KALLSYMS = "/proc/kallsyms"
+MODULES = "/proc/modules"
 _TEXT = frozenset("tTwW")
 # kallsyms gives no sizes: a symbol ends where the next starts, but no
 # function runs on past this many bytes (the gap after the last symbol of
@@ -28,7 +29,11 @@ MAX_FUNCTION = 1 << 20
 class KernelSymbols:
     """The kernel's text symbols; :meth:`symbolize` turns addresses into frames."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, modules: Optional[str] = None) -> None:
+        """``text``: kallsyms' lines; ``modules``: /proc/modules' lines (each
+        module's load address and size end its last symbol, so an address in
+        memory no symbol covers -- a BPF program the kernel does not list --
+        is not taken for the preceding module's last function)."""
         starts: List[int] = []
         names: List[str] = []
         mods: List[Optional[str]] = []
@@ -52,8 +57,13 @@ class KernelSymbols:
         self.modules = [mods[i] for i in order]
         st = self.table.starts
         if len(st):
-            ends = self.table.ends
-            self.table.ends = np.minimum(ends, st + np.uint64(MAX_FUNCTION))
+            ends = np.minimum(self.table.ends, st + np.uint64(MAX_FUNCTION))
+            extents = _module_extents(modules or "")
+            if extents:
+                cap = np.array([extents.get(m, 0) if m else 0 for m in self.modules],
+                               dtype=np.uint64)
+                ends = np.where(cap > 0, np.minimum(ends, cap), ends)
+            self.table.ends = ends
         self.stats = Stats()
 
     def __len__(self) -> int:
@@ -92,6 +102,19 @@ class KernelSymbols:
         return self.symbolize([addr])[0].symbol
 
 
+def _module_extents(text: str) -> "dict[str, int]":
+    """/proc/modules: ``name size refs deps state address`` -> {name: end}."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 6:
+            try:
+                out[parts[0]] = int(parts[5], 16) + int(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
 _cache: Optional[KernelSymbols] = None
 _lock = threading.Lock()
 
@@ -102,7 +125,15 @@ def kernel_symbols(refresh: bool = False, path: str = KALLSYMS) -> KernelSymbols
     with _lock:
         if _cache is None or refresh or path != KALLSYMS:
             with open(path) as f:
-                table = KernelSymbols(f.read())
+                text = f.read()
+            modules = None
+            if path == KALLSYMS:
+                try:
+                    with open(MODULES) as f:
+                        modules = f.read()
+                except OSError:
+                    pass
+            table = KernelSymbols(text, modules)
             if path != KALLSYMS:
                 return table
             _cache = table
