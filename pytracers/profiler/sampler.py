@@ -8,12 +8,10 @@ import struct
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-
 from .. import object as _object
 from .._shipped import object_path
 from ..errors import BadArgumentError
-from ..symbolize import Frame, Symbolizer
+from ..symbolize import Frame, Symbolizer    # numpy comes with the first table
 from .result import ENTRY_FUNCTIONS, Profile, Sample
 
 __all__ = ["Profiler", "profile", "read_stacks", "read_counts", "configure"]
@@ -53,9 +51,10 @@ def configure(o: Any, *, pid: Optional[int], comm: Optional[str], cgroup: Option
         o.config["cfg_idle"] = int(idle)
 
 
-def read_stacks(stack_map: Any, ids: set) -> Dict[int, np.ndarray]:
-    """Stack id -> its addresses (innermost first) from a STACK_TRACE map."""
-    out: Dict[int, np.ndarray] = {}
+def read_stacks(stack_map: Any, ids: set) -> Dict[int, Any]:
+    """Stack id -> its addresses (innermost first, a numpy array) from a STACK_TRACE map."""
+    import numpy as np
+    out: Dict[int, Any] = {}
     for sid in ids:
         raw = stack_map.lookup(struct.pack("<I", sid))
         if raw is None:
@@ -67,10 +66,11 @@ def read_stacks(stack_map: Any, ids: set) -> Dict[int, np.ndarray]:
     return out
 
 
-def symbolize_counts(entries: List[Tuple[int, str, int, int, int]], stacks: Dict[int, np.ndarray],
+def symbolize_counts(entries: List[Tuple[int, str, int, int, int]], stacks: Dict[int, Any],
                      sym: Symbolizer) -> Tuple[List[Sample], Dict[str, int]]:
     """(pid, comm, kstack id, ustack id, count) -> samples with frames; and the
     short-stack counts."""
+    import numpy as np
     kframes: Dict[int, Tuple[Frame, ...]] = {}
     kids = sorted({k for _, _, k, _, _ in entries if k >= 0})
     if kids:
@@ -107,7 +107,8 @@ def symbolize_counts(entries: List[Tuple[int, str, int, int, int]], stacks: Dict
     return samples, {"short_user_stacks": short, "user_stack_missing": empty_user}
 
 
-def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1
+def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
+                processes: Optional[Dict[int, Any]] = None
                 ) -> Tuple[List[Sample], Dict[str, Any]]:
     """The ``counts`` map of a profile object (``profile_key`` -> u64, divided
     by ``scale``) with its stacks from ``stacks``, symbolised."""
@@ -119,12 +120,43 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1
             entries.append((pid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ks, us, n))
     ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}
     stacks = read_stacks(obj.maps["stacks"], ids)
-    sym = Symbolizer()
+    sym = Symbolizer(processes)
     samples, short = symbolize_counts(entries, stacks, sym)
     stats: Dict[str, Any] = dict(kernel_stats, **short)
     stats["unknown_frames"] = dict(sym.stats.unknown)
     stats["symbolized"] = sym.stats.addresses
     return samples, stats
+
+
+class MapsWatcher:
+    """Reads the mappings of each process as soon as it shows up in a
+    ``counts`` map (every ``interval`` seconds, in a thread), so that a
+    process that exits before the end of the profile still symbolises."""
+
+    def __init__(self, counts: Any, interval: float) -> None:
+        import threading
+        self.counts = counts
+        self.interval = interval
+        self.processes: Dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pytracers-maps", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from ..symbolize import ProcessSymbols
+        while not self._stop.wait(self.interval):
+            try:
+                pids = {struct.unpack_from("<I", k)[0] for k in self.counts.keys()}
+            except Exception:   # the map closed under us: the profile is ending
+                return
+            for pid in pids - set(self.processes):
+                ps = ProcessSymbols(pid)
+                if ps.alive:
+                    self.processes[pid] = ps
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 class Profiler:
@@ -133,11 +165,14 @@ class Profiler:
     ``frequency`` Hz on ``event`` (``auto``: cycles where there is a PMU,
     else cpu-clock) on every online CPU; ``pid``/``comm``/``cgroup`` filter
     in the kernel; ``kernel``/``user`` choose the stacks walked; ``idle``
-    also counts the idle task (pid 0)."""
+    also counts the idle task (pid 0).  ``maps_interval``: how often (seconds)
+    to read the mappings of processes newly seen in the counts, so that
+    short-lived ones still symbolise (None: only at the end)."""
 
     def __init__(self, *, frequency: int = 99, pid: Optional[int] = None,
                  comm: Optional[str] = None, cgroup: Optional[str] = None, event: str = "auto",
-                 kernel: bool = True, user: bool = True, idle: bool = False) -> None:
+                 kernel: bool = True, user: bool = True, idle: bool = False,
+                 maps_interval: Optional[float] = 1.0) -> None:
         from .. import perf
         self.frequency = frequency
         self.event = perf.resolve_event(event)
@@ -156,12 +191,16 @@ class Profiler:
             raise
         self.started = time.monotonic()
         self.stopped: Optional[float] = None
+        self._watcher = MapsWatcher(self.obj.maps["counts"], maps_interval) \
+            if user and maps_interval else None
 
     def stop(self) -> None:
         """Stop sampling (the counts stay readable)."""
         if self.stopped is None:
             self.links.close()
             self.stopped = time.monotonic()
+            if self._watcher is not None:
+                self._watcher.stop()
 
     def stats(self) -> Dict[str, int]:
         m = self.obj.maps["stats"]
@@ -170,7 +209,8 @@ class Profiler:
     def result(self) -> Profile:
         """Stop, read the counts and stacks, symbolise: the :class:`Profile`."""
         self.stop()
-        samples, stats = read_counts(self.obj, self.stats())
+        samples, stats = read_counts(self.obj, self.stats(), processes=(
+            self._watcher.processes if self._watcher is not None else None))
         end = self.stopped if self.stopped is not None else time.monotonic()
         return Profile(samples, duration=end - self.started, frequency=self.frequency,
                        event=self.event, stats=stats)

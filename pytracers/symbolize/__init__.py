@@ -12,13 +12,31 @@ covers an address, and :attr:`Symbolizer.stats` counts those by reason.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from .elfsyms import ElfSymbols, elf_symbols
 from .frames import UNKNOWN, Frame, Stats
-from .kernel import KernelSymbols, kernel_symbols
-from .table import SymbolTable
-from .user import Mapping, ProcessSymbols, process_symbols, read_maps
+
+if TYPE_CHECKING:
+    from .elfsyms import ElfSymbols, elf_symbols
+    from .kernel import KernelSymbols, kernel_symbols
+    from .table import SymbolTable
+    from .user import Mapping, ProcessSymbols, process_symbols, read_maps
+
+# numpy is imported with the first table, not with the package: a profiler
+# attaches before it needs any (module __getattr__ below).
+_LAZY = {"ElfSymbols": ".elfsyms", "elf_symbols": ".elfsyms", "KernelSymbols": ".kernel",
+         "kernel_symbols": ".kernel", "SymbolTable": ".table", "Mapping": ".user",
+         "ProcessSymbols": ".user", "process_symbols": ".user", "read_maps": ".user"}
+
+
+def __getattr__(name: str) -> Any:
+    where = _LAZY.get(name)
+    if where is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = ["Frame", "Stats", "UNKNOWN", "Symbolizer", "KernelSymbols", "kernel_symbols",
            "ProcessSymbols", "ElfSymbols", "elf_symbols", "SymbolTable", "Mapping", "read_maps"]
@@ -31,10 +49,14 @@ class Symbolizer:
     the first time one of its addresses is asked for (``refresh(pid)``
     forgets them, e.g. after the process loaded a library)."""
 
-    def __init__(self) -> None:
+    def __init__(self, processes: Optional[Dict[int, "ProcessSymbols"]] = None) -> None:
+        """``processes``: mappings already read (pid -> ProcessSymbols), e.g.
+        while a profile ran, for processes that may have exited since."""
         self.stats = Stats()
-        self._procs: Dict[int, ProcessSymbols] = {}
-        self._kernel: Optional[KernelSymbols] = None
+        self._procs: Dict[int, "ProcessSymbols"] = dict(processes or {})
+        for ps in self._procs.values():
+            ps.stats = self.stats
+        self._kernel: Optional["KernelSymbols"] = None
         self._fresh = False
 
     def kernel(self, addrs: Sequence[int]) -> List[Frame]:
@@ -42,6 +64,7 @@ class Symbolizer:
         them: the first time a frame falls in a BPF program (module ``bpf``)
         or on no symbol, kallsyms is read again (once per Symbolizer) and the
         addresses are looked up in the fresh table."""
+        from .kernel import kernel_symbols
         if self._kernel is None:
             self._kernel = kernel_symbols()
         k = self._kernel
@@ -57,6 +80,7 @@ class Symbolizer:
         return frames
 
     def user(self, pid: int, addrs: Sequence[int]) -> List[Frame]:
+        from .user import process_symbols
         return process_symbols(pid, self._procs, self.stats).symbolize(addrs)
 
     def refresh(self, pid: Optional[int] = None) -> None:
