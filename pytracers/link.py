@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from . import kinds
 from ._libbpf import checked
@@ -73,7 +73,7 @@ class Link(Resource):
         return f"<Link {self.kind}:{self.target} ({self.program.name}){state}>"
 
 
-class LinkSet(list):  # type: ignore[type-arg]
+class LinkSet(List[Link]):
     """Several links made by one attach (a perf event per CPU): ``close()``
     closes them all (safe twice); ``with`` closes them on exit."""
 

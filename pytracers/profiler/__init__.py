@@ -5,14 +5,14 @@
     open("cpu.svg", "w").write(prof.svg())
     prof.folded(); prof.speedscope()
 
-``sampler.py`` runs ``profile.bpf.o`` on a perf event per CPU; ``offcpu.py``
+``sampler.py`` runs ``profile.bpf.o`` on a perf event per CPU; ``offcpu_profiler.py``
 measures blocked time from the scheduler's switches; ``result.py`` is the
 profile and its outputs; ``flamegraph.py`` writes the SVG.
 """
 from __future__ import annotations
 
 from .result import ENTRY_FUNCTIONS, Profile, Sample
-from .offcpu import OffCpuProfiler, offcpu
+from .offcpu_profiler import OffCpuProfiler, offcpu
 from .sampler import Profiler, profile
 
 __all__ = ["Profile", "Sample", "Profiler", "profile", "OffCpuProfiler", "offcpu",

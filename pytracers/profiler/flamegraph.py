@@ -106,13 +106,13 @@ def render(stacks: Dict[Tuple[str, ...], int], *, title: str = "Flame graph",
             node.n += n
     full = WIDTH - 2 * PAD_SIDE
     total = max(root.n, 1)
-    rows: List[str] = []
+    rows: List[Tuple[_Node, float, float, int]] = []
     depth_max = [0]
 
     def walk(node: _Node, x: float, depth: int) -> None:
         w = full * node.n / total
         depth_max[0] = max(depth_max[0], depth)
-        rows.append((node, x, w, depth))  # type: ignore[arg-type]
+        rows.append((node, x, w, depth))
         cx = x
         for name in sorted(node.children):
             child = node.children[name]
@@ -138,7 +138,7 @@ def render(stacks: Dict[Tuple[str, ...], int], *, title: str = "Flame graph",
            f'<text id="search" class="ui" x="{WIDTH - 110}" y="20">Search</text>',
            f'<text id="matched" x="{WIDTH - 260}" y="{height - 10}"></text>',
            f'<text id="details" x="{PAD_SIDE}" y="{height - 10}"></text>']
-    for node, x, w, depth in rows:  # type: ignore[misc]
+    for node, x, w, depth in rows:
         if w < MIN_WIDTH and depth > 1:   # the first level is always drawn (sums hold)
             continue
         y = height - 40 - depth * ROW

@@ -24,7 +24,7 @@ class Sample(NamedTuple):
     comm: str
     kstack: Tuple[Frame, ...]      # innermost first
     ustack: Tuple[Frame, ...]      # innermost first
-    count: int                     # samples (profile) or microseconds (off-CPU)
+    count: int  # type: ignore[assignment]  # samples (profile) or microseconds (off-CPU)
 
 
 def _label(f: Frame, kernel: bool) -> str:

@@ -115,7 +115,7 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
     entries = []
     for k, v in obj.maps["counts"].items():
         pid, ks, us, _, comm = KEY.unpack(k)
-        n = struct.unpack("<Q", v)[0] // scale  # type: ignore[arg-type]
+        n = struct.unpack("<Q", v)[0] // scale
         if n:
             entries.append((pid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ks, us, n))
     ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}

@@ -59,7 +59,7 @@ class Symbolizer:
         self._kernel: Optional["KernelSymbols"] = None
         self._fresh = False
 
-    def kernel(self, addrs: Sequence[int]) -> List[Frame]:
+    def kernel(self, addrs: Any) -> List[Frame]:
         """Kernel frames.  BPF programs come and go, and their symbols with
         them: the first time a frame falls in a BPF program (module ``bpf``)
         or on no symbol, kallsyms is read again (once per Symbolizer) and the
@@ -79,7 +79,7 @@ class Symbolizer:
         self.stats.miss("no symbol", k.stats.unknown.get("no symbol", 0) - before)
         return frames
 
-    def user(self, pid: int, addrs: Sequence[int]) -> List[Frame]:
+    def user(self, pid: int, addrs: Any) -> List[Frame]:
         from .user import process_symbols
         return process_symbols(pid, self._procs, self.stats).symbolize(addrs)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,14 +26,14 @@ _SYM64 = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "
                    ("value", "<u8"), ("size", "<u8")])
 
 
-def _sym_dtype(elf: "object") -> np.dtype:
+def _sym_dtype(elf: Any) -> np.dtype:
     little = getattr(elf, "little_endian", True)
     return _SYM64 if little else _SYM64.newbyteorder(">")
 
 
-def build_id(elf: "object") -> Optional[str]:
+def build_id(elf: Any) -> Optional[str]:
     """The GNU build id (hex) of an open ``ELFFile``, None when it has none."""
-    for sec in elf.iter_sections():  # type: ignore[attr-defined]
+    for sec in elf.iter_sections():
         if sec["sh_type"] == "SHT_NOTE":
             for note in sec.iter_notes():
                 if note["n_type"] == "NT_GNU_BUILD_ID":
@@ -81,13 +81,13 @@ class ElfSymbols:
         st, first = np.unique(st, return_index=True)
         self.table = SymbolTable(st, [names[i] for i in first.tolist()], sz[first])
 
-    def _read(self, f: "object", elf: "object", secs: Sequence["object"],
+    def _read(self, f: Any, elf: Any, secs: Sequence[Any],
               starts: List[np.ndarray], sizes: List[np.ndarray],
               names: List[Tuple[int, int]]) -> None:
         dt = _sym_dtype(elf)
         for sec in secs:
-            strtab = elf.get_section(sec["sh_link"])  # type: ignore[attr-defined]
-            raw = sec.data()  # type: ignore[attr-defined]
+            strtab = elf.get_section(sec["sh_link"])
+            raw = sec.data()
             syms = np.frombuffer(raw, dtype=dt, count=len(raw) // dt.itemsize)
             kind = syms["info"] & 0xF
             keep = ((kind == _STT_FUNC) | (kind == _STT_GNU_IFUNC)) & (syms["value"] != 0) \

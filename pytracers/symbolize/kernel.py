@@ -8,7 +8,7 @@ zero the table is empty and every frame is ``[unknown]`` (the stats say why).
 from __future__ import annotations
 
 import threading
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class KernelSymbols:
             names.append(parts[2])
             mods.append(parts[3][1:-1] if len(parts) > 3 else None)
         self.table = SymbolTable(starts, list(range(len(names))))
-        order = self.table.names  # original indices, sorted by address
+        order: List[Any] = self.table.names  # original indices, sorted by address
         self.names = [names[i] for i in order]
         self.modules = [mods[i] for i in order]
         st = self.table.starts
@@ -69,7 +69,7 @@ class KernelSymbols:
     def __len__(self) -> int:
         return len(self.names)
 
-    def lookup(self, addrs: Sequence[int]) -> "tuple[np.ndarray, np.ndarray]":
+    def lookup(self, addrs: Any) -> "tuple[np.ndarray, np.ndarray]":
         """Bulk: (symbol index or -1, offset) per address."""
         a = np.asarray(addrs, dtype=np.uint64)
         self.stats.addresses += len(a)
@@ -77,7 +77,7 @@ class KernelSymbols:
         self.stats.miss("no symbol", int((idx < 0).sum()))
         return idx, off
 
-    def symbolize(self, addrs: Sequence[int]) -> List[Frame]:
+    def symbolize(self, addrs: Any) -> List[Frame]:
         """One :class:`Frame` per address, ``[unknown]`` where no symbol covers it."""
         a = np.asarray(addrs, dtype=np.uint64)
         idx, off = self.lookup(a)
@@ -90,7 +90,7 @@ class KernelSymbols:
                 out.append(Frame(ad, names[i], o, mods[i]))
         return out
 
-    def names_of(self, addrs: Sequence[int]) -> List[str]:
+    def names_of(self, addrs: Any) -> List[str]:
         """Bulk: the symbol name per address (``[unknown]`` where none), without
         building frames -- what a profile with many samples needs."""
         idx, _ = self.lookup(addrs)

@@ -1,7 +1,7 @@
 """A sorted address table searched in bulk (numpy ``searchsorted``)."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,8 +18,8 @@ class SymbolTable:
 
     __slots__ = ("starts", "ends", "names")
 
-    def __init__(self, starts: Sequence[int], names: Sequence[str],
-                 sizes: Optional[Sequence[int]] = None, end: Optional[int] = None) -> None:
+    def __init__(self, starts: Any, names: Sequence[Any],
+                 sizes: Optional[Any] = None, end: Optional[int] = None) -> None:
         s = np.asarray(starts, dtype=np.uint64)
         order = np.argsort(s, kind="stable")
         self.starts = s[order]
@@ -39,7 +39,7 @@ class SymbolTable:
                 ends[:-1] = self.starts[1:]
                 ends[-1] = np.uint64(end if end is not None else int(self.starts[-1]) + 4096)
             self.ends = ends
-        self.names: List[str] = nm
+        self.names: List[Any] = nm
 
     def __len__(self) -> int:
         return len(self.names)

@@ -14,7 +14,7 @@ then leaves its frames ``[unknown]`` (counted as ``process gone``).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -109,7 +109,7 @@ class ProcessSymbols:
             self._perf, self._perf_read = _perf_map(self.pid), True
         return self._perf
 
-    def symbolize(self, addrs: Sequence[int]) -> List[Frame]:
+    def symbolize(self, addrs: Any) -> List[Frame]:
         """One :class:`Frame` per address."""
         a = np.asarray(addrs, dtype=np.uint64)
         self.stats.addresses += len(a)
