@@ -171,11 +171,12 @@ def _bpftrace_top(out: str, comm: str) -> "tuple[Dict[str, int], int]":
             n = int(tail.split()[0])
         except (ValueError, IndexError):
             continue
-        parts = head.split("\n,")
-        if not head.rstrip().endswith(comm):
+        import re
+        parts = re.split(r"(?:^|\n),", head)     # kstack, ustack, comm
+        if len(parts) < 3 or parts[-1].strip() != comm:
             continue
         total += n
-        user = parts[1] if len(parts) > 2 else ""
+        user = parts[1]
         lines = [ln.strip() for ln in user.splitlines() if ln.strip()]
         name = lines[0].split("+")[0] if lines else "(none)"
         tops[name] = tops.get(name, 0) + n

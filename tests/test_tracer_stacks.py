@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import platform
 import subprocess
+import time
 
 import pytest
 
@@ -48,11 +49,17 @@ def workload(tmp_path_factory):
 
 
 def _first_event(tracer, cmd, entry=None):
+    """The first event of the workload's own call (the dynamic loader makes
+    calls of its own first: access("/etc/ld.so.preload"))."""
     p = subprocess.Popen(cmd)
     try:
-        evs = [e for e in tracer.read(timeout=5) if e.pid == p.pid
-               and (entry is None or e.entry == entry)]
-        assert evs, "no event from the workload"
+        deadline = time.monotonic() + 10
+        evs = []
+        while not evs and time.monotonic() < deadline:
+            evs = [e for e in tracer.read(timeout=1) if e.pid == p.pid
+                   and (entry is None or e.entry == entry)
+                   and any(f.symbol == "do_the_syscall" for f in e.ustack)]
+        assert evs, "no event from the workload's do_the_syscall"
         ev = evs[0]
         return ev, list(ev.kstack), list(ev.ustack), tracer.event_dict(ev)
     finally:

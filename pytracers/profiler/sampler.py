@@ -172,7 +172,7 @@ class Profiler:
     def __init__(self, *, frequency: int = 99, pid: Optional[int] = None,
                  comm: Optional[str] = None, cgroup: Optional[str] = None, event: str = "auto",
                  kernel: bool = True, user: bool = True, idle: bool = False,
-                 maps_interval: Optional[float] = 1.0) -> None:
+                 maps_interval: Optional[float] = 2.0) -> None:
         from .. import perf
         self.frequency = frequency
         self.event = perf.resolve_event(event)
