@@ -27,15 +27,16 @@
  * ev.ts_ns, ev.pid (tgid), ev.tid, ev.cpu, ev.comm.  _kstack / _ustack are
  * stack ids in the `stacks` map (tracers made with stack=...; Python turns
  * them into ev.kstack / ev.ustack), or negative: -1 not asked for, else the
- * -errno of bpf_get_stackid (-EFAULT: no such stack, -ENOMEM/-EEXIST: lost). */
+ * -errno of bpf_get_stackid (-EFAULT: no such stack, -ENOMEM/-EEXIST: lost).
+ * 16 bits each (the map has at most PT_STACK_MAX_ENTRIES entries), in the
+ * 4 bytes that were padding: the header's layout and size are unchanged. */
 #define PT_EVENT_HEADER      \
 	__u64 ts_ns;         \
 	__u32 pid;           \
 	__u32 tid;           \
 	__u32 cpu;           \
-	__s32 _kstack;       \
-	__s32 _ustack;       \
-	__u32 _hdr_pad;      \
+	__s16 _kstack;       \
+	__s16 _ustack;       \
 	char comm[PT_COMM_LEN]
 
 /* ---- configuration ------------------------------------------------------
@@ -54,6 +55,7 @@ const volatile __u32 cfg_stacks = 0;
 #define PT_STACK_KERNEL 1
 #define PT_STACK_USER 2
 #define PT_STACK_DEPTH 127
+#define PT_STACK_MAX_ENTRIES 32767   /* stack ids fit the header's 16 bits */
 
 struct pytracers_filter {
 	__u32 pid;                  /* 0: any */
@@ -171,16 +173,16 @@ static __always_inline void *pt_reserve(__u64 size)
 	(e)->cpu = bpf_get_smp_processor_id();                       \
 	(e)->_kstack = -1;                                           \
 	(e)->_ustack = -1;                                           \
-	(e)->_hdr_pad = 0;                                           \
 	bpf_get_current_comm((e)->comm, sizeof((e)->comm));          \
 } while (0)
 
 /* The stacks cfg_stacks asks for, from the program's context `ctx`. */
 #define PT_FILL_STACKS(e, ctx) do {                                         \
 	if (cfg_stacks & PT_STACK_KERNEL)                                    \
-		(e)->_kstack = bpf_get_stackid((ctx), &stacks, 0);           \
+		(e)->_kstack = (__s16)bpf_get_stackid((ctx), &stacks, 0);    \
 	if (cfg_stacks & PT_STACK_USER)                                      \
-		(e)->_ustack = bpf_get_stackid((ctx), &stacks, BPF_F_USER_STACK); \
+		(e)->_ustack = (__s16)bpf_get_stackid((ctx), &stacks,        \
+						       BPF_F_USER_STACK);    \
 } while (0)
 
 /* With cfg_wakeup_bytes set, a record wakes the consumer only when it finds

@@ -586,13 +586,13 @@ def test_doctor_json_reports_every_kind_with_its_reason(capsys):
     assert r.returncode == 0, text(r.stderr)
     rows = {d["feature"]: d for d in json_lines(r.stdout)}
     assert set(rows) == {"btf", "ringbuf", "tp", "raw_tp", "tp_btf", "kprobe", "kretprobe",
-                         "kprobe_multi", "fentry", "fexit", "fmod_ret", "cookies", "tracefs",
-                         "lockdown"}
+                         "kprobe_multi", "fentry", "fexit", "fmod_ret", "perf_event", "stacks",
+                         "cookies", "tracefs", "lockdown"}
     for d in rows.values():
         assert isinstance(d["available"], bool) and d["reason"], d
         if not d["available"]:
             assert d["conclusive"], d          # run as root: every no is a real answer
-    for k in ("btf", "ringbuf", "tp", "raw_tp", "tp_btf", "tracefs"):
+    for k in ("btf", "ringbuf", "tp", "raw_tp", "tp_btf", "tracefs", "perf_event", "stacks"):
         assert rows[k]["available"], rows[k]
     if VM_KERNEL:
         for k in ("kprobe", "kretprobe", "fentry", "fexit", "kprobe_multi"):

@@ -11,7 +11,7 @@ FORMAT = 1
 VALIDATOR_DIGEST = '3bee1520796a5d5ddcdf5a197cd257ab237cce6be569471eb861acf4cd31fb7a'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
-    'fec8077a1522f1e23e529a0155d08065c14bd58e651bb743269cf61d1c1a2d75': {
+    '2833ef692cc734df7f98bfcfbd796b44599244d61e842174b95b36e2e22e03f2': {
         'programs': {
             'fill_8': 'raw_tp',
             'fill_64': 'raw_tp',
@@ -33,7 +33,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4576, 2606),
     },
     # exec.bpf.o
-    '8422216bb743705f5976bc7af75ec4ae316787c7b17acf5f050c2793a1ecf4ae': {
+    '7f341bc2388ff842d4b765d2c86d1064937440157e5d825533a0e7814db43b58': {
         'programs': {
             'exec_enter': 'tp/syscalls/sys_enter_execve',
             'exec_exit': 'tp/syscalls/sys_exit_execve',
@@ -47,7 +47,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp/syscalls/sys_enter_execve', 'tp/syscalls/sys_exit_execve', '.rodata', '.data', '.maps', 'license', '.reltp/syscalls/sys_enter_execve', '.reltp/syscalls/sys_exit_execve', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (5040, 30573),
+        'btf': (5032, 30570),
     },
     # features.bpf.o
     '37721dda46e8ed92df78b5cfaaa83cd03dea144d75bae3c533dede73701b4883': {
@@ -72,7 +72,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (1504, 1100),
     },
     # fentry.bpf.o
-    '7abee069837bc41d6838b2a92693ac09a10414855bf187c46a41d620ebac991c': {
+    'bf2bebb8d6cceaa0472266042a3869b4271ab01fe78f6ba1d4fb6fb6c0327745': {
         'programs': {
             'fn_fentry': 'fentry',
             'fn_fexit': 'fexit',
@@ -94,10 +94,10 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'fentry', 'fexit', '.rodata', '.data', 'license', '.maps', '.relfentry', '.relfexit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9656, 5292),
+        'btf': (9640, 5293),
     },
     # fmod_ret.bpf.o
-    'c177af85b9e2e437077225467401490813136725bc005d947b5c922cdddf5d70': {
+    '07b1092fbec43fe47239fe643dee0d3d64d51fc565a593e39cb80636d61aca8f': {
         'programs': {
             'policy_fmod_ret': 'fmod_ret',
         },
@@ -115,10 +115,10 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'fmod_ret', '.rodata', '.data', '.maps', 'license', '.relfmod_ret', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (2432, 3172),
+        'btf': (2424, 3191),
     },
     # kprobe.bpf.o
-    'c0067b3c5139509ecf9c9c1d8871439577d623f6f364f97f657bd010748fe13d': {
+    'c883605c82364d27ea2379909b3c5c656af79d2e480c8c0c2fc1fa9cddc14958': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -137,7 +137,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (19024, 5977),
+        'btf': (18960, 5978),
     },
     # offcpu.bpf.o
     '266a206568840b25a686748d80b3f906a98bbe7eb3a2276af18a3d4f6a54b8ed': {
@@ -158,7 +158,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3824, 28694),
     },
     # proc.bpf.o
-    '68a1780cd163ffd829f57d83097d71a250397bc4adc1aa421828113b3273aa46': {
+    'dddf54c8834e256c902bde1936b5704e51b02358839161f06c36d47f23c25e63': {
         'programs': {
             'proc_exec': 'tp_btf/sched_process_exec',
             'proc_fork': 'tp_btf/sched_process_fork',
@@ -175,7 +175,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_process_exec', 'tp_btf/sched_process_fork', 'tp_btf/sched_process_exit', '.rodata', '.data', 'license', '.maps', '.reltp_btf/sched_process_exec', '.reltp_btf/sched_process_fork', '.reltp_btf/sched_process_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9176, 29905),
+        'btf': (9152, 29902),
     },
     # profile.bpf.o
     'fefd19b273364fa96ba02d3b8b54eeea6b506a5c5e36ab9c4d672ac7fd2fb5fa': {
@@ -195,7 +195,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3336, 2549),
     },
     # syscalls.bpf.o
-    'a853a3bbac36c8f6e6b78e3f64ee0154121b529ab222bc554f0025c9b67a2d5c': {
+    'e034ccec7a2cf7faa085a91fbfe285bc5def70d1e516547b38e508f45382a955': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -230,10 +230,10 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (39064, 7808),
+        'btf': (39016, 7827),
     },
     # tracepoint.bpf.o
-    '3aaa57d9556f2bfcc45a34e1a57070cc230e411e77ae763d21eb390823ab001e': {
+    '22f3dd1c3a1dcc185cc9eabc29b83bc0227c60945130f43d45c0d32be1e62f52': {
         'programs': {
             'tp_record': 'tp',
         },
@@ -248,6 +248,6 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', '.maps', 'license', '.reltp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3744, 3046),
+        'btf': (3736, 3047),
     },
 }

@@ -24,7 +24,7 @@ from ..symbolize import Frame, Symbolizer
 __all__ = ["STACKS", "stack_bits", "StackReader", "with_stacks", "STACK_MAP_ENTRIES"]
 
 STACKS = {"kernel": 1, "user": 2, "both": 3}
-STACK_MAP_ENTRIES = 16384
+STACK_MAP_ENTRIES = 16384   # at most 32767: the header holds ids in 16 bits
 NOT_ASKED = -1
 
 
