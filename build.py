@@ -131,6 +131,9 @@ def staged_sources() -> Iterator[Path]:
             shutil.rmtree(STAGE, ignore_errors=True)
 
 
+NO_ASLR = ["setarch", platform.machine(), "-R"] if shutil.which("setarch") else []
+
+
 def compile_one(stage: Path, src: str, out_dir: Path, clang: str, bpftool: str,
                 arch: Arch = ARCHES["x86"]) -> Path:
     """Compile ``src`` (a path relative to the stage, e.g. bpf_src/foo.bpf.c)
@@ -140,7 +143,10 @@ def compile_one(stage: Path, src: str, out_dir: Path, clang: str, bpftool: str,
     raw = f"obj/{arch.name}/{Path(src).parent}/{name}"
     (stage / raw).parent.mkdir(parents=True, exist_ok=True)
     flags = [f.format(root=stage) for f in CFLAGS] + [f"-D__TARGET_ARCH_{arch.name}"]
-    run([clang, *flags, "-I", f"vmlinux/{arch.name}", "-I", "bpf_src",
+    # clang's BTF type order for some forward declarations depends on where
+    # its heap lands (seen with the arm64 vmlinux.h: 1 build in 12 differed):
+    # address-space randomisation off for the compiler makes it one output.
+    run([*NO_ASLR, clang, *flags, "-I", f"vmlinux/{arch.name}", "-I", "bpf_src",
          "-idirafter", str(LIBBPF_INCLUDE),
          "-c", src, "-o", raw], cwd=stage)
     run([bpftool, "gen", "object", str(out), str(stage / raw)], stdout=subprocess.DEVNULL)

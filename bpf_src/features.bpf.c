@@ -20,6 +20,8 @@
  *   probe_ringbuf       raw_tp using the ring buffer `probe_rb` (5.8+)
  *   probe_cookie        kprobe calling bpf_get_attach_cookie (5.15+)
  *   probe_usdt          usdt         bpf_program__attach_usdt to a USDT probe
+ *   probe_perf_event    perf_event   attach to a cpu-clock event on one CPU (4.9+)
+ *   probe_stack         perf_event calling bpf_get_stack (4.18+; kernel + user)
  *
  * `probe_rb` is used by probe_ringbuf alone, and the two maps of usdt.bpf.h
  * (`__bpf_usdt_specs`, `__bpf_usdt_ip_to_spec_id`, which libbpf fills when it
@@ -124,6 +126,22 @@ int probe_cookie(void *ctx)
 SEC("usdt")
 int probe_usdt(void *ctx)
 {
+	return 0;
+}
+
+SEC("perf_event")
+int probe_perf_event(void *ctx)
+{
+	return 0;
+}
+
+SEC("perf_event")
+int probe_stack(void *ctx)
+{
+	__u64 ips[8];
+
+	bpf_get_stack(ctx, ips, sizeof(ips), 0);
+	bpf_get_stack(ctx, ips, sizeof(ips), BPF_F_USER_STACK);
 	return 0;
 }
 

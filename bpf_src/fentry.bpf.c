@@ -45,7 +45,7 @@ int fn_fentry(__u64 *ctx)
 		__u64 args[FN_NARGS];
 
 		tr_args(ctx, args, FN_NARGS);
-		fn_emit(pid_tgid, FN_ENTRY, cfg_func_ip, args, 0, 0);
+		fn_emit(ctx, pid_tgid, FN_ENTRY, cfg_func_ip, args, 0, 0);
 	}
 	return 0;
 }
@@ -68,7 +68,7 @@ int fn_fexit(__u64 *ctx)
 		ret = tr_ret(ctx);
 		flags |= FN_HAS_RET;
 	}
-	fn_emit(pid_tgid, flags, cfg_func_ip, args, ret, start_ns);
+	fn_emit(ctx, pid_tgid, flags, cfg_func_ip, args, ret, start_ns);
 	return 0;
 }
 

@@ -134,7 +134,7 @@ static __always_inline bool fn_pop(__u32 tid, __u64 ip, bool match_ip, struct fn
 
 /* Emit one event.  `args` may be NULL (no FN_HAS_ARGS); `start_ns` 0 means
  * no latency. */
-static __always_inline void fn_emit(__u64 pid_tgid, __u32 flags, __u64 ip,
+static __always_inline void fn_emit(void *ctx, __u64 pid_tgid, __u32 flags, __u64 ip,
 				    const __u64 *args, __s64 ret, __u64 start_ns)
 {
 	struct func_event *e = PT_RESERVE(struct func_event);
@@ -142,6 +142,7 @@ static __always_inline void fn_emit(__u64 pid_tgid, __u32 flags, __u64 ip,
 	if (!e)
 		return;
 	PT_FILL_HEADER(e, pid_tgid);
+	PT_FILL_STACKS(e, ctx);
 	e->ip = ip;
 	for (int i = 0; i < FN_NARGS; i++)
 		e->args[i] = args ? args[i] : 0;

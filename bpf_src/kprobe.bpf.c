@@ -69,12 +69,12 @@ static __always_inline int fn_entry(struct pt_regs *ctx, __u64 ip)
 		f->start_ns = bpf_ktime_get_ns();
 		fn_args(ctx, f->args);
 		if (cfg_emit_entry)
-			fn_emit(pid_tgid, FN_ENTRY, ip, f->args, 0, 0);
+			fn_emit(ctx, pid_tgid, FN_ENTRY, ip, f->args, 0, 0);
 	} else if (cfg_emit_entry) {
 		__u64 args[FN_NARGS];
 
 		fn_args(ctx, args);
-		fn_emit(pid_tgid, FN_ENTRY, ip, args, 0, 0);
+		fn_emit(ctx, pid_tgid, FN_ENTRY, ip, args, 0, 0);
 	}
 	return 0;
 }
@@ -85,14 +85,14 @@ static __always_inline int fn_return(struct pt_regs *ctx, __u64 ip, bool match_i
 	struct fn_frame f;
 
 	if (fn_pop((__u32)pid_tgid, ip, match_ip, &f)) {
-		fn_emit(pid_tgid, FN_RETURN | FN_HAS_RET, f.ip, f.args,
+		fn_emit(ctx, pid_tgid, FN_RETURN | FN_HAS_RET, f.ip, f.args,
 			PT_REGS_RC(ctx), f.start_ns);
 		return 0;
 	}
 	/* entry not seen: the filters were not applied there */
 	if (!pt_wanted(pid_tgid >> 32))
 		return 0;
-	fn_emit(pid_tgid, FN_RETURN | FN_HAS_RET, ip, NULL, PT_REGS_RC(ctx), 0);
+	fn_emit(ctx, pid_tgid, FN_RETURN | FN_HAS_RET, ip, NULL, PT_REGS_RC(ctx), 0);
 	return 0;
 }
 

@@ -24,13 +24,19 @@
 	type *const volatile pt_btf_##name __attribute__((unused)) = (void *)0
 
 /* Expanded at the top of every event struct, so records are flat:
- * ev.ts_ns, ev.pid (tgid), ev.tid, ev.cpu, ev.comm. */
+ * ev.ts_ns, ev.pid (tgid), ev.tid, ev.cpu, ev.comm.  _kstack / _ustack are
+ * stack ids in the `stacks` map (tracers made with stack=...; Python turns
+ * them into ev.kstack / ev.ustack), or negative: -1 not asked for, else the
+ * -errno of bpf_get_stackid (-EFAULT: no such stack, -ENOMEM/-EEXIST: lost).
+ * 16 bits each (the map has at most PT_STACK_MAX_ENTRIES entries), in the
+ * 4 bytes that were padding: the header's layout and size are unchanged. */
 #define PT_EVENT_HEADER      \
 	__u64 ts_ns;         \
 	__u32 pid;           \
 	__u32 tid;           \
 	__u32 cpu;           \
-	__u32 _hdr_pad;      \
+	__s16 _kstack;       \
+	__s16 _ustack;       \
 	char comm[PT_COMM_LEN]
 
 /* ---- configuration ------------------------------------------------------
@@ -44,6 +50,12 @@ const volatile char cfg_comm[PT_COMM_LEN] = {};    /* "": any command */
  * does not pay for a wakeup per event.  The consumer polls with a timeout (the
  * latency bound) and so still drains a trickle of events. */
 const volatile __u64 cfg_wakeup_bytes = 0;
+/* Stacks on records (PT_FILL_STACKS): bit 0 the kernel stack, bit 1 the user stack. */
+const volatile __u32 cfg_stacks = 0;
+#define PT_STACK_KERNEL 1
+#define PT_STACK_USER 2
+#define PT_STACK_DEPTH 127
+#define PT_STACK_MAX_ENTRIES 32767   /* stack ids fit the header's 16 bits */
 
 struct pytracers_filter {
 	__u32 pid;                  /* 0: any */
@@ -65,6 +77,15 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
+
+/* Stack traces of records (cfg_stacks); Python sizes it before load (one
+ * entry when no stacks are asked for). */
+struct {
+	__uint(type, BPF_MAP_TYPE_STACK_TRACE);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, PT_STACK_DEPTH * sizeof(__u64));
+	__uint(max_entries, 1);
+} stacks SEC(".maps");
 
 /* Resized by Python before load (must stay a power of two pages). */
 struct {
@@ -150,8 +171,18 @@ static __always_inline void *pt_reserve(__u64 size)
 	(e)->pid = (__u32)((id) >> 32);                              \
 	(e)->tid = (__u32)(id);                                      \
 	(e)->cpu = bpf_get_smp_processor_id();                       \
-	(e)->_hdr_pad = 0;                                           \
+	(e)->_kstack = -1;                                           \
+	(e)->_ustack = -1;                                           \
 	bpf_get_current_comm((e)->comm, sizeof((e)->comm));          \
+} while (0)
+
+/* The stacks cfg_stacks asks for, from the program's context `ctx`. */
+#define PT_FILL_STACKS(e, ctx) do {                                         \
+	if (cfg_stacks & PT_STACK_KERNEL)                                    \
+		(e)->_kstack = (__s16)bpf_get_stackid((ctx), &stacks, 0);    \
+	if (cfg_stacks & PT_STACK_USER)                                      \
+		(e)->_ustack = (__s16)bpf_get_stackid((ctx), &stacks,        \
+						       BPF_F_USER_STACK);    \
 } while (0)
 
 /* With cfg_wakeup_bytes set, a record wakes the consumer only when it finds

@@ -117,7 +117,7 @@ static __always_inline struct sc_inflight *sc_entry(__u32 tid, long id)
 	return in;
 }
 
-static __always_inline void sc_complete(long id, long ret)
+static __always_inline void sc_complete(void *ctx, long id, long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)pid_tgid;
@@ -130,6 +130,7 @@ static __always_inline void sc_complete(long id, long ret)
 	e = PT_RESERVE(struct syscall_event);
 	if (e) {
 		PT_FILL_HEADER(e, pid_tgid);
+		PT_FILL_STACKS(e, ctx);
 		e->id = id;
 		e->ret = ret;
 		e->latency_ns = e->ts_ns - in->start_ns;
@@ -153,6 +154,7 @@ static __always_inline void sc_complete(long id, long ret)
 	if (!e_)                                                         \
 		break;                                                   \
 	PT_FILL_HEADER(e_, pid_tgid_);                                   \
+	PT_FILL_STACKS(e_, ctx);                                         \
 	e_->id = (id_);                                                  \
 	e_->ret = (ret_);                                                \
 	e_->latency_ns = 0;                                              \
@@ -311,7 +313,7 @@ SC_TP_ENTER(6)
 SEC("tp")
 int sc_tp_exit(struct sc_tp_exit_args *ctx)
 {
-	sc_complete(ctx->nr, ctx->ret);
+	sc_complete(ctx, ctx->nr, ctx->ret);
 	return 0;
 }
 
@@ -377,7 +379,7 @@ int sc_raw_exit(struct sc_raw_tp_args *ctx)
 	long id;
 
 	if (sc_raw_exit_wanted(ctx, &id))
-		sc_complete(id, (long)ctx->args[1]);
+		sc_complete(ctx, id, (long)ctx->args[1]);
 	return 0;
 }
 
@@ -426,7 +428,7 @@ int BPF_PROG(sc_btf_exit, struct sc_pt_regs *regs, long ret)
 	long id = SC_REGS_ID(*regs);
 
 	if (sc_id_wanted(id))
-		sc_complete(id, ret);
+		sc_complete(ctx, id, ret);
 	return 0;
 }
 

@@ -68,6 +68,7 @@ int tp_record(void *ctx)
 	if (!e)
 		return 0;
 	PT_FILL_HEADER(e, id);
+	PT_FILL_STACKS(e, ctx);
 	e->_pad = 0;
 	e->size = bpf_probe_read_kernel(e->data, n, ctx + TP_SKIP) ? 0 : n;
 	pt_submit(e);

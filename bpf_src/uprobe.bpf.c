@@ -75,7 +75,7 @@ int ufn_entry(struct pt_regs *ctx)
 		__u64 args[FN_NARGS];
 
 		ufn_args(ctx, args);
-		fn_emit(pid_tgid, FN_ENTRY, ip, args, 0, 0);
+		fn_emit(ctx, pid_tgid, FN_ENTRY, ip, args, 0, 0);
 		return 0;
 	}
 	f = fn_push((__u32)pid_tgid);
@@ -85,7 +85,7 @@ int ufn_entry(struct pt_regs *ctx)
 	f->start_ns = bpf_ktime_get_ns();
 	ufn_args(ctx, f->args);
 	if (cfg_emit_entry)
-		fn_emit(pid_tgid, FN_ENTRY, ip, f->args, 0, 0);
+		fn_emit(ctx, pid_tgid, FN_ENTRY, ip, f->args, 0, 0);
 	return 0;
 }
 
@@ -96,14 +96,14 @@ int ufn_return(struct pt_regs *ctx)
 	struct fn_frame f;
 
 	if (fn_pop((__u32)pid_tgid, 0, false, &f)) {
-		fn_emit(pid_tgid, FN_RETURN | FN_HAS_RET, f.ip, f.args, PT_REGS_RC(ctx),
+		fn_emit(ctx, pid_tgid, FN_RETURN | FN_HAS_RET, f.ip, f.args, PT_REGS_RC(ctx),
 			f.start_ns);
 		return 0;
 	}
 	/* entry not seen (or not loaded): the filters were not applied there */
 	if (!pt_wanted(pid_tgid >> 32))
 		return 0;
-	fn_emit(pid_tgid, FN_RETURN | FN_HAS_RET, 0, NULL, PT_REGS_RC(ctx), 0);
+	fn_emit(ctx, pid_tgid, FN_RETURN | FN_HAS_RET, 0, NULL, PT_REGS_RC(ctx), 0);
 	return 0;
 }
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .link import open_pinned_link
     from .maps import open_pinned_map
     from .object import Object, OpenObject, open  # noqa: A004
+    from .profiler import OffCpuProfiler, Profile, Profiler, offcpu, profile
     from .tracers import (ExecTracer, FmodRetPolicy, FunctionTracer, ProcessTracer,
                           PythonTracer, SyscallStats, SyscallTracer, TracepointTracer, Tracer,
                           UsdtTracer, UserFunctionTracer)
@@ -43,6 +44,8 @@ _LAZY = {
     "trace_user_function": ".choose", "UserFunctionTracer": ".tracers",
     "trace_pipe": ".kernel.tracefs",
     "open_pinned_map": ".maps", "open_pinned_link": ".link",
+    "profile": ".profiler", "Profiler": ".profiler", "Profile": ".profiler",
+    "offcpu": ".profiler", "OffCpuProfiler": ".profiler",
 }
 
 
@@ -68,5 +71,6 @@ __all__ = ["open", "OpenObject", "Object", "errors", "objects_dir", "object_path
            "ExecTracer", "SyscallTracer", "ProcessTracer", "FunctionTracer", "FmodRetPolicy",
            "TracepointTracer", "SyscallStats", "trace_user_function", "UserFunctionTracer",
            "trace_usdt", "trace_python", "UsdtTracer", "PythonTracer", "trace_pipe",
-           "open_pinned_map", "open_pinned_link",
+           "open_pinned_map", "open_pinned_link", "profile", "Profiler", "Profile",
+           "offcpu", "OffCpuProfiler",
            *errors.__all__]

@@ -23,6 +23,9 @@ uprobe         attach a uprobe to libc's getpid, for this process only
 uretprobe      the same, as a return probe
 fentry/fexit   load against the probe function's BTF, attach
 fmod_ret       load against security_file_open (returns 0: no effect), attach
+perf_event     attach to a cpu-clock perf event on CPU 0 (at 99 Hz)
+stacks         a BPF_MAP_TYPE_STACK_TRACE map, and bpf_get_stack (kernel and
+               user stacks) accepted by the verifier in a perf_event program
 cookies        load a program calling bpf_get_attach_cookie
 usdt           attach to a USDT probe of a binary that has one (CPython's
                gc__start, libstdc++'s throw); no such binary: inconclusive
@@ -69,14 +72,14 @@ __all__ = ["Feature", "FeatureReport", "CanAttach", "probe", "can_attach", "FEAT
            "PROBE_KINDS", "probe_function"]
 
 PROBE_KINDS = kinds.PROBED_KINDS
-FEATURES = ("btf", "ringbuf") + PROBE_KINDS + ("cookies", "tracefs", "lockdown")
+FEATURES = ("btf", "ringbuf") + PROBE_KINDS + ("stacks", "cookies", "tracefs", "lockdown")
 
 # Functions present from 5.10 to 7.x, traceable, not on the kprobe blacklist.
 PROBE_FUNCTIONS = ("security_file_open", "vfs_read", "vfs_write")
 FMOD_RET_FUNCTIONS = ("security_file_open", "security_file_permission")
 
 MIN_KERNEL = dict({k.name: k.min_kernel for k in kinds.KINDS.values()},
-                  btf="5.4", ringbuf="5.8", cookies="5.15")
+                  btf="5.4", ringbuf="5.8", cookies="5.15", stacks="4.18")
 
 
 @dataclass
@@ -400,6 +403,9 @@ def _probe_usdt(pk: kinds.ProbeKind) -> Feature:
     return _no(pk.name, "no binary with a USDT probe to try: " + ", ".join(
         f"{b} ({p})" for b, p in WELL_KNOWN), "Debian's python3 (built --with-dtrace)",
         conclusive=False)
+def _probe_perf_event(pk: kinds.ProbeKind) -> Feature:
+    _attempt(pk, _nothing, lambda p: p.attach_perf_event("cpu-clock", frequency=99, cpus=[0]))
+    return _ok(pk.name, "attached to a cpu-clock perf event on CPU 0")
 
 
 # How each attach style (kinds.ProbeKind.attach) is probed: a real load and attach.
@@ -411,12 +417,31 @@ _KIND_PROBES: Dict[str, Callable[[kinds.ProbeKind], Feature]] = {
     kinds.ATTACH_FUNCTION_GLOB: _probe_kprobe_multi,
     kinds.ATTACH_USER_FUNCTION: _probe_uprobe,
     kinds.ATTACH_USDT: _probe_usdt,
+    kinds.ATTACH_PERF_EVENT: _probe_perf_event,
 }
 
 
 def _probe_ringbuf() -> Feature:
     _attempt("probe_ringbuf", _nothing, lambda p: None)
     return _ok("ringbuf", "loaded a program reserving in a BPF_MAP_TYPE_RINGBUF map")
+
+
+def _probe_stacks() -> Feature:
+    from ._libbpf import ffi, lib
+    from .maps import MapType
+    if lib.libbpf_probe_bpf_map_type(MapType.STACK_TRACE, ffi.NULL) != 1:
+        raise NotSupportedError("stacks", "the kernel has no BPF_MAP_TYPE_STACK_TRACE maps "
+                                "(CONFIG_BPF_EVENTS / CONFIG_PERF_EVENTS off?)",
+                                min_kernel="4.6")
+    try:
+        _attempt("probe_stack", _nothing, lambda p: None)
+    except PytracersError as e:
+        from .errors import VerifierError
+        if isinstance(e, VerifierError) and ("unknown func" in e.log or "invalid func" in e.log):
+            raise NotSupportedError("stacks", "the verifier does not know bpf_get_stack",
+                                    min_kernel="4.18") from e
+        raise
+    return _ok("stacks", "stack-trace maps, and bpf_get_stack for kernel and user stacks")
 
 
 def _probe_cookies() -> Feature:
@@ -483,6 +508,7 @@ _PROBES: Dict[str, Callable[[], Feature]] = {
     "btf": _probe_btf,
     "ringbuf": _probe_ringbuf,
     **{k: _kind_probe(kinds.KINDS[k]) for k in PROBE_KINDS},
+    "stacks": _probe_stacks,
     "cookies": _probe_cookies,
     "tracefs": _probe_tracefs,
     "lockdown": _probe_lockdown,

@@ -2,11 +2,12 @@
 
 A probe kind is how a BPF program meets the kernel: a tracepoint (``tp``), a
 raw tracepoint (``raw_tp``), a BTF tracepoint (``tp_btf``), a kprobe or
-kretprobe, a multi-kprobe, or a BPF trampoline (``fentry``, ``fexit``,
-``fmod_ret``), and in user space a uprobe, a uretprobe or a USDT probe of a
-user program (``usdt``).  This module is the only place that spells their
-names; every module that lists kinds, dispatches on them or explains them
-reads :data:`KINDS`:
+kretprobe, a multi-kprobe, a BPF trampoline (``fentry``, ``fexit``,
+``fmod_ret``), or a sampling perf event (``perf_event``: a timer or counter
+overflowing at a frequency on every CPU), and in user space a uprobe, a
+uretprobe or a USDT probe of a user program (``usdt``).  This module is the
+only place that spells their names; every module that lists kinds,
+dispatches on them or explains them reads :data:`KINDS`:
 
 * :meth:`pytracers.program.Program.attach` dispatches on :attr:`ProbeKind.attach`;
 * :func:`pytracers.features.probe` builds its report from the kinds whose
@@ -25,10 +26,10 @@ from typing import Dict, NamedTuple, Optional, Tuple
 __all__ = [
     "ProbeKind", "KINDS", "get", "kind_of_section",
     "TP", "RAW_TP", "TP_BTF", "KPROBE", "KRETPROBE", "KPROBE_MULTI", "KRETPROBE_MULTI",
-    "FENTRY", "FEXIT", "FMOD_RET", "UPROBE", "URETPROBE", "USDT",
+    "FENTRY", "FEXIT", "FMOD_RET", "UPROBE", "URETPROBE", "USDT", "PERF_EVENT",
     "PERF_EVENT_LINK", "BPF_LINK", "ATTACH_TRACEPOINT", "ATTACH_RAW_TRACEPOINT",
     "ATTACH_FUNCTION", "ATTACH_FUNCTION_GLOB", "ATTACH_BTF", "ATTACH_USER_FUNCTION",
-    "ATTACH_USDT",
+    "ATTACH_USDT", "ATTACH_PERF_EVENT",
     "PROBED_KINDS", "TRACEPOINT_KINDS", "KPROBE_KINDS", "MULTI_KINDS", "TRAMPOLINE_KINDS",
     "BTF_TARGET_KINDS", "UPROBE_KINDS",
 ]
@@ -46,6 +47,7 @@ FMOD_RET = "fmod_ret"
 UPROBE = "uprobe"
 URETPROBE = "uretprobe"
 USDT = "usdt"
+PERF_EVENT = "perf_event"
 
 # How the kernel holds an attachment (what ``Link.pin`` can pin before 5.15).
 PERF_EVENT_LINK = "perf_event"    # a perf event with the program set on it
@@ -59,6 +61,7 @@ ATTACH_FUNCTION_GLOB = "function_glob"  # attach_kprobe_multi(pattern | function
 ATTACH_BTF = "btf"                    # attach_trace(): the target was fixed before load
 ATTACH_USER_FUNCTION = "user_function"  # attach_uprobe(binary, symbol_or_offset, pid=)
 ATTACH_USDT = "usdt"                  # attach_usdt(binary, provider, name)
+ATTACH_PERF_EVENT = "perf_event"      # attach_perf_event(event): one perf event per CPU
 
 
 class ProbeKind(NamedTuple):
@@ -136,6 +139,9 @@ _ALL = (
     ProbeKind(USDT, ("usdt", "usdt.s"), ATTACH_USDT, PERF_EVENT_LINK,
               "a USDT probe of a user program, 'binary:provider:name'", "5.5",
               feature_program="probe_usdt"),
+    ProbeKind(PERF_EVENT, ("perf_event",), ATTACH_PERF_EVENT, PERF_EVENT_LINK,
+              "a perf event sampled on every CPU: 'cpu-clock', 'cycles', ... "
+              "(at a frequency)", "4.9", feature_program="probe_perf_event"),
 )
 
 KINDS: Dict[str, ProbeKind] = {k.name: k for k in _ALL}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 from . import kinds
 from ._libbpf import checked
@@ -14,7 +14,7 @@ from .errors import BadArgumentError, LinkError, NotSupportedError
 if TYPE_CHECKING:
     from .program import Program
 
-__all__ = ["Link", "PinnedLink", "open_pinned_link"]
+__all__ = ["Link", "LinkSet", "PinnedLink", "open_pinned_link"]
 
 
 def check_pin_path(path: str) -> None:
@@ -127,3 +127,20 @@ def open_pinned_link(path: str) -> PinnedLink:
         os.close(fd)
         raise
     return PinnedLink(path, fd, int(info.type), int(info.id), int(info.prog_id))
+class LinkSet(List[Link]):
+    """Several links made by one attach (a perf event per CPU): ``close()``
+    closes them all (safe twice); ``with`` closes them on exit."""
+
+    def close(self) -> None:
+        for link in self:
+            link.close()
+
+    @property
+    def closed(self) -> bool:
+        return all(link.closed for link in self)
+
+    def __enter__(self) -> "LinkSet":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import struct
 from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
@@ -12,7 +13,7 @@ from ._libbpf import ffi, lib
 from .elf.inspect import section_target, split_tracepoint
 from .errors import (ENOTSUPP, BadArgumentError, BadTypeError, LinkError, NotSupportedError,
                      TargetNotFoundError, TestRunError, errno_name)
-from .link import Link
+from .link import Link, LinkSet
 
 if TYPE_CHECKING:
     from .object import Object
@@ -32,10 +33,9 @@ def parse_symbol_or_offset(text: str) -> Union[str, int]:
 
 # Section types of no probe kind (their libbpf prefixes, as kinds.kind_of_section
 # returns them): which libbpf attaches by itself, and which need the caller's
-# perf event or cgroup.
+# cgroup.
 LSM_SECTION = "lsm"
 ITER_SECTION = "iter"
-PERF_EVENT_SECTION = "perf_event"
 CGROUP_SECTIONS = ("sockops",)
 # Section types whose programs need an interface, socket or map from the caller.
 NEEDS_CALLER = ("xdp", "tc", "tcx", "netkit", "socket", "sk_skb", "sk_msg", "sk_lookup",
@@ -116,20 +116,21 @@ class Program:
         kinds.ATTACH_BTF: "_attach_fixed",
         kinds.ATTACH_USER_FUNCTION: "_attach_user_spec",
         kinds.ATTACH_USDT: "_attach_usdt_spec",
+        kinds.ATTACH_PERF_EVENT: "attach_perf_event",
     }
 
-    def attach(self, target: Optional[str] = None) -> Link:
+    def attach(self, target: Optional[str] = None) -> Union[Link, LinkSet]:
         """Attach by kind (see :mod:`pytracers.kinds`): tracepoints take
         "category/name" (or "category:name"), raw tracepoints a name, kprobes a
         function, multi-kprobes a glob, USDT programs
         "binary:provider:name"; BTF-based programs (tp_btf, fentry,
-        fexit, fmod_ret) attach to the target fixed at load.  Without
+        fexit, fmod_ret) attach to the target fixed at load, perf_event programs
+        to an event on every CPU at 99 Hz (a :class:`LinkSet`).  Without
         ``target``, the one written in the program's section.
 
         A program of no probe kind (``lsm/...``, ``iter/...``, ...) attaches
         as libbpf's auto-attach would (:meth:`attach_auto`); a cgroup program
-        takes its cgroup's path as ``target`` (:meth:`attach_cgroup`); a
-        perf_event program needs :meth:`attach_perf_event`."""
+        takes its cgroup's path as ``target`` (:meth:`attach_cgroup`)."""
         pk = kinds.KINDS.get(self.kind)
         if pk is None:
             if target is not None and self.kind.startswith("cgroup"):
@@ -139,11 +140,13 @@ class Program:
                                        "where its section says; it takes no target")
             return self.attach_auto()
         target = target if target is not None else section_target(self.section)
+        if not target and pk.attach == kinds.ATTACH_PERF_EVENT:
+            target = "auto"     # the sampling event of perf.resolve_event
         method = getattr(self, self.ATTACH[pk.attach])
         if not target and not pk.target_fixed_at_load:
             raise BadArgumentError(f"{self.name}: a {pk.name} program needs a target: "
                                    f"{pk.target}")
-        link: Link = method(target)
+        link: Union[Link, LinkSet] = method(target)
         return link
 
     def _attach_tracepoint_spec(self, target: str) -> Link:
@@ -361,13 +364,15 @@ class Program:
         section names no target, or its type needs something only the caller
         has), or None when :meth:`attach` with no argument attaches it."""
         pk = kinds.KINDS.get(self.kind)
+        if self.kind == kinds.PERF_EVENT:
+            return ("a perf_event program needs its event: attach_perf_event() samples "
+                    "cpu-clock on every CPU, attach_perf_event(fd) a perf event the caller "
+                    "opened")
         if pk is not None:
             if pk.target_fixed_at_load or section_target(self.section):
                 return None
             return (f"its section {self.section!r} names no {pk.name} target: "
                     f"attach it with attach(target) ({pk.target})")
-        if self.kind == PERF_EVENT_SECTION:
-            return "a perf_event program needs a perf event: attach_perf_event(fd)"
         if self.kind.startswith("cgroup"):
             return "a cgroup program needs a cgroup: attach_cgroup(path) or attach(path)"
         if self.kind in NEEDS_CALLER:
@@ -414,11 +419,11 @@ class Program:
                                      errno=err)
         return _errmap.attach_error(self.kind, f"{target} (program {self.name!r})", err, said)
 
-    def attach_perf_event(self, perf_fd: int) -> Link:
-        """Attach a ``perf_event`` program to an open perf event (a file
-        descriptor from perf_event_open).  The link holds its own duplicate of
-        the fd: the caller's stays the caller's to close."""
-        self._check_kind(PERF_EVENT_SECTION)
+    def attach_perf_fd(self, perf_fd: int) -> Link:
+        """Attach a ``perf_event`` program to a perf event the caller opened (a
+        file descriptor from perf_event_open).  The link holds its own
+        duplicate of the fd: the caller's stays the caller's to close."""
+        self._check_kind(kinds.PERF_EVENT)
         self.object._check()
         if not isinstance(perf_fd, int) or isinstance(perf_fd, bool) or perf_fd < 0:
             raise BadTypeError("perf_fd must be the file descriptor of an open perf event")
@@ -484,6 +489,41 @@ class Program:
             finally:
                 os.close(fd)
         return b"".join(chunks)
+
+    def attach_perf_event(self, event: Union[str, int] = "auto", *, frequency: int = 99,
+                          cpus: Optional[Sequence[int]] = None,
+                          pid: int = -1) -> Union[LinkSet, Link]:
+        """Run this ``perf_event`` program at ``frequency`` Hz on each CPU of
+        ``cpus`` (default: every online CPU), sampling ``event`` (see
+        :mod:`pytracers.perf`: ``cpu-clock``, ``cycles``...; ``auto`` picks
+        cycles where there is a PMU).  One perf event and one link per CPU,
+        returned together as a :class:`~pytracers.link.LinkSet`.  ``event``
+        an int: the file descriptor of a perf event the caller opened
+        (:meth:`attach_perf_fd`, one link)."""
+        if isinstance(event, int) and not isinstance(event, bool):
+            return self.attach_perf_fd(event)
+        if not isinstance(event, str):
+            raise BadTypeError("event must be a perf event name or an open perf event's fd")
+        from . import perf
+        self._check_kind(kinds.PERF_EVENT)
+        self.object._check()
+        event = perf.resolve_event(event or "auto")
+        target = f"{event}@{frequency}Hz"
+        self._refuse_duplicate(kinds.PERF_EVENT, target)
+        links = LinkSet()
+        try:
+            for cpu in (perf.online_cpus() if cpus is None else cpus):
+                pfd = perf.open_sampling_event(event, frequency, cpu, pid)
+                ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_perf_event,
+                                                      self._ptr, pfd)
+                if ptr == ffi.NULL:
+                    os.close(pfd)
+                # the link owns the perf event's fd from here (closing it closes the event)
+                links.append(self._link(ptr, err, cap, kinds.PERF_EVENT, target))
+        except BaseException:
+            links.close()
+            raise
+        return links
 
     # ---- BPF_PROG_TEST_RUN ---------------------------------------------------
     def test_run(self, ctx: Union[bytes, Sequence[int], None] = None, *,

@@ -28,7 +28,7 @@ from pytracers.kernel.host import kernel_release
 VM_KERNEL = os.environ.get("PYTRACERS_VM_KERNEL")  # "5.10", ..., "latest", "arm64-6.1"... or None
 
 ALL_KINDS = ("tp", "raw_tp", "tp_btf", "kprobe", "kretprobe", "fentry", "fexit", "fmod_ret",
-             "kprobe_multi", "uprobe", "uretprobe", "usdt")
+             "kprobe_multi", "uprobe", "uretprobe", "usdt", "perf_event")
 # usdt: every kernel of the matrix (libbpf's USDT needs 5.5; before 5.15, without
 # BPF cookies, it cannot attach system-wide to a shared library or PIE binary, and
 # the tests attach with pid= or to the non-PIE /usr/bin/python3.11 there)

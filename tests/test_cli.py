@@ -591,12 +591,12 @@ def test_doctor_json_reports_every_kind_with_its_reason(capsys):
     rows = {d["feature"]: d for d in json_lines(r.stdout)}
     assert set(rows) == {"btf", "ringbuf", "tp", "raw_tp", "tp_btf", "kprobe", "kretprobe",
                          "kprobe_multi", "fentry", "fexit", "fmod_ret", "uprobe", "uretprobe",
-                         "usdt", "cookies", "tracefs", "lockdown"}
+                         "usdt", "perf_event", "stacks", "cookies", "tracefs", "lockdown"}
     for d in rows.values():
         assert isinstance(d["available"], bool) and d["reason"], d
         if not d["available"]:
             assert d["conclusive"], d          # run as root: every no is a real answer
-    for k in ("btf", "ringbuf", "tp", "raw_tp", "tp_btf", "tracefs"):
+    for k in ("btf", "ringbuf", "tp", "raw_tp", "tp_btf", "tracefs", "perf_event", "stacks"):
         assert rows[k]["available"], rows[k]
     if VM_KERNEL:
         for k in ("kprobe", "kretprobe", "fentry", "fexit", "kprobe_multi", "usdt"):

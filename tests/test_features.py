@@ -53,6 +53,7 @@ REAL = {
                                                   kind="uretprobe"),
     # the USDT tracer on the probe the prober uses (CPython's, or libstdc++'s)
     "usdt": lambda child: choose.trace_usdt(*_usdt_probe_target()),
+    "perf_event": lambda child: pytracers.Profiler(frequency=49),
 }
 
 

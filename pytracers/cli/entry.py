@@ -12,7 +12,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from . import agent, doctor, exec as exec_, listing, syscalls, trace, usdt
+from . import agent, doctor, exec as exec_, listing, profile, syscalls, trace, usdt
 from .options import Parser
 from .output import silence_stdout
 from .status import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, report_error
@@ -33,6 +33,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     exec_.add_command(sub)
     syscalls.add_command(sub)
     usdt.add_command(sub)
+    profile.add_command(sub)
     agent.add_command(sub, argv)
     return p
 

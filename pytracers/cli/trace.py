@@ -50,6 +50,8 @@ def add_command(sub: Any) -> None:
                    help="uprobe:/uretprobe: targets: read this argument (its name, or its "
                         "index from 0) as a C string, up to 63 bytes")
     add_trace_options(t)
+    t.add_argument("--stack", choices=("kernel", "user", "both"),
+                   help="record the stacks of each event (JSON: kstack/ustack frames)")
     common(t, kinds=ALL_KINDS)
     t.set_defaults(func=cmd_trace)
 
@@ -147,6 +149,8 @@ def _is_syscall(name: str) -> bool:
 def open_trace(target: Target, args: argparse.Namespace) -> Tuple[TracerSource, str]:
     """Start the tracer for a target; (source, what to say on stderr about the choice)."""
     kw = tracer_options(args, wakeup_bytes=WAKEUP_BYTES, latency=LATENCY)
+    if getattr(args, "stack", None):
+        kw["stack"] = args.stack
     t: Any
     if target.what == "process":
         from ..tracers.process import ProcessTracer

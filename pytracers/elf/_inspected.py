@@ -8,10 +8,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 FORMAT = 1
-VALIDATOR_DIGEST = '354d0fcd857d45f6a86db1bdbcb4c3deb35d04bb6a664e29d529fd9af01d8471'
+VALIDATOR_DIGEST = 'c73d0efac564843173d70ba4b7daa8a2ad3095827027abb08599be417c2ba125'
 OBJECTS: dict[str, dict[str, Any]] = {
     # bench.bpf.o
-    '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {
+    '2833ef692cc734df7f98bfcfbd796b44599244d61e842174b95b36e2e22e03f2': {
         'programs': {
             'fill_8': 'raw_tp',
             'fill_64': 'raw_tp',
@@ -23,16 +23,17 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'pt_btf_bench_rec8': ('.rodata', 32, 8),
-            'pt_btf_bench_rec64': ('.rodata', 40, 8),
-            'pt_btf_bench_rec256': ('.rodata', 48, 8),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'pt_btf_bench_rec8': ('.rodata', 40, 8),
+            'pt_btf_bench_rec64': ('.rodata', 48, 8),
+            'pt_btf_bench_rec256': ('.rodata', 56, 8),
         },
         'sections': ['', '.strtab', '.symtab', '.text', 'raw_tp', '.rodata', '.data', '.bss', 'license', '.maps', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (4472, 2344),
+        'btf': (4576, 2606),
     },
     # exec.bpf.o
-    '65fdaaa3ecde6cbe665130fe032005d28e315e594a998c889394fd499e6f93cc': {
+    '7f341bc2388ff842d4b765d2c86d1064937440157e5d825533a0e7814db43b58': {
         'programs': {
             'exec_enter': 'tp/syscalls/sys_enter_execve',
             'exec_exit': 'tp/syscalls/sys_exit_execve',
@@ -42,13 +43,14 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
         },
         'sections': ['', '.strtab', '.symtab', 'tp/syscalls/sys_enter_execve', 'tp/syscalls/sys_exit_execve', '.rodata', '.data', '.maps', 'license', '.reltp/syscalls/sys_enter_execve', '.reltp/syscalls/sys_exit_execve', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (4920, 30271),
+        'btf': (5032, 30570),
     },
     # features.bpf.o
-    '1208e0b0a630cb05a8fd965efc16c8b6d08a72ce24d123746db6fbf8b1f459ad': {
+    'd61bda06f0f779ebeeddb90d7495840774a3e4337bed8ce8d55e6690f7e087d1': {
         'programs': {
             'probe_tp': 'tp',
             'probe_raw_tp': 'raw_tp',
@@ -64,58 +66,62 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'probe_ringbuf': 'raw_tp',
             'probe_cookie': 'kprobe',
             'probe_usdt': 'usdt',
+            'probe_perf_event': 'perf_event',
+            'probe_stack': 'perf_event',
         },
         'variables': {},
-        'sections': ['', '.strtab', '.symtab', '.text', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', 'usdt', '.maps', 'license', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', '.text', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', 'usdt', 'perf_event', '.maps', 'license', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3504, 3974),
+        'btf': (3744, 4164),
     },
     # fentry.bpf.o
-    '3b381c6b97acde08224ee8ef9d2ede63f2a98363104aa324f78e8ebdbdebe531': {
+    '7ecf20408837b8b0b6e0177f2cf8efba339924a72ae8b6cfae61ae553b95bc1e': {
         'programs': {
             'fn_fentry': 'fentry',
             'fn_fexit': 'fexit',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 72, 264),
+            'fn_stack_empty': ('.rodata', 80, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_latency': ('.rodata', 52, 4),
-            'cfg_func_ip': ('.rodata', 64, 8),
-            'cfg_emit_entry': ('.rodata', 40, 4),
-            'cfg_nargs': ('.rodata', 44, 4),
-            'cfg_skip_args': ('.rodata', 48, 4),
+            'cfg_latency': ('.rodata', 60, 4),
+            'cfg_func_ip': ('.rodata', 72, 8),
+            'cfg_emit_entry': ('.rodata', 48, 4),
+            'cfg_nargs': ('.rodata', 52, 4),
+            'cfg_skip_args': ('.rodata', 56, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_skip_ret': ('.rodata', 56, 4),
-            'pt_btf_func_event': ('.rodata', 32, 8),
+            'cfg_skip_ret': ('.rodata', 64, 4),
+            'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'fentry', 'fexit', '.rodata', '.data', 'license', '.maps', '.relfentry', '.relfexit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9064, 4937),
+        'btf': (9640, 5293),
     },
     # fmod_ret.bpf.o
-    '27f04c858869a5a9d613ac2c83eee6a927c114278b75d54c09df8067dca13a24': {
+    '07b1092fbec43fe47239fe643dee0d3d64d51fc565a593e39cb80636d61aca8f': {
         'programs': {
             'policy_fmod_ret': 'fmod_ret',
         },
         'variables': {
-            'cfg_nargs': ('.rodata', 32, 4),
-            'cfg_target_pid': ('.rodata', 48, 4),
-            'cfg_errno': ('.rodata', 52, 4),
+            'cfg_nargs': ('.rodata', 36, 4),
+            'cfg_target_pid': ('.rodata', 56, 4),
+            'cfg_errno': ('.rodata', 60, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_skip_args': ('.rodata', 36, 4),
-            'pt_btf_policy_event': ('.rodata', 40, 8),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_skip_args': ('.rodata', 40, 4),
+            'pt_btf_policy_event': ('.rodata', 48, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'fmod_ret', '.rodata', '.data', '.maps', 'license', '.relfmod_ret', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (2296, 2870),
+        'btf': (2424, 3191),
     },
     # kprobe.bpf.o
-    '0e44cdb0471fa7bc0dc916fd30de1cab62b8058d2d93c4c731fc6b4b5461a4f4': {
+    '6948ba85edfd811bd8e2edb2d304128529c90165060ee13ac1c9f956925cc6a9': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -123,20 +129,39 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'fn_kretprobe_multi': '?kretprobe.multi',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 48, 264),
+            'fn_stack_empty': ('.rodata', 56, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_emit_entry': ('.rodata', 40, 4),
+            'cfg_emit_entry': ('.rodata', 48, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'pt_btf_func_event': ('.rodata', 32, 8),
+            'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (17184, 5609),
+        'btf': (18960, 5960),
+    },
+    # offcpu.bpf.o
+    '266a206568840b25a686748d80b3f906a98bbe7eb3a2276af18a3d4f6a54b8ed': {
+        'programs': {
+            'offcpu_switch': 'tp_btf/sched_switch',
+        },
+        'variables': {
+            'cfg_preempted': ('.rodata', 34, 1),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_cgroup': ('.rodata', 24, 8),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_kernel': ('.rodata', 32, 1),
+            'cfg_user': ('.rodata', 33, 1),
+            'cfg_min_ns': ('.rodata', 40, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3824, 28694),
     },
     # proc.bpf.o
-    '21b5e94cba14659056c49873221f875d94cd8e691a37b113377c4bbb54998f69': {
+    'dddf54c8834e256c902bde1936b5704e51b02358839161f06c36d47f23c25e63': {
         'programs': {
             'proc_exec': 'tp_btf/sched_process_exec',
             'proc_fork': 'tp_btf/sched_process_fork',
@@ -147,15 +172,33 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_threads': ('.rodata', 40, 4),
-            'pt_btf_proc_event': ('.rodata', 32, 8),
+            'cfg_threads': ('.rodata', 48, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'pt_btf_proc_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_process_exec', 'tp_btf/sched_process_fork', 'tp_btf/sched_process_exit', '.rodata', '.data', 'license', '.maps', '.reltp_btf/sched_process_exec', '.reltp_btf/sched_process_fork', '.reltp_btf/sched_process_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (8992, 29603),
+        'btf': (9152, 29902),
+    },
+    # profile.bpf.o
+    'fefd19b273364fa96ba02d3b8b54eeea6b506a5c5e36ab9c4d672ac7fd2fb5fa': {
+        'programs': {
+            'profile_sample': 'perf_event',
+        },
+        'variables': {
+            'cfg_idle': ('.rodata', 32, 1),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_cgroup': ('.rodata', 24, 8),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_kernel': ('.rodata', 33, 1),
+            'cfg_user': ('.rodata', 34, 1),
+        },
+        'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3336, 2549),
     },
     # syscalls.bpf.o
-    '22d7286b7c1709c90f8eefeee0e0b2c8603a929b0482114572447e595ac3eea3': {
+    '81eab979236179f7f000f323c7322d590a80402d80081edf75c4728870ce858e': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -179,58 +222,61 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'variables': {
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'sc_stat_zero': ('.bss', 0, 720),
-            'cfg_filter_ids': ('.rodata', 40, 4),
-            'pt_btf_syscall_event': ('.rodata', 32, 8),
-            'pt_btf_sc_stat': ('.rodata', 48, 8),
-            'pt_btf_sc_stat_key': ('.rodata', 56, 8),
+            'cfg_filter_ids': ('.rodata', 48, 4),
+            'pt_btf_syscall_event': ('.rodata', 40, 8),
+            'pt_btf_sc_stat': ('.rodata', 56, 8),
+            'pt_btf_sc_stat_key': ('.rodata', 64, 8),
         },
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', 'license', '.maps', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (37664, 7454),
+        'btf': (39016, 7855),
     },
     # tracepoint.bpf.o
-    '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {
+    '22f3dd1c3a1dcc185cc9eabc29b83bc0227c60945130f43d45c0d32be1e62f52': {
         'programs': {
             'tp_record': 'tp',
         },
         'variables': {
-            'cfg_copy': ('.rodata', 40, 4),
+            'cfg_copy': ('.rodata', 48, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'pt_btf_tp_event': ('.rodata', 32, 8),
+            'pt_btf_tp_event': ('.rodata', 40, 8),
         },
-        'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', 'license', '.maps', '.reltp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', '.maps', 'license', '.reltp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3392, 2701),
+        'btf': (3736, 3047),
     },
     # uprobe.bpf.o
-    '41c9f174cf35f13af902046d8f1f78dd97b7c3f5a4dfe78d5ef9728856495b18': {
+    'ced4017bcf46d3601d43782bf6488d69fde0195607983eabf3d7221e7e3941ac': {
         'programs': {
             'ufn_entry': 'uprobe',
             'ufn_return': 'uretprobe',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 56, 264),
+            'fn_stack_empty': ('.rodata', 64, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_entry_only': ('.rodata', 44, 4),
-            'cfg_str_arg': ('.rodata', 48, 4),
+            'cfg_entry_only': ('.rodata', 52, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_str_arg': ('.rodata', 56, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_emit_entry': ('.rodata', 40, 4),
-            'pt_btf_func_event': ('.rodata', 32, 8),
+            'cfg_emit_entry': ('.rodata', 48, 4),
+            'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9704, 5394),
+        'btf': (10664, 5750),
     },
     # usdt.bpf.o
-    '6f7edce57c60bb4ef964da999636ea4c2681654e382f1226baea098f45b9e865': {
+    '9acb488efd59485efa8c362a58578a791ae70098e9af843644843f7a0813067c': {
         'programs': {
             'usdt_probe': 'usdt',
         },
@@ -239,14 +285,15 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'pt_btf_usdt_event': ('.rodata', 32, 8),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'pt_btf_usdt_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', '.text', 'usdt', '.rodata', '.data', '.maps', 'license', '.rel.text', '.relusdt', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (8096, 5740),
+        'btf': (8216, 6039),
     },
     # arm64/bench.bpf.o
-    '0adeadfde30a9c42a205dbd2913deeaa79fdf4dfa8b619ec8f704a2c7bc7c8e2': {
+    '2833ef692cc734df7f98bfcfbd796b44599244d61e842174b95b36e2e22e03f2': {
         'programs': {
             'fill_8': 'raw_tp',
             'fill_64': 'raw_tp',
@@ -258,16 +305,17 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'pt_btf_bench_rec8': ('.rodata', 32, 8),
-            'pt_btf_bench_rec64': ('.rodata', 40, 8),
-            'pt_btf_bench_rec256': ('.rodata', 48, 8),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'pt_btf_bench_rec8': ('.rodata', 40, 8),
+            'pt_btf_bench_rec64': ('.rodata', 48, 8),
+            'pt_btf_bench_rec256': ('.rodata', 56, 8),
         },
         'sections': ['', '.strtab', '.symtab', '.text', 'raw_tp', '.rodata', '.data', '.bss', 'license', '.maps', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (4472, 2344),
+        'btf': (4576, 2606),
     },
     # arm64/exec.bpf.o
-    '13bccb84c2869a2c8338ef895de4d7fada00de6a1790dbce135551e1847cfee8': {
+    '9a3f8bd00893fcb94a8610f3cc89948585138a5c13a242d2177f2857fb584e7f': {
         'programs': {
             'exec_enter': 'tp/syscalls/sys_enter_execve',
             'exec_exit': 'tp/syscalls/sys_exit_execve',
@@ -277,13 +325,14 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
         },
         'sections': ['', '.strtab', '.symtab', 'tp/syscalls/sys_enter_execve', 'tp/syscalls/sys_exit_execve', '.rodata', '.data', '.maps', 'license', '.reltp/syscalls/sys_enter_execve', '.reltp/syscalls/sys_exit_execve', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (4920, 30940),
+        'btf': (5032, 31239),
     },
     # arm64/features.bpf.o
-    '97f19e89bad550488773cce0f5d0649eb60809867f4ad8d7a6596a33e68ba800': {
+    '694845df0f34f29f85d4ffe1d2923ab220c2eb10683790d0ea6db774b894eb69': {
         'programs': {
             'probe_tp': 'tp',
             'probe_raw_tp': 'raw_tp',
@@ -299,58 +348,62 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'probe_ringbuf': 'raw_tp',
             'probe_cookie': 'kprobe',
             'probe_usdt': 'usdt',
+            'probe_perf_event': 'perf_event',
+            'probe_stack': 'perf_event',
         },
         'variables': {},
-        'sections': ['', '.strtab', '.symtab', '.text', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', 'usdt', '.maps', 'license', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', '.text', 'tp', 'raw_tp', 'tp_btf/sys_enter', 'kprobe', 'kretprobe', 'uprobe', 'uretprobe', 'kprobe.multi', 'fentry', 'fexit', 'fmod_ret', 'usdt', 'perf_event', '.maps', 'license', '.rel.text', '.relraw_tp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3504, 3703),
+        'btf': (3744, 3893),
     },
     # arm64/fentry.bpf.o
-    '3b381c6b97acde08224ee8ef9d2ede63f2a98363104aa324f78e8ebdbdebe531': {
+    '7ecf20408837b8b0b6e0177f2cf8efba339924a72ae8b6cfae61ae553b95bc1e': {
         'programs': {
             'fn_fentry': 'fentry',
             'fn_fexit': 'fexit',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 72, 264),
+            'fn_stack_empty': ('.rodata', 80, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_latency': ('.rodata', 52, 4),
-            'cfg_func_ip': ('.rodata', 64, 8),
-            'cfg_emit_entry': ('.rodata', 40, 4),
-            'cfg_nargs': ('.rodata', 44, 4),
-            'cfg_skip_args': ('.rodata', 48, 4),
+            'cfg_latency': ('.rodata', 60, 4),
+            'cfg_func_ip': ('.rodata', 72, 8),
+            'cfg_emit_entry': ('.rodata', 48, 4),
+            'cfg_nargs': ('.rodata', 52, 4),
+            'cfg_skip_args': ('.rodata', 56, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_skip_ret': ('.rodata', 56, 4),
-            'pt_btf_func_event': ('.rodata', 32, 8),
+            'cfg_skip_ret': ('.rodata', 64, 4),
+            'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'fentry', 'fexit', '.rodata', '.data', 'license', '.maps', '.relfentry', '.relfexit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9064, 4937),
+        'btf': (9640, 5293),
     },
     # arm64/fmod_ret.bpf.o
-    '27f04c858869a5a9d613ac2c83eee6a927c114278b75d54c09df8067dca13a24': {
+    '07b1092fbec43fe47239fe643dee0d3d64d51fc565a593e39cb80636d61aca8f': {
         'programs': {
             'policy_fmod_ret': 'fmod_ret',
         },
         'variables': {
-            'cfg_nargs': ('.rodata', 32, 4),
-            'cfg_target_pid': ('.rodata', 48, 4),
-            'cfg_errno': ('.rodata', 52, 4),
+            'cfg_nargs': ('.rodata', 36, 4),
+            'cfg_target_pid': ('.rodata', 56, 4),
+            'cfg_errno': ('.rodata', 60, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_skip_args': ('.rodata', 36, 4),
-            'pt_btf_policy_event': ('.rodata', 40, 8),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_skip_args': ('.rodata', 40, 4),
+            'pt_btf_policy_event': ('.rodata', 48, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'fmod_ret', '.rodata', '.data', '.maps', 'license', '.relfmod_ret', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (2296, 2870),
+        'btf': (2424, 3191),
     },
     # arm64/kprobe.bpf.o
-    '1f28fdeac9d348cd9040b945eb4aab5dbc4950661a963f032fa7e9408693a18d': {
+    'b52ce1580f524a9832a8d22057255f4b6a908834f039f1398233cbb7bc37dcee': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -358,20 +411,39 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'fn_kretprobe_multi': '?kretprobe.multi',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 48, 264),
+            'fn_stack_empty': ('.rodata', 56, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_emit_entry': ('.rodata', 40, 4),
+            'cfg_emit_entry': ('.rodata', 48, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'pt_btf_func_event': ('.rodata', 32, 8),
+            'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (17160, 5350),
+        'btf': (18936, 5701),
+    },
+    # arm64/offcpu.bpf.o
+    '0d210dcacd1f9030859b6e919225d8b2c2b957e17c36ca8f269a7121a1ae2cd7': {
+        'programs': {
+            'offcpu_switch': 'tp_btf/sched_switch',
+        },
+        'variables': {
+            'cfg_preempted': ('.rodata', 34, 1),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_cgroup': ('.rodata', 24, 8),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_kernel': ('.rodata', 32, 1),
+            'cfg_user': ('.rodata', 33, 1),
+            'cfg_min_ns': ('.rodata', 40, 8),
+        },
+        'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3824, 29373),
     },
     # arm64/proc.bpf.o
-    '07c94c2460e11a1982e22c641ddfa28719c45c19f1cfe5893ae9d3c75ecdcca6': {
+    'a5114123ea03fb233c6bde87ac6b8ba14ebb445c44eb35789ca87afc37764eb8': {
         'programs': {
             'proc_exec': 'tp_btf/sched_process_exec',
             'proc_fork': 'tp_btf/sched_process_fork',
@@ -382,15 +454,33 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_threads': ('.rodata', 40, 4),
-            'pt_btf_proc_event': ('.rodata', 32, 8),
+            'cfg_threads': ('.rodata', 48, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'pt_btf_proc_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_process_exec', 'tp_btf/sched_process_fork', 'tp_btf/sched_process_exit', '.rodata', '.data', 'license', '.maps', '.reltp_btf/sched_process_exec', '.reltp_btf/sched_process_fork', '.reltp_btf/sched_process_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (8992, 30285),
+        'btf': (9152, 30584),
+    },
+    # arm64/profile.bpf.o
+    'fefd19b273364fa96ba02d3b8b54eeea6b506a5c5e36ab9c4d672ac7fd2fb5fa': {
+        'programs': {
+            'profile_sample': 'perf_event',
+        },
+        'variables': {
+            'cfg_idle': ('.rodata', 32, 1),
+            'cfg_pid': ('.rodata', 0, 4),
+            'cfg_cgroup': ('.rodata', 24, 8),
+            'cfg_comm': ('.rodata', 4, 16),
+            'cfg_kernel': ('.rodata', 33, 1),
+            'cfg_user': ('.rodata', 34, 1),
+        },
+        'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
+        'has_btf_ext': True,
+        'btf': (3336, 2549),
     },
     # arm64/syscalls.bpf.o
-    '97af736501050e19aa03c9ee32fdcd8f9dc7e6fd00fea0d3958581a209720c75': {
+    'ba71940ce621ef80d28e5e199612bab586460251831f324eae7711bb05d3128b': {
         'programs': {
             'sc_tp_enter0': 'tp',
             'sc_tp_enter1': 'tp',
@@ -414,58 +504,61 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'variables': {
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'sc_stat_zero': ('.bss', 0, 720),
-            'cfg_filter_ids': ('.rodata', 40, 4),
-            'pt_btf_syscall_event': ('.rodata', 32, 8),
-            'pt_btf_sc_stat': ('.rodata', 48, 8),
-            'pt_btf_sc_stat_key': ('.rodata', 56, 8),
+            'cfg_filter_ids': ('.rodata', 48, 4),
+            'pt_btf_syscall_event': ('.rodata', 40, 8),
+            'pt_btf_sc_stat': ('.rodata', 56, 8),
+            'pt_btf_sc_stat_key': ('.rodata', 64, 8),
         },
-        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', 'license', '.maps', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', 'raw_tp/sys_enter', 'raw_tp/sys_exit', 'tp_btf/sys_enter', 'tp_btf/sys_exit', '.rodata', '.data', '.maps', 'license', '.bss', '.reltp', '.relraw_tp/sys_enter', '.relraw_tp/sys_exit', '.reltp_btf/sys_enter', '.reltp_btf/sys_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (37960, 7596),
+        'btf': (39312, 7997),
     },
     # arm64/tracepoint.bpf.o
-    '6b5cf64bc218df146c142a939dbedeaf0e846840f5664141363131bd50fbbca2': {
+    '22f3dd1c3a1dcc185cc9eabc29b83bc0227c60945130f43d45c0d32be1e62f52': {
         'programs': {
             'tp_record': 'tp',
         },
         'variables': {
-            'cfg_copy': ('.rodata', 40, 4),
+            'cfg_copy': ('.rodata', 48, 4),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'pt_btf_tp_event': ('.rodata', 32, 8),
+            'pt_btf_tp_event': ('.rodata', 40, 8),
         },
-        'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', 'license', '.maps', '.reltp', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'tp', '.rodata', '.data', '.maps', 'license', '.reltp', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3392, 2701),
+        'btf': (3736, 3047),
     },
     # arm64/uprobe.bpf.o
-    'c5edcd03c6b4f1c30536cdc3b1058db49567ef3e497aab7ff6cee3b562f55fa8': {
+    '2e1e26639d291d752748792f976f5379ecfcdf4996ea3b7ca559dffb0c27b2f3': {
         'programs': {
             'ufn_entry': 'uprobe',
             'ufn_return': 'uretprobe',
         },
         'variables': {
-            'fn_stack_empty': ('.rodata', 56, 264),
+            'fn_stack_empty': ('.rodata', 64, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_entry_only': ('.rodata', 44, 4),
-            'cfg_str_arg': ('.rodata', 48, 4),
+            'cfg_entry_only': ('.rodata', 52, 4),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_str_arg': ('.rodata', 56, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_emit_entry': ('.rodata', 40, 4),
-            'pt_btf_func_event': ('.rodata', 32, 8),
+            'cfg_emit_entry': ('.rodata', 48, 4),
+            'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9704, 5135),
+        'btf': (10664, 5491),
     },
     # arm64/usdt.bpf.o
-    'd661a657ecc12c4b47bf680186bfbf27c8fe66de8f3b0d7cfc6014d5da2b929b': {
+    'de4e3066a623a7b947f7711c7d2e2c18250412d79f2f0e07c99c76ac831bd595': {
         'programs': {
             'usdt_probe': 'usdt',
         },
@@ -474,10 +567,11 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'pt_btf_usdt_event': ('.rodata', 32, 8),
+            'cfg_stacks': ('.rodata', 32, 4),
+            'pt_btf_usdt_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', '.text', 'usdt', '.rodata', '.data', '.maps', 'license', '.rel.text', '.relusdt', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (8096, 5451),
+        'btf': (8216, 5750),
     },
 }

@@ -36,7 +36,7 @@ PROGRAM_SECTION_PREFIXES = tuple(s for k in KINDS.values() for s in k.sections) 
     "ksyscall", "kretsyscall",
     "tc", "tcx/ingress", "tcx/egress", "netkit/primary", "netkit/peer", "classifier", "action",
     "freplace", "lsm.s", "lsm_cgroup", "lsm", "iter.s", "iter", "syscall", "xdp.frags/devmap",
-    "xdp/devmap", "xdp.frags/cpumap", "xdp/cpumap", "xdp.frags", "xdp", "perf_event", "lwt_in",
+    "xdp/devmap", "xdp.frags/cpumap", "xdp/cpumap", "xdp.frags", "xdp", "lwt_in",
     "lwt_out", "lwt_xmit", "lwt_seg6local", "sockops", "sk_skb/stream_parser",
     "sk_skb/stream_verdict", "sk_skb/verdict", "sk_skb", "sk_msg", "lirc_mode2", "flow_dissector",
     "cgroup_skb/ingress", "cgroup_skb/egress", "cgroup/skb", "cgroup/sock_create",

@@ -91,7 +91,9 @@ class Tracer(Resource):
     caught up -- up to one per event, 1-3 us each on the traced path),
     ``latency`` (seconds a record may wait when wakeups are suppressed: the
     reader looks at the ring at least this often, so a trickle of events
-    below the threshold is delivered within it).
+    below the threshold is delivered within it), ``stack`` (``"kernel"``,
+    ``"user"`` or ``"both"``: each record carries the stacks where it was
+    made, ``ev.kstack`` / ``ev.ustack``, see :mod:`pytracers.tracers.stacks`).
     """
 
     _what = "tracer"
@@ -103,8 +105,12 @@ class Tracer(Resource):
 
     def __init__(self, *, pid: Optional[int] = None, comm: Optional[str] = None,
                  ring_size: Optional[int] = None, wakeup_bytes: Optional[int] = None,
-                 latency: float = 0.1) -> None:
+                 latency: float = 0.1, stack: Optional[str] = None) -> None:
+        from .stacks import STACK_MAP_ENTRIES, stack_bits
         self.pid = check_pid(pid)
+        self.stack = stack
+        stacks = stack_bits(stack)
+        self._stacks: Any = None
         self.comm = check_comm(comm)
         if wakeup_bytes is not None and (not isinstance(wakeup_bytes, int)
                                          or isinstance(wakeup_bytes, bool) or wakeup_bytes < 0):
@@ -122,6 +128,9 @@ class Tracer(Resource):
                     open_obj.config["cfg_comm"] = self.comm
                 if ring_size is not None:
                     open_obj.maps["events"].max_entries = ring_size
+                if stacks:
+                    open_obj.config["cfg_stacks"] = stacks
+                    open_obj.maps["stacks"].max_entries = STACK_MAP_ENTRIES
                 self.wakeup_bytes = (wakeup_bytes if wakeup_bytes is not None
                                      else open_obj.maps["events"].max_entries // 4)
                 if self.wakeup_bytes:
@@ -181,6 +190,10 @@ class Tracer(Resource):
         layout = obj.btf.struct_layout(self.event_struct)
         dec = layout.decoder()
         cls = self._record_class(layout.record_class())
+        if self.stack:
+            from .stacks import StackReader, with_stacks
+            self._stacks = StackReader(obj.maps["stacks"])
+            cls = with_stacks(cls if cls is not None else layout.record_class(), self._stacks)
         if cls is None:
             return dec
         tuple_new = tuple.__new__
@@ -239,6 +252,12 @@ class Tracer(Resource):
         """Events dropped because the ring buffer was full (all CPUs)."""
         self._check()
         return int(self.object.maps["lost"].sum_percpu_u64())
+
+    @property
+    def stack_stats(self) -> Dict[str, Any]:
+        """With ``stack=``: stacks lost (the map full or a hash collision:
+        ``lost``), addresses symbolised and ``[unknown]`` frames by reason."""
+        return self._stacks.stats if self._stacks is not None else {}
 
     @property
     def delivered(self) -> int:

@@ -1,0 +1,240 @@
+"""The sampling profiler: ``profile.bpf.o`` on a perf event on every CPU,
+counts per (process, kernel stack, user stack) kept in the kernel, read and
+symbolised once at the end."""
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from .. import object as _object
+from .._shipped import object_path
+from ..errors import BadArgumentError
+from ..symbolize import Frame, Symbolizer    # numpy comes with the first table
+from .result import ENTRY_FUNCTIONS, Profile, Sample
+
+__all__ = ["Profiler", "profile", "read_stacks", "read_counts", "configure"]
+
+# struct profile_key of profile.bpf.c: u32 pid, s32 kstack, s32 ustack, u32 pad, char comm[16]
+KEY = struct.Struct("<IiiI16s")
+ST_NAMES = ("samples", "kstack_lost", "ustack_lost", "counts_full")
+EFAULT_STACK = -14   # bpf_get_stackid's -EFAULT: no stack of that kind (a kernel thread's user stack)
+
+
+def _cgroup_id(path: str) -> int:
+    """A cgroup v2 directory's id (its inode number, as bpf_get_current_cgroup_id gives)."""
+    if not path.startswith("/"):
+        path = os.path.join("/sys/fs/cgroup", path)
+    return os.stat(path).st_ino
+
+
+def configure(o: Any, *, pid: Optional[int], comm: Optional[str], cgroup: Optional[str],
+              kernel: bool, user: bool, idle: Optional[bool] = None) -> None:
+    if pid is not None:
+        if not isinstance(pid, int) or pid <= 0:
+            raise BadArgumentError(f"pid must be a positive int, got {pid!r}")
+        o.config["cfg_pid"] = pid
+    if comm:
+        raw = comm.encode()[:15]
+        o.config["cfg_comm"] = raw
+    if cgroup:
+        try:
+            o.config["cfg_cgroup"] = _cgroup_id(cgroup)
+        except OSError as e:
+            raise BadArgumentError(f"cgroup {cgroup!r}: {e.strerror}") from None
+    if not (kernel or user):
+        raise BadArgumentError("profile at least one of the kernel and user stacks")
+    o.config["cfg_kernel"] = int(kernel)
+    o.config["cfg_user"] = int(user)
+    if idle is not None:
+        o.config["cfg_idle"] = int(idle)
+
+
+def read_stacks(stack_map: Any, ids: set) -> Dict[int, Any]:
+    """Stack id -> its addresses (innermost first, a numpy array) from a STACK_TRACE map."""
+    import numpy as np
+    out: Dict[int, Any] = {}
+    for sid in ids:
+        raw = stack_map.lookup(struct.pack("<I", sid))
+        if raw is None:
+            out[sid] = np.zeros(0, np.uint64)
+            continue
+        a = np.frombuffer(raw, dtype=np.uint64)
+        nz = np.nonzero(a == 0)[0]
+        out[sid] = a[: nz[0]] if len(nz) else a
+    return out
+
+
+def symbolize_counts(entries: List[Tuple[int, str, int, int, int]], stacks: Dict[int, Any],
+                     sym: Symbolizer) -> Tuple[List[Sample], Dict[str, int]]:
+    """(pid, comm, kstack id, ustack id, count) -> samples with frames; and the
+    short-stack counts."""
+    import numpy as np
+    kframes: Dict[int, Tuple[Frame, ...]] = {}
+    kids = sorted({k for _, _, k, _, _ in entries if k >= 0})
+    if kids:
+        flat = np.concatenate([stacks[k] for k in kids]) if kids else np.zeros(0, np.uint64)
+        frames = sym.kernel(flat)
+        pos = 0
+        for k in kids:
+            n = len(stacks[k])
+            kframes[k] = tuple(frames[pos:pos + n])
+            pos += n
+    uframes: Dict[Tuple[int, int], Tuple[Frame, ...]] = {}
+    by_pid: Dict[int, List[int]] = {}
+    for pid, _, _, u, _ in entries:
+        if u >= 0 and (pid, u) not in uframes:
+            uframes[(pid, u)] = ()
+            by_pid.setdefault(pid, []).append(u)
+    for pid, us in by_pid.items():
+        flat = np.concatenate([stacks[u] for u in us])
+        frames = sym.user(pid, flat)
+        pos = 0
+        for u in us:
+            n = len(stacks[u])
+            uframes[(pid, u)] = tuple(frames[pos:pos + n])
+            pos += n
+    samples = []
+    short = empty_user = 0
+    for pid, comm, k, u, n in entries:
+        uf = uframes.get((pid, u), ())
+        if u >= 0 and uf and uf[-1].symbol not in ENTRY_FUNCTIONS:
+            short += n
+        if u < 0 and u != EFAULT_STACK:
+            empty_user += n
+        samples.append(Sample(pid, comm, kframes.get(k, ()), uf, n))
+    return samples, {"short_user_stacks": short, "user_stack_missing": empty_user}
+
+
+def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
+                processes: Optional[Dict[int, Any]] = None
+                ) -> Tuple[List[Sample], Dict[str, Any]]:
+    """The ``counts`` map of a profile object (``profile_key`` -> u64, divided
+    by ``scale``) with its stacks from ``stacks``, symbolised."""
+    entries = []
+    for k, v in obj.maps["counts"].items():
+        pid, ks, us, _, comm = KEY.unpack(k)
+        n = struct.unpack("<Q", v)[0] // scale
+        if n:
+            entries.append((pid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ks, us, n))
+    ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}
+    stacks = read_stacks(obj.maps["stacks"], ids)
+    sym = Symbolizer(processes)
+    samples, short = symbolize_counts(entries, stacks, sym)
+    stats: Dict[str, Any] = dict(kernel_stats, **short)
+    stats["unknown_frames"] = dict(sym.stats.unknown)
+    stats["symbolized"] = sym.stats.addresses
+    return samples, stats
+
+
+class MapsWatcher:
+    """Reads the mappings of each process as soon as it shows up in a
+    ``counts`` map (every ``interval`` seconds, in a thread), so that a
+    process that exits before the end of the profile still symbolises."""
+
+    def __init__(self, counts: Any, interval: float) -> None:
+        import threading
+        self.counts = counts
+        self.interval = interval
+        self.processes: Dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pytracers-maps", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from ..symbolize import ProcessSymbols
+        while not self._stop.wait(self.interval):
+            try:
+                pids = {struct.unpack_from("<I", k)[0] for k in self.counts.keys()}
+            except Exception:   # the map closed under us: the profile is ending
+                return
+            for pid in pids - set(self.processes):
+                ps = ProcessSymbols(pid)
+                if ps.alive:
+                    self.processes[pid] = ps
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Profiler:
+    """A running sampling profiler (``with Profiler(...) as p: ...; prof = p.result()``).
+
+    ``frequency`` Hz on ``event`` (``auto``: cycles where there is a PMU,
+    else cpu-clock) on every online CPU; ``pid``/``comm``/``cgroup`` filter
+    in the kernel; ``kernel``/``user`` choose the stacks walked; ``idle``
+    also counts the idle task (pid 0).  ``maps_interval``: how often (seconds)
+    to read the mappings of processes newly seen in the counts, so that
+    short-lived ones still symbolise (None: only at the end)."""
+
+    def __init__(self, *, frequency: int = 99, pid: Optional[int] = None,
+                 comm: Optional[str] = None, cgroup: Optional[str] = None, event: str = "auto",
+                 kernel: bool = True, user: bool = True, idle: bool = False,
+                 maps_interval: Optional[float] = 2.0) -> None:
+        from .. import perf
+        self.frequency = frequency
+        self.event = perf.resolve_event(event)
+        o = _object.open(object_path("profile"))
+        try:
+            configure(o, pid=pid, comm=comm, cgroup=cgroup, kernel=kernel, user=user, idle=idle)
+            self.obj = o.load()
+        except BaseException:
+            o.close()
+            raise
+        try:
+            self.links = self.obj.programs["profile_sample"].attach_perf_event(
+                self.event, frequency=frequency)
+        except BaseException:
+            self.obj.close()
+            raise
+        self.started = time.monotonic()
+        self.stopped: Optional[float] = None
+        self._watcher = MapsWatcher(self.obj.maps["counts"], maps_interval) \
+            if user and maps_interval else None
+
+    def stop(self) -> None:
+        """Stop sampling (the counts stay readable)."""
+        if self.stopped is None:
+            self.links.close()
+            self.stopped = time.monotonic()
+            if self._watcher is not None:
+                self._watcher.stop()
+
+    def stats(self) -> Dict[str, int]:
+        m = self.obj.maps["stats"]
+        return {name: m.sum_percpu_u64(i) for i, name in enumerate(ST_NAMES)}
+
+    def result(self) -> Profile:
+        """Stop, read the counts and stacks, symbolise: the :class:`Profile`."""
+        self.stop()
+        samples, stats = read_counts(self.obj, self.stats(), processes=(
+            self._watcher.processes if self._watcher is not None else None))
+        end = self.stopped if self.stopped is not None else time.monotonic()
+        return Profile(samples, duration=end - self.started, frequency=self.frequency,
+                       event=self.event, stats=stats)
+
+    def close(self) -> None:
+        self.stop()
+        self.obj.close()
+
+    def __enter__(self) -> "Profiler":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def profile(duration: float = 10.0, frequency: int = 99, pid: Optional[int] = None, *,
+            comm: Optional[str] = None, cgroup: Optional[str] = None, event: str = "auto",
+            kernel: bool = True, user: bool = True, idle: bool = False) -> Profile:
+    """Sample stacks on every CPU for ``duration`` seconds at ``frequency`` Hz
+    and return the :class:`~pytracers.profiler.Profile` (see :class:`Profiler`
+    for the options)."""
+    if not isinstance(duration, (int, float)) or duration <= 0:
+        raise BadArgumentError(f"duration must be a positive number of seconds, got {duration!r}")
+    with Profiler(frequency=frequency, pid=pid, comm=comm, cgroup=cgroup, event=event,
+                  kernel=kernel, user=user, idle=idle) as p:
+        time.sleep(duration)
+        return p.result()

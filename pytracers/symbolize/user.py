@@ -1,0 +1,186 @@
+"""User addresses to names: a process's executable mappings (``/proc/PID/maps``)
+and the ELF symbol tables of the files behind them.
+
+An address inside a file mapping becomes a file offset (``addr - start +
+pgoff``), then the ELF's own virtual address through its PT_LOAD segments
+(so position-independent executables and shared libraries resolve wherever
+they were loaded), then a symbol.  Anonymous executable memory is looked up
+in ``/tmp/perf-PID.map`` when the process writes one (JITs, CPython's
+``-X perf``).  Files are opened through ``/proc/PID/root`` so a process in
+another mount namespace resolves against its own files.  The mappings are
+read when a :class:`ProcessSymbols` is made: a process that has exited by
+then leaves its frames ``[unknown]`` (counted as ``process gone``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .elfsyms import ElfSymbols, elf_symbols
+from .frames import UNKNOWN, Frame, Stats
+from .table import SymbolTable
+
+__all__ = ["Mapping", "ProcessSymbols", "read_maps"]
+
+
+class Mapping:
+    """One executable mapping of a process."""
+
+    __slots__ = ("start", "end", "offset", "path")
+
+    def __init__(self, start: int, end: int, offset: int, path: str) -> None:
+        self.start, self.end, self.offset, self.path = start, end, offset, path
+
+    def __repr__(self) -> str:
+        return f"<Mapping {self.start:#x}-{self.end:#x} +{self.offset:#x} {self.path}>"
+
+
+def read_maps(pid: int) -> Optional[List[Mapping]]:
+    """The executable mappings of ``pid`` (None when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            text = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    out = []
+    for line in text.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) < 5 or "x" not in parts[1]:
+            continue
+        lo, hi = parts[0].split("-")
+        path = parts[5].strip() if len(parts) > 5 else ""
+        out.append(Mapping(int(lo, 16), int(hi, 16), int(parts[2], 16), path))
+    out.sort(key=lambda m: m.start)
+    return out
+
+
+def _perf_map(pid: int) -> Optional[SymbolTable]:
+    try:
+        with open(f"/tmp/perf-{pid}.map") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    starts, sizes, names = [], [], []
+    for line in lines:
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            try:
+                starts.append(int(parts[0], 16))
+                sizes.append(int(parts[1], 16))
+            except ValueError:
+                continue
+            names.append(parts[2])
+    return SymbolTable(starts, names, sizes) if starts else None
+
+
+class ProcessSymbols:
+    """Symbolises addresses of one process (its mappings as read at creation)."""
+
+    def __init__(self, pid: int, stats: Optional[Stats] = None) -> None:
+        self.pid = pid
+        self.stats = stats if stats is not None else Stats()
+        self.maps = read_maps(pid)
+        self._starts = np.array([m.start for m in self.maps or ()], dtype=np.uint64)
+        self._ends = np.array([m.end for m in self.maps or ()], dtype=np.uint64)
+        self._files: Dict[str, Optional[ElfSymbols]] = {}
+        self._perf: Optional[SymbolTable] = None
+        self._perf_read = False
+
+    @property
+    def alive(self) -> bool:
+        return self.maps is not None
+
+    def _file(self, path: str) -> Optional[ElfSymbols]:
+        if path not in self._files:
+            syms = None
+            for p in (f"/proc/{self.pid}/root{path}", path):
+                try:
+                    syms = elf_symbols(p)
+                    break
+                except Exception:  # unreadable, not ELF, damaged: no symbols from it
+                    continue
+            self._files[path] = syms
+        return self._files[path]
+
+    def perf_map(self) -> Optional[SymbolTable]:
+        if not self._perf_read:
+            self._perf, self._perf_read = _perf_map(self.pid), True
+        return self._perf
+
+    def symbolize(self, addrs: Any) -> List[Frame]:
+        """One :class:`Frame` per address."""
+        a = np.asarray(addrs, dtype=np.uint64)
+        self.stats.addresses += len(a)
+        out: List[Optional[Frame]] = [None] * len(a)
+        if self.maps is None:
+            self.stats.miss("process gone", len(a))
+            return [Frame(x, UNKNOWN, 0, None) for x in a.tolist()]
+        mi = np.searchsorted(self._starts, a, side="right").astype(np.int64) - 1
+        inmap = (mi >= 0) & (a < self._ends[np.where(mi >= 0, mi, 0)]) if len(self._starts) \
+            else np.zeros(len(a), bool)
+        mi = np.where(inmap, mi, -1)
+        for m in np.unique(mi).tolist():
+            sel = np.nonzero(mi == m)[0]
+            if m < 0:
+                self.stats.miss("no mapping", len(sel))
+                for i in sel.tolist():
+                    out[i] = Frame(int(a[i]), UNKNOWN, 0, None)
+                continue
+            self._resolve(self.maps[m], a[sel], sel, out)
+        return out  # type: ignore[return-value]
+
+    def _resolve(self, mp: Mapping, addrs: np.ndarray, where: np.ndarray,
+                 out: List[Optional[Frame]]) -> None:
+        path = mp.path
+        names: List[str]
+        if path.startswith("/"):
+            elf = self._file(path)
+            if elf is None:
+                self._fill(addrs, where, out, None, None, path, "unreadable file")
+                return
+            vaddr = elf.file_to_vaddr(addrs - np.uint64(mp.start) + np.uint64(mp.offset))
+            idx, off = elf.table.find(vaddr)
+            self._fill(addrs, where, out, idx, off, path, "no symbol", elf.name)
+            return
+        table = self.perf_map() if not path or path.startswith("[anon") else None
+        if table is None:
+            self._fill(addrs, where, out, None, None, path or None, "no symbol")
+            return
+        idx, off = table.find(addrs)
+        names = table.names
+        self._fill(addrs, where, out, idx, off, f"/tmp/perf-{self.pid}.map", "no symbol",
+                   lambda i: names[i])
+
+    def _fill(self, addrs: np.ndarray, where: np.ndarray, out: List[Optional[Frame]],
+              idx: Optional[np.ndarray], off: Optional[np.ndarray], module: Optional[str],
+              reason: str, name: "Optional[object]" = None) -> None:
+        if idx is None or off is None or name is None:
+            self.stats.miss(reason, len(addrs))
+            for i, x in zip(where.tolist(), addrs.tolist()):
+                out[i] = Frame(x, UNKNOWN, 0, module)
+            return
+        self.stats.miss(reason, int((idx < 0).sum()))
+        cache: Dict[int, str] = {}
+        for i, x, s, o in zip(where.tolist(), addrs.tolist(), idx.tolist(), off.tolist()):
+            if s < 0:
+                out[i] = Frame(x, UNKNOWN, 0, module)
+            else:
+                nm = cache.get(s)
+                if nm is None:
+                    nm = cache[s] = name(s)  # type: ignore[operator]
+                out[i] = Frame(x, nm, o, module)
+
+
+def process_symbols(pid: int, cache: Optional[Dict[int, ProcessSymbols]] = None,
+                    stats: Optional[Stats] = None) -> ProcessSymbols:
+    """``ProcessSymbols(pid)``, reused from ``cache`` when given."""
+    if cache is None:
+        return ProcessSymbols(pid, stats)
+    ps = cache.get(pid)
+    if ps is None:
+        ps = cache[pid] = ProcessSymbols(pid, stats)
+    return ps
+
+

@@ -1,0 +1,106 @@
+"""Symbolisation: kernel addresses through kallsyms, user addresses through
+/proc/PID/maps and ELF symbol tables (PIE and shared libraries), in bulk."""
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+from pytracers.symbolize import (UNKNOWN, KernelSymbols, ProcessSymbols, Symbolizer,
+                                 SymbolTable, elf_symbols, read_maps)
+
+
+def test_table_bulk_lookup_exact():
+    t = SymbolTable([0x3000, 0x1000, 0x2000], ["c", "a", "b"], [0x10, 0x100, 0])
+    idx, off = t.find(np.array([0x0fff, 0x1000, 0x10ff, 0x1100, 0x2005, 0x3010, 0x300f],
+                               dtype=np.uint64))
+    names = [t.names[i] if i >= 0 else None for i in idx.tolist()]
+    # a past a's size: a gap; b has size 0 so reaches c
+    assert names == [None, "a", "a", None, "b", None, "c"]
+    assert off.tolist()[1:3] == [0, 0xff] and off.tolist()[6] == 0xf
+
+
+def test_kallsyms_text_with_modules():
+    k = KernelSymbols("ffffffff81000000 T _stext\n"
+                      "ffffffff81000100 t __pfx_foo\n"
+                      "ffffffff81000110 t foo\n"
+                      "ffffffff81000200 D some_data\n"
+                      "ffffffffc0000000 t mod_fn\t[mymod]\n")
+    fr = k.symbolize([0xffffffff81000114, 0xffffffffc0000008, 0x1000,
+                      0xffffffffc0000000 + (1 << 21)])
+    assert (fr[0].symbol, fr[0].offset, fr[0].module) == ("foo", 4, None)
+    assert (fr[1].symbol, fr[1].offset, fr[1].module) == ("mod_fn", 8, "mymod")
+    assert fr[2].symbol == UNKNOWN and fr[3].symbol == UNKNOWN
+    assert k.stats.unknown == {"no symbol": 2}
+
+
+def test_running_kernel_symbol_of_a_known_function():
+    k = Symbolizer()
+    from pytracers.symbolize import kernel_symbols
+    ks = kernel_symbols()
+    if ks.restricted and len(ks) == 0:
+        pytest.skip("kallsyms addresses are hidden (kptr_restrict, not root)")
+    i = ks.names.index("schedule")
+    start = int(ks.table.starts[i])
+    fr = k.kernel([start + 1])[0]
+    assert (fr.symbol, fr.offset) == ("schedule", 1)
+
+
+def test_shared_library_address_in_this_process():
+    libc = ctypes.CDLL("libc.so.6")
+    addr = ctypes.cast(libc.getppid, ctypes.c_void_p).value
+    fr = Symbolizer().user(os.getpid(), [addr, addr + 2])
+    assert fr[0].symbol.endswith("getppid") and fr[0].offset == 0
+    assert fr[1].offset == 2 and "libc.so" in fr[1].module
+
+
+def test_pie_executable_and_build_id_cache(tmp_path):
+    src = tmp_path / "pie.c"
+    src.write_text(textwrap.dedent("""
+        #include <stdio.h>
+        #include <unistd.h>
+        __attribute__((noinline)) int hot_function(int x) { return x * 3 + 1; }
+        int main(void) {
+            printf("%p\\n", (void *)hot_function); fflush(stdout);
+            pause(); return hot_function(1);
+        }"""))
+    exe = tmp_path / "pie"
+    subprocess.run(["gcc", "-O1", "-fPIE", "-pie", "-Wl,--build-id", "-o", str(exe), str(src)],
+                   check=True)
+    p = subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True)
+    try:
+        addr = int(p.stdout.readline(), 16)
+        maps = read_maps(p.pid)
+        assert any(m.path == str(exe) for m in maps)
+        ps = ProcessSymbols(p.pid)
+        fr = ps.symbolize([addr + 4, 0x10])
+        assert (fr[0].symbol, fr[0].offset, fr[0].module) == ("hot_function", 4, str(exe))
+        assert fr[1].symbol == UNKNOWN and ps.stats.unknown == {"no mapping": 1}
+        e = elf_symbols(str(exe))
+        assert e.build_id and elf_symbols(str(exe)) is e
+    finally:
+        p.kill()
+        p.wait()
+    gone = ProcessSymbols(p.pid)
+    assert gone.symbolize([addr])[0].symbol == UNKNOWN
+    assert gone.stats.unknown == {"process gone": 1}
+
+
+def test_perf_map_for_anonymous_code():
+    pid = os.getpid()
+    path = f"/tmp/perf-{pid}.map"
+    m = next(m for m in read_maps(pid) if m.path == "" or m.path.startswith("[anon"))\
+        if any(m.path == "" for m in read_maps(pid)) else None
+    if m is None:
+        pytest.skip("this process has no anonymous executable mapping")
+    with open(path, "w") as f:
+        f.write(f"{m.start:x} 40 py::busy:demo.py\n")
+    try:
+        fr = ProcessSymbols(pid).symbolize([m.start + 0x10])[0]
+        assert (fr.symbol, fr.offset, fr.module) == ("py::busy:demo.py", 0x10, path)
+    finally:
+        os.unlink(path)
