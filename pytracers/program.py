@@ -392,7 +392,9 @@ class Program:
             raise BadArgumentError(f"program {self.name!r} cannot attach by itself: {why}")
         pk = kinds.KINDS.get(self.kind)
         if pk is not None:
-            return self.attach()
+            link = self.attach()       # one link: a perf_event program was skipped above
+            assert isinstance(link, Link)
+            return link
         target = section_target(self.section) or self.section
         self._refuse_duplicate(self.kind, target)
         if self.kind == LSM_SECTION and _errmap.bpf_lsm_active() is False:
