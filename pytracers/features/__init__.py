@@ -54,18 +54,18 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import _errmap, kinds
-from ._shipped import object_path
-from .errors import (ENOTSUPP, KeyNotFoundError, NotSupportedError, PytracersError,
+from .. import _errmap, kinds
+from .._shipped import object_path
+from ..errors import (ENOTSUPP, KeyNotFoundError, NotSupportedError, PytracersError,
                      TargetNotFoundError, TracefsError)
-from .kernel import host, symbols, tracefs
-from .kernel.arch import architecture
+from ..kernel import host, symbols, tracefs
+from ..kernel.arch import architecture
 # kernel facts, also importable from here as before
-from .kernel.host import SECURITYFS, kernel_release, kernel_version
-from .kernel.symbols import (error_injection_list, filter_functions, in_btf,
+from ..kernel.host import SECURITYFS, kernel_release, kernel_version
+from ..kernel.symbols import (error_injection_list, filter_functions, in_btf,  # noqa: F401
                              kallsyms_functions, kprobe_blacklist)
 
 __all__ = ["Feature", "FeatureReport", "CanAttach", "probe", "can_attach", "FEATURES",
@@ -161,21 +161,6 @@ class FeatureReport:
         return "\n".join(rows)
 
 
-@dataclass
-class CanAttach:
-    """Can probe ``kind`` attach to ``target`` here?  See :func:`can_attach`."""
-
-    kind: str
-    target: str
-    supported: bool
-    reason: str
-    fix: Optional[str] = None
-    checks: List[str] = field(default_factory=list)   # what was looked at
-
-    def __bool__(self) -> bool:
-        return self.supported
-
-
 # ---------------------------------------------------------------------- caching
 
 _locks: Dict[str, threading.Lock] = {}
@@ -200,22 +185,6 @@ def _from_exc(name: str, e: BaseException) -> Feature:
 
 
 # ---------------------------------------------------------------------- helpers
-
-def probe_function(kind: str) -> Optional[str]:
-    """The stable function the prober attaches ``kind`` to here (None: none found)."""
-    pk = kinds.get(kind)
-    names = _targets(pk)
-    if pk.trampoline:
-        for n in names:
-            if in_btf(n):
-                return n
-        return None
-    syms = kallsyms_functions()
-    for n in names:
-        if syms is None or n in syms:
-            return n
-    return None
-
 
 def _first_target(kind: str, names: Tuple[str, ...], attempt: Callable[[str], None]) -> str:
     """Try ``attempt(name)`` on each candidate until one is not missing; the
@@ -260,7 +229,7 @@ def _attempt(prog: Union[str, kinds.ProbeKind], setup: Callable[[Any], None],
 
 
 def _attempt_loud(prog: str, setup: Callable[[Any], None], attach: Callable[[Any], Any]) -> None:
-    from .object import open as open_object
+    from ..object import open as open_object
     o = open_object(object_path("features"))
     try:
         o.only(prog)
@@ -338,7 +307,7 @@ def _probe_kprobe_multi(pk: kinds.ProbeKind) -> Feature:
 def kprobe_multi_refusal(e: PytracersError) -> PytracersError:
     """A failed multi-kprobe attach: before 5.18 the kernel does not know the
     link type and says only EINVAL -- that is a NotSupportedError."""
-    from .errors import VerifierError
+    from ..errors import VerifierError
     err = getattr(e, "errno", None)
     if isinstance(e, VerifierError) and kernel_version() < (5, 18):
         said = [ln for ln in e.log.splitlines() if "func" in ln and ("unknown" in ln or
@@ -384,8 +353,8 @@ def _probe_trampoline(pk: kinds.ProbeKind) -> Feature:
 
 
 def _probe_usdt(pk: kinds.ProbeKind) -> Feature:
-    from .user.targets import mapped_files
-    from .user.usdt import WELL_KNOWN, well_known_probes
+    from ..user.targets import mapped_files
+    from ..user.usdt import WELL_KNOWN, well_known_probes
     if host.no_uprobes_reason():
         raise NotSupportedError(pk.name, host.no_uprobes_reason() or "")
     for pr in well_known_probes():
@@ -427,8 +396,8 @@ def _probe_ringbuf() -> Feature:
 
 
 def _probe_stacks() -> Feature:
-    from ._libbpf import ffi, lib
-    from .maps import MapType
+    from .._libbpf import ffi, lib
+    from ..maps import MapType
     if lib.libbpf_probe_bpf_map_type(MapType.STACK_TRACE, ffi.NULL) != 1:
         raise NotSupportedError("stacks", "the kernel has no BPF_MAP_TYPE_STACK_TRACE maps "
                                 "(CONFIG_BPF_EVENTS / CONFIG_PERF_EVENTS off?)",
@@ -436,7 +405,7 @@ def _probe_stacks() -> Feature:
     try:
         _attempt("probe_stack", _nothing, lambda p: None)
     except PytracersError as e:
-        from .errors import VerifierError
+        from ..errors import VerifierError
         if isinstance(e, VerifierError) and ("unknown func" in e.log or "invalid func" in e.log):
             raise NotSupportedError("stacks", "the verifier does not know bpf_get_stack",
                                     min_kernel="4.18") from e
@@ -448,7 +417,7 @@ def _probe_cookies() -> Feature:
     try:
         _attempt("probe_cookie", _nothing, lambda p: None)
     except PytracersError as e:
-        from .errors import VerifierError
+        from ..errors import VerifierError
         if isinstance(e, VerifierError) and ("unknown func" in e.log or "invalid func" in e.log):
             raise NotSupportedError("cookies", "the verifier does not know "
                                     "bpf_get_attach_cookie", min_kernel="5.15") from e
@@ -569,87 +538,6 @@ def clear_cache() -> None:
     symbols.clear_cache()
 
 
-# ---------------------------------------------------------------------- per function
-
-# the kinds that attach to one kernel function (can_attach), in the order it names them
-_FUNCTION_KINDS = kinds.TRAMPOLINE_KINDS + kinds.KPROBE_KINDS + (kinds.KPROBE_MULTI,)
-_USE_KPROBE = f"use kind={kinds.KPROBE!r}"
-
-
-def can_attach(kind: str, target: str) -> CanAttach:
-    """Can a ``kind`` probe attach to kernel function ``target`` here?
-
-    ``kind``: fentry, fexit, fmod_ret, kprobe, kretprobe or kprobe_multi.
-    Cheap: reads BTF, kallsyms, and tracefs/debugfs lists when readable, plus
-    the (cached) kind-level :func:`probe` answer; no load per function.
-    """
-    function_kinds = _FUNCTION_KINDS
-    if kind not in function_kinds:
-        from .errors import BadArgumentError
-        raise BadArgumentError(f"can_attach() kinds: {', '.join(function_kinds)}; "
-                               f"not {kind!r}")
-    pk = kinds.get(kind)
-    checks: List[str] = []
-    feat = probe_one(kind)
-    checks.append(f"{kind} on this kernel: {'yes' if feat.supported else 'no'}")
-    if not feat.supported:
-        return CanAttach(kind, target, False, f"{kind}: {feat.reason}", feat.fix, checks)
-    aff = filter_functions()
-    if pk.trampoline:
-        has_btf = in_btf(target)
-        checks.append(f"in the kernel's BTF: {'yes' if has_btf else 'no'}")
-        if not has_btf:
-            where = "inlined or not built" if target not in (kallsyms_functions() or ()) \
-                else "present in kallsyms but has no BTF (static or module without BTF)"
-            return CanAttach(kind, target, False, f"symbol missing from the kernel's BTF "
-                             f"({where})", _USE_KPROBE if pk.twin else None,
-                             checks)
-        if pk.name == kinds.FMOD_RET and not target.startswith("security_"):
-            inj = error_injection_list()
-            checks.append("error_injection/list: " + ("unreadable" if inj is None else
-                                                      ("listed" if target in inj else
-                                                       "not listed")))
-            if inj is not None and target not in inj:
-                return CanAttach(kind, target, False, "not modifiable: neither a security_* "
-                                 "hook nor on the error-injection list", None, checks)
-            if inj is None:  # cannot read the list: ask the kernel (a load, no attach)
-                try:
-                    _attempt(pk,
-                             lambda o: o.programs[pk.feature_program].set_attach_target(target),
-                             lambda p: None)
-                    checks.append("test load against it: accepted")
-                except NotSupportedError as e:
-                    checks.append("test load against it: refused")
-                    return CanAttach(kind, target, False, f"not modifiable: {e.reason}", None,
-                                     checks)
-    else:
-        syms = kallsyms_functions()
-        in_syms = syms is None or target in syms
-        checks.append("kallsyms: " + ("unreadable" if syms is None else
-                                      ("present" if in_syms else "absent")))
-        if not in_syms:
-            return CanAttach(kind, target, False, "symbol missing from kallsyms (inlined at "
-                             "every call site, or not built)", None, checks)
-        if pk.attach == kinds.ATTACH_FUNCTION:
-            bl = kprobe_blacklist()
-            checks.append("kprobe blacklist: " + ("unreadable" if bl is None else
-                                                  ("listed" if target in bl else "not listed")))
-            if bl is not None and target in bl:
-                return CanAttach(kind, target, False, "blacklisted: on the kprobe blacklist "
-                                 "(/sys/kernel/debug/kprobes/blacklist)", "use fentry", checks)
-    if pk.trampoline or pk.attach == kinds.ATTACH_FUNCTION_GLOB:
-        checks.append("available_filter_functions: " + ("unreadable" if aff is None else
-                                                        ("listed" if target in aff else
-                                                         "not listed")))
-        if aff is not None and target not in aff:
-            return CanAttach(kind, target, False, "notrace or inlined: not in "
-                             "available_filter_functions, so there is no ftrace site for a "
-                             "trampoline or fprobe", _USE_KPROBE
-                             if pk.trampoline else None, checks)
-    return CanAttach(kind, target, True, f"{kind} works here and {target} passed: "
-                     + "; ".join(checks[1:]), None, checks)
-
-
 def _cached_presence(kind: str) -> Optional[bool]:
     """What the cache already says about ``kind`` (never probes): the error
     mapping asks it before a hint names another kind."""
@@ -658,3 +546,8 @@ def _cached_presence(kind: str) -> Optional[bool]:
 
 
 _errmap.set_kind_oracle(_cached_presence)
+
+
+# can_attach(), CanAttach and probe_function() live in .functions (this module's
+# size); they are importable from here as ever.
+from .functions import CanAttach, can_attach, probe_function  # noqa: E402
