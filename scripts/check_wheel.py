@@ -34,6 +34,8 @@ FAMILIES = {
     "tp": "exec", "tp (any tracepoint)": "tracepoint",
     "raw_tp/tp/tp_btf syscalls": "syscalls", "tp_btf": "proc",
     "kprobe/kretprobe": "kprobe", "fentry/fexit": "fentry", "fmod_ret": "fmod_ret",
+    "uprobe/uretprobe": "uprobe", "usdt": "usdt", "perf_event (profiler)": "profile",
+    "tp_btf (off-CPU)": "offcpu",
 }
 # the other shipped objects
 OTHERS = {
