@@ -154,6 +154,22 @@ def ring_fence(machine: Optional[str] = None) -> Optional[Callable[[], Any]]:
     return full_fence()
 
 
+def event_layout_of(btf: Any, event: Any) -> Any:
+    """The layout of a reader's ``event=`` (see :mod:`pytracers.btf.foreign`),
+    None for None.  A struct of the object's BTF by name -- what the shipped
+    tracers pass -- is looked up without loading the foreign-layout code."""
+    if event is None:
+        return None
+    if isinstance(event, str) and event.isidentifier():
+        from .errors import BtfNotFoundError
+        try:
+            return btf.struct_layout(event)
+        except BtfNotFoundError:
+            pass                # event_layout raises it again, saying what to pass
+    from .btf.foreign import event_layout
+    return event_layout(btf, event)
+
+
 def check_platform(what: str) -> None:
     """For a reader without fences (the perf buffer's): x86-64's memory
     ordering only (see :mod:`pytracers.ringbuf`)."""

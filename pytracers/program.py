@@ -586,5 +586,10 @@ class Program:
         return None
 
 
-# attach_all lives in its own module; importable from here as before
-from .attachall import AttachedAll, attach_all  # noqa: E402
+def __getattr__(name: str) -> Any:
+    """attach_all and AttachedAll live in :mod:`pytracers.attachall`; importable
+    from here as before, loaded on first use."""
+    if name in ("AttachedAll", "attach_all"):
+        from . import attachall
+        return getattr(attachall, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -307,6 +307,15 @@ def document_class(cls: type, qual: str) -> List[str]:
     return out
 
 
+
+def _value_repr(v: Any) -> str:
+    """repr() of a documented constant; sets sorted, so the page does not
+    change with the interpreter's hash seed."""
+    if isinstance(v, (set, frozenset)):
+        inner = ", ".join(repr(x) for x in sorted(v, key=repr))
+        return f"{type(v).__name__}({{{inner}}})" if v else f"{type(v).__name__}()"
+    return repr(v)
+
 def document_module(modname: str) -> Optional[List[str]]:
     try:
         mod = importlib.import_module(modname)
@@ -342,7 +351,7 @@ def document_module(modname: str) -> Optional[List[str]]:
         elif inspect.ismodule(v):
             continue
         else:
-            out += [f"### `{modname}.{name}` = `{v!r}`"[:200], ""]
+            out += [f"### `{modname}.{name}` = `{_value_repr(v)}`"[:200], ""]
     return out
 
 

@@ -148,8 +148,8 @@ class PerfBuffer(EventBuffer):
         self.wakeup_bytes = wakeup_bytes
         self._dtype_arg = dtype
         # the event's layout, as for rings (see pytracers.btf.foreign)
-        from ..btf.foreign import event_layout
-        layout = event_layout(m.object.btf, event) if event is not None else None
+        from ..eventbuf import event_layout_of
+        layout = event_layout_of(m.object.btf, event)
         what = f"open perf buffer on map {m.name!r}"
         self.cpus: Tuple[int, ...] = tuple(c for c in online_cpus() if c < m.max_entries)
         if not self.cpus:

@@ -14,7 +14,7 @@ import select
 from functools import partial
 from typing import TYPE_CHECKING, Any, List, Optional
 
-from ..eventbuf import EventBuffer, check_latency, ring_fence, wake_pipe
+from ..eventbuf import EventBuffer, check_latency, event_layout_of, ring_fence, wake_pipe
 from .records import PAGE_SIZE, Callback, Decoder, RingReader
 
 if TYPE_CHECKING:
@@ -79,8 +79,7 @@ class RingBuffer(EventBuffer):
         # The event's layout: its decoder for records, its dtype for batches.
         # (a BTF struct name, C declarations, a numpy dtype, a ctypes.Structure
         # or a StructLayout: see pytracers.btf.foreign)
-        from ..btf.foreign import event_layout
-        layout = event_layout(m.object.btf, event) if event is not None else None
+        layout = event_layout_of(m.object.btf, event)
         fds = [os.dup(m.fd)]
         fd = fds[0]
         maps: List[Any] = []

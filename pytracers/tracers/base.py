@@ -106,10 +106,12 @@ class Tracer(Resource):
     def __init__(self, *, pid: Optional[int] = None, comm: Optional[str] = None,
                  ring_size: Optional[int] = None, wakeup_bytes: Optional[int] = None,
                  latency: float = 0.1, stack: Optional[str] = None) -> None:
-        from .stacks import STACK_MAP_ENTRIES, stack_bits
         self.pid = check_pid(pid)
         self.stack = stack
-        stacks = stack_bits(stack)
+        stacks = 0
+        if stack is not None:        # the stacks module (and symbolize) only when asked
+            from .stacks import STACK_MAP_ENTRIES, stack_bits
+            stacks = stack_bits(stack)
         self._stacks: Any = None
         self.comm = check_comm(comm)
         if wakeup_bytes is not None and (not isinstance(wakeup_bytes, int)

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np   # imported where used: a tracer without stacks must not pay for it
 
 from ..errors import BadArgumentError
 from ..symbolize import Frame, Symbolizer
@@ -48,7 +49,8 @@ class StackReader:
         self._user: Dict[Tuple[int, int], List[Frame]] = {}
         self.lost = 0          # ids that were -ENOMEM / -EEXIST: the stack was not stored
 
-    def _addresses(self, sid: int) -> np.ndarray:
+    def _addresses(self, sid: int) -> "np.ndarray":
+        import numpy as np
         raw = self.map.lookup(struct.pack("<I", sid))
         if raw is None:
             return np.zeros(0, np.uint64)
