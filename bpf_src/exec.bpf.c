@@ -133,6 +133,9 @@ int exec_enter(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	e = &s->ev;
 	PT_FILL_HEADER(e, id);
+	/* the caller of execve: taken here, before a successful exec replaces
+	 * the process's image (and its user stack) */
+	PT_FILL_STACKS(e, ctx);
 	task = (struct task_struct *)bpf_get_current_task();
 	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	e->uid = (__u32)bpf_get_current_uid_gid();

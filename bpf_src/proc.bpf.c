@@ -16,6 +16,10 @@
  *   exit  exit_code = task->exit_code as the kernel keeps it (wait(2)
  *         status encoding: code << 8 | signal), lifetime_ns = age of the task.
  *
+ * Stacks (cfg_stacks, stack= in Python) are the current task's: the exec'ing
+ * task's (its user stack already the new program's, at its entry point), the
+ * forking parent's, the exiting task's.
+ *
  * By default, fork events are only for new processes and exit events only for
  * thread-group leaders; cfg_threads = 1 also reports new threads and every
  * thread's exit.
@@ -45,7 +49,7 @@ PT_BTF_EXPORT(struct proc_event, proc_event);
 
 const volatile __u32 cfg_threads = 0;
 
-static __always_inline struct proc_event *proc_start(enum proc_event_type type,
+static __always_inline struct proc_event *proc_start(void *ctx, enum proc_event_type type,
 						     struct task_struct *t)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -57,6 +61,7 @@ static __always_inline struct proc_event *proc_start(enum proc_event_type type,
 	if (!e)
 		return NULL;
 	PT_FILL_HEADER(e, pid_tgid);
+	PT_FILL_STACKS(e, ctx);
 	e->type = type;
 	e->ppid = t->real_parent->tgid;
 	e->child_pid = 0;
@@ -69,7 +74,7 @@ static __always_inline struct proc_event *proc_start(enum proc_event_type type,
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(proc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	struct proc_event *e = proc_start(PROC_EXEC, p);
+	struct proc_event *e = proc_start(ctx, PROC_EXEC, p);
 
 	if (!e)
 		return 0;
@@ -87,7 +92,7 @@ int BPF_PROG(proc_fork, struct task_struct *parent, struct task_struct *child)
 
 	if (!cfg_threads && child->pid != child->tgid)
 		return 0;
-	e = proc_start(PROC_FORK, child);
+	e = proc_start(ctx, PROC_FORK, child);
 	if (!e)
 		return 0;
 	e->child_pid = child->pid;
@@ -104,7 +109,7 @@ int BPF_PROG(proc_exit, struct task_struct *p)
 
 	if (!cfg_threads && p->pid != p->tgid)
 		return 0;
-	e = proc_start(PROC_EXIT, p);
+	e = proc_start(ctx, PROC_EXIT, p);
 	if (!e)
 		return 0;
 	e->exit_code = p->exit_code;

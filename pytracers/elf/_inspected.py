@@ -33,7 +33,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4576, 2606),
     },
     # exec.bpf.o
-    '7f341bc2388ff842d4b765d2c86d1064937440157e5d825533a0e7814db43b58': {
+    '90e7be9091fc650ae1dfe2dae33a53cd32fb3b4488a69ea0a0f7d41bfdf1e08a': {
         'programs': {
             'exec_enter': 'tp/syscalls/sys_enter_execve',
             'exec_exit': 'tp/syscalls/sys_exit_execve',
@@ -41,13 +41,13 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'variables': {
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_stacks': ('.rodata', 32, 4),
         },
         'sections': ['', '.strtab', '.symtab', 'tp/syscalls/sys_enter_execve', 'tp/syscalls/sys_exit_execve', '.rodata', '.data', '.maps', 'license', '.reltp/syscalls/sys_enter_execve', '.reltp/syscalls/sys_exit_execve', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (5032, 30570),
+        'btf': (5240, 30595),
     },
     # features.bpf.o
     'd61bda06f0f779ebeeddb90d7495840774a3e4337bed8ce8d55e6690f7e087d1': {
@@ -143,7 +143,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (18960, 5960),
     },
     # offcpu.bpf.o
-    '266a206568840b25a686748d80b3f906a98bbe7eb3a2276af18a3d4f6a54b8ed': {
+    '95fbb87c2cbc8a00383478a08fb549772e6d75f64548001480717138b8cc5113': {
         'programs': {
             'offcpu_switch': 'tp_btf/sched_switch',
         },
@@ -158,10 +158,10 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3824, 28694),
+        'btf': (3824, 28663),
     },
     # proc.bpf.o
-    'dddf54c8834e256c902bde1936b5704e51b02358839161f06c36d47f23c25e63': {
+    'f6e5f420dc61905f5130a357c51af84bf80d5afe721165dcb1f7ebe0e0288234': {
         'programs': {
             'proc_exec': 'tp_btf/sched_process_exec',
             'proc_fork': 'tp_btf/sched_process_fork',
@@ -170,32 +170,33 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'variables': {
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_threads': ('.rodata', 48, 4),
-            'cfg_stacks': ('.rodata', 32, 4),
             'pt_btf_proc_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_process_exec', 'tp_btf/sched_process_fork', 'tp_btf/sched_process_exit', '.rodata', '.data', 'license', '.maps', '.reltp_btf/sched_process_exec', '.reltp_btf/sched_process_fork', '.reltp_btf/sched_process_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9152, 29902),
+        'btf': (9816, 29927),
     },
     # profile.bpf.o
-    'fefd19b273364fa96ba02d3b8b54eeea6b506a5c5e36ab9c4d672ac7fd2fb5fa': {
+    '2fce01248d9a6ccce07415ed16599749310f873611f4f7f235b2773d6f335598': {
         'programs': {
             'profile_sample': 'perf_event',
         },
         'variables': {
-            'cfg_idle': ('.rodata', 32, 1),
+            'cfg_idle': ('.rodata', 34, 1),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_cgroup': ('.rodata', 24, 8),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_kernel': ('.rodata', 33, 1),
-            'cfg_user': ('.rodata', 34, 1),
+            'cfg_kernel': ('.rodata', 32, 1),
+            'cfg_user': ('.rodata', 33, 1),
+            'cfg_new_pids': ('.rodata', 35, 1),
         },
         'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3336, 2549),
+        'btf': (3664, 3077),
     },
     # syscalls.bpf.o
     '81eab979236179f7f000f323c7322d590a80402d80081edf75c4728870ce858e': {
@@ -315,7 +316,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (4576, 2606),
     },
     # arm64/exec.bpf.o
-    '9a3f8bd00893fcb94a8610f3cc89948585138a5c13a242d2177f2857fb584e7f': {
+    '4b55b9d237c151dd8c86ed236f60c1139957882236760f82ff274984454fd7d7': {
         'programs': {
             'exec_enter': 'tp/syscalls/sys_enter_execve',
             'exec_exit': 'tp/syscalls/sys_exit_execve',
@@ -323,13 +324,13 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'variables': {
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_stacks': ('.rodata', 32, 4),
         },
         'sections': ['', '.strtab', '.symtab', 'tp/syscalls/sys_enter_execve', 'tp/syscalls/sys_exit_execve', '.rodata', '.data', '.maps', 'license', '.reltp/syscalls/sys_enter_execve', '.reltp/syscalls/sys_exit_execve', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (5032, 31239),
+        'btf': (5240, 31264),
     },
     # arm64/features.bpf.o
     '694845df0f34f29f85d4ffe1d2923ab220c2eb10683790d0ea6db774b894eb69': {
@@ -425,7 +426,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (18936, 5701),
     },
     # arm64/offcpu.bpf.o
-    '0d210dcacd1f9030859b6e919225d8b2c2b957e17c36ca8f269a7121a1ae2cd7': {
+    'a9202053eeddca6cf513017a2b3dc93335b4a7f89b2ada0055ced22ea0782605': {
         'programs': {
             'offcpu_switch': 'tp_btf/sched_switch',
         },
@@ -440,10 +441,10 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3824, 29373),
+        'btf': (3824, 29342),
     },
     # arm64/proc.bpf.o
-    'a5114123ea03fb233c6bde87ac6b8ba14ebb445c44eb35789ca87afc37764eb8': {
+    '0fc8ff641796e7cb13e00e3eba9257988fbb33d6237c05911efddca30a893722': {
         'programs': {
             'proc_exec': 'tp_btf/sched_process_exec',
             'proc_fork': 'tp_btf/sched_process_fork',
@@ -452,32 +453,33 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'variables': {
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
+            'cfg_stacks': ('.rodata', 32, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_threads': ('.rodata', 48, 4),
-            'cfg_stacks': ('.rodata', 32, 4),
             'pt_btf_proc_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_process_exec', 'tp_btf/sched_process_fork', 'tp_btf/sched_process_exit', '.rodata', '.data', 'license', '.maps', '.reltp_btf/sched_process_exec', '.reltp_btf/sched_process_fork', '.reltp_btf/sched_process_exit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9152, 30584),
+        'btf': (9816, 30609),
     },
     # arm64/profile.bpf.o
-    'fefd19b273364fa96ba02d3b8b54eeea6b506a5c5e36ab9c4d672ac7fd2fb5fa': {
+    '2fce01248d9a6ccce07415ed16599749310f873611f4f7f235b2773d6f335598': {
         'programs': {
             'profile_sample': 'perf_event',
         },
         'variables': {
-            'cfg_idle': ('.rodata', 32, 1),
+            'cfg_idle': ('.rodata', 34, 1),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_cgroup': ('.rodata', 24, 8),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_kernel': ('.rodata', 33, 1),
-            'cfg_user': ('.rodata', 34, 1),
+            'cfg_kernel': ('.rodata', 32, 1),
+            'cfg_user': ('.rodata', 33, 1),
+            'cfg_new_pids': ('.rodata', 35, 1),
         },
         'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3336, 2549),
+        'btf': (3664, 3077),
     },
     # arm64/syscalls.bpf.o
     'ba71940ce621ef80d28e5e199612bab586460251831f324eae7711bb05d3128b': {
