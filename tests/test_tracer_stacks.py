@@ -12,23 +12,37 @@ import pytest
 
 from pytracers.errors import BadArgumentError
 from pytracers.features import kernel_version
-from pytracers.tracers import FunctionTracer, SyscallTracer
+from pytracers.symbolize import UNKNOWN
+from pytracers.tracers import ExecTracer, FunctionTracer, ProcessTracer, SyscallTracer
 
 WORKLOAD = r"""
 #include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 static const char path[] = "/";
-__attribute__((noinline)) long do_the_syscall(long nr) {
+__attribute__((noinline)) long do_the_syscall(long nr, long a0) {
     long ret;
-    __asm__ volatile ("syscall" : "=a"(ret) : "a"(nr), "D"(path), "S"(0)
+    __asm__ volatile ("syscall" : "=a"(ret) : "a"(nr), "D"(a0), "S"(0), "d"(0)
                       : "rcx", "r11", "memory");
     return ret;
 }
-__attribute__((noinline)) void caller_function(long nr) { do_the_syscall(nr); }
+__attribute__((noinline)) long caller_function(long nr, long a0) { return do_the_syscall(nr, a0); }
 int main(int argc, char **argv) {
-    long nr = argc > 1 && strcmp(argv[1], "access") == 0 ? SYS_access : SYS_getppid;
-    for (int i = 0; i < 50; i++) { caller_function(nr); usleep(20000); }
+    const char *mode = argc > 1 ? argv[1] : "";
+    for (int i = 0; i < 50; i++) {
+        if (strcmp(mode, "access") == 0) {
+            caller_function(SYS_access, (long)path);
+        } else if (strcmp(mode, "exec") == 0) {
+            caller_function(SYS_execve, (long)path);     /* a directory: EACCES */
+        } else if (strcmp(mode, "fork") == 0) {
+            /* a raw fork: the child returns through the same frames, then exits */
+            if (caller_function(SYS_fork, 0) == 0)
+                caller_function(SYS_exit_group, 7);
+        } else {
+            caller_function(SYS_getppid, (long)path);
+        }
+        usleep(20000);
+    }
     pause();
     return 0;
 }
@@ -127,3 +141,94 @@ def test_no_stack_no_attributes_and_bad_values():
         assert t.stack_stats == {}
     with pytest.raises(BadArgumentError):
         SyscallTracer("getppid", stack="sideways")
+
+
+def _events(tracer, cmd, want, n=1):
+    """The first ``n`` events ``want(ev, pid)`` accepts while ``cmd`` runs,
+    their stacks symbolised while the workload lives (they are cached)."""
+    p = subprocess.Popen(cmd)
+    try:
+        deadline = time.monotonic() + 10
+        evs = []
+        while len(evs) < n and time.monotonic() < deadline:
+            evs += [e for e in tracer.read(timeout=1) if want(e, p.pid)]
+        assert len(evs) >= n, f"{len(evs)} events from the workload, wanted {n}"
+        for e in evs:
+            e.kstack, e.ustack
+        return evs
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _syscall_path(names):
+    """Kernel frames end at the syscall entry, do_syscall_64 among them."""
+    assert len(names) >= 2 and names[-1].startswith("entry_SYSCALL_64"), names
+    assert "do_syscall_64" in names, names
+
+
+def test_exec_tracer_stacks_failed_exec(workload):
+    """The caller of a failed execve: symbolised (the image is still there)."""
+    with ExecTracer(comm="stackload", stack="both") as t:
+        ev = _events(t, [workload, "exec"], lambda e, pid: e.pid == pid and e.ret != 0)[0]
+        ks, us = list(ev.kstack), list(ev.ustack)
+        assert ev.ret == -errno.EACCES and ev.filename == "/"
+        assert [f.symbol for f in us[:3]] == CHAIN, us
+        assert us[0].module == workload
+        names = [f.symbol for f in ks]
+        if not names and kernel_version() < (6, 2):
+            # 5.10's perf syscall tracepoints: no kernel stack (see the syscall test)
+            assert ev._kstack == -errno.EFAULT
+        else:
+            _syscall_path(names)
+            assert any("syscall_trace_enter" in n or "syscall_enter" in n for n in names), names
+        assert t.stack_stats["lost"] == 0
+
+
+def test_exec_tracer_successful_exec_user_frames_unknown(workload):
+    """After a successful exec the caller's image is gone: addresses, [unknown]."""
+    with ExecTracer(stack="user") as t:
+        ev = _events(t, [workload, "access"], lambda e, pid: e.pid == pid and e.ret == 0)[0]
+        us = list(ev.ustack)
+        assert ev.comm == "stackload" and us, us
+        assert all(f.symbol == UNKNOWN and f.address for f in us), us
+        assert t.stack_stats["unknown_frames"].get("image replaced by exec") == len(us)
+        assert t.stack_stats["lost"] == 0
+
+
+def test_process_tracer_fork_and_exit_stacks(workload, need):
+    with need("tp_btf"):
+        t = ProcessTracer(("fork", "exit"), stack="both")
+    with t:
+        # one run (the executable's addresses differ from run to run): a fork
+        # every 20 ms, each child exiting at once
+        evs = _events(t, [workload, "fork"], n=4, want=lambda e, pid: (
+            e.event == "fork" and e.pid == pid or e.event == "exit" and e.ppid == pid))
+        fork = next(e for e in evs if e.event == "fork")
+        ex = next(e for e in evs if e.event == "exit")
+        # the forking parent: its caller chain, the kernel's fork path
+        fus, fks = list(fork.ustack), [f.symbol for f in fork.kstack]
+        assert [f.symbol for f in fus[:3]] == CHAIN, fus
+        assert "kernel_clone" in fks and any("fork" in n for n in fks), fks
+        _syscall_path(fks)
+        assert ex.exit_status == 7
+        eks = [f.symbol for f in ex.kstack]
+        assert "do_exit" in eks and "do_group_exit" in eks, eks
+        assert eks.index("do_exit") < eks.index("do_group_exit"), eks
+        _syscall_path(eks)
+        # the child returned through the parent's frames: the syscall and
+        # caller_function's return address are the fork's (main's is
+        # another call site); the process is gone when this is read
+        eus = list(ex.ustack)
+        assert [f.address for f in eus[:2]] == [f.address for f in fus[:2]], (eus, fus)
+        assert t.stack_stats["lost"] == 0
+
+
+def test_process_tracer_exec_stack(workload, need):
+    with need("tp_btf"):
+        t = ProcessTracer("exec", stack="kernel")
+    with t:
+        ev = _events(t, [workload], lambda e, pid: e.event == "exec" and e.pid == pid)[0]
+        names = [f.symbol for f in ev.kstack]
+        assert ev.ustack == [] and any("execve" in n for n in names), names
+        _syscall_path(names)

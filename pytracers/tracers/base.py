@@ -183,6 +183,10 @@ class Tracer(Resource):
         return None
 
     # ---- decoding --------------------------------------------------------------------
+    #: With stack=: a function of a record, true when its user stack was taken
+    #: in an image the process has since replaced (None: never).
+    _ustack_replaced: Optional[Callable[[Any], bool]] = None
+
     @property
     def layout(self) -> Any:
         """The event struct's layout, read from the object's BTF."""
@@ -195,7 +199,8 @@ class Tracer(Resource):
         if self.stack:
             from .stacks import StackReader, with_stacks
             self._stacks = StackReader(obj.maps["stacks"])
-            cls = with_stacks(cls if cls is not None else layout.record_class(), self._stacks)
+            cls = with_stacks(cls if cls is not None else layout.record_class(), self._stacks,
+                              self._ustack_replaced)
         if cls is None:
             return dec
         tuple_new = tuple.__new__

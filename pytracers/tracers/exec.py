@@ -14,6 +14,11 @@ arguments than the bound, an argument cut by the space left (then it is the
 last one of ``ev.argv``, cut short), or an argument that could not be read.
 The bounds are ``EXEC_MAX_ARGS`` and ``EXEC_ARGBUF_SIZE`` of
 ``bpf_src/exec.bpf.c`` (the record's layout itself comes from the object's BTF).
+
+With ``stack=``, the stacks are taken at ``sys_enter_execve``: the caller of
+execve.  After a successful exec the process runs another program, so the
+user frames of a record with ``ret == 0`` are addresses only (``[unknown]``,
+counted as ``image replaced by exec``); a failed exec's are symbolised.
 """
 from __future__ import annotations
 
@@ -73,6 +78,12 @@ class ExecTracer(Tracer):
             "__slots__": (), "argv": property(argv, doc=argv.__doc__),
             "args_truncated": property(args_truncated, doc=args_truncated.__doc__),
             "__doc__": "An exec_event record with argv and args_truncated"})
+
+    @staticmethod
+    def _ustack_replaced(ev: Any) -> bool:
+        # the user stack is execve's caller's, taken at sys_enter; after a
+        # successful exec the process runs another image
+        return ev.ret == 0
 
     # the packed command line: argv replaces it
     record_internals = ("argc", "argbuf", "argbuf_len")

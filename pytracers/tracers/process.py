@@ -11,6 +11,13 @@ directly.  One record type for the three events, ``ev.event`` says which:
   (the value passed to exit(), None if killed by a signal), ``exit_signal``
   (None if it exited normally) and ``core_dumped``; ``lifetime_ns`` how long
   the task lived.
+
+With ``stack=``, the stacks are the current task's when the event fires:
+the forking parent's (its caller of fork/clone), the exiting task's (its
+caller of exit; an exited process's mappings are gone by the time the record
+is read, so its user frames are ``[unknown]``, reason ``process gone``, unless
+the symboliser read them earlier), and at exec the new program's (the kernel's
+exec path; in user space only the new image's entry point).
 """
 from __future__ import annotations
 

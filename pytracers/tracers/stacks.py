@@ -7,26 +7,31 @@ and puts the ids in the record header; ``ev.kstack`` / ``ev.ustack`` read and
 symbolise them on first access, as lists of
 :class:`~pytracers.symbolize.Frame` (innermost first).  A user stack is
 symbolised against the process's mappings when it is first read: read
-records of short-lived processes promptly.  ``tracer.stack_stats`` counts
-stacks lost (map full, hash collision) and ``[unknown]`` frames.
+records of short-lived processes promptly.  A tracer whose records may
+outlive the image their user stack was taken in (``ExecTracer``: a
+successful exec) says so per record, and those frames are ``[unknown]``
+(reason ``image replaced by exec``) rather than resolved against the new
+program.  ``tracer.stack_stats`` counts stacks lost (map full, hash
+collision) and ``[unknown]`` frames.
 """
 from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
 
 if TYPE_CHECKING:
     import numpy as np   # imported where used: a tracer without stacks must not pay for it
 
 from ..errors import BadArgumentError
-from ..symbolize import Frame, Symbolizer
+from ..symbolize import UNKNOWN, Frame, Symbolizer
 
 __all__ = ["STACKS", "stack_bits", "StackReader", "with_stacks", "STACK_MAP_ENTRIES"]
 
 STACKS = {"kernel": 1, "user": 2, "both": 3}
 STACK_MAP_ENTRIES = 16384   # at most 32767: the header holds ids in 16 bits
 NOT_ASKED = -1
+REPLACED = "image replaced by exec"
 
 
 def stack_bits(stack: Optional[str]) -> int:
@@ -47,6 +52,7 @@ class StackReader:
         self.symbolizer = Symbolizer()
         self._kernel: Dict[int, List[Frame]] = {}
         self._user: Dict[Tuple[int, int], List[Frame]] = {}
+        self._replaced: Dict[int, List[Frame]] = {}
         self.lost = 0          # ids that were -ENOMEM / -EEXIST: the stack was not stored
 
     def _addresses(self, sid: int) -> "np.ndarray":
@@ -83,14 +89,30 @@ class StackReader:
             got = self._user[(pid, sid)] = self.symbolizer.user(pid, self._addresses(sid))
         return list(got)
 
+    def replaced(self, sid: int) -> List[Frame]:
+        """A user stack taken in an image the process no longer runs: its
+        addresses, each ``[unknown]`` (counted as such)."""
+        none = self._missing(sid)
+        if none is not None:
+            return none
+        got = self._replaced.get(sid)
+        if got is None:
+            got = self._replaced[sid] = [Frame(int(a), UNKNOWN, 0, None)
+                                         for a in self._addresses(sid)]
+            self.symbolizer.stats.addresses += len(got)
+            self.symbolizer.stats.miss(REPLACED, len(got))
+        return list(got)
+
     @property
     def stats(self) -> Dict[str, Any]:
         return {"lost": self.lost, "symbolized": self.symbolizer.stats.addresses,
                 "unknown_frames": dict(self.symbolizer.stats.unknown)}
 
 
-def with_stacks(base: Type[Any], reader: StackReader) -> Type[Any]:
-    """A subclass of the record class ``base`` with ``kstack`` and ``ustack``."""
+def with_stacks(base: Type[Any], reader: StackReader,
+                replaced: Optional[Callable[[Any], bool]] = None) -> Type[Any]:
+    """A subclass of the record class ``base`` with ``kstack`` and ``ustack``;
+    ``replaced(record)`` true: the user stack's image is gone (see above)."""
     fields = base._fields
     i_k, i_u, i_pid = fields.index("_kstack"), fields.index("_ustack"), fields.index("pid")
     getitem = tuple.__getitem__
@@ -102,6 +124,8 @@ def with_stacks(base: Type[Any], reader: StackReader) -> Type[Any]:
     def ustack(self: Any) -> List[Frame]:
         """The user stack (innermost first); [] when not asked for, not recorded
         or none (a kernel thread)."""
+        if replaced is not None and replaced(self):
+            return reader.replaced(getitem(self, i_u))
         return reader.user(getitem(self, i_pid), getitem(self, i_u))
 
     return type(base.__name__, (base,), {"__slots__": (), "kstack": property(kstack),
