@@ -203,3 +203,53 @@ def test_bad_arguments():
         pytracers.profile(duration=1, frequency=0)
     with pytest.raises(BadArgumentError):
         pytracers.profile(duration=1, event="no-such-event")
+
+
+@pytest.mark.parametrize("watch", [True, False])
+def test_short_lived_process_symbolises_when_watched(workload, watch):
+    """A process sampled and gone before the end: its mappings were read when
+    the BPF program announced it (watch_processes), so its frames symbolise;
+    unwatched, they are [unknown] with the reason 'process gone'."""
+    with pytracers.Profiler(comm="workload", kernel=False, watch_processes=watch) as prof:
+        p = subprocess.Popen([workload])
+        try:
+            time.sleep(SECONDS / 2)
+        finally:
+            p.kill()
+            p.wait()
+        result = prof.result()
+    mine = _of(result, p.pid)
+    assert mine and sum(s.count for s in mine) > 0
+    tops = {s.ustack[0].symbol for s in mine if s.ustack}
+    if watch:
+        assert "hot_function" in tops, tops
+        assert result.stats["unknown_frames"].get("process gone", 0) == 0
+    else:
+        assert tops == {"[unknown]"}, tops
+        assert result.stats["unknown_frames"].get("process gone", 0) > 0
+
+
+def test_cli_profile_stops_on_sigint(workload):
+    """Ctrl-C ends the wait at once (it blocks on the signal, no polling) and
+    the profile is still written."""
+    import signal
+    w = subprocess.Popen([workload])
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "pytracers", "profile", "--pid", str(w.pid),
+                              "-d", "300"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        line = p.stderr.readline()
+        assert "profile: sampling" in line, line + p.stderr.read()
+        time.sleep(SECONDS / 2)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        w.kill()
+        w.wait()
+    assert p.returncode == 0, err
+    # a 300 s profile ended by the signal: reading, symbolising and writing
+    # remain (seconds under TCG)
+    assert took < (60 if VM_KERNEL else 10), (took, err)
+    assert any(ln.split(" ")[0].endswith(";hot_function") for ln in out.splitlines()), out

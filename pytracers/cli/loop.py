@@ -8,6 +8,7 @@ the probes and prints the summary on stderr.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 from types import FrameType
@@ -61,6 +62,32 @@ class Stopper:
     @property
     def stopped(self) -> bool:
         return self.signum is not None or bool(self.reason)
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a stop signal or ``timeout`` seconds, blocked in
+        select(2) on the signal wake-up fd (no polling): a signal writes to
+        the fd even when it arrives just before select."""
+        end = time.monotonic() + timeout
+        r, w = os.pipe()
+        try:
+            os.set_blocking(w, False)
+            try:
+                old = signal.set_wakeup_fd(w)
+            except ValueError:      # not the main thread: signals are not ours to wait for
+                while not self.stopped and time.monotonic() < end:
+                    time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+                return
+            try:
+                while not self.stopped:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    select.select([r], [], [], left)
+            finally:
+                signal.set_wakeup_fd(old)
+        finally:
+            os.close(r)
+            os.close(w)
 
     def __enter__(self) -> "Stopper":
         for s in self.SIGNALS:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from typing import Any
 
 from .loop import Stopper, need_bpf_privileges
@@ -67,12 +66,6 @@ def summary(prof: Any, what: str) -> None:
          f"counts map full {st.get('counts_full', 0)}")
 
 
-def wait(stopper: Stopper, duration: float) -> None:
-    end = time.monotonic() + duration
-    while not stopper.stopped and time.monotonic() < end:
-        time.sleep(min(0.1, max(0.0, end - time.monotonic())))
-
-
 def cmd_profile(args: argparse.Namespace) -> int:
     need_bpf_privileges()
     from ..profiler import Profiler
@@ -82,7 +75,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                       kernel=args.stacks != "user", user=args.stacks != "kernel") as p:
             note(f"profile: sampling {p.event} at {args.frequency} Hz on every CPU for "
                  f"{args.duration:g} s" + (f", pid {args.pid}" if args.pid else ""))
-            wait(stopper, args.duration)
+            stopper.wait(args.duration)
             prof = p.result()
     write(args, prof, f"CPU profile ({prof.event}, {args.frequency} Hz)")
     summary(prof, "profile")
@@ -98,7 +91,7 @@ def cmd_offcpu(args: argparse.Namespace) -> int:
                             min_us=args.min_us, preempted=args.preempted) as p:
             note(f"offcpu: blocked time from sched_switch for {args.duration:g} s"
                  + (f", pid {args.pid}" if args.pid else ""))
-            wait(stopper, args.duration)
+            stopper.wait(args.duration)
             prof = p.result()
     write(args, prof, "Off-CPU time (microseconds)")
     summary(prof, "offcpu")

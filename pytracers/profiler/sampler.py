@@ -18,6 +18,7 @@ __all__ = ["Profiler", "profile", "read_stacks", "read_counts", "configure"]
 
 # struct profile_key of profile.bpf.c: u32 pid, s32 kstack, s32 ustack, u32 pad, char comm[16]
 KEY = struct.Struct("<IiiI16s")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 ST_NAMES = ("samples", "kstack_lost", "ustack_lost", "counts_full")
 EFAULT_STACK = -14   # bpf_get_stackid's -EFAULT: no stack of that kind (a kernel thread's user stack)
 
@@ -128,35 +129,47 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
     return samples, stats
 
 
-class MapsWatcher:
-    """Reads the mappings of each process as soon as it shows up in a
-    ``counts`` map (every ``interval`` seconds, in a thread), so that a
-    process that exits before the end of the profile still symbolises."""
+class NewProcesses:
+    """Reads the mappings of each process the profile program announces on
+    its ``new_pids`` ring (the first time the process gets a count), so that
+    a process that exits before the end of the profile still symbolises.
 
-    def __init__(self, counts: Any, interval: float) -> None:
+    A thread sleeps in epoll on the ring and a stop pipe: it wakes only when
+    a new process shows up (no polling, no walk of the counts map)."""
+
+    def __init__(self, ring_map: Any) -> None:
+        import select
         import threading
-        self.counts = counts
-        self.interval = interval
+        from ..ringbuf import RingBuffer
         self.processes: Dict[int, Any] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pytracers-maps", daemon=True)
+        self.ring = RingBuffer(ring_map)
+        self._stop_r, self._stop_w = os.pipe()
+        self._ep = select.epoll()
+        self._ep.register(self.ring.fileno(), select.EPOLLIN)
+        self._ep.register(self._stop_r, select.EPOLLIN)
+        self._thread = threading.Thread(target=self._run, name="pytracers-new-pids", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         from ..symbolize import ProcessSymbols
-        while not self._stop.wait(self.interval):
-            try:
-                pids = {struct.unpack_from("<I", k)[0] for k in self.counts.keys()}
-            except Exception:   # the map closed under us: the profile is ending
+        while True:
+            ready = {fd for fd, _ in self._ep.poll()}
+            if self._stop_r in ready:
                 return
-            for pid in pids - set(self.processes):
-                ps = ProcessSymbols(pid)
-                if ps.alive:
-                    self.processes[pid] = ps
+            for rec in self.ring.read(0):
+                pid = int.from_bytes(rec[:4], "little")
+                if pid not in self.processes:
+                    ps = ProcessSymbols(pid)
+                    if ps.alive:
+                        self.processes[pid] = ps
 
     def stop(self) -> None:
-        self._stop.set()
+        os.write(self._stop_w, b"x")
         self._thread.join()
+        self._ep.close()
+        self.ring.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
 
 
 class Profiler:
@@ -165,20 +178,25 @@ class Profiler:
     ``frequency`` Hz on ``event`` (``auto``: cycles where there is a PMU,
     else cpu-clock) on every online CPU; ``pid``/``comm``/``cgroup`` filter
     in the kernel; ``kernel``/``user`` choose the stacks walked; ``idle``
-    also counts the idle task (pid 0).  ``maps_interval``: how often (seconds)
-    to read the mappings of processes newly seen in the counts, so that
-    short-lived ones still symbolise (None: only at the end)."""
+    also counts the idle task (pid 0).  ``watch_processes``: read the
+    mappings of each process as soon as it is first sampled (the BPF program
+    announces it), so that short-lived ones still symbolise (False: only at
+    the end, for the processes still running)."""
 
     def __init__(self, *, frequency: int = 99, pid: Optional[int] = None,
                  comm: Optional[str] = None, cgroup: Optional[str] = None, event: str = "auto",
                  kernel: bool = True, user: bool = True, idle: bool = False,
-                 maps_interval: Optional[float] = 2.0) -> None:
+                 watch_processes: bool = True) -> None:
         from .. import perf
         self.frequency = frequency
         self.event = perf.resolve_event(event)
         o = _object.open(object_path("profile"))
         try:
             configure(o, pid=pid, comm=comm, cgroup=cgroup, kernel=kernel, user=user, idle=idle)
+            watch = bool(user and watch_processes)
+            o.config["cfg_new_pids"] = int(watch)
+            # a power of two pages (64 KiB pages exist); 16 bytes a pid
+            o.maps["new_pids"].max_entries = max(16384, PAGE_SIZE) if watch else PAGE_SIZE
             self.obj = o.load()
         except BaseException:
             o.close()
@@ -191,8 +209,7 @@ class Profiler:
             raise
         self.started = time.monotonic()
         self.stopped: Optional[float] = None
-        self._watcher = MapsWatcher(self.obj.maps["counts"], maps_interval) \
-            if user and maps_interval else None
+        self._watcher = NewProcesses(self.obj.maps["new_pids"]) if watch else None
 
     def stop(self) -> None:
         """Stop sampling (the counts stay readable)."""
