@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import platform
 from typing import Dict, List, Tuple
 
 from . import kinds
@@ -79,10 +78,10 @@ def open_sampling_event(event: str, frequency: int, cpu: int, pid: int = -1) -> 
     event = resolve_event(event)
     if not isinstance(frequency, int) or frequency < 1:
         raise BadArgumentError(f"frequency must be a positive int (Hz), got {frequency!r}")
-    nr = NR_PERF_EVENT_OPEN.get(platform.machine())
+    nr = NR_PERF_EVENT_OPEN.get(os.uname().machine)
     if nr is None:
         raise NotSupportedError(kinds.PERF_EVENT, f"pytracers does not know perf_event_open's "
-                                f"number on {platform.machine()}")
+                                f"number on {os.uname().machine}")
     typ, config = EVENTS[event]
     attr = ffi.new("struct perf_event_attr *")
     attr.type = typ

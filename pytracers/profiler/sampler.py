@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .. import object as _object
 from .._shipped import object_path
 from ..errors import BadArgumentError
-from ..symbolize import Frame, Symbolizer    # numpy comes with the first table
-from .result import ENTRY_FUNCTIONS, Profile, Sample
+
+if TYPE_CHECKING:   # imported where used: not before the perf events are open
+    from ..symbolize import Frame, Symbolizer
+    from .result import Profile, Sample
 
 __all__ = ["Profiler", "profile", "read_stacks", "read_counts", "configure"]
 
@@ -72,6 +74,7 @@ def symbolize_counts(entries: List[Tuple[int, str, int, int, int]], stacks: Dict
     """(pid, comm, kstack id, ustack id, count) -> samples with frames; and the
     short-stack counts."""
     import numpy as np
+    from .result import ENTRY_FUNCTIONS, Sample
     kframes: Dict[int, Tuple[Frame, ...]] = {}
     kids = sorted({k for _, _, k, _, _ in entries if k >= 0})
     if kids:
@@ -121,6 +124,7 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
             entries.append((pid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ks, us, n))
     ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}
     stacks = read_stacks(obj.maps["stacks"], ids)
+    from ..symbolize import Symbolizer    # numpy comes with the first table
     sym = Symbolizer(processes)
     samples, short = symbolize_counts(entries, stacks, sym)
     stats: Dict[str, Any] = dict(kernel_stats, **short)
@@ -225,6 +229,7 @@ class Profiler:
 
     def result(self) -> Profile:
         """Stop, read the counts and stacks, symbolise: the :class:`Profile`."""
+        from .result import Profile
         self.stop()
         samples, stats = read_counts(self.obj, self.stats(), processes=(
             self._watcher.processes if self._watcher is not None else None))
