@@ -913,7 +913,9 @@ SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_co
             "symbolize": lambda quick: bench_stacks.symbolize_section(quick, target, heading,
                                                                       results),
             "profile": lambda quick: bench_stacks.profile_section(quick, target, heading,
-                                                                  results, BUILD)}
+                                                                  results, BUILD),
+            "stack-cost": lambda quick: bench_stacks.stack_cost_section(quick, target, heading,
+                                                                        results, BUILD)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

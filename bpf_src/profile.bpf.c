@@ -6,8 +6,9 @@
  * stack-trace map once, at the end.  The key, the maps and the filters are
  * stack_counts.h's (shared with offcpu.bpf.c).
  *
- * New processes: the first time a process gets a count of its own (checked
- * only when a new key is added, so not on the common path), its pid goes to
+ * New processes: the first time a process gets a count of its own with a user
+ * stack (checked only when a new key is added, so not on the common path; a
+ * kernel thread has no mappings to read), its pid goes to
  * the `new_pids` ring buffer when cfg_new_pids is set.  Python waits on that
  * ring (no polling, no scan of the counts) and reads the process's mappings
  * then, so a process that exits before the end still symbolises.
@@ -49,7 +50,8 @@ int profile_sample(void *ctx)
 	if (!comm_wanted(key.comm))
 		return 0;
 	key_fill_stacks(ctx, &key);
-	if (key_count(&key, 1) && cfg_new_pids &&
+	/* a new key with a user stack (kernel threads have none: nothing to map) */
+	if (key_count(&key, 1) && cfg_new_pids && key.ustack >= 0 &&
 	    !bpf_map_update_elem(&seen_pids, &key.pid, &one, BPF_NOEXIST))
 		bpf_ringbuf_output(&new_pids, &key.pid, sizeof(key.pid), 0);
 	return 0;

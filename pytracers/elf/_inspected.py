@@ -181,7 +181,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (9816, 29927),
     },
     # profile.bpf.o
-    '2fce01248d9a6ccce07415ed16599749310f873611f4f7f235b2773d6f335598': {
+    'c7e405fce0470bac5cffc1896b305f4ad85996c07e8db4304a9ac6872624d708': {
         'programs': {
             'profile_sample': 'perf_event',
         },
@@ -196,7 +196,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3664, 3077),
+        'btf': (3704, 3096),
     },
     # syscalls.bpf.o
     '81eab979236179f7f000f323c7322d590a80402d80081edf75c4728870ce858e': {
@@ -464,7 +464,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (9816, 30609),
     },
     # arm64/profile.bpf.o
-    '2fce01248d9a6ccce07415ed16599749310f873611f4f7f235b2773d6f335598': {
+    'c7e405fce0470bac5cffc1896b305f4ad85996c07e8db4304a9ac6872624d708': {
         'programs': {
             'profile_sample': 'perf_event',
         },
@@ -479,7 +479,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3664, 3077),
+        'btf': (3704, 3096),
     },
     # arm64/syscalls.bpf.o
     'ba71940ce621ef80d28e5e199612bab586460251831f324eae7711bb05d3128b': {

@@ -145,7 +145,7 @@ class NewProcesses:
         import select
         import threading
         from ..ringbuf import RingBuffer
-        self.processes: Dict[int, Any] = {}
+        self.maps_text: Dict[int, str] = {}
         self.ring = RingBuffer(ring_map)
         self._stop_r, self._stop_w = os.pipe()
         self._ep = select.epoll()
@@ -155,17 +155,26 @@ class NewProcesses:
         self._thread.start()
 
     def _run(self) -> None:
-        from ..symbolize import ProcessSymbols
+        # the maps are only read here (the kernel's text, kept as it is);
+        # parsing them and the ELF files waits for the end
+        from ..symbolize.user import read_maps_text
+        seen = self.maps_text
         while True:
-            ready = {fd for fd, _ in self._ep.poll()}
+            ready = [fd for fd, _ in self._ep.poll()]
             if self._stop_r in ready:
                 return
             for rec in self.ring.read(0):
                 pid = int.from_bytes(rec[:4], "little")
-                if pid not in self.processes:
-                    ps = ProcessSymbols(pid)
-                    if ps.alive:
-                        self.processes[pid] = ps
+                if pid not in seen:
+                    text = read_maps_text(pid)
+                    if text is not None:
+                        seen[pid] = text
+
+    @property
+    def processes(self) -> Dict[int, Any]:
+        """pid -> ProcessSymbols from the mappings read while the process lived."""
+        from ..symbolize import ProcessSymbols
+        return {pid: ProcessSymbols(pid, maps_text=t) for pid, t in self.maps_text.items()}
 
     def stop(self) -> None:
         os.write(self._stop_w, b"x")

@@ -22,7 +22,7 @@ from .elfsyms import ElfSymbols, elf_symbols
 from .frames import UNKNOWN, Frame, Stats
 from .table import SymbolTable
 
-__all__ = ["Mapping", "ProcessSymbols", "read_maps"]
+__all__ = ["Mapping", "ProcessSymbols", "read_maps", "read_maps_text"]
 
 
 class Mapping:
@@ -37,13 +37,24 @@ class Mapping:
         return f"<Mapping {self.start:#x}-{self.end:#x} +{self.offset:#x} {self.path}>"
 
 
-def read_maps(pid: int) -> Optional[List[Mapping]]:
-    """The executable mappings of ``pid`` (None when the process is gone)."""
+def read_maps_text(pid: int) -> Optional[str]:
+    """``/proc/PID/maps`` as it is now, unparsed (None when the process is
+    gone, or its maps are not ours to read): the least a watcher of
+    short-lived processes has to do."""
     try:
         with open(f"/proc/{pid}/maps") as f:
-            text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
+            return f.read()
+    except OSError:
         return None
+
+
+def read_maps(pid: int, text: Optional[str] = None) -> Optional[List[Mapping]]:
+    """The executable mappings of ``pid`` (None when the process is gone);
+    ``text``: its maps as :func:`read_maps_text` read them earlier."""
+    if text is None:
+        text = read_maps_text(pid)
+        if text is None:
+            return None
     out = []
     for line in text.splitlines():
         parts = line.split(None, 5)
@@ -78,10 +89,13 @@ def _perf_map(pid: int) -> Optional[SymbolTable]:
 class ProcessSymbols:
     """Symbolises addresses of one process (its mappings as read at creation)."""
 
-    def __init__(self, pid: int, stats: Optional[Stats] = None) -> None:
+    def __init__(self, pid: int, stats: Optional[Stats] = None,
+                 maps_text: Optional[str] = None) -> None:
+        """``maps_text``: the process's maps as read earlier (read_maps_text),
+        for a process that may have exited since."""
         self.pid = pid
         self.stats = stats if stats is not None else Stats()
-        self.maps = read_maps(pid)
+        self.maps = read_maps(pid, maps_text)
         self._starts = np.array([m.start for m in self.maps or ()], dtype=np.uint64)
         self._ends = np.array([m.end for m in self.maps or ()], dtype=np.uint64)
         self._files: Dict[str, Optional[ElfSymbols]] = {}
