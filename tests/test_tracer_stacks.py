@@ -220,7 +220,12 @@ def test_process_tracer_fork_and_exit_stacks(workload, need):
         # caller_function's return address are the fork's (main's is
         # another call site); the process is gone when this is read
         eus = list(ex.ustack)
-        assert [f.address for f in eus[:2]] == [f.address for f in fus[:2]], (eus, fus)
+        if not eus and kernel_version() < (6, 13):
+            # older kernels fire sched_process_exit after exit_mm(): the task
+            # has no user memory left to walk (-EFAULT: none, not lost)
+            assert ex._ustack == -errno.EFAULT, ex._ustack
+        else:
+            assert [f.address for f in eus[:2]] == [f.address for f in fus[:2]], (eus, fus)
         assert t.stack_stats["lost"] == 0
 
 
