@@ -147,8 +147,12 @@ class NewProcesses:
         from ..ringbuf import RingBuffer
         self.maps_text: Dict[int, str] = {}
         self.ring = RingBuffer(ring_map)
-        self._stop_r, self._stop_w = os.pipe()
-        self._ep = select.epoll()
+        try:
+            self._stop_r, self._stop_w = os.pipe()
+            self._ep = select.epoll()
+        except BaseException:
+            self.ring.close()
+            raise
         self._ep.register(self.ring.fileno(), select.EPOLLIN)
         self._ep.register(self._stop_r, select.EPOLLIN)
         self._thread = threading.Thread(target=self._run, name="pytracers-new-pids", daemon=True)
@@ -222,7 +226,12 @@ class Profiler:
             raise
         self.started = time.monotonic()
         self.stopped: Optional[float] = None
-        self._watcher = NewProcesses(self.obj.maps["new_pids"]) if watch else None
+        try:
+            self._watcher = NewProcesses(self.obj.maps["new_pids"]) if watch else None
+        except BaseException:
+            self.links.close()
+            self.obj.close()
+            raise
 
     def stop(self) -> None:
         """Stop sampling (the counts stay readable)."""
