@@ -182,7 +182,14 @@ def _run_tool(cmd: "list[str]", seconds: float, ncpu: int) -> Dict[str, Any]:
             time.sleep(seconds)
     if cmd[0].endswith("bpftrace"):
         p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=120)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        # (bpftrace has taken longer than this to print its map on a loaded
+        # machine): kill it rather than leave it and the spinners running
+        p.kill()
+        out, err = p.communicate()
+        err += "\n(bench: killed after 120 s)"
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {"start_s": opened, "cpu_s": cpu, "sampling_cpu": sampling, "out": out, "err": err,
