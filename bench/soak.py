@@ -8,11 +8,12 @@ Three processes, started by this one (which lowers its priority first,
 ``--nice``, so the children inherit it):
 
 * the agent (``python -m pytracers.agent``) tracing execve(2) and getpgid(2)
-  of processes named ``pyt-soak`` (``--comm``: the storm's name, so nothing
-  else on the machine adds events) and serving /metrics on 127.0.0.1;
-* a tracer (``SyscallTracer(["getpgid"], comm="pyt-soak")``, this file run
-  with ``--role tracer``) reading each event through a Python callback;
-* the storm (``--role storm``, named ``pyt-soak``): ``--exec-rate`` execs a
+  of processes named ``pyt-soakPID`` (``--comm``: the storm's name, with this
+  run's pid, so nothing else on the machine adds events) and serving /metrics
+  on 127.0.0.1;
+* a tracer (``SyscallTracer(["getpgid"], comm=...)``, this file run with
+  ``--role tracer``) reading each event through a Python callback;
+* the storm (``--role storm``, under that name): ``--exec-rate`` execs a
   second (posix_spawn of /bin/true; every ``--fail-every``-th one of a path
   that does not exist, a failed execve) and ``--syscall-rate`` getpgid(2)
   calls a second, both paced by the clock, counting exactly what it made.
@@ -48,7 +49,7 @@ import time
 import urllib.request
 from typing import Any, Dict, List, Optional
 
-COMM = "pyt-soak"
+COMM = "pyt-soak"          # + the run's pid: two runs at once do not see each other
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -96,7 +97,7 @@ def _set_comm(name: str) -> None:
 def storm(args: argparse.Namespace) -> int:
     """Make execs and getpgid calls at the given rates until SIGTERM; print
     the totals (JSON) on stdout.  Progress goes to ``--status`` every second."""
-    _set_comm(COMM)
+    _set_comm(args.comm)
     stop = []
     signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     counts = {"execs_ok": 0, "execs_failed": 0, "getpgid": 0}
@@ -168,10 +169,10 @@ def tracer(args: argparse.Namespace) -> int:
     seen = [0]
 
     def count(ev: Any) -> None:
-        if ev.comm == COMM:
+        if ev.comm == args.comm:
             seen[0] += 1
 
-    with SyscallTracer(["getpgid"], comm=COMM) as t:
+    with SyscallTracer(["getpgid"], comm=args.comm) as t:
         def status() -> None:
             _write_json(args.status, {"seen": seen[0], "delivered": t.delivered,
                                       "lost": t.lost, "kind": t.kind, "ready": True})
@@ -230,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     if args.nice:
         os.nice(args.nice)
+    # SIGTERM unwinds like Ctrl-C, so the children are stopped (the finally below)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit("soak: terminated"))
     py = sys.executable
     me = os.path.abspath(__file__)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -239,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
         if os.path.exists(p):
             os.unlink(p)
     port = _free_port()
+    comm = f"{COMM}{os.getpid()}"[:15]
     url = f"http://127.0.0.1:{port}/metrics"
     procs: Dict[str, subprocess.Popen] = {}
     failures: List[str] = []
@@ -246,10 +250,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         agent_err = open(os.path.join(args.out, "agent.stderr"), "w+")
         procs["agent"] = subprocess.Popen(
-            [py, "-m", "pytracers.agent", "--listen", f"127.0.0.1:{port}", "--comm", COMM,
+            [py, "-m", "pytracers.agent", "--listen", f"127.0.0.1:{port}", "--comm", comm,
              "--syscalls", "getpgid"], env=env, stderr=agent_err, stdout=subprocess.DEVNULL)
-        procs["tracer"] = subprocess.Popen([py, me, "--role", "tracer", "--status", tracer_status],
-                                           env=env)
+        procs["tracer"] = subprocess.Popen([py, me, "--role", "tracer", "--status", tracer_status,
+                                            "--comm", comm], env=env)
 
         def agent_up() -> bool:
             if procs["agent"].poll() is not None:
@@ -262,8 +266,12 @@ def run(args: argparse.Namespace) -> int:
                   or procs["tracer"].poll() is not None, 120, "the tracer")
         if procs["tracer"].poll() is not None:
             raise SystemExit("soak: the tracer exited")
+        # the agent says it serves before its event loop (and that loop's
+        # fds) exists: let both settle so the first sample is the base
+        _scrape(url)
+        time.sleep(2.0)
         procs["storm"] = subprocess.Popen(
-            [py, me, "--role", "storm", "--status", storm_status,
+            [py, me, "--role", "storm", "--status", storm_status, "--comm", comm,
              "--exec-rate", str(args.exec_rate), "--syscall-rate", str(args.syscall_rate),
              "--fail-every", str(args.fail_every)], env=env, stdout=subprocess.PIPE)
         t0 = time.monotonic()
@@ -494,6 +502,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--role", choices=("run", "storm", "tracer"), default="run",
                    help=argparse.SUPPRESS)
     p.add_argument("--status", help=argparse.SUPPRESS)
+    p.add_argument("--comm", default=COMM, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.role == "storm":
         return storm(args)
