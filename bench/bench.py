@@ -47,6 +47,12 @@ maps        Reading a hash map of 100,000 entries with 8-byte keys and values
             (bench/maps.bpf.o, filled with update_batch): Map.lookup_batch()
             into numpy arrays, the same into a dict, and the per-entry path
             Map.items() (bpf_map_get_next_key + lookup per entry), same run.
+ringloss    Reservations refused with room in the ring (bench/ringloss.py):
+            a per-event reader thread on a ring that holds a whole loop of
+            getpgid(2) calls, the ring positions read and stored as single
+            8-byte accesses (pytracers now) vs with struct.pack_into (before:
+            it zeroes the consumer position first), alternating; each
+            refusal is classified full / not full by the producer.
 
 Figures are medians over repetitions.  Throughput and per-call costs are in
 CPU time (the consumer thread's; the loop process's user + system time, which
@@ -906,6 +912,19 @@ def _user_section(name: str) -> Callable[[bool], None]:
     return run
 
 
+def ringloss_section(quick: bool) -> None:
+    """bench/ringloss.py: the reservations a reader used to make fail (the
+    ring positions stored with struct.pack_into), side by side with the fix."""
+    import ringloss
+    calls, trials, rounds = (200_000, 1, 1) if quick else (1_000_000, 3, 2)
+    heading("ring-buffer loss with room in the ring: per-event reader, ring positions as "
+            "single 8-byte accesses vs struct (before the fix), alternating")
+    results["sections"]["ringloss"] = {
+        "calls": calls, "trials": trials, "rounds": rounds,
+        "totals": ringloss.measure(calls, trials, "1,3,2,4", rounds,
+                                   sysloop=build("sysloop", optional=True))}
+
+
 SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_cost_section,
             "start": start_section, "maps": maps_section,
             "uprobe": _user_section("uprobe_section"),
@@ -915,7 +934,8 @@ SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_co
             "profile": lambda quick: bench_stacks.profile_section(quick, target, heading,
                                                                   results, BUILD),
             "stack-cost": lambda quick: bench_stacks.stack_cost_section(quick, target, heading,
-                                                                        results, BUILD)}
+                                                                        results, BUILD),
+            "ringloss": ringloss_section}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

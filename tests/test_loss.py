@@ -174,3 +174,59 @@ def test_cli_reports_lost_exactly() -> None:
     assert len(lines) == seen
     assert lost > 0, "the CLI's ring never filled: the test proves nothing"
     assert seen + lost == calls
+
+
+ROOMY_CALLS = int(os.environ.get("PYTRACERS_ROOMY_CALLS",
+                                 "20000" if os.environ.get("PYTRACERS_VM_KERNEL") else "400000"))
+
+
+def test_a_reader_loses_nothing_while_the_ring_has_room() -> None:
+    """A child makes ROOMY_CALLS getpgid() calls into a ring that holds them
+    all while a thread reads each event as it comes: nothing may be lost.
+
+    Until the reader stored the consumer position with one 8-byte store
+    (``ringbuf.records.word64``), ``struct.pack_into`` zeroed it first and
+    wrote it byte by byte; a reservation on another CPU that read it then saw
+    the ring as full and dropped the record (bench/ringloss.py: ~5 per
+    million calls on the loaded 2-CPU host, never without a reader).  This is the
+    condition it showed in; a miss is rare, so the old code could pass a short
+    run, but one lost event fails it."""
+    import subprocess
+    import sys
+    import threading
+
+    from pytracers.tracers import SyscallTracer
+    ring = 1 << max(22, (ROOMY_CALLS * 128 - 1).bit_length())
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys\nsys.stdin.readline()\n"
+         f"for _ in range({ROOMY_CALLS}): os.getpgid(0)\n"],
+        stdin=subprocess.PIPE, text=True)
+    try:
+        # wakeup_bytes=0 (the kernel's policy): the reader wakes and stores
+        # the consumer position most often, where the loss showed most
+        with SyscallTracer(["getpgid"], pid=child.pid, ring_size=ring, wakeup_bytes=0,
+                           measure_latency=False) as t:
+            seen = [0]
+            stop = threading.Event()
+
+            def read() -> None:
+                while not stop.is_set():
+                    for _ev in t.events(timeout=0.2):
+                        seen[0] += 1
+            th = threading.Thread(target=read)
+            th.start()
+            try:
+                child.stdin.write("go\n")
+                child.stdin.close()
+                assert child.wait(timeout=300) == 0
+                while t.ring.pending_bytes():
+                    th.join(0.05)
+            finally:
+                stop.set()
+                th.join()
+            seen[0] += t.poll(0, lambda ev: None)
+            assert (seen[0], t.lost) == (ROOMY_CALLS, 0)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence
 from .._libbpf import ffi, lib
 from ..errors import BadArgumentError
 from ..eventbuf import Callback, Decoder, _np, call_with_view
-from ..ringbuf.records import _bad_return, _Bytes, _Padded, _plain
+from ..ringbuf.records import _bad_return, _Bytes, _Padded, _plain, word64
 
 if TYPE_CHECKING:
     import numpy
@@ -75,6 +75,9 @@ class PerfReader:
             if len(memoryview(r)) < data_offset + data_size:
                 raise BadArgumentError("a ring buffer is shorter than data_offset + data_size")
         self._rings: List[Any] = list(rings)
+        # data_head / data_tail: single 8-byte loads and stores (see word64)
+        self._heads = [word64(r, HEAD_OFFSET) for r in self._rings]
+        self._tails = [word64(r, TAIL_OFFSET) for r in self._rings]
         self._arrs: List[Any] = [None] * len(self._rings)   # numpy views (first batch)
         self._base = data_offset
         self.size = data_size
@@ -104,13 +107,16 @@ class PerfReader:
     def _detach(self) -> None:
         """Drop every view of the buffers (a numpy view pins an mmap open)."""
         self._arrs = [None] * len(self._arrs)
+        for w in self._heads + self._tails:
+            w.release()
+        self._heads = []
+        self._tails = []
         self._rings = []
 
     # -- positions ----------------------------------------------------------------
     def pending_bytes(self) -> int:
         """Bytes written by the kernel and not yet consumed, on all rings."""
-        return sum(_U64.unpack_from(r, HEAD_OFFSET)[0] - _U64.unpack_from(r, TAIL_OFFSET)[0]
-                   for r in self._rings)
+        return sum(h[0] - t[0] for h, t in zip(self._heads, self._tails))
 
     def _order(self) -> List[int]:
         """Ring indexes, starting after the one started with last time."""
@@ -202,10 +208,10 @@ class PerfReader:
         unpack_u64 = _U64.unpack_from
         n = 0
         stop = False
-        tail = unpack_u64(ring, TAIL_OFFSET)[0]
+        tail = self._tails[k][0]
         try:
             while (limit is None or n < limit) and not self.stop:
-                head = unpack_u64(ring, HEAD_OFFSET)[0]
+                head = self._heads[k][0]
                 if tail >= head:
                     break
                 pos = tail & mask
@@ -267,9 +273,9 @@ class PerfReader:
                         view.release()  # an exported view would pin the mmap open
                 if stop:
                     break
-                _U64.pack_into(ring, TAIL_OFFSET, tail)
+                self._tails[k][0] = tail
         finally:
-            _U64.pack_into(ring, TAIL_OFFSET, tail)
+            self._tails[k][0] = tail
             self.delivered += n
         return n, stop
 
@@ -296,9 +302,9 @@ class PerfReader:
         odd = bytearray()
         nodd = 0
         total = 0
-        tail = unpack_u64(ring, TAIL_OFFSET)[0]
+        tail = self._tails[k][0]
         while (max_records is None or total < max_records) and not self.stop:
-            head = unpack_u64(ring, HEAD_OFFSET)[0]
+            head = self._heads[k][0]
             if tail >= head:
                 break
             pos = tail & mask
@@ -372,8 +378,8 @@ class PerfReader:
         ring holds anything else (the general path then reads it)."""
         np = _np()
         ring = self._rings[k]
-        tail = _U64.unpack_from(ring, TAIL_OFFSET)[0]
-        head = _U64.unpack_from(ring, HEAD_OFFSET)[0]
+        tail = self._tails[k][0]
+        head = self._heads[k][0]
         pos = tail & self._mask
         hdr = _U64.unpack_from(ring, self._base + pos)[0]
         rsize = hdr >> 48
@@ -395,7 +401,7 @@ class PerfReader:
         h = np.ndarray((count,), "<u8", buffer=buf, strides=(rsize,)) & np.uint64(_NO_MISC)
         if not (h == np.uint64(hdr & _NO_MISC)).all():
             return None
-        _U64.pack_into(ring, TAIL_OFFSET, tail + nbytes)
+        self._tails[k][0] = tail + nbytes
         self.delivered += count
         return np.ndarray((count,), dt, buffer=buf, offset=SAMPLE_HEADER, strides=(rsize,))
 
@@ -432,7 +438,7 @@ class PerfReader:
                         self.delivered += len(rows)
             finally:
                 if tail is not None:
-                    _U64.pack_into(ring, TAIL_OFFSET, tail)
+                    self._tails[k][0] = tail
         if not chunks:
             return np.empty(0, dt)
         if len(chunks) == 1:
@@ -460,12 +466,12 @@ class PerfReader:
             try:
                 for rows, tail in it:
                     if rows is None:
-                        _U64.pack_into(ring, TAIL_OFFSET, tail)
+                        self._tails[k][0] = tail
                         break
                     m = len(rows)
 
-                    def done(tail: int = tail, m: int = m) -> None:
-                        _U64.pack_into(ring, TAIL_OFFSET, tail)
+                    def done(tail: int = tail, m: int = m, tw: Any = self._tails[k]) -> None:
+                        tw[0] = tail
                         self.delivered += m
                     r = call_with_view(callback, rows, self._arr(k), done)
                     del rows

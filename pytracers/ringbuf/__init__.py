@@ -68,8 +68,13 @@ finish reading a record before it stores the consumer position past it
 (release) -- libbpf's ``ringbuf_process_ring`` does the same with
 ``smp_load_acquire``/``smp_store_release``.
 
+* The positions themselves are read and stored with one 8-byte access each
+  (``records.word64``): the kernel reads the consumer position while we store
+  it, and ``struct.pack_into`` -- which zeroes the bytes first, then writes
+  them one by one -- once let it see 0 and drop a record as if the ring were
+  full.
 * On x86-64 (TSO) loads are not reordered with other loads and stores are not
-  reordered with earlier loads: plain loads and stores (``struct``, numpy)
+  reordered with earlier loads: plain loads and stores (memoryview, numpy)
   give that order, and the reader adds nothing.
 * On arm64 (and any other machine) the reader issues a full barrier (``dmb
   ish``: libatomic's ``atomic_thread_fence(memory_order_seq_cst)`` called

@@ -31,7 +31,23 @@ LEN_MASK = DISCARD_BIT - 1
 HEADER_SIZE = 8
 PAGE_SIZE = mmap.PAGESIZE
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
+
+
+def word64(buf: Any, offset: int = 0) -> memoryview:
+    """The 8 bytes of ``buf`` at ``offset`` (8-aligned) as a one-item native
+    ``Q`` memoryview: ``w[0]`` reads and ``w[0] = x`` stores them with a
+    single 8-byte access (memoryview copies a ``Q`` item with a fixed-size
+    memcpy, one load or store on x86-64 and arm64).
+
+    A position the kernel reads while we write it (the ring buffer's
+    consumer position, a perf ring's ``data_tail``) and one it writes while
+    we read it (the producer position, ``data_head``) must be accessed this
+    way: ``struct.pack_into`` zeroes the bytes first and then writes them one
+    by one, so a producer on another CPU could see the consumer position at 0
+    or half-written -- the ring looks full and the record is dropped (and
+    counted lost); ``unpack_from`` reads them one by one and could see a torn
+    producer position.  Release the view before closing the mapping."""
+    return memoryview(buf).cast("B")[offset:offset + 8].cast("Q")
 
 # Below this many records a vectorised header scan costs more than it saves.
 _MIN_RUN = 8
@@ -135,6 +151,8 @@ class RingReader:
             raise BadArgumentError("data buffer is shorter than data_offset + 2 * size")
         self._cons = consumer
         self._data = data
+        self._cons_word = word64(consumer)     # single 8-byte loads and stores: see word64
+        self._prod_word = word64(data)
         self._fence = fence
         if fence is not None:
             self.producer_pos = self._producer_pos_acquire        # type: ignore[method-assign]
@@ -189,30 +207,37 @@ class RingReader:
     def _detach(self) -> None:
         """Drop every view of the buffers (a numpy view pins an mmap open)."""
         self._arr = None
+        for w in (self._cons_word, self._prod_word):
+            if w is not None:
+                w.release()
+        self._cons_word = self._prod_word = None   # type: ignore[assignment]
         self._cons = None
         self._data = None
 
     # -- positions ----------------------------------------------------------------
+    # One 8-byte access each (word64): the kernel's producer reads the
+    # consumer position while we store it, and writes the producer position
+    # while we read it.
     def consumer_pos(self) -> int:
-        return int(_U64.unpack_from(self._cons, 0)[0])
+        return int(self._cons_word[0])
 
     def producer_pos(self) -> int:
-        return int(_U64.unpack_from(self._data, 0)[0])
+        return int(self._prod_word[0])
 
     def _set_consumer_pos(self, pos: int) -> None:
-        _U64.pack_into(self._cons, 0, pos)
+        self._cons_word[0] = pos
 
     # With a fence (weakly ordered machines) these replace the two above:
     # the producer position is read before anything it covers (acquire), the
     # consumer position stored after every read of what it frees (release).
     def _producer_pos_acquire(self) -> int:
-        pos = int(_U64.unpack_from(self._data, 0)[0])
+        pos = int(self._prod_word[0])
         self._fence()       # type: ignore[misc]
         return pos
 
     def _set_consumer_pos_release(self, pos: int) -> None:
         self._fence()       # type: ignore[misc]
-        _U64.pack_into(self._cons, 0, pos)
+        self._cons_word[0] = pos
 
     def pending_bytes(self) -> int:
         """Bytes written (or reserved) by the producer and not yet consumed."""
