@@ -1,0 +1,146 @@
+"""`char *` arguments of kernel functions read as strings (``string_arg``),
+through kprobes and trampolines, on the test's own calls.
+
+* a user pointer: do_faccessat's ``const char __user *filename`` (access(2))
+  arrives as the path the test passed;
+* a kernel pointer: __set_task_comm's ``const char *buf`` (prctl(PR_SET_NAME)
+  copies the name into a kernel buffer first) arrives as the thread's new name.
+
+Both functions are called out of line with these parameters from 5.10 to 7.x.
+The tests skip only on a kernel known to lack the kind (this host: no kprobes,
+trampolines refused) and must pass in the VM kernels that have it.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from pytracers import kinds
+from pytracers.errors import BadArgumentError
+from pytracers.tracers import FunctionTracer
+
+PR_SET_NAME = 15
+KERNEL_KINDS = [kinds.KPROBE, kinds.FENTRY]
+
+
+def _access(tmp_path):
+    there = tmp_path / "there"
+    there.write_bytes(b"")
+    missing = tmp_path / ("m" * 80)          # longer than the 63 bytes kept
+    assert os.access(there, os.R_OK)
+    assert not os.access(missing, os.R_OK)
+    return str(there), str(missing)
+
+
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_a_user_pointer_argument_as_a_string(need, tmp_path, kind):
+    with need(kind):
+        t = FunctionTracer("do_faccessat", kind=kind, pid=os.getpid(), string_arg="filename")
+    with t:
+        there, missing = _access(tmp_path)
+        me = threading.get_native_id()
+        evs = [e for e in t.read(1.0) + t.read(0.1) if e.tid == me]
+    assert [e.args.filename for e in evs] == [there, missing[:63]]
+    assert [e.ret for e in evs] == [0, -2]
+    assert [e.args.mode for e in evs] == [os.R_OK, os.R_OK]
+    assert "str" not in t.event_dict(evs[0])
+
+
+@pytest.mark.parametrize("kind", KERNEL_KINDS)
+def test_a_kernel_pointer_argument_as_a_string(need, kind):
+    with need(kind):
+        t = FunctionTracer("__set_task_comm", kind=kind, pid=os.getpid(), string_arg=1)
+    libc = ctypes.CDLL(None, use_errno=True)
+    tids = []
+
+    def rename() -> None:
+        tids.append(threading.get_native_id())
+        assert libc.prctl(PR_SET_NAME, b"pt-str-kernel", 0, 0, 0) == 0
+
+    with t:
+        th = threading.Thread(target=rename)
+        th.start()
+        th.join()
+        evs = [e for e in t.read(1.0) + t.read(0.1) if e.tid == tids[0]]
+    assert [e.args.buf for e in evs] == ["pt-str-kernel"]
+    assert evs[0].args.exec is False or evs[0].args.exec == 0
+
+
+def test_string_arg_is_checked_against_the_prototype():
+    """Names and types come from the kernel's BTF: no such argument, an
+    integer argument, an index past the arity are refused before loading."""
+    with pytest.raises(BadArgumentError, match="no argument 'path'"):
+        FunctionTracer("do_faccessat", kind=kinds.KPROBE, string_arg="path")
+    with pytest.raises(BadArgumentError, match="'int', not a pointer"):
+        FunctionTracer("do_faccessat", kind=kinds.KPROBE, string_arg="mode")
+    with pytest.raises(BadArgumentError, match="takes 4 argument"):
+        FunctionTracer("do_faccessat", kind=kinds.KPROBE, string_arg=5)
+    with pytest.raises(BadArgumentError, match="as an index"):
+        FunctionTracer("do_facces*", kind=kinds.KPROBE_MULTI, string_arg="filename")
+
+
+def test_the_record_reads_the_string_in_place_of_the_address():
+    """Without attaching (this host may lack kprobes): the kprobe object's
+    func_event carries a 64-byte ``str`` and the record class puts it in the
+    argument's place, the other arguments typed as before."""
+    from pytracers._shipped import object_path
+    from pytracers.btf import Btf
+    from pytracers.kernel.symbols import signature
+    from pytracers.tracers._func_records import (FN_HAS_ARGS, FN_HAS_RET, FN_RETURN,
+                                                 function_record_class, signature_shape)
+    sig = signature("do_faccessat")
+    assert sig is not None
+    layout = Btf.from_elf(object_path(kinds.KPROBE)).struct_layout("func_event")
+    base = layout.record_class()
+    assert "str" in base._fields
+    cls = function_record_class(base, lambda ip: "do_faccessat",
+                                lambda n: signature_shape(sig), string_arg=1)
+    values = dict.fromkeys(base._fields, 0)
+    values.update(comm="x", args=(2**64 - 100, 0xffff888000001000, os.R_OK, 0, 0, 0), ret=0,
+                  flags=FN_RETURN | FN_HAS_ARGS | FN_HAS_RET, str="/etc/hostname")
+    ev = cls(values[f] for f in base._fields)
+    assert ev.args == (-100, "/etc/hostname", os.R_OK, 0)
+    assert ev.args._fields == ("dfd", "filename", "mode", "flags")
+
+
+def test_cli_trace_kernel_function_with_a_string_argument(need, tmp_path):
+    """`pytracers trace kprobe:do_faccessat --pid P --string-arg filename
+    --json`: the child's access(2) path arrives as the argument's value."""
+    with need(kinds.KPROBE):
+        FunctionTracer("do_faccessat", kind=kinds.KPROBE, pid=os.getpid()).close()
+    there = tmp_path / "cli-there"
+    there.write_bytes(b"")
+    child = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); "
+                              f"os.access({str(there)!r}, os.R_OK)"],
+                             stdin=subprocess.PIPE, text=True)
+    cli = subprocess.Popen([sys.executable, "-m", "pytracers", "trace", "kprobe:do_faccessat",
+                            "--pid", str(child.pid), "--string-arg", "filename", "--json",
+                            "-d", "60"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = cli.stderr.readline()
+        while line and "Ctrl-C" not in line:
+            line = cli.stderr.readline()
+        assert line, cli.stderr.read()
+        child.communicate("go\n", timeout=60)
+        time.sleep(0.5)
+        cli.send_signal(signal.SIGINT)
+        out, err = cli.communicate(timeout=60)
+    finally:
+        for p in (child, cli):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    rows = [json.loads(x) for x in out.splitlines()]
+    assert [r["args"]["filename"] for r in rows if r["args"]["filename"] == str(there)] \
+        == [str(there)], (out, err)
+    mine = [r for r in rows if r["args"]["filename"] == str(there)][0]
+    assert (mine["pid"], mine["ret"], mine["args"]["mode"]) == (child.pid, 0, os.R_OK)
