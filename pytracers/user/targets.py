@@ -2,9 +2,10 @@
 dynamic loader would, or the file a running process really mapped.
 
 :func:`resolve_binary` is the one entry point; uprobes and USDT probes attach
-to the absolute path it returns.  Inside a container (a process whose root is
-not ours) the path goes through ``/proc/PID/root``, so the kernel finds the
-same inode the process runs.
+to the absolute path it returns.  Inside a container (a process whose root or
+mount namespace is not ours: its paths may name other files than ours, or
+none) the path goes through ``/proc/PID/root``, so the kernel -- and this
+library, reading the ELF -- find the same inode the process runs.
 """
 from __future__ import annotations
 
@@ -95,22 +96,31 @@ def loader_cache(root: str = "/") -> List[Tuple[str, str]]:
 
 
 def process_root(pid: int) -> str:
-    """``/proc/PID/root`` when the process has another root than ours (a
-    container), else ``/``; TargetNotFoundError if there is no such process."""
+    """``/proc/PID/root`` when the process sees other files than we do under
+    the same paths -- another root directory (chroot, a container) or another
+    mount namespace (``unshare -m``, a container: the same root inode with
+    other mounts on it) -- else ``/``; TargetNotFoundError if there is no such
+    process."""
     proc = f"/proc/{int(pid)}"
     if not os.path.isdir(proc):
         raise TargetNotFoundError("process", str(pid), detail="no such pid")
     root = proc + "/root"
     try:
         a, b = os.stat(root + "/"), os.stat("/")
+        same_ns = os.readlink(proc + "/ns/mnt") == os.readlink("/proc/self/ns/mnt")
     except OSError:
         return root
-    return "/" if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) else root
+    return "/" if same_ns and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) else root
 
 
-def mapped_files(pid: int) -> List[str]:
+def mapped_files(pid: int, openable: bool = False) -> List[str]:
     """The files process ``pid`` has mapped executable, as its maps name them
-    (in its own mount namespace; a replaced file ends with `` (deleted)``)."""
+    (in its own mount namespace; a replaced file ends with `` (deleted)``).
+
+    ``openable=True``: as paths this process can open -- through
+    ``/proc/PID/root`` where the process's root or mount namespace differs
+    from ours (:func:`process_root`), a replaced executable through
+    ``/proc/PID/exe``, other replaced files left out."""
     try:
         with open(f"/proc/{int(pid)}/maps") as f:
             lines = f.read().splitlines()
@@ -125,7 +135,21 @@ def mapped_files(pid: int) -> List[str]:
             continue
         if parts[5] not in out:
             out.append(parts[5])
-    return out
+    if not openable:
+        return out
+    root = process_root(pid)
+    paths: List[str] = []
+    for path in out:
+        if path.endswith(" (deleted)"):
+            exe = f"/proc/{int(pid)}/exe"
+            try:
+                if os.readlink(exe) == path:
+                    paths.append(exe)
+            except OSError:
+                pass
+            continue
+        paths.append(_in_root(root, path))
+    return paths
 
 
 def _lib_matches(name: str, base: str) -> int:
