@@ -107,10 +107,15 @@ def process_root(pid: int) -> str:
     root = proc + "/root"
     try:
         a, b = os.stat(root + "/"), os.stat("/")
-        same_ns = os.readlink(proc + "/ns/mnt") == os.readlink("/proc/self/ns/mnt")
     except OSError:
         return root
-    return "/" if same_ns and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) else root
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+        return root
+    try:
+        same_ns = os.readlink(proc + "/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        same_ns = True      # not readable (a task mid-exec): its root is ours
+    return "/" if same_ns else root
 
 
 def mapped_files(pid: int, openable: bool = False) -> List[str]:
