@@ -29,7 +29,7 @@ import os
 import time
 from typing import Any, Iterator, Optional, Type, Union
 
-from ..errors import BadArgumentError
+from ..errors import BadArgumentError, PytracersError
 from ..kinds import UPROBE, URETPROBE
 from ..user import symbols as user_symbols
 from ..user.elf_dwarf import dwarf_signature
@@ -84,8 +84,7 @@ class UserFunctionTracer(Tracer):
         self.kind = kind or UPROBE
         self.probes = (UPROBE, URETPROBE) if kind is None else (kind,)
         self.entry_events = bool(entry_events)
-        self.signature = dwarf_signature(self.binary, self.function) \
-            if isinstance(symbol, str) else None
+        self.signature = self._signature(symbol) if isinstance(symbol, str) else None
         self.string_arg = self._string_index(string_arg)
         st = os.stat(self.binary)
         self._inode = (st.st_dev, st.st_ino)
@@ -100,6 +99,16 @@ class UserFunctionTracer(Tracer):
         if self.signature is None and isinstance(symbol, str):
             self.why += "; no DWARF for it: arguments are raw registers arg0..arg5"
         super().__init__(pid=pid, **kw)
+
+    def _signature(self, symbol: str) -> Any:
+        """The function's prototype from DWARF: the binary's or its debug
+        file's, the compilation unit found by the symbol's address."""
+        table = user_symbols.symbol_table(self.binary)
+        try:
+            address: Optional[int] = table.lookup(symbol).address
+        except PytracersError:
+            address = None
+        return dwarf_signature(self.binary, self.function, address, table.debug_file)
 
     def _string_index(self, which: Union[int, str, None]) -> Optional[int]:
         """The index of the argument to read as a string (by index or by its
