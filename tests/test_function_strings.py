@@ -144,3 +144,11 @@ def test_cli_trace_kernel_function_with_a_string_argument(need, tmp_path):
         == [str(there)], (out, err)
     mine = [r for r in rows if r["args"]["filename"] == str(there)][0]
     assert (mine["pid"], mine["ret"], mine["args"]["mode"]) == (child.pid, 0, os.R_OK)
+
+
+def test_trace_function_passes_string_arg_and_refuses_it_with_stable():
+    import pytracers
+    with pytest.raises(BadArgumentError, match="stable=True"):
+        pytracers.trace_function("do_faccessat", stable=True, string_arg="filename")
+    with pytest.raises(BadArgumentError, match="not a pointer"):
+        pytracers.trace_function("do_faccessat", string_arg="mode")
