@@ -152,3 +152,16 @@ def test_trace_function_passes_string_arg_and_refuses_it_with_stable():
         pytracers.trace_function("do_faccessat", stable=True, string_arg="filename")
     with pytest.raises(BadArgumentError, match="not a pointer"):
         pytracers.trace_function("do_faccessat", string_arg="mode")
+
+
+def test_the_kprobe_object_with_a_string_argument_passes_the_verifier():
+    """Loading needs no kprobe PMU (uprobes run the same program type): the
+    verifier accepts the string read on every kernel that runs the suite,
+    this host included."""
+    import pytracers
+    from pytracers._shipped import object_path
+    o = pytracers.open(object_path(kinds.KPROBE))
+    o.only("fn_kprobe", "fn_kretprobe")
+    o.config["cfg_str_arg"] = 2
+    with o.load() as obj:
+        assert sorted(obj.programs) == ["fn_kprobe", "fn_kretprobe"]
