@@ -223,7 +223,12 @@ class FunctionTracer(Tracer):
             if sig is None:
                 return raw_shape()
             return signature_shape(sig, self.skipped_args if fname == fixed else ())
-        return function_record_class(base, name_of, shape_of, string_arg=self.string_arg)
+        string_arg = self.string_arg
+        sig = self.signature
+        if string_arg is not None and sig is not None and string_arg < len(sig.params) and \
+                sig.params[string_arg] in self.skipped_args:
+            string_arg = None           # the kernel would not expose it: None, not ""
+        return function_record_class(base, name_of, shape_of, string_arg=string_arg)
 
 
 def function_not_found(name: str, detail: str) -> Exception:
