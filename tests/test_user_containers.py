@@ -117,3 +117,61 @@ def test_usdt_of_a_process_in_its_own_mount_namespace(need, tmp_path):
             and e.module == "colorsys"] == ["colorsys"]
     assert [e.args[0] for e in got if getattr(e, "provider", None) == "python"
             and e.args == ("colorsys",)] == ["colorsys"]
+
+
+SDT_SOURCE = r"""
+#include <sys/sdt.h>
+#include <stdio.h>
+
+int main(void)
+{
+	char line[16];
+
+	printf("ready\n");
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		return 1;
+	for (int i = 1; i <= 3; i++)
+		DTRACE_PROBE2(pt_ns, hit, i * 7, "in-namespace");
+	printf("done\n");
+	return 0;
+}
+"""
+
+
+def test_usdt_of_a_pie_program_in_its_own_mount_namespace(need, tmp_path):
+    """A PIE program (libbpf maps its probes through the process's maps,
+    which name the namespace's path) run from a directory bound only inside
+    the namespace: its three hits, with exact arguments, the string read."""
+    probe = subprocess.run(["gcc", "-E", "-x", "c", "-", "-o", os.devnull],
+                           input=b"#include <sys/sdt.h>\n", capture_output=True) \
+        if shutil.which("gcc") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("building the test program needs gcc and <sys/sdt.h>")
+    src, bindir, mnt = tmp_path / "ns.c", tmp_path / "bin", tmp_path / "mnt"
+    bindir.mkdir()
+    mnt.mkdir()
+    src.write_text(SDT_SOURCE)
+    subprocess.run(["gcc", "-O2", "-fPIE", "-pie", "-o", str(bindir / "ns_sdt"), str(src)],
+                   check=True)
+    p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          'mount --bind "$1" "$2" && exec "$2/ns_sdt"', "sh", str(bindir),
+                          str(mnt)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        assert not os.path.exists(mnt / "ns_sdt")
+        with need(kinds.USDT):
+            t = trace_usdt("ns_sdt", "pt_ns:hit", pid=p.pid, strings=[1])
+        with t:
+            assert t.path == f"/proc/{p.pid}/root{mnt}/ns_sdt"
+            out, _ = p.communicate("go\n", timeout=TIMEOUT)
+            assert out == "done\n"
+            got = collect([t], lambda evs: len(evs) >= 3)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert [tuple(e.args) for e in got] == [(7, "in-namespace"), (14, "in-namespace"),
+                                            (21, "in-namespace")]
+    assert {e.pid for e in got} == {p.pid}
