@@ -15,9 +15,11 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -31,21 +33,31 @@ PR_SET_NAME = 15
 KERNEL_KINDS = [kinds.KPROBE, kinds.FENTRY]
 
 
-def _access(tmp_path):
-    there = tmp_path / "there"
-    there.write_bytes(b"")
-    missing = tmp_path / ("m" * 80)          # longer than the 63 bytes kept
+@pytest.fixture
+def short_dir():
+    """A directory with a short path (pytest's tmp_path is longer than the
+    63 bytes a string argument keeps)."""
+    d = tempfile.mkdtemp(prefix="pts", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _access(d):
+    there = os.path.join(d, "there")
+    open(there, "wb").close()
+    missing = os.path.join(d, "m" * 80)          # longer than the 63 bytes kept
+    assert len(there) < 63
     assert os.access(there, os.R_OK)
     assert not os.access(missing, os.R_OK)
-    return str(there), str(missing)
+    return there, missing
 
 
 @pytest.mark.parametrize("kind", KERNEL_KINDS)
-def test_a_user_pointer_argument_as_a_string(need, tmp_path, kind):
+def test_a_user_pointer_argument_as_a_string(need, short_dir, kind):
     with need(kind):
         t = FunctionTracer("do_faccessat", kind=kind, pid=os.getpid(), string_arg="filename")
     with t:
-        there, missing = _access(tmp_path)
+        there, missing = _access(short_dir)
         me = threading.get_native_id()
         evs = [e for e in t.read(1.0) + t.read(0.1) if e.tid == me]
     assert [e.args.filename for e in evs] == [there, missing[:63]]
@@ -111,13 +123,13 @@ def test_the_record_reads_the_string_in_place_of_the_address():
     assert ev.args._fields == ("dfd", "filename", "mode", "flags")
 
 
-def test_cli_trace_kernel_function_with_a_string_argument(need, tmp_path):
+def test_cli_trace_kernel_function_with_a_string_argument(need, short_dir):
     """`pytracers trace kprobe:do_faccessat --pid P --string-arg filename
     --json`: the child's access(2) path arrives as the argument's value."""
     with need(kinds.KPROBE):
         FunctionTracer("do_faccessat", kind=kinds.KPROBE, pid=os.getpid()).close()
-    there = tmp_path / "cli-there"
-    there.write_bytes(b"")
+    there = os.path.join(short_dir, "cli-there")
+    open(there, "wb").close()
     child = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.readline(); "
                               f"os.access({str(there)!r}, os.R_OK)"],
                              stdin=subprocess.PIPE, text=True)

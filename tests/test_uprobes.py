@@ -233,6 +233,11 @@ def test_a_process_in_another_root(progs, need, tmp_path):
                                    preexec_fn=lambda: os.chroot(str(root))) as child:
         path = resolve_binary("/ufunc", pid=child.pid)
         assert path == f"/proc/{child.pid}/root/ufunc"
+        # maps name it from our root (ROOT/ufunc); the openable path is the
+        # process's own view, checked by inode
+        from pytracers.user.targets import mapped_files
+        assert f"{root}/ufunc" in mapped_files(child.pid)
+        assert path in mapped_files(child.pid, openable=True)
         with pytracers.trace_user_function("/ufunc", "pt_neg", pid=child.pid) as t:
             assert child.go() == "done\n"
             evs = events_of(t, want=N)

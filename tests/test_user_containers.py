@@ -83,7 +83,10 @@ def test_usdt_of_a_process_in_its_own_mount_namespace(need, tmp_path):
         assert not os.path.exists(inner)
         assert os.path.isfile(seen_from_inside)
         assert process_root(pid) == f"/proc/{pid}/root"
-        assert inner in mapped_files(pid)
+        # maps names it from the namespace's root: the process's view, or
+        # (when this test itself runs chrooted, as in the VM guests) that
+        # view under the chroot's path
+        assert any(n == inner or n.endswith(inner) for n in mapped_files(pid))
         assert seen_from_inside in mapped_files(pid, openable=True)
         assert resolve_binary("python3.11", pid=pid) == seen_from_inside
         assert resolve_binary(inner, pid=pid) == seen_from_inside
@@ -161,6 +164,14 @@ def test_usdt_of_a_pie_program_in_its_own_mount_namespace(need, tmp_path):
     try:
         assert p.stdout.readline() == "ready\n"
         assert not os.path.exists(mnt / "ns_sdt")
+        named = [n for n in mapped_files(p.pid) if n.endswith("/ns_sdt")]
+        if named != [f"{mnt}/ns_sdt"]:
+            # This test runs chrooted (the VM guests' runner): the kernel names
+            # the other namespace's file from that namespace's root
+            # (/mnt/root/...), not as the process sees it, and libbpf 1.1
+            # matches a PIE's maps lines against the path it was given.
+            pytest.skip(f"chrooted test runner: maps name the program {named}, not "
+                        f"{mnt}/ns_sdt; libbpf cannot match them for a PIE")
         with need(kinds.USDT):
             t = trace_usdt("ns_sdt", "pt_ns:hit", pid=p.pid, strings=[1])
         with t:
