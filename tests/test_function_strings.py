@@ -66,6 +66,20 @@ def test_a_user_pointer_argument_as_a_string(need, short_dir, kind):
     assert "str" not in t.event_dict(evs[0])
 
 
+def test_kprobe_multi_reads_a_string_by_index(need, short_dir):
+    """kprobe_multi over a glob: the string argument is given by index (the
+    functions' prototypes differ); do_faccessat's filename arrives."""
+    with need(kinds.KPROBE_MULTI):
+        t = FunctionTracer("do_facces*", kind=kinds.KPROBE_MULTI, pid=os.getpid(),
+                           string_arg=1)
+    with t:
+        there, missing = _access(short_dir)
+        me = threading.get_native_id()
+        evs = [e for e in t.read(1.0) + t.read(0.1)
+               if e.tid == me and e.name == "do_faccessat"]
+    assert [e.args.filename for e in evs] == [there, missing[:63]]
+
+
 @pytest.mark.parametrize("kind", KERNEL_KINDS)
 def test_a_kernel_pointer_argument_as_a_string(need, kind):
     with need(kind):
