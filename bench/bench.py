@@ -928,6 +928,7 @@ def ringloss_section(quick: bool) -> None:
 SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_cost_section,
             "start": start_section, "maps": maps_section,
             "uprobe": _user_section("uprobe_section"),
+            "usdt": _user_section("usdt_section"),
             "symbols": _user_section("symbols_section"),
             "symbolize": lambda quick: bench_stacks.symbolize_section(quick, target, heading,
                                                                       results),

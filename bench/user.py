@@ -12,6 +12,16 @@ uprobe      CPU ns per call of pt_loop (bench/uloop.c, a tight loop of a
             probe is limited to the loop's own process (pid) except
             bpftrace's, which bpftrace attaches for every process (nothing
             else runs pt_loop).  "added" = ns/call minus the bare loop's.
+usdt        CPU ns per iteration of bench/usdtloop.c (a loop hitting the
+            USDT probe ptbench:tick: the index and a char *) with nothing
+            attached; with the count-only program on the probe's site (a
+            uprobe at its address: one per-CPU add, no argument read); with
+            the built-in UsdtTracer (both arguments typed from the note's
+            specs, one ring record per hit) and a reader; the same reading
+            the char * as a string; and with bpftrace's ``usdt:...``
+            ``@ = count()`` and ``printf("%d %s", arg0, str(arg1))``.
+            Conditions alternate within each round (A B C ... A B C ...);
+            medians over the rounds.
 symbols     Loading libc's symbol table (pyelftools, once) and looking names
             up afterwards: SymbolTable.get (a dict access) and lookup()
             (versions, several definitions, IFUNC check).
@@ -90,7 +100,8 @@ def _tracer(binary: str, n: int, kind: Optional[str]) -> Tuple[float, int]:
     return ns, seen
 
 
-def _bpftrace(binary: str, n: int, action: str) -> Tuple[float, int]:
+def _bpftrace(binary: str, n: int, action: str, probe: Optional[str] = None,
+              loop: Optional[Callable[[str, int], float]] = None) -> Tuple[float, int]:
     """The loop under a bpftrace one-liner; (ns/call, probe hits bpftrace saw:
     its count map, or the lines its printf wrote).  "Attaching N probes..."
     comes before the attach, so a second probe on the loop binary's main
@@ -98,7 +109,9 @@ def _bpftrace(binary: str, n: int, action: str) -> Tuple[float, int]:
     it does."""
     bt = shutil.which("bpftrace")
     assert bt
-    prog = (f"uprobe:{binary}:pt_loop {{ {action} }} "
+    probe = probe or f"uprobe:{binary}:pt_loop"
+    loop = loop or _bare
+    prog = (f"{probe} {{ {action} }} "
             f"uprobe:{binary}:main {{ printf(\"armed\\n\"); }}")
     proc = subprocess.Popen([bt, "-e", prog], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -117,12 +130,12 @@ def _bpftrace(binary: str, n: int, action: str) -> Tuple[float, int]:
     th.start()
     try:
         for _ in range(300):
-            _bare(binary, 0)
+            loop(binary, 0)
             if armed.wait(0.1):
                 break
         else:
             raise RuntimeError(f"bpftrace never fired: {' / '.join(out[-3:])}")
-        ns = _bare(binary, n)
+        ns = loop(binary, n)
     finally:
         # SIGTERM: a background job (nohup, CI) may have SIGINT ignored
         proc.send_signal(signal.SIGTERM)
@@ -133,7 +146,7 @@ def _bpftrace(binary: str, n: int, action: str) -> Tuple[float, int]:
             proc.wait()
         th.join(timeout=60)
     counted = [int(x.split(":")[1]) for x in out if x.startswith("@:")]
-    hits = counted[0] if counted else sum(1 for x in out if x.lstrip("-").isdigit())
+    hits = counted[0] if counted else sum(1 for x in out if x.split(" ")[0].lstrip("-").isdigit())
     return ns, hits
 
 
@@ -178,6 +191,104 @@ def uprobe_section(quick: bool) -> None:
     B.target("uprobe_tracer_vs_count", ratio, ratio <= 1.5,
              f"{ratio:.2f}x ({tr_added:.0f} vs {count_added:.0f} ns)")
     B.results["sections"]["uprobe"] = rows
+
+
+USDT_PROBE = "ptbench:tick"
+USDT_STRING = "usdt-bench"          # usdtloop.c's second argument
+
+
+def _usdt_site(binary: str) -> int:
+    """The file offset of ptbench:tick's site (where libbpf sets the uprobe)."""
+    from pytracers.user.symbols import symbol_table
+    from pytracers.user.usdt import find_probe
+    off = symbol_table(binary).offset_of(find_probe(binary, USDT_PROBE).address)
+    assert off is not None
+    return off
+
+
+def _usdt_count_only(binary: str, n: int) -> Tuple[float, int]:
+    p = Paused(binary, n)
+    o = pytracers_open(B.PROBE_COST)
+    o.only("count_uprobe")
+    with o.load() as obj:
+        link = obj.programs["count_uprobe"].attach_uprobe(binary, _usdt_site(binary), pid=p.pid)
+        ns = p.run()
+        hits = obj.maps["counts"].sum_percpu_u64()
+        link.close()
+    return ns, hits
+
+
+def _usdt_tracer(binary: str, n: int, strings: Tuple[int, ...]) -> Tuple[float, int]:
+    from pytracers.tracers.user_usdt import UsdtTracer
+    p = Paused(binary, n)
+    with UsdtTracer(binary, USDT_PROBE, pid=p.pid, strings=strings) as t:
+        reader = B.Reader(t)
+        ns = p.run()
+        seen = reader.finish() + t.lost
+    return ns, seen
+
+
+def _usdt_values(binary: str) -> List[Any]:
+    """A 3-iteration run under the tracer with the string read: the records."""
+    from pytracers.tracers.user_usdt import UsdtTracer
+    p = Paused(binary, 3)
+    with UsdtTracer(binary, USDT_PROBE, pid=p.pid, strings=(1,)) as t:
+        p.run()
+        return [tuple(e.args) for e in t.read(1.0)]
+
+
+def usdt_section(quick: bool) -> None:
+    n = 100_000 if quick else 300_000
+    rounds = 3 if quick else 5
+    binary = B.build("usdtloop")
+    B.heading(f"usdt cost: CPU ns per hit of a USDT probe in a loop (user + system time of the "
+              f"loop) over {n} hits; {rounds} rounds, conditions alternating, medians")
+    got = _usdt_values(binary)
+    print(f"   check: 3 hits under the tracer read as {got}")
+    assert got == [(i, USDT_STRING) for i in range(3)], got
+    conds: List[Tuple[str, Callable[[], Tuple[float, int]]]] = [
+        ("bare loop (probe site is a nop)", lambda: (_loop(binary, n), 0)),
+        ("count-only uprobe on the probe's site", lambda: _usdt_count_only(binary, n)),
+        ("tracer, 2 int args + reader", lambda: _usdt_tracer(binary, n, ())),
+        ("tracer, arg1 read as a string + reader", lambda: _usdt_tracer(binary, n, (1,))),
+    ]
+    if shutil.which("bpftrace"):
+        usdt = f"usdt:{binary}:ptbench:tick"
+        conds += [
+            ("bpftrace usdt { @ = count(); }",
+             lambda: _bpftrace(binary, n, "@ = count();", usdt, _loop)),
+            ('bpftrace usdt { printf("%d %s\\n", arg0, str(arg1)); }',
+             lambda: _bpftrace(binary, n, 'printf("%d %s\\n", arg0, str(arg1));', usdt, _loop)),
+        ]
+    else:
+        print("   bpftrace: not installed")
+    rows: Dict[str, Any] = {name: {"trials": [], "hits": []} for name, _f in conds}
+    for _ in range(rounds):
+        for name, fn in conds:
+            ns, h = fn()
+            rows[name]["trials"].append(ns)
+            rows[name]["hits"].append(h)
+    bare = B.median(rows[conds[0][0]]["trials"])
+    print(f"   {'condition':<58} {'ns/hit':>9} {'added':>9}   hits (per round)")
+    for name, r in rows.items():
+        r["ns"] = B.median(r["trials"])
+        r["added"] = r["ns"] - bare
+        print(f"   {name:<58} {r['ns']:9.1f} {r['added']:9.1f}   "
+              f"{','.join(str(h) for h in r['hits'])}")
+    count_added = rows[conds[1][0]]["added"]
+    for name in (conds[2][0], conds[3][0]):
+        if count_added > 0:
+            print(f"   {name} added / count-only added: {rows[name]['added'] / count_added:.2f}")
+    for ours, theirs in ((conds[2][0], conds[4][0] if len(conds) > 4 else None),
+                         (conds[3][0], conds[5][0] if len(conds) > 5 else None)):
+        if theirs and rows[theirs]["added"] > 0:
+            print(f"   {ours} added / {theirs} added: "
+                  f"{rows[ours]['added'] / rows[theirs]['added']:.2f}")
+    B.results["sections"]["usdt"] = rows
+
+
+def _loop(binary: str, n: int) -> float:
+    return _bare(binary, n)
 
 
 def symbols_section(quick: bool) -> None:

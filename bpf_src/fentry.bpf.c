@@ -19,6 +19,9 @@
  * for a type narrower than 64 bits the upper bits are not meaningful (5.10
  * leaves garbage there for an int argument).
  */
+/* A `char *` argument read as a string where asked (cfg_str_arg): kernel or
+ * user memory, whichever the pointer is (func_event.h). */
+#define FN_STR_READ(dst, size, ptr) fn_read_any_str(dst, size, ptr)
 #include "func_event.h"
 #include "trampoline.h"
 

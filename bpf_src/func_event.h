@@ -22,14 +22,19 @@
 
 #define FN_NARGS 6
 
-/* An object may add fields at the end of its func_event (FN_EVENT_EXTRA, e.g.
- * a string read from an argument) and fill them in fn_emit (FN_FILL_EXTRA(e,
- * args), args possibly NULL); its own BTF tells Python the layout. */
-#ifndef FN_EVENT_EXTRA
+/* A `char *` argument read as a string.  An object that defines
+ * FN_STR_READ(dst, size, ptr) (a bpf_probe_read_*_str helper, or
+ * fn_read_any_str below) gets a `str` field at the end of its func_event and
+ * cfg_str_arg: 1 + the index of the argument fn_emit reads into it, at most
+ * FN_STR_LEN bytes with the NUL (0: none, str is empty).  The string is read
+ * when the record is emitted (entry records: at entry; paired records: at the
+ * return, through the pointer saved at entry).  Its own BTF tells Python the
+ * layout. */
+#define FN_STR_LEN 64
+#ifdef FN_STR_READ
+#define FN_EVENT_EXTRA char str[FN_STR_LEN];
+#else
 #define FN_EVENT_EXTRA
-#endif
-#ifndef FN_FILL_EXTRA
-#define FN_FILL_EXTRA(e, args) do { } while (0)
 #endif
 
 /* func_event.flags */
@@ -53,6 +58,34 @@ PT_BTF_EXPORT(struct func_event, func_event);
 
 /* 1: also emit a separate FN_ENTRY event at each entry. */
 const volatile __u32 cfg_emit_entry = 0;
+
+/* A kernel function's `char *` argument may point to kernel memory or, for a
+ * `const char __user *` (BTF does not say which on most kernels), to the
+ * calling process's memory: try the kernel read, then the user one (each
+ * refuses the other's addresses on x86-64 and arm64, and zeroes dst when it
+ * fails).  Both helpers exist from 5.5. */
+static __always_inline long fn_read_any_str(char *dst, __u32 size, const void *ptr)
+{
+	long n = bpf_probe_read_kernel_str(dst, size, ptr);
+
+	if (n < 0)
+		n = bpf_probe_read_user_str(dst, size, ptr);
+	return n;
+}
+
+#ifdef FN_STR_READ
+const volatile __u32 cfg_str_arg = 0;
+
+static __always_inline void fn_fill_str(char *str, const __u64 *args)
+{
+	__u32 i = cfg_str_arg - 1;
+
+	str[0] = 0;
+	if (!cfg_str_arg || !args || i >= FN_NARGS)
+		return;
+	FN_STR_READ(str, FN_STR_LEN, (const void *)args[i]);
+}
+#endif
 
 #define FN_MAX_DEPTH 4      /* a power of two */
 #define FN_DEPTH_MASK (FN_MAX_DEPTH - 1)
@@ -154,7 +187,9 @@ static __always_inline void fn_emit(void *ctx, __u64 pid_tgid, __u32 flags, __u6
 		flags |= FN_HAS_LATENCY;
 	e->flags = flags;
 	e->_pad = 0;
-	FN_FILL_EXTRA(e, args);
+#ifdef FN_STR_READ
+	fn_fill_str(e->str, args);
+#endif
 	pt_submit(e);
 }
 

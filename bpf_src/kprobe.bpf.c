@@ -25,6 +25,9 @@
  * ip is then the function's address in every event, and returns are matched
  * to entries of the same function.
  */
+/* A `char *` argument read as a string where asked (cfg_str_arg): kernel or
+ * user memory, whichever the pointer is (func_event.h). */
+#define FN_STR_READ(dst, size, ptr) fn_read_any_str(dst, size, ptr)
 #include "func_event.h"
 
 /* The probed address from a kprobe's saved ip: x86's int3 leaves ip one byte

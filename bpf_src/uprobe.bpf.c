@@ -18,31 +18,12 @@
  * where libbpf has no PT_REGS_PARM6.
  */
 /* One argument may be read as a NUL-terminated string (a `char *` the caller
- * asks for), at most UFN_STR_LEN bytes with the NUL, into func_event.str: at
- * the emit (entry-only: entry; else return, from the saved pointer). */
-#define UFN_STR_LEN 64
-#define FN_EVENT_EXTRA char str[UFN_STR_LEN];
-#define FN_FILL_EXTRA(e, args) ufn_fill_str((e)->str, args)
-
-static inline __attribute__((always_inline)) void ufn_fill_str(char *str,
-								  const unsigned long long *args);
-
+ * asks for: cfg_str_arg, func_event.h), from the process's memory. */
+#define FN_STR_READ(dst, size, ptr) bpf_probe_read_user_str(dst, size, ptr)
 #include "func_event.h"
 
 /* 1: the entry program emits an event by itself (no return program loaded) */
 const volatile __u32 cfg_entry_only = 0;
-/* 1 + the index of the argument read as a string into func_event.str; 0: none */
-const volatile __u32 cfg_str_arg = 0;
-
-static __always_inline void ufn_fill_str(char *str, const unsigned long long *args)
-{
-	__u32 i = cfg_str_arg - 1;
-
-	str[0] = 0;
-	if (!cfg_str_arg || !args || i >= FN_NARGS)
-		return;
-	bpf_probe_read_user_str(str, UFN_STR_LEN, (const void *)args[i]);
-}
 
 #if defined(bpf_target_x86)
 #define UFN_PARM6(ctx) ((ctx)->r9)

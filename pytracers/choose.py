@@ -139,10 +139,14 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
     yield events with ``pid, tid, comm, args, ret, latency_ns``.
 
     ``filters``: ``pid=``, ``comm=`` and the other tracer options
-    (``ring_size=``, ``wakeup_bytes=``...).
+    (``ring_size=``, ``wakeup_bytes=``...); ``string_arg=`` (an argument's
+    name or index) reads a ``char *`` argument as its string.
     """
     if not isinstance(name, str) or not name:
         raise BadArgumentError("trace_function() needs a function name")
+    if stable and filters.get("string_arg") is not None:
+        raise BadArgumentError("string_arg reads an argument of the function itself; the "
+                               "stable=True tracepoints have their own fields")
     if stable:
         if kind is not None and kind not in (TP,):
             raise BadArgumentError("stable=True traces a tracepoint; do not also pass "

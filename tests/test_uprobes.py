@@ -118,7 +118,11 @@ def test_kernel_function_events_have_the_same_shape():
 
 def test_uprobe_pair_on_libc(progs, need):
     """libc's labs, called through a pointer N times with -7i-1: N records,
-    arg0 the raw register of the argument, ret its absolute value."""
+    ret its absolute value; the argument typed by DWARF where libc's debug
+    file is installed (``long int i``, found through .debug_aranges by the
+    symbol's address), else arg0, the raw register."""
+    from pytracers.user.symbols import symbol_table
+    typed = symbol_table(resolve_binary("libc")).debug_file is not None
     with need(kinds.UPROBE), Child([progs["ufunc"], "calls", str(N)]) as child, \
             pytracers.trace_user_function("libc", "labs", pid=child.pid) as t:
         assert resolve_binary("libc") in t.why
@@ -127,7 +131,10 @@ def test_uprobe_pair_on_libc(progs, need):
         child.finish()
     assert len(evs) == N
     for i, ev in enumerate(sorted(evs, key=lambda e: e.ts_ns)):
-        assert ev.args.arg0 == (-7 * i - 1) & 0xFFFFFFFFFFFFFFFF   # no DWARF: raw
+        if typed:
+            assert ev.args._fields == ("i",) and ev.args.i == -7 * i - 1
+        else:
+            assert ev.args.arg0 == (-7 * i - 1) & 0xFFFFFFFFFFFFFFFF   # no DWARF: raw
         assert ev.ret == 7 * i + 1
 
 
@@ -226,6 +233,11 @@ def test_a_process_in_another_root(progs, need, tmp_path):
                                    preexec_fn=lambda: os.chroot(str(root))) as child:
         path = resolve_binary("/ufunc", pid=child.pid)
         assert path == f"/proc/{child.pid}/root/ufunc"
+        # maps name it from our root (ROOT/ufunc); the openable path is the
+        # process's own view, checked by inode
+        from pytracers.user.targets import mapped_files
+        assert f"{root}/ufunc" in mapped_files(child.pid)
+        assert path in mapped_files(child.pid, openable=True)
         with pytracers.trace_user_function("/ufunc", "pt_neg", pid=child.pid) as t:
             assert child.go() == "done\n"
             evs = events_of(t, want=N)

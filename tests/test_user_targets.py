@@ -190,3 +190,20 @@ def test_dwarf_types_the_arguments(progs):
     assert c(0x1FF) == 0xFF and s(0xDEAD) == 0xDEAD
     assert sig.ret_conv(2 ** 32 - 2) == -2
     assert dwarf_signature(LIBC, "malloc") is None     # no DWARF there: raw registers
+
+
+def test_dwarf_of_a_big_program_is_found_through_its_address(progs, monkeypatch):
+    """Above MAX_DEBUG_INFO the units are not scanned one by one; with the
+    symbol's address, .debug_aranges names the one unit to read, at any size
+    (here the limit is lowered to 0 so the small test program stands in for
+    a big one)."""
+    from pytracers.user import elf_dwarf
+    from pytracers.user.symbols import symbol_table
+    monkeypatch.setattr(elf_dwarf, "MAX_DEBUG_INFO", 0)
+    elf_dwarf._CACHE.clear()
+    addr = symbol_table(progs["pie"]).lookup("pt_add").address
+    assert dwarf_signature(progs["pie"], "pt_add") is None          # would need a scan
+    sig = dwarf_signature(progs["pie"], "pt_add", address=addr)
+    assert sig is not None and sig.params == ("a", "b", "c", "s")
+    assert sig.types[3].endswith("char *")
+    elf_dwarf._CACHE.clear()

@@ -47,8 +47,8 @@ def add_command(sub: Any) -> None:
                    help="do not time the calls: one program per call, at exit (arguments "
                         "and return value), about half the cost on the traced path")
     t.add_argument("--string-arg", dest="string_arg", metavar="ARG",
-                   help="uprobe:/uretprobe: targets: read this argument (its name, or its "
-                        "index from 0) as a C string, up to 63 bytes")
+                   help="functions (kernel, uprobe:/uretprobe:): read this char * argument "
+                        "(its name, or its index from 0) as a C string, up to 63 bytes")
     add_trace_options(t)
     t.add_argument("--stack", choices=("kernel", "user", "both"),
                    help="record the stacks of each event (JSON: kstack/ustack frames)")
@@ -161,9 +161,12 @@ def open_trace(target: Target, args: argparse.Namespace) -> Tuple[TracerSource, 
         t = open_user_trace(target.kind or "", target.names[0], target.names[1], kw,
                             getattr(args, "string_arg", None))
         return TracerSource(t, ":".join(target.names)), ""
-    if getattr(args, "string_arg", None) is not None:
-        raise CliError("--string-arg applies to user-space functions (uprobe:TARGET:SYMBOL)",
-                       EXIT_USAGE, f"e.g. {PROG} trace uprobe:libc:puts --string-arg 0")
+    string_arg = getattr(args, "string_arg", None)
+    if string_arg is not None:
+        if target.what != "function" or getattr(args, "stable", False):
+            raise CliError("--string-arg applies to functions (kernel or uprobe:TARGET:SYMBOL)",
+                           EXIT_USAGE, f"e.g. {PROG} trace do_sys_openat2 --string-arg filename")
+        kw["string_arg"] = int(string_arg) if string_arg.isdigit() else string_arg
     from ..choose import stable_tracepoints, trace_function, trace_syscall, trace_tracepoint
     if target.what == "tracepoint":
         t = trace_tracepoint(target.names[0], kind=target.kind, **kw)

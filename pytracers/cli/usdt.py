@@ -85,7 +85,8 @@ def cmd_list_usdt(args: argparse.Namespace) -> int:
     if args.target is None and args.pid is None:
         raise CliError("list usdt needs a TARGET or --pid PID", EXIT_USAGE,
                        f"e.g. {PROG} list usdt /usr/bin/python3.11")
-    paths = [resolve_binary(args.target, args.pid)] if args.target else mapped_files(args.pid)
+    paths = [resolve_binary(args.target, args.pid)] if args.target else \
+        mapped_files(args.pid, openable=True)
     rows = []
     for path in paths:
         for p in read_probes(path):

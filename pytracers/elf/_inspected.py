@@ -75,7 +75,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3744, 4164),
     },
     # fentry.bpf.o
-    '7ecf20408837b8b0b6e0177f2cf8efba339924a72ae8b6cfae61ae553b95bc1e': {
+    '059d438562e580d94cdf0f55a40ca901a7aae599537af4c6441ff91b67a3ab72': {
         'programs': {
             'fn_fentry': 'fentry',
             'fn_fexit': 'fexit',
@@ -84,20 +84,21 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'fn_stack_empty': ('.rodata', 80, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_latency': ('.rodata', 60, 4),
+            'cfg_latency': ('.rodata', 64, 4),
             'cfg_func_ip': ('.rodata', 72, 8),
             'cfg_emit_entry': ('.rodata', 48, 4),
-            'cfg_nargs': ('.rodata', 52, 4),
-            'cfg_skip_args': ('.rodata', 56, 4),
+            'cfg_nargs': ('.rodata', 56, 4),
+            'cfg_skip_args': ('.rodata', 60, 4),
             'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_str_arg': ('.rodata', 52, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_skip_ret': ('.rodata', 64, 4),
+            'cfg_skip_ret': ('.rodata', 68, 4),
             'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'fentry', 'fexit', '.rodata', '.data', 'license', '.maps', '.relfentry', '.relfexit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9640, 5293),
+        'btf': (10168, 5640),
     },
     # fmod_ret.bpf.o
     '07b1092fbec43fe47239fe643dee0d3d64d51fc565a593e39cb80636d61aca8f': {
@@ -121,7 +122,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (2424, 3191),
     },
     # kprobe.bpf.o
-    '6948ba85edfd811bd8e2edb2d304128529c90165060ee13ac1c9f956925cc6a9': {
+    '6c05b695d0e51edcd7637921c05eaf7e5943a880d5afed7f43f404dc23136aa7': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -134,13 +135,14 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_emit_entry': ('.rodata', 48, 4),
             'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_str_arg': ('.rodata', 52, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (18960, 5960),
+        'btf': (20664, 6355),
     },
     # offcpu.bpf.o
     '95fbb87c2cbc8a00383478a08fb549772e6d75f64548001480717138b8cc5113': {
@@ -255,7 +257,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3736, 3047),
     },
     # uprobe.bpf.o
-    'ced4017bcf46d3601d43782bf6488d69fde0195607983eabf3d7221e7e3941ac': {
+    'b1703e3b3012e739f0617cfaf1cf6bdcff5ffdcb3ec1693c339062813392f7d3': {
         'programs': {
             'ufn_entry': 'uprobe',
             'ufn_return': 'uretprobe',
@@ -264,9 +266,9 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'fn_stack_empty': ('.rodata', 64, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_entry_only': ('.rodata', 52, 4),
+            'cfg_entry_only': ('.rodata', 56, 4),
             'cfg_stacks': ('.rodata', 32, 4),
-            'cfg_str_arg': ('.rodata', 56, 4),
+            'cfg_str_arg': ('.rodata', 52, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_emit_entry': ('.rodata', 48, 4),
@@ -274,7 +276,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (10664, 5750),
+        'btf': (10664, 5737),
     },
     # usdt.bpf.o
     '9acb488efd59485efa8c362a58578a791ae70098e9af843644843f7a0813067c': {
@@ -358,7 +360,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3744, 3893),
     },
     # arm64/fentry.bpf.o
-    '7ecf20408837b8b0b6e0177f2cf8efba339924a72ae8b6cfae61ae553b95bc1e': {
+    '059d438562e580d94cdf0f55a40ca901a7aae599537af4c6441ff91b67a3ab72': {
         'programs': {
             'fn_fentry': 'fentry',
             'fn_fexit': 'fexit',
@@ -367,20 +369,21 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'fn_stack_empty': ('.rodata', 80, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_latency': ('.rodata', 60, 4),
+            'cfg_latency': ('.rodata', 64, 4),
             'cfg_func_ip': ('.rodata', 72, 8),
             'cfg_emit_entry': ('.rodata', 48, 4),
-            'cfg_nargs': ('.rodata', 52, 4),
-            'cfg_skip_args': ('.rodata', 56, 4),
+            'cfg_nargs': ('.rodata', 56, 4),
+            'cfg_skip_args': ('.rodata', 60, 4),
             'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_str_arg': ('.rodata', 52, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
-            'cfg_skip_ret': ('.rodata', 64, 4),
+            'cfg_skip_ret': ('.rodata', 68, 4),
             'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'fentry', 'fexit', '.rodata', '.data', 'license', '.maps', '.relfentry', '.relfexit', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (9640, 5293),
+        'btf': (10168, 5640),
     },
     # arm64/fmod_ret.bpf.o
     '07b1092fbec43fe47239fe643dee0d3d64d51fc565a593e39cb80636d61aca8f': {
@@ -404,7 +407,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (2424, 3191),
     },
     # arm64/kprobe.bpf.o
-    'b52ce1580f524a9832a8d22057255f4b6a908834f039f1398233cbb7bc37dcee': {
+    '735e3fcc701fa2d356b69e097bbc54447e336e0725f4d7d75b1d077d825a3472': {
         'programs': {
             'fn_kprobe': 'kprobe',
             'fn_kretprobe': 'kretprobe',
@@ -417,13 +420,14 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_emit_entry': ('.rodata', 48, 4),
             'cfg_stacks': ('.rodata', 32, 4),
+            'cfg_str_arg': ('.rodata', 52, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'pt_btf_func_event': ('.rodata', 40, 8),
         },
         'sections': ['', '.strtab', '.symtab', 'kprobe', 'kretprobe', '?kprobe.multi', '?kretprobe.multi', '.rodata', '.data', 'license', '.maps', '.relkprobe', '.relkretprobe', '.rel?kprobe.multi', '.rel?kretprobe.multi', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (18936, 5701),
+        'btf': (20640, 6096),
     },
     # arm64/offcpu.bpf.o
     'a9202053eeddca6cf513017a2b3dc93335b4a7f89b2ada0055ced22ea0782605': {
@@ -538,7 +542,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (3736, 3047),
     },
     # arm64/uprobe.bpf.o
-    '2e1e26639d291d752748792f976f5379ecfcdf4996ea3b7ca559dffb0c27b2f3': {
+    '246fae9c15f651db15ded1df0c674a0214bd247da7d00524d2fc238400c1b6fe': {
         'programs': {
             'ufn_entry': 'uprobe',
             'ufn_return': 'uretprobe',
@@ -547,9 +551,9 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'fn_stack_empty': ('.rodata', 64, 264),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_comm': ('.rodata', 4, 16),
-            'cfg_entry_only': ('.rodata', 52, 4),
+            'cfg_entry_only': ('.rodata', 56, 4),
             'cfg_stacks': ('.rodata', 32, 4),
-            'cfg_str_arg': ('.rodata', 56, 4),
+            'cfg_str_arg': ('.rodata', 52, 4),
             'cfg_wakeup_bytes': ('.rodata', 24, 8),
             'pt_wakeup_armed': ('.data', 0, 4),
             'cfg_emit_entry': ('.rodata', 48, 4),
@@ -557,7 +561,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'uprobe', 'uretprobe', '.rodata', '.data', 'license', '.maps', '.reluprobe', '.reluretprobe', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (10664, 5491),
+        'btf': (10664, 5478),
     },
     # arm64/usdt.bpf.o
     'de4e3066a623a7b947f7711c7d2e2c18250412d79f2f0e07c99c76ac831bd595': {

@@ -25,11 +25,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from .base import named_tuple
 
-__all__ = ["function_record_class", "Shape", "raw_shape", "signature_shape",
+__all__ = ["function_record_class", "Shape", "raw_shape", "signature_shape", "string_index",
+           "STR_LEN",
            "FN_ENTRY", "FN_RETURN", "FN_HAS_ARGS", "FN_HAS_RET", "FN_HAS_LATENCY", "NARGS",
            "HIDDEN_FIELDS"]
 
 NARGS = 6
+STR_LEN = 64      # func_event.h FN_STR_LEN: a string argument keeps STR_LEN - 1 bytes
 FN_ENTRY, FN_RETURN, FN_HAS_ARGS, FN_HAS_RET, FN_HAS_LATENCY = 1, 2, 4, 8, 16
 HIDDEN_FIELDS = ("flags", "raw_args", "str")
 _SHOWN = ("name", "args", "ret", "latency_ns")
@@ -63,6 +65,33 @@ def signature_shape(sig: Any, skip: Sequence[str] = ()) -> Shape:
                                          for p, c in zip(sig.params[:n], sig.arg_convs[:n])]
     return ((lambda raw, _nt=nt, _c=convs: _nt._make([c(v) for c, v in zip(_c, raw)])),
             sig.ret_conv or _void)
+
+
+def string_index(which: Any, function: str, params: Optional[Sequence[str]] = None,
+                 types: Optional[Sequence[str]] = None) -> Optional[int]:
+    """The index of the argument to read as a string, from ``which`` (an
+    argument's name or its index; None: none), checked against the
+    prototype where known: ``params`` (names) and ``types`` (C types; a
+    string argument must be a pointer).  Raises BadArgumentError."""
+    from ..errors import BadArgumentError
+    if which is None:
+        return None
+    names = tuple(params) if params is not None else tuple(f"arg{i}" for i in range(NARGS))
+    if isinstance(which, str):
+        if which not in names:
+            raise BadArgumentError(f"{function} has no argument {which!r} "
+                                   f"(arguments: {', '.join(names) or 'none'})")
+        which = names.index(which)
+    if isinstance(which, bool) or not isinstance(which, int) or not 0 <= which < NARGS:
+        raise BadArgumentError(f"string_arg must be an argument name or an index "
+                               f"0..{NARGS - 1}, got {which!r}")
+    if params is not None and which >= len(names):
+        raise BadArgumentError(f"{function} takes {len(names)} argument(s); it has no "
+                               f"argument {which}")
+    if types is not None and which < len(types) and not types[which].rstrip().endswith("*"):
+        raise BadArgumentError(f"argument {which} of {function} ({names[which]}) is "
+                               f"{types[which]!r}, not a pointer: it cannot be read as a string")
+    return which
 
 
 def function_record_class(base: Type[Any], name_of: Callable[[int], str],

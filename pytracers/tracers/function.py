@@ -20,18 +20,27 @@ Arguments are named and typed from the kernel's BTF prototype of the function
 (``ev.args.dfd``), signed integer arguments are sign-converted to their width
 and ``ev.ret`` to the return type's (an ``int`` -2 is -2, not 4294967294).
 Without BTF for the function the arguments are ``arg0..arg5``, raw.
+
+``string_arg`` (an argument's name or index) reads one ``char *`` argument
+as a string (at most 63 bytes) in place of its address: from kernel memory,
+or from the calling process's memory for a ``const char __user *`` (such as
+``do_sys_openat2``'s ``filename``) -- the program tries the one, then the
+other.  It is read when the record is emitted (at the return, through the
+pointer seen at entry); a string the function changes or frees before
+returning is read as it is then (entry records, ``entry_events=True``, read
+it at entry).
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Type
+from typing import Any, Dict, List, Optional, Type, Union
 
 from ..errors import BadArgumentError, BadTypeError
 from ..kernel.symbols import (Signature, converter as _conv, filter_functions,
                               function_suggestions, kallsyms_matching, signature)
 from ..kinds import FENTRY, KPROBE, KPROBE_MULTI
 from ._func_records import (FN_ENTRY, FN_RETURN, NARGS, Shape, function_record_class, raw_shape,
-                            signature_shape)
+                            signature_shape, string_index)
 from .base import Tracer
 
 __all__ = ["FunctionTracer", "Signature", "signature", "KINDS", "FN_ENTRY", "FN_RETURN"]
@@ -53,14 +62,16 @@ class FunctionTracer(Tracer):
     ``function``: a function name (kprobe_multi: a glob such as ``"vfs_*"``).
     ``kind``: fentry, kprobe or kprobe_multi.  ``measure_latency``: time each
     call (fentry: loads the fentry program too).  ``entry_events``: also emit
-    a record at each entry (``ev.entry`` True, no ret).
+    a record at each entry (``ev.entry`` True, no ret).  ``string_arg``:
+    one ``char *`` argument (its name or index from 0) read as a string.
     """
 
     event_struct = "func_event"
-    record_internals = ("flags", "raw_args")     # flags decide args/ret/latency_ns/entry
+    record_internals = ("flags", "raw_args", "str")   # flags decide args/ret/latency_ns/entry
 
     def __init__(self, function: str, kind: str = FENTRY, *, measure_latency: bool = True,
-                 entry_events: bool = False, **kw: Any) -> None:
+                 entry_events: bool = False, string_arg: Union[int, str, None] = None,
+                 **kw: Any) -> None:
         if not isinstance(function, str) or not function:
             raise BadTypeError("function must be a non-empty str")
         if kind not in KINDS:
@@ -77,6 +88,13 @@ class FunctionTracer(Tracer):
         self.signature = signature(function) if kind != KPROBE_MULTI else None
         if kind == FENTRY and self.signature is None:
             raise function_not_found(function, "fentry needs the function in the kernel's BTF")
+        sig = self.signature
+        if kind == KPROBE_MULTI and isinstance(string_arg, str):
+            raise BadArgumentError("kprobe_multi traces functions with different arguments: "
+                                   "give string_arg as an index")
+        self.string_arg = string_index(string_arg, function,
+                                       sig.params if sig is not None else None,
+                                       sig.types if sig is not None else None)
         self._names: Dict[int, str] = {}
         self.functions: List[str] = [] if kind == KPROBE_MULTI else [function]
         # argument slots / return value the kernel's verifier refuses to expose
@@ -109,6 +127,8 @@ class FunctionTracer(Tracer):
         cfg = open_obj.config
         if self.entry_events:
             cfg["cfg_emit_entry"] = 1
+        if self.string_arg is not None:
+            cfg["cfg_str_arg"] = self.string_arg + 1
         if self.kind == FENTRY:
             sig = self.signature
             assert sig is not None
@@ -203,7 +223,12 @@ class FunctionTracer(Tracer):
             if sig is None:
                 return raw_shape()
             return signature_shape(sig, self.skipped_args if fname == fixed else ())
-        return function_record_class(base, name_of, shape_of)
+        string_arg = self.string_arg
+        sig = self.signature
+        if string_arg is not None and sig is not None and string_arg < len(sig.params) and \
+                sig.params[string_arg] in self.skipped_args:
+            string_arg = None           # the kernel would not expose it: None, not ""
+        return function_record_class(base, name_of, shape_of, string_arg=string_arg)
 
 
 def function_not_found(name: str, detail: str) -> Exception:

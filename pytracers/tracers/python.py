@@ -93,7 +93,7 @@ class PyCall(NamedTuple):
 def interpreter_of(pid: int) -> str:
     """The file of process ``pid`` that holds CPython's USDT probes: its
     executable, else a mapped ``libpython``."""
-    files = mapped_files(pid)
+    files = mapped_files(pid, openable=True)
     candidates = [f for f in files if "python" in os.path.basename(f)]
     for path in candidates:
         if any(p.provider == PROVIDER for p in read_probes(path)):

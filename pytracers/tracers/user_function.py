@@ -29,12 +29,12 @@ import os
 import time
 from typing import Any, Iterator, Optional, Type, Union
 
-from ..errors import BadArgumentError
+from ..errors import BadArgumentError, PytracersError
 from ..kinds import UPROBE, URETPROBE
 from ..user import symbols as user_symbols
 from ..user.elf_dwarf import dwarf_signature
 from ..user.targets import resolve_binary
-from ._func_records import NARGS, Shape, function_record_class, raw_shape, signature_shape
+from ._func_records import Shape, function_record_class, raw_shape, signature_shape, string_index
 from .base import Tracer
 
 __all__ = ["UserFunctionTracer", "KINDS", "process_exited"]
@@ -84,8 +84,7 @@ class UserFunctionTracer(Tracer):
         self.kind = kind or UPROBE
         self.probes = (UPROBE, URETPROBE) if kind is None else (kind,)
         self.entry_events = bool(entry_events)
-        self.signature = dwarf_signature(self.binary, self.function) \
-            if isinstance(symbol, str) else None
+        self.signature = self._signature(symbol) if isinstance(symbol, str) else None
         self.string_arg = self._string_index(string_arg)
         st = os.stat(self.binary)
         self._inode = (st.st_dev, st.st_ino)
@@ -101,25 +100,27 @@ class UserFunctionTracer(Tracer):
             self.why += "; no DWARF for it: arguments are raw registers arg0..arg5"
         super().__init__(pid=pid, **kw)
 
+    def _signature(self, symbol: str) -> Any:
+        """The function's prototype from DWARF: the binary's or its debug
+        file's, the compilation unit found by the symbol's address."""
+        table = user_symbols.symbol_table(self.binary)
+        try:
+            address: Optional[int] = table.lookup(symbol).address
+        except PytracersError:
+            address = None
+        return dwarf_signature(self.binary, self.function, address, table.debug_file)
+
     def _string_index(self, which: Union[int, str, None]) -> Optional[int]:
         """The index of the argument to read as a string (by index or by its
         DWARF name), checked."""
-        if which is None:
+        sig = self.signature
+        index = string_index(which, self.function, sig.params if sig is not None else None)
+        if index is None:
             return None
-        if isinstance(which, str):
-            names = self.signature.params if self.signature is not None else \
-                tuple(f"arg{i}" for i in range(NARGS))
-            if which not in names:
-                raise BadArgumentError(f"{self.function} has no argument {which!r} "
-                                       f"(arguments: {', '.join(names) or 'none'})")
-            which = names.index(which)
-        if isinstance(which, bool) or not isinstance(which, int) or not 0 <= which < NARGS:
-            raise BadArgumentError(f"string_arg must be an argument name or an index 0..{NARGS - 1},"
-                                   f" got {which!r}")
         if self.probes == (URETPROBE,):
             raise BadArgumentError("a return-only tracer sees no arguments: string_arg needs "
                                    "the entry probe")
-        return which
+        return index
 
     # ---- setup ------------------------------------------------------------------------
     def _configure(self, open_obj: Any) -> None:

@@ -5,9 +5,15 @@ function tracers build from BTF, so user and kernel function events decode
 alike.
 
 Only binaries built with ``-g`` (or with their debug file installed under
-``/usr/lib/debug/.build-id``) have DWARF; without it a user function's
-arguments stay ``arg0..arg5``, raw 64-bit registers, since a symbol table
-gives no types.
+``/usr/lib/debug/.build-id``, passed as ``debug_file``) have DWARF; without it
+a user function's arguments stay ``arg0..arg5``, raw 64-bit registers, since
+a symbol table gives no types.
+
+Finding the function: given its address, ``.debug_aranges`` names the one
+compilation unit that holds it, so only that unit is read whatever the size
+of the program's DWARF; without an address or aranges every unit is
+scanned, which is done only up to :data:`MAX_DEBUG_INFO` bytes of
+``.debug_info`` (a full scan of a big program takes seconds).
 """
 from __future__ import annotations
 
@@ -18,13 +24,14 @@ from ..kernel.symbols import Signature, converter
 
 __all__ = ["dwarf_signature", "MAX_DEBUG_INFO"]
 
-# Larger .debug_info is not scanned (a full scan of a big program takes seconds).
+# Larger .debug_info is not scanned unit by unit (seconds for a big program);
+# an address found in .debug_aranges reads one unit at any size.
 MAX_DEBUG_INFO = 16 * 1024 * 1024
 _DW_ATE_BOOLEAN, _DW_ATE_FLOAT, _DW_ATE_SIGNED, _DW_ATE_SIGNED_CHAR = 2, 4, 5, 6
 _QUALIFIERS = ("DW_TAG_const_type", "DW_TAG_volatile_type", "DW_TAG_restrict_type",
                "DW_TAG_atomic_type")
 
-_CACHE: Dict[Tuple[str, int, int, str], Optional[Signature]] = {}
+_CACHE: Dict[Tuple[str, int, int, str, Optional[int], Optional[str]], Optional[Signature]] = {}
 
 
 def _name(die: Any) -> Optional[str]:
@@ -85,14 +92,22 @@ def _unknown(v: int) -> None:
     return None
 
 
-def _find_subprogram(dwarf: Any, symbol: str) -> Optional[Any]:
-    for cu in dwarf.iter_CUs():
+def _find_subprogram(dwarf: Any, symbol: str, cus: Optional[List[Any]] = None,
+                     address: Optional[int] = None) -> Optional[Any]:
+    """The definition of ``symbol``: by name (or linkage name), or -- in the
+    units given -- by its entry address (``DW_AT_low_pc``), which also finds a
+    function its symbol names by an alias (libc's ``malloc`` is
+    ``__libc_malloc`` in DWARF)."""
+    for cu in (cus if cus is not None else dwarf.iter_CUs()):
         for die in cu.get_top_DIE().iter_children():
             if die.tag != "DW_TAG_subprogram":
                 continue
             attrs = die.attributes
             if "DW_AT_declaration" in attrs:
                 continue
+            low = attrs.get("DW_AT_low_pc")
+            if address is not None and low is not None and low.value == address:
+                return die
             link = attrs.get("DW_AT_linkage_name") or attrs.get("DW_AT_MIPS_linkage_name")
             names = {_name(die)}
             if link is not None:
@@ -118,39 +133,76 @@ def _params(die: Any) -> List[Any]:
     return out
 
 
-def dwarf_signature(path: str, symbol: str) -> Optional[Signature]:
+def dwarf_signature(path: str, symbol: str, address: Optional[int] = None,
+                    debug_file: Optional[str] = None) -> Optional[Signature]:
     """The prototype of function ``symbol`` of the binary at ``path`` from its
-    DWARF, or None (no DWARF, too much of it, or no such function there)."""
+    DWARF (or that of ``debug_file``, its separate debug file), or None (no
+    DWARF, too much of it to scan without ``address``, or no such function
+    there).  ``address``: the symbol's value, to find its compilation unit
+    through ``.debug_aranges``."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    key = (path, st.st_ino, st.st_mtime_ns, symbol)
+    key = (path, st.st_ino, st.st_mtime_ns, symbol, address, debug_file)
     if key in _CACHE:
         return _CACHE[key]
     sig = None
-    try:
-        sig = _read(path, symbol)
-    except Exception:       # noqa: BLE001 -- damaged or unusual DWARF: no types, not an error
-        sig = None
+    for f, scan in ((path, True), (debug_file, False)):
+        if f is None:
+            continue
+        try:
+            sig = _read(f, symbol, address, scan)
+        except Exception:   # noqa: BLE001 -- damaged or unusual DWARF: no types, not an error
+            sig = None
+        if sig is not None:
+            break
     _CACHE[key] = sig
     return sig
 
 
-def _read(path: str, symbol: str) -> Optional[Signature]:
+def _units_at(dwarf: Any, address: Optional[int]) -> Optional[List[Any]]:
+    """The compilation unit ``.debug_aranges`` gives for ``address`` (None:
+    no address, no aranges, or not covered)."""
+    if address is None:
+        return None
+    aranges = dwarf.get_aranges()
+    if aranges is None:
+        return None
+    off = aranges.cu_offset_at_addr(address)
+    if off is None:
+        return None
+    return [dwarf.get_CU_at(off)]
+
+
+def _read(path: str, symbol: str, address: Optional[int] = None,
+          scan: bool = True) -> Optional[Signature]:
+    """The signature from ``path``'s DWARF: in the unit .debug_aranges gives
+    for ``address``, else (``scan`` and a small enough .debug_info) by
+    scanning every unit."""
     from elftools.elf.elffile import ELFFile
     with open(path, "rb") as f:
         elf = ELFFile(f)
         info = elf.get_section_by_name(".debug_info")
-        if info is None or info["sh_size"] > MAX_DEBUG_INFO or not elf.has_dwarf_info():
+        if info is None or not elf.has_dwarf_info():
             return None
-        die = _find_subprogram(elf.get_dwarf_info(), symbol)
+        dwarf = elf.get_dwarf_info()
+        units = _units_at(dwarf, address)
+        if units is not None:
+            die = _find_subprogram(dwarf, symbol, units, address)
+        elif scan and info["sh_size"] <= MAX_DEBUG_INFO:
+            die = _find_subprogram(dwarf, symbol)
+        else:
+            return None
         if die is None:
             return None
         origin = die
         if "DW_AT_abstract_origin" in die.attributes:
             origin = die.get_DIE_from_attribute("DW_AT_abstract_origin")
-        ret_type, ret_conv = _describe(_type_of(origin))
+        rt = _type_of(origin)
+        if rt is not None and rt.tag == "DW_TAG_unspecified_type":
+            return None     # an assembly routine (libc's syscall stubs): no prototype
+        ret_type, ret_conv = _describe(rt)
         names: List[str] = []
         types: List[str] = []
         convs: List[Callable[[int], Any]] = []

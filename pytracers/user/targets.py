@@ -2,9 +2,10 @@
 dynamic loader would, or the file a running process really mapped.
 
 :func:`resolve_binary` is the one entry point; uprobes and USDT probes attach
-to the absolute path it returns.  Inside a container (a process whose root is
-not ours) the path goes through ``/proc/PID/root``, so the kernel finds the
-same inode the process runs.
+to the absolute path it returns.  Inside a container (a process whose root or
+mount namespace is not ours: its paths may name other files than ours, or
+none) the path goes through ``/proc/PID/root``, so the kernel -- and this
+library, reading the ELF -- find the same inode the process runs.
 """
 from __future__ import annotations
 
@@ -95,8 +96,11 @@ def loader_cache(root: str = "/") -> List[Tuple[str, str]]:
 
 
 def process_root(pid: int) -> str:
-    """``/proc/PID/root`` when the process has another root than ours (a
-    container), else ``/``; TargetNotFoundError if there is no such process."""
+    """``/proc/PID/root`` when the process sees other files than we do under
+    the same paths -- another root directory (chroot, a container) or another
+    mount namespace (``unshare -m``, a container: the same root inode with
+    other mounts on it) -- else ``/``; TargetNotFoundError if there is no such
+    process."""
     proc = f"/proc/{int(pid)}"
     if not os.path.isdir(proc):
         raise TargetNotFoundError("process", str(pid), detail="no such pid")
@@ -105,12 +109,18 @@ def process_root(pid: int) -> str:
         a, b = os.stat(root + "/"), os.stat("/")
     except OSError:
         return root
-    return "/" if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) else root
+    if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino):
+        return root
+    try:
+        same_ns = os.readlink(proc + "/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        same_ns = True      # not readable (a task mid-exec): its root is ours
+    return "/" if same_ns else root
 
 
-def mapped_files(pid: int) -> List[str]:
-    """The files process ``pid`` has mapped executable, as its maps name them
-    (in its own mount namespace; a replaced file ends with `` (deleted)``)."""
+def _mappings(pid: int) -> List[Tuple[str, str, int]]:
+    """(name, address range, inode) of each file process ``pid`` maps
+    executable, first mapping of each, from ``/proc/PID/maps``."""
     try:
         with open(f"/proc/{int(pid)}/maps") as f:
             lines = f.read().splitlines()
@@ -118,14 +128,69 @@ def mapped_files(pid: int) -> List[str]:
         raise TargetNotFoundError("process", str(pid), detail="no such pid") from None
     except ProcessLookupError:
         raise TargetNotFoundError("process", str(pid), detail="it has exited") from None
-    out: List[str] = []
+    out: List[Tuple[str, str, int]] = []
+    seen = set()
     for line in lines:
         parts = line.split(None, 5)
         if len(parts) < 6 or "x" not in parts[1] or not parts[5].startswith("/"):
             continue
-        if parts[5] not in out:
-            out.append(parts[5])
+        if parts[5] not in seen:
+            seen.add(parts[5])
+            try:
+                inode = int(parts[4])
+            except ValueError:
+                inode = 0
+            out.append((parts[5], parts[0], inode))
     return out
+
+
+def mapped_files(pid: int, openable: bool = False) -> List[str]:
+    """The files process ``pid`` has mapped executable, as its maps name them
+    (a replaced file ends with `` (deleted)``).  The kernel writes those names
+    from our root where it can reach the file, else from the root of the
+    process's mount namespace -- usually the process's own view (a
+    container's), not one we can open.
+
+    ``openable=True``: as paths this process can open, checked against the
+    mapping's inode -- through ``/proc/PID/root`` where the process's root or
+    mount namespace differs from ours (:func:`process_root`), dropping leading
+    components that name the namespace's root rather than the process's
+    (a process chrooted inside its namespace), else the mapping itself
+    (``/proc/PID/map_files/RANGE``); a replaced executable through
+    ``/proc/PID/exe``, other replaced files left out."""
+    maps = _mappings(pid)
+    if not openable:
+        return [name for name, _r, _i in maps]
+    root = process_root(pid)
+    paths: List[str] = []
+    for name, rng, inode in maps:
+        if name.endswith(" (deleted)"):
+            exe = f"/proc/{int(pid)}/exe"
+            try:
+                if os.readlink(exe) == name:
+                    paths.append(exe)
+            except OSError:
+                pass
+            continue
+        paths.append(_openable(pid, root, name, rng, inode))
+    return paths
+
+
+def _openable(pid: int, root: str, name: str, rng: str, inode: int) -> str:
+    """A path we can open for the mapped file ``name`` (see mapped_files)."""
+    first = _in_root(root, name)
+    if root == "/" or not inode:
+        return first
+    parts = name.split("/")[1:]
+    for i in range(len(parts)):
+        cand = _in_root(root, "/" + "/".join(parts[i:]))
+        try:
+            if os.stat(cand).st_ino == inode:
+                return cand
+        except OSError:
+            continue
+    direct = f"/proc/{int(pid)}/map_files/{rng}"
+    return direct if os.path.exists(direct) else first
 
 
 def _lib_matches(name: str, base: str) -> int:
@@ -147,9 +212,9 @@ def _in_root(root: str, path: str) -> str:
 
 def _via_process(name: str, pid: int) -> Optional[str]:
     root = process_root(pid)
-    files = mapped_files(pid)
+    maps = {m[0]: m for m in _mappings(pid)}
     best: Tuple[int, Optional[str]] = (0, None)
-    for path in files:
+    for path in maps:
         clean = path[: -len(" (deleted)")] if path.endswith(" (deleted)") else path
         if "/" in name:
             score = 5 if clean == name else 0
@@ -172,7 +237,8 @@ def _via_process(name: str, pid: int) -> Optional[str]:
         raise TargetNotFoundError(
             "binary", name, detail=f"process {pid} runs {path!r}, which was replaced or "
             "removed on disk; attach by the process's executable or restart it")
-    return _in_root(root, path)
+    _n, rng, inode = maps[path]
+    return _openable(pid, root, path, rng, inode)
 
 
 def _via_loader(name: str, root: str) -> Optional[str]:
