@@ -508,3 +508,82 @@ def test_reader_joins_a_record_split_at_its_raw_size_and_a_wrapped_lost_record()
     struct.pack_into("<Q", ring, 1024, start + 48)
     rows = r.read_batch(dtype=arr_dtype)
     assert rows.tobytes() == payload and r.delivered == 3
+
+
+class _FencedRing:
+    """A synthetic perf ring of ``n`` 64-byte samples (80-byte records, the
+    last wrapping around the end when ``wrap``) whose reader's fence and
+    tail stores are logged in order with the deliveries: ``log`` holds "F"
+    (a barrier), "D" (samples handed to the caller) and "T" (data_tail
+    stored)."""
+
+    def __init__(self, n: int, wrap: bool) -> None:
+        size = 1 << max(12, (n * REC64 - 1).bit_length())
+        self.size = size
+        self.ring = bytearray(PAGE + size)
+        start = (size - (n - 1) * REC64 - 40) if wrap else 0      # the last record wraps
+        for seq in range(n):
+            rec = struct.pack("<IHHI", 9, 0, REC64, 68) + struct.pack("<8Q", *([seq] * 8)) \
+                + b"\0" * 4
+            for i, b in enumerate(rec):
+                self.ring[PAGE + (start + seq * REC64 + i) % size] = b
+        self.head = start + n * REC64
+        struct.pack_into("<Q", self.ring, 1024, self.head)        # data_head
+        struct.pack_into("<Q", self.ring, 1032, start)            # data_tail
+        self.log: List[str] = []
+        self.reader = PerfReader([self.ring], size, fence=lambda: self.log.append("F"),
+                                 dtype=np.dtype([("seq", "<u8"), ("pad", "<u8", 7)]))
+        orig = self.reader._set_tail
+
+        def set_tail(ring: Any, tail: int) -> None:
+            orig(ring, tail)
+            self.log.append("T")
+        self.reader._set_tail = set_tail        # type: ignore[method-assign]
+
+
+@pytest.mark.kernel_independent
+@pytest.mark.parametrize("path", ["consume", "read_batch", "consume_views"])
+@pytest.mark.parametrize("n,wrap", [(3, False), (200, False), (200, True)])
+def test_fences_order_head_data_tail(path, n, wrap):
+    """With a fence (what arm64 gets), data_head is followed by a barrier
+    before any sample is delivered, every store of data_tail is preceded by
+    a barrier issued after the last delivery, and the number of barriers
+    follows the runs, not the samples."""
+    r = _FencedRing(n, wrap)
+    seqs: List[int] = []
+    if path == "consume":
+        def cb(rec: bytes) -> None:
+            r.log.append("D")
+            seqs.append(struct.unpack_from("<Q", rec)[0])
+        assert r.reader.consume(cb) == n
+    elif path == "read_batch":
+        rows = r.reader.read_batch()
+        r.log.append("D")                       # the copy was made inside the call
+        seqs = rows["seq"].tolist()
+    else:
+        def vcb(rows: Any) -> None:
+            r.log.append("D")
+            seqs.extend(rows["seq"].tolist())
+        assert r.reader.consume_views(vcb) == n
+    assert seqs == list(range(n))
+    assert struct.unpack_from("<Q", r.ring, 1032)[0] == r.head
+    log = "".join(r.log)
+    assert "F" in log[:log.index("D")]          # data_head's barrier came first
+    for i, ev in enumerate(log):
+        if ev == "T":                           # release: a barrier since the last delivery
+            before = log[:i]
+            assert "F" in before[before.rfind("D") + 1:] or path == "read_batch", log
+    if path == "read_batch":                    # the tail moved inside the call, after a barrier
+        inner = log[:log.index("D")]
+        assert inner.endswith("FT") or "FT" in inner, log
+    assert log.count("F") <= (4 * n if n < 8 else 16), log
+
+
+@pytest.mark.kernel_independent
+def test_the_reader_gets_a_fence_where_the_machine_needs_one():
+    """x86-64 reads with plain loads; any other machine's perf buffer gets
+    libatomic's barrier (the reader refused to run there before)."""
+    from pytracers.eventbuf import ring_fence
+    with load() as obj, obj.perf_buffer("events") as pb:
+        assert (pb._reader._fence is None) == (os.uname().machine == "x86_64")
+        assert (pb._reader._fence is None) == (ring_fence() is None)

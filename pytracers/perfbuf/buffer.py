@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 from .. import _libbpf
 from .._libbpf import ffi, lib, libc
 from ..errors import BadArgumentError, BadTypeError, MapError, PermissionDeniedError
-from ..eventbuf import Callback, Decoder, EventBuffer, check_latency, check_platform, wake_pipe
+from ..eventbuf import Callback, Decoder, EventBuffer, check_latency, ring_fence, wake_pipe
 from ..kernel.host import online_cpus
 from .records import PAGE_SIZE, PerfReader
 
@@ -122,7 +122,7 @@ class PerfBuffer(EventBuffer):
                  latency: float = 0.1, dtype: Any = None, pages: int = DEFAULT_PAGES,
                  wakeup_events: Optional[int] = None,
                  wakeup_bytes: Optional[int] = None) -> None:
-        check_platform("the mmap perf-buffer reader")
+        fence = ring_fence()       # None on x86-64; libatomic's barrier elsewhere
         self.latency = check_latency(latency)
         pages = _int_arg("pages", pages)
         if pages < 1 or pages & (pages - 1):
@@ -192,7 +192,7 @@ class PerfBuffer(EventBuffer):
             reader = PerfReader([], size)
             _release(reader, ep if ep is not None else _Nothing(), rings, map_fd, entries, fds)
             raise
-        reader = PerfReader(rings, size, decoder=decoder, layout=layout)
+        reader = PerfReader(rings, size, decoder=decoder, layout=layout, fence=fence)
         self._start(reader, ep, wake_w, partial(_release, reader, ep, rings, map_fd,
                                                 entries, fds))
 

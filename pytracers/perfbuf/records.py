@@ -15,12 +15,12 @@ import struct
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple
 
 from .._libbpf import ffi, lib
 from ..errors import BadArgumentError
-from ..eventbuf import Callback, Decoder, _np, call_with_view
-from ..ringbuf.records import _bad_return, _Bytes, _Padded, _plain
+from ..eventbuf import Callback, Decoder, _np, deliver, deliver_views
+from ..ringbuf.records import _CHUNK, _Bytes, _Padded, _plain
 
 if TYPE_CHECKING:
     import numpy
@@ -61,6 +61,13 @@ class PerfReader:
     records), ``discarded`` (always 0: perf samples cannot be discarded) and
     ``other`` (records of other types, skipped).
 
+    ``fence``: None where plain loads and stores are ordered enough (x86-64),
+    else a full memory barrier (a callable) that the reader issues after
+    reading a ring's ``data_head`` (acquire: the kernel writes the records,
+    then ``smp_wmb()``, then ``data_head``) and before storing its
+    ``data_tail`` (release: every read of the records it frees is done) --
+    the order include/uapi/linux/perf_event.h asks of user space.
+
     Not thread-safe: one caller at a time (:class:`PerfBuffer` sees to it).
     Setting :attr:`stop` (from any thread) ends a read in progress after the
     run of records it is delivering, and every later read at once.
@@ -68,7 +75,8 @@ class PerfReader:
 
     def __init__(self, rings: Sequence[Any], data_size: int, *,
                  data_offset: int = PAGE_SIZE, decoder: Optional[Decoder] = None,
-                 layout: Any = None, dtype: Any = None) -> None:
+                 layout: Any = None, dtype: Any = None,
+                 fence: Optional[Callable[[], Any]] = None) -> None:
         if data_size <= 0 or data_size & (data_size - 1):
             raise BadArgumentError(f"perf ring size must be a power of two, got {data_size}")
         for r in rings:
@@ -85,6 +93,10 @@ class PerfReader:
         self.decoder = decoder if decoder is not None or layout is None else layout.decoder()
         self.dtype = dtype
         self._next = 0                 # the ring read first next time (fairness)
+        self._fence = fence
+        if fence is not None:
+            self._head = self._head_acquire             # type: ignore[method-assign]
+            self._set_tail = self._set_tail_release     # type: ignore[method-assign]
         self.delivered = 0
         self.lost = 0
         self.discarded = 0
@@ -107,6 +119,26 @@ class PerfReader:
         self._rings = []
 
     # -- positions ----------------------------------------------------------------
+    @staticmethod
+    def _head(ring: Any) -> int:
+        """A ring's ``data_head``: where the kernel's records end."""
+        return int(_U64.unpack_from(ring, HEAD_OFFSET)[0])
+
+    @staticmethod
+    def _set_tail(ring: Any, tail: int) -> None:
+        """Give the records before ``tail`` back to the kernel."""
+        _U64.pack_into(ring, TAIL_OFFSET, tail)
+
+    # With a fence (weakly ordered machines) these replace the two above.
+    def _head_acquire(self, ring: Any) -> int:
+        head = int(_U64.unpack_from(ring, HEAD_OFFSET)[0])
+        self._fence()       # type: ignore[misc]
+        return head
+
+    def _set_tail_release(self, ring: Any, tail: int) -> None:
+        self._fence()       # type: ignore[misc]
+        _U64.pack_into(ring, TAIL_OFFSET, tail)
+
     def pending_bytes(self) -> int:
         """Bytes written by the kernel and not yet consumed, on all rings."""
         return sum(_U64.unpack_from(r, HEAD_OFFSET)[0] - _U64.unpack_from(r, TAIL_OFFSET)[0]
@@ -167,10 +199,11 @@ class PerfReader:
         if count < _MIN_RUN:
             return 1
         np = _np()
-        arr = self._arr(k)
-        h = np.ndarray((count,), "<u8", buffer=arr, offset=self._base + pos,
-                       strides=(rsize,)) & np.uint64(_NO_MISC)
-        same = h == np.uint64(hdr & _NO_MISC)
+        h = np.ndarray((count,), "<u8", buffer=self._arr(k), offset=self._base + pos,
+                       strides=(rsize,))
+        if (h == np.uint64(hdr)).all():     # the common case: misc alike too
+            return count
+        same = (h & np.uint64(_NO_MISC)) == np.uint64(hdr & _NO_MISC)
         return count if same.all() else int(same.argmin())
 
     def _arr(self, k: int) -> Any:
@@ -200,12 +233,15 @@ class PerfReader:
         size = self.size
         mask = self._mask
         unpack_u64 = _U64.unpack_from
+        get_head = self._head
+        set_tail = self._set_tail
+        count_box = [0]
         n = 0
         stop = False
         tail = unpack_u64(ring, TAIL_OFFSET)[0]
         try:
             while (limit is None or n < limit) and not self.stop:
-                head = unpack_u64(ring, HEAD_OFFSET)[0]
+                head = get_head(ring)
                 if tail >= head:
                     break
                 pos = tail & mask
@@ -245,21 +281,12 @@ class PerfReader:
                     else:
                         view = memoryview(ring)[start:start + run * rsize]
                         recs = fast[0](fast[1](view))
-                done = 0
                 try:
-                    for rec in recs:
-                        done += 1
-                        r = cb(rec)
-                        if r is None or r is True:
-                            continue
-                        if r is False or (type(r) is int and r < 0):
-                            stop = True
-                            break
-                        if type(r) is not int:
-                            raise _bad_return(r)
+                    stop = deliver(cb, recs, count_box)
                 finally:
                     # The sample being delivered when the callback raised counts
                     # as consumed: the exception propagates with the tail past it.
+                    done = count_box[0]
                     tail += done * rsize
                     n += done
                     if view is not None:
@@ -267,9 +294,9 @@ class PerfReader:
                         view.release()  # an exported view would pin the mmap open
                 if stop:
                     break
-                _U64.pack_into(ring, TAIL_OFFSET, tail)
+                set_tail(ring, tail)
         finally:
-            _U64.pack_into(ring, TAIL_OFFSET, tail)
+            set_tail(ring, tail)
             self.delivered += n
         return n, stop
 
@@ -293,12 +320,13 @@ class PerfReader:
         size = self.size
         mask = self._mask
         unpack_u64 = _U64.unpack_from
+        get_head = self._head
         odd = bytearray()
         nodd = 0
         total = 0
         tail = unpack_u64(ring, TAIL_OFFSET)[0]
         while (max_records is None or total < max_records) and not self.stop:
-            head = unpack_u64(ring, HEAD_OFFSET)[0]
+            head = get_head(ring)
             if tail >= head:
                 break
             pos = tail & mask
@@ -318,6 +346,8 @@ class PerfReader:
             raw = rsize - SAMPLE_HEADER
             if pos + rsize <= size and raw >= itemsize:
                 count = min((head - tail) // rsize, (size - pos) // rsize)
+                if not copy:
+                    count = min(count, max(2, _CHUNK // rsize))   # views: a piece at a time
                 if max_records is not None:
                     count = min(count, max_records - total)
                 run = self._run_length(k, pos, hdr, count, rsize) if count > 1 else 1
@@ -373,7 +403,7 @@ class PerfReader:
         np = _np()
         ring = self._rings[k]
         tail = _U64.unpack_from(ring, TAIL_OFFSET)[0]
-        head = _U64.unpack_from(ring, HEAD_OFFSET)[0]
+        head = self._head(ring)
         pos = tail & self._mask
         hdr = _U64.unpack_from(ring, self._base + pos)[0]
         rsize = hdr >> 48
@@ -395,7 +425,7 @@ class PerfReader:
         h = np.ndarray((count,), "<u8", buffer=buf, strides=(rsize,)) & np.uint64(_NO_MISC)
         if not (h == np.uint64(hdr & _NO_MISC)).all():
             return None
-        _U64.pack_into(ring, TAIL_OFFSET, tail + nbytes)
+        self._set_tail(ring, tail + nbytes)
         self.delivered += count
         return np.ndarray((count,), dt, buffer=buf, offset=SAMPLE_HEADER, strides=(rsize,))
 
@@ -432,7 +462,7 @@ class PerfReader:
                         self.delivered += len(rows)
             finally:
                 if tail is not None:
-                    _U64.pack_into(ring, TAIL_OFFSET, tail)
+                    self._set_tail(ring, tail)
         if not chunks:
             return np.empty(0, dt)
         if len(chunks) == 1:
@@ -455,30 +485,15 @@ class PerfReader:
             if self.stop or (max_records is not None and n >= max_records):
                 break
             ring = self._rings[k]
-            it = self._chunks(k, dt, None if max_records is None else max_records - n, False)
-            stop = False
-            try:
-                for rows, tail in it:
-                    if rows is None:
-                        _U64.pack_into(ring, TAIL_OFFSET, tail)
-                        break
-                    m = len(rows)
 
-                    def done(tail: int = tail, m: int = m) -> None:
-                        _U64.pack_into(ring, TAIL_OFFSET, tail)
-                        self.delivered += m
-                    r = call_with_view(callback, rows, self._arr(k), done)
-                    del rows
-                    n += m
-                    if r is None or r is True:
-                        continue
-                    if r is False or (type(r) is int and r < 0):
-                        stop = True
-                        break
-                    if type(r) is not int:
-                        raise _bad_return(r)
-            finally:
-                it.close()
+            def commit(tail: int, m: int, ring: Any = ring) -> None:
+                self._set_tail(ring, tail)
+                self.delivered += m
+            got, stop = deliver_views(
+                callback, self._chunks(k, dt, None if max_records is None else max_records - n,
+                                       False),
+                partial(self._arr, k), commit)
+            n += got
             if stop:
                 break
         return n
