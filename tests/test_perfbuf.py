@@ -587,3 +587,23 @@ def test_the_reader_gets_a_fence_where_the_machine_needs_one():
     with load() as obj, obj.perf_buffer("events") as pb:
         assert (pb._reader._fence is None) == (os.uname().machine == "x86_64")
         assert (pb._reader._fence is None) == (ring_fence() is None)
+
+
+@pytest.mark.kernel_independent
+def test_views_of_a_long_run_come_a_piece_at_a_time(monkeypatch):
+    """consume_views hands a long run over in pieces of at most ``_CHUNK``
+    bytes (16 records here), in order (the last few, short of a run, and the
+    record wrapped around the end come together, copied)."""
+    import pytracers.perfbuf.records as records
+    monkeypatch.setattr(records, "_CHUNK", 16 * REC64)
+    r = _FencedRing(200, wrap=True)
+    pieces: List[int] = []
+    seqs: List[int] = []
+
+    def cb(rows: Any) -> None:
+        pieces.append(len(rows))
+        seqs.extend(rows["seq"].tolist())
+    assert r.reader.consume_views(cb) == 200
+    assert seqs == list(range(200))
+    assert max(pieces) == 16 and sum(pieces) == 200 and pieces[:12] == [16] * 12
+    assert struct.unpack_from("<Q", r.ring, 1032)[0] == r.head
