@@ -418,6 +418,26 @@ class RingReader:
                                              strides=(stride,)), cons
                         continue
                     # the first piece is not all alike: the detailed scan below
+                elif (np.ndarray((count,), "<u4", buffer=arr, offset=off,
+                                 strides=(stride,)) == length).all():
+                    # Small records, all alike: one check, then one gather into
+                    # packed rows (see _copy_rows).
+                    if fence is not None:
+                        fence()
+                    if nodd:
+                        self.discarded += discarded
+                        discarded = 0
+                        yield np.frombuffer(bytearray(odd), dt), cons
+                        odd.clear()
+                        nodd = 0
+                    rows = self._copy_rows(arr, off + HEADER_SIZE, count, stride, length, dt)
+                    cons += count * stride
+                    total += count
+                    self.discarded += discarded
+                    discarded = 0
+                    yield rows, cons
+                    del rows
+                    continue
                 h = np.ndarray((count,), "<u4", buffer=arr, offset=off,
                                strides=(stride,)).copy()       # one snapshot
                 ok = (h & np.uint32(~DISCARD_BIT & 0xFFFFFFFF)) == length
