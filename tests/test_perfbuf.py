@@ -29,7 +29,7 @@ import select
 import struct
 import threading
 import time
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Optional
 
 import numpy as np
 import pytest
@@ -517,11 +517,12 @@ class _FencedRing:
     (a barrier), "D" (samples handed to the caller) and "T" (data_tail
     stored)."""
 
-    def __init__(self, n: int, wrap: bool) -> None:
+    def __init__(self, n: int, wrap: bool, wrap_at: Optional[int] = None) -> None:
         size = 1 << max(12, (n * REC64 - 1).bit_length())
         self.size = size
         self.ring = bytearray(PAGE + size)
-        start = (size - (n - 1) * REC64 - 40) if wrap else 0      # the last record wraps
+        at = n - 1 if wrap_at is None else wrap_at               # this record wraps
+        start = (size - at * REC64 - 40) if wrap else 0
         for seq in range(n):
             rec = struct.pack("<IHHI", 9, 0, REC64, 68) + struct.pack("<8Q", *([seq] * 8)) \
                 + b"\0" * 4
@@ -653,3 +654,24 @@ def test_a_fenced_reader_reads_real_rings_exactly(monkeypatch):
         assert pb.delivered == len(seqs) and pb.lost == refused
         assert calls[0] >= 40                   # barriers ran, per run rather than per sample
         assert calls[0] < len(seqs)
+
+
+@pytest.mark.kernel_independent
+@pytest.mark.parametrize("misc", [False, True])
+def test_batch_of_a_long_run_is_copied_a_piece_at_a_time(monkeypatch, misc):
+    """read_batch copies a long run in pieces (16 records here), the piece
+    across the end of the ring joined and the pieces after it read from the
+    start: exact rows, the tail past them; headers whose misc differs (the
+    kernel sets it per sample) are still one run."""
+    import pytracers.perfbuf.records as records
+    monkeypatch.setattr(records, "_CHUNK", 16 * REC64)
+    r = _FencedRing(200, wrap=True, wrap_at=40)
+    if misc:                                    # misc of every 3rd record: PERF_RECORD_MISC_USER
+        start = struct.unpack_from("<Q", r.ring, 1032)[0]
+        for seq in range(0, 200, 3):
+            off = PAGE + (start + seq * REC64 + 4) % r.size
+            struct.pack_into("<H", r.ring, off, 2)
+    rows = r.reader.read_batch()
+    assert rows["seq"].tolist() == list(range(200))
+    assert (rows["pad"] == rows["seq"][:, None]).all()
+    assert struct.unpack_from("<Q", r.ring, 1032)[0] == r.head
