@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
     from .maps import Map
 
-__all__ = ["EventBuffer", "Decoder", "Callback", "deliver", "deliver_views", "stop_asked"]
+__all__ = ["EventBuffer", "Decoder", "Callback", "deliver", "deliver_run", "deliver_views",
+           "stop_asked"]
 
 _T = TypeVar("_T")
 Decoder = Callable[[Any, int], Any]
@@ -83,6 +84,25 @@ def deliver(cb: Callable[[Any], Any], recs: Iterable[Any], count: List[int]) -> 
         return False
     finally:
         count[0] = n
+
+
+def deliver_run(cb: Callable[[Any], Any], recs: Optional[Iterable[Any]], count: List[int],
+                buf: Any = None, span: Tuple[int, int] = (0, 0), fast: Any = None) -> bool:
+    """:func:`deliver` over ``recs``, or -- with ``fast``, a ``(wrap,
+    iter_unpack)`` pair -- over the run of records in ``buf[span[0]:span[1]]``
+    decoded in one go (``wrap(iter_unpack(view))``: no Python frame per
+    record), through a memoryview released afterwards: an exported view
+    would pin the mapping open."""
+    if fast is None:
+        assert recs is not None
+        return deliver(cb, recs, count)
+    view = memoryview(buf)[span[0]:span[1]]
+    run = fast[0](fast[1](view))
+    try:
+        return deliver(cb, run, count)
+    finally:
+        del run                 # the iterator holds a buffer export of the view
+        view.release()
 
 
 def deliver_views(callback: Callable[[Any], Any], chunks: Generator[Tuple[Any, int], None, None],

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional
 
 from .._libbpf import ffi, lib
 from ..errors import BadArgumentError
-from ..eventbuf import Callback, Decoder, _np, deliver, deliver_views
+from ..eventbuf import Callback, Decoder, _np, deliver_run, deliver_views
 from ..ringbuf.records import _CHUNK, _Bytes, _Padded, _plain
 
 if TYPE_CHECKING:
@@ -258,13 +258,14 @@ class PerfReader:
                         self.other += 1
                     tail += rsize
                     continue
+                fast = None
+                start = 0
                 if pos + rsize > size:
                     # A sample that wraps around the end: reassembled, decoded alone.
                     rec = self._record(ring, pos, rsize)
                     raw = _U32.unpack_from(rec, RECORD_HEADER)[0]
                     recs: Any = iter((self._one(raw)(rec, SAMPLE_HEADER),))
                     run = 1
-                    view = None
                 else:
                     count = min((head - tail) // rsize, (size - pos) // rsize)
                     if limit is not None:
@@ -277,21 +278,16 @@ class PerfReader:
                         first = start + SAMPLE_HEADER
                         recs = map(self._one(raw), repeat(ring, run),
                                    range(first, first + run * rsize, rsize))
-                        view = None
                     else:
-                        view = memoryview(ring)[start:start + run * rsize]
-                        recs = fast[0](fast[1](view))
+                        recs = None     # the whole run decoded by struct's iter_unpack
                 try:
-                    stop = deliver(cb, recs, count_box)
+                    stop = deliver_run(cb, recs, count_box, ring, (start, start + run * rsize), fast)
                 finally:
                     # The sample being delivered when the callback raised counts
                     # as consumed: the exception propagates with the tail past it.
                     done = count_box[0]
                     tail += done * rsize
                     n += done
-                    if view is not None:
-                        del recs        # the iterator holds a buffer export of the view
-                        view.release()  # an exported view would pin the mmap open
                 if stop:
                     break
                 set_tail(ring, tail)

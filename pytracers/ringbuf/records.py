@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional, Tuple
 
 from ..errors import BadArgumentError
-from ..eventbuf import deliver, deliver_views
+from ..eventbuf import deliver_run, deliver_views
 
 if TYPE_CHECKING:
     import numpy
@@ -284,14 +284,10 @@ class RingReader:
                     else:
                         one = dec
                     recs = map(one, repeat(data, run), range(start, start + run * stride, stride))
-                    view = None
                 else:
-                    # Decode the whole run with struct's iter_unpack: no Python
-                    # frame per record (plain layouts and bytes records).
-                    view = memoryview(data)[off:off + run * stride]
-                    recs = fast[0](fast[1](view))
+                    recs = None     # the whole run decoded by struct's iter_unpack
                 try:
-                    stop = deliver(cb, recs, count_box)
+                    stop = deliver_run(cb, recs, count_box, data, (off, off + run * stride), fast)
                 finally:
                     # The record being delivered when the callback raised counts
                     # as consumed: the exception propagates with the position
@@ -299,9 +295,6 @@ class RingReader:
                     done = count_box[0]
                     cons += done * stride
                     n += done
-                    if view is not None:
-                        del recs        # the iterator holds a buffer export of the view
-                        view.release()  # an exported view would pin the mmap open
                 if stop:
                     break
                 self._set_consumer_pos(cons)
