@@ -1,6 +1,6 @@
 """pytracers benchmarks (run through bench/run).
 
-Seven sections, all measured in the same run and printed with the targets of
+Eight sections, all measured in the same run and printed with the targets of
 issues 6, 13 and 14 next to them (uprobe and symbols: see bench/user.py):
 
 drain       Ring drain rate for 8, 64 and 256-byte records.  The ring
@@ -29,6 +29,11 @@ perf        Perf-buffer drain rate for 64-byte samples (80-byte records).  CPU
             (d) pytracers zero-copy: PerfBuffer.consume_views() with
                 ``rows["seq"].sum()``.
             Each drain is checked: exactly the samples filled, seqs complete.
+drain-parts The 64-byte drains of drain and perf taken apart (ns per record,
+            alternating with the C consumer): one vectorised pass over the
+            headers alone, that plus a pass over seq, a bare memcpy of the
+            pending bytes, read_batch() without and with the caller's sum,
+            consume_views() with an empty callback and with the sum.
 probe-cost  ns per getpgid(2) in a C loop (bench/sysloop.c) with nothing
             attached, with the count-only program, with the built-in
             SyscallTracer and no reader, and with the tracer and a reader
@@ -91,8 +96,9 @@ from pytracers.tracers.syscalls import syscall_number  # noqa: E402
 
 GETPGID_NR = syscall_number("getpgid")     # 121 on x86-64, 155 on arm64
 TARGETS = {
-    "batch64": ("batch drain, 64-byte records", ">= 0.5x the C consumer", 0.5),
-    "views64": ("batch drain, 64-byte records", ">= 0.5x the C consumer", 0.5),
+    "batch64": ("read_batch drain (copies), 64-byte records", ">= 0.6x the C consumer", 0.6),
+    "views64": ("consume_views drain (zero-copy), 64-byte records", ">= 1.0x the C consumer",
+                1.0),
     "per_event": ("per-event path, one field decoded", ">= 1 M events/s", 1e6),
     "tracer_vs_count": ("built-in tracer added cost", "<= 1.5x count-only's", 1.5),
     "consumer_vs_none": ("added cost with a reader draining", "<= 2x without a reader", 2.0),
@@ -186,6 +192,53 @@ def build(name: str, libs: Tuple[str, ...] = (), optional: bool = False) -> Opti
     return out
 
 
+class CRounds:
+    """A C baseline (bench/ringdrain.c, perfdrain.c) run with "-": it drains
+    once per line we write, so its rounds alternate with ours (A B A B ...)
+    on a machine whose load changes under us.  ``round()`` -> records per
+    second of the C consumer's CPU time."""
+
+    def __init__(self, argv: List[str], what: str) -> None:
+        self.what = what
+        self.p = subprocess.Popen(argv + ["-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+
+    def round(self) -> float:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        try:
+            self.p.stdin.write("\n")
+            self.p.stdin.flush()
+        except BrokenPipeError:
+            pass
+        line = self.p.stdout.readline()
+        if not line.strip():
+            self.p.wait()
+            assert self.p.stderr is not None
+            sys.exit(f"bench/run: {self.what} failed: {self.p.stderr.read().strip()}")
+        n, ns = line.split()
+        return int(n) / (int(ns) / 1e9)
+
+    def close(self) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.close()
+        if self.p.wait():
+            assert self.p.stderr is not None
+            sys.exit(f"bench/run: {self.what} failed: {self.p.stderr.read().strip()}")
+
+
+def alternate(reps: int, conditions: Dict[str, Callable[[], float]]) -> Dict[str, List[float]]:
+    """``reps`` rounds of every condition in turn (A B C A B C ...), after
+    one warm-up round that is not kept (first touch of each mapping); the
+    rates of each condition, in round order."""
+    out: Dict[str, List[float]] = {k: [] for k in conditions}
+    for r in range(reps + 1):
+        for k, measure in conditions.items():
+            rate = measure()
+            if r:
+                out[k].append(rate)
+    return out
+
+
 def median(xs: List[float]) -> float:
     return statistics.median(xs)
 
@@ -213,7 +266,8 @@ def drain_section(quick: bool) -> None:
     ring = (2 if quick else 16) << 20
     reps = 5 if quick else 9
     heading(f"ring drain: ring of {ring >> 20} MiB filled to capacity by BPF_PROG_TEST_RUN, "
-            f"median of {reps}; records per second of the consumer's CPU time")
+            f"median of {reps} alternating rounds (C, per event, read_batch, consume_views); "
+            "records per second of the consumer's CPU time")
     ringdrain = build("ringdrain", ("-lbpf",), optional=True)
     obj_path = pytracers.object_path("bench")
     rows = {}
@@ -222,16 +276,10 @@ def drain_section(quick: bool) -> None:
     for size in (8, 64, 256):
         stride = (size + 8 + 7) & ~7
         cap = ring // stride
-        # (a) C
-        c_rates = []
-        if ringdrain is not None:
-            r = subprocess.run([ringdrain, obj_path, str(size), str(ring), str(reps)],
-                               capture_output=True, text=True)
-            if r.returncode:
-                sys.exit(f"bench/run: ringdrain failed: {r.stderr.strip()}")
-            c_rates = [int(n) / (int(ns) / 1e9)
-                       for n, ns in (ln.split() for ln in r.stdout.split("\n") if ln.strip())]
-        # (b), (c)
+        # (a) C, in its own process, one drain per round
+        c_proc = (CRounds([ringdrain, obj_path, str(size), str(ring)], "ringdrain")
+                  if ringdrain is not None else None)
+        # (b), (c), (d)
         o = pytracers.open(obj_path)
         o.only(f"fill_{size}")
         o.maps["events"].max_entries = ring
@@ -254,12 +302,11 @@ def drain_section(quick: bool) -> None:
             def expect_sum(n: int, first: int) -> int:
                 return n * first + n * (n - 1) // 2
 
-            def rates(what: str, drain: Callable[[], Tuple[int, int, Any]]) -> List[float]:
-                """Records per second of thread CPU time over ``reps`` fills;
-                ``drain()`` -> (records, seq sum, what to free after the
-                clock stops), checked against the fill."""
-                out = []
-                for _ in range(reps):
+            def rate(what: str, drain: Callable[[], Tuple[int, int, Any]]) -> Callable[[], float]:
+                """One fill, then ``drain()`` timed -> records per second of
+                thread CPU time; ``drain()`` -> (records, seq sum, what to
+                free after the clock stops), checked against the fill."""
+                def measure() -> float:
                     n, first = refill()
                     t0 = time.thread_time()
                     got, total, keep = drain()
@@ -267,8 +314,8 @@ def drain_section(quick: bool) -> None:
                     if got != n or total != expect_sum(n, first):
                         sys.exit(f"bench/run: {what} drain returned {got}/{n} records")
                     del keep
-                    out.append(n / dt)
-                return out
+                    return n / dt
+                return measure
 
             def per_event() -> Tuple[int, int, Any]:
                 acc = [0]
@@ -288,10 +335,19 @@ def drain_section(quick: bool) -> None:
                     acc[0] += int(rows["seq"].sum())
                 return rb.consume_views(vcb), acc[0], None
 
-            ev_rates = rates("per-event", per_event)
-            batch_rates = rates("batch", batch)
-            view_rates = rates("view", views)
+            conditions: Dict[str, Callable[[], float]] = {}
+            if c_proc is not None:
+                conditions["c"] = c_proc.round
+            conditions.update(per_event=rate("per-event", per_event),
+                              batch=rate("batch", batch), views=rate("view", views))
+            try:
+                got = alternate(reps, conditions)
+            finally:
+                if c_proc is not None:
+                    c_proc.close()
             rb.close()
+        c_rates = got.get("c", [])
+        ev_rates, batch_rates, view_rates = got["per_event"], got["batch"], got["views"]
         c = median(c_rates) if c_rates else float("nan")     # nan: no C baseline
         ev, b, v = median(ev_rates), median(batch_rates), median(view_rates)
         rows[size] = {"records": cap, "c": c, "per_event": ev, "batch": b, "views": v,
@@ -304,8 +360,8 @@ def drain_section(quick: bool) -> None:
     if ringdrain is None:
         return
     b64, v64 = rows[64]["batch_ratio"], rows[64]["views_ratio"]
-    target("batch64", b64, b64 >= 0.5, f"{b64:.3f}x (read_batch, copies)")
-    target("views64", v64, v64 >= 0.5, f"{v64:.3f}x (consume_views, zero-copy)")
+    target("batch64", b64, b64 >= 0.6, f"{b64:.3f}x (read_batch, copies)")
+    target("views64", v64, v64 >= 1.0, f"{v64:.3f}x (consume_views, zero-copy)")
     pe = rows[8]["per_event"]
     target("per_event", pe, pe >= 1e6, f"{pe / 1e6:.2f} M/s (8-byte records: seq)")
     print("   per event: consume(cb), records decoded through the BTF layout, cb reads rec.seq;")
@@ -324,16 +380,12 @@ def perf_section(quick: bool) -> None:
     reps = 5 if quick else 9
     cap = (pages * PAGE - 1) // PERF_REC      # the kernel keeps one byte free
     heading(f"perf-buffer drain: CPU 0's ring of {pages} pages ({cap} samples of 64 bytes) "
-            f"filled by BPF_PROG_TEST_RUN, median of {reps}; samples per second of the "
-            "consumer's CPU time")
+            f"filled by BPF_PROG_TEST_RUN, median of {reps} alternating rounds (C, per event, "
+            "read_batch, consume_views); samples per second of the consumer's CPU time")
     perfdrain = build("perfdrain", ("-lbpf",))
     obj_path = os.path.join(HERE, "perf_fill.bpf.o")
-    r = subprocess.run([perfdrain, obj_path, str(pages), str(reps)], capture_output=True,
-                       text=True)
-    if r.returncode:
-        sys.exit(f"bench/run: perfdrain failed: {r.stderr.strip()}")
-    c_rates = [int(n) / (int(ns) / 1e9) for n, ns in (ln.split() for ln in r.stdout.split("\n")
-                                                      if ln.strip())]
+    assert perfdrain is not None
+    c_proc = CRounds([perfdrain, obj_path, str(pages)], "perfdrain")
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {0})                # test runs send to CPU 0's ring
     try:
@@ -353,9 +405,8 @@ def perf_section(quick: bool) -> None:
                 next_seq[0] += cap - left
                 return cap - left, first
 
-            def rates(what: str, drain: Callable[[], Tuple[int, int, Any]]) -> List[float]:
-                out = []
-                for _ in range(reps):
+            def rate(what: str, drain: Callable[[], Tuple[int, int, Any]]) -> Callable[[], float]:
+                def measure() -> float:
                     n, first = refill()
                     t0 = time.thread_time()
                     got, total, keep = drain()
@@ -363,8 +414,8 @@ def perf_section(quick: bool) -> None:
                     if got != n or total != n * first + n * (n - 1) // 2 or pb.lost:
                         sys.exit(f"bench/run: perf {what} drain returned {got}/{n} samples")
                     del keep
-                    out.append(n / dt)
-                return out
+                    return n / dt
+                return measure
 
             def per_event() -> Tuple[int, int, Any]:
                 acc = [0]
@@ -384,12 +435,15 @@ def perf_section(quick: bool) -> None:
                     acc[0] += int(rows["seq"].sum())
                 return pb.consume_views(vcb), acc[0], None
 
-            rates("warm-up", batch)             # first touch of the mapping: not measured
-            ev_rates = rates("per-event", per_event)
-            batch_rates = rates("batch", batch)
-            view_rates = rates("view", views)
+            try:
+                got = alternate(reps, {"c": c_proc.round, "per_event": rate("per-event", per_event),
+                                       "batch": rate("batch", batch), "views": rate("view", views)})
+            finally:
+                c_proc.close()
     finally:
         os.sched_setaffinity(0, before)
+    c_rates, ev_rates, batch_rates, view_rates = (got[k] for k in ("c", "per_event", "batch",
+                                                                   "views"))
     c, ev, b, v = (median(x) for x in (c_rates, ev_rates, batch_rates, view_rates))
     print(f"   {'sample':>7} {'samples':>8}  {'libbpf C':>12}  {'per event (x C)':>22}  "
           f"{'read_batch (x C)':>22}  {'consume_views (x C)':>22}")
@@ -407,6 +461,230 @@ def perf_section(quick: bool) -> None:
     best = max(b / c, v / c)
     target("perf64", best, best >= 0.5,
            f"{v / c:.3f}x (consume_views), {b / c:.3f}x (read_batch), {ev / c:.3f}x (per event)")
+
+
+# ---- 1c. where a batch drain's time goes ----------------------------------------------------
+
+def drain_parts_section(quick: bool) -> None:
+    """The 64-byte drains of sections 1 and 1b taken apart, each part on a
+    freshly filled ring, alternating rounds with the C consumer: one
+    vectorised pass over the headers alone (what every batch drain must do
+    before it may read a record), the same plus a pass over ``seq`` (two
+    passes, not in pieces), a bare copy of the pending bytes (no check),
+    ``read_batch()`` without and with the caller's ``arr["seq"].sum()``,
+    ``consume_views()`` with a callback doing nothing and with the sum."""
+    import numpy as np
+    reps = 5 if quick else 9
+    ring = (2 if quick else 16) << 20
+    stride = 72
+    cap = ring // stride
+    heading(f"where the 64-byte drains' time goes: ring of {ring >> 20} MiB, perf ring of "
+            f"{256 if quick else 1024} pages, median of {reps} alternating rounds; ns per "
+            "record of the consumer's CPU time")
+    ringdrain = build("ringdrain", ("-lbpf",), optional=True)
+    perfdrain = build("perfdrain", ("-lbpf",), optional=True)
+    if ringdrain is None or perfdrain is None:
+        return
+    obj_path = pytracers.object_path("bench")
+    out: Dict[str, Dict[str, float]] = {}
+
+    def parts(buf: Any, refill: Callable[[], int], span: Callable[[], Tuple[Any, int, int]],
+              done: Callable[[], None], c: "CRounds") -> Dict[str, float]:
+        def timed(fn: Callable[[], int]) -> Callable[[], float]:
+            def measure() -> float:
+                n = refill()
+                t0 = time.thread_time()
+                got = fn()
+                dt = time.thread_time() - t0
+                if got != n:
+                    sys.exit(f"bench/run: drain parts: {got}/{n} records")
+                return dt / n * 1e9
+            return measure
+
+        def scan() -> int:
+            arr, off, n = span()
+            (np.ndarray((n,), "<u4", buffer=arr, offset=off, strides=(rsize,)) == hdr0).all()
+            done()
+            return n
+
+        def scan_sum() -> int:
+            arr, off, n = span()
+            (np.ndarray((n,), "<u4", buffer=arr, offset=off, strides=(rsize,)) == hdr0).all()
+            np.ndarray((n,), "<u8", buffer=arr, offset=off + seq_at, strides=(rsize,)).sum()
+            done()
+            return n
+
+        def copy() -> int:
+            arr, off, n = span()
+            arr[off:off + n * rsize].copy()
+            done()
+            return n
+
+        def batch() -> int:
+            return len(buf.read_batch())
+
+        def batch_sum() -> int:
+            a = buf.read_batch()
+            a["seq"].sum()
+            return len(a)
+
+        def views() -> int:
+            return int(buf.consume_views(lambda rows: None))
+
+        def views_sum() -> int:
+            acc = [0]
+
+            def cb(rows: Any) -> None:
+                acc[0] += int(rows["seq"].sum())
+            return int(buf.consume_views(cb))
+
+        got = alternate(reps, {"C": lambda: 1e9 / c.round(), "headers": timed(scan),
+                               "headers+seq": timed(scan_sum), "memcpy": timed(copy),
+                               "read_batch": timed(batch), "read_batch+sum": timed(batch_sum),
+                               "views": timed(views), "views+sum": timed(views_sum)})
+        return {k: median(v) for k, v in got.items()}
+
+    # the ring (section 1's 64-byte case)
+    c = CRounds([ringdrain, obj_path, "64", str(ring)], "ringdrain")
+    o = pytracers.open(obj_path)
+    o.only("fill_64")
+    o.maps["events"].max_entries = ring
+    try:
+        with o.load() as obj:
+            fill = obj.programs["fill_64"]
+            rb = obj.ring_buffer(event="bench_rec64")
+            rr = rb._reader
+            rarr = np.frombuffer(rr._data, np.uint8)
+
+            def rfill() -> int:
+                left = cap
+                while left:
+                    k = fill.test_run([min(left, 4096), 0]).retval
+                    if not k:
+                        break
+                    left -= k
+                return cap - left
+
+            def rspan() -> Tuple[Any, int, int]:
+                cons = rr.consumer_pos()
+                return rarr, rr._base + (cons & rr._mask), (rr.producer_pos() - cons) // stride
+
+            rsize, hdr0, seq_at = stride, 64, 8
+            out["ring"] = parts(rb, rfill, rspan, lambda: rr._set_consumer_pos(rr.producer_pos()),
+                                c)
+            rb.close()
+    finally:
+        c.close()
+    # the perf buffer (section 1b's): the part up to the end of the ring
+    # (the records past it are skipped by the raw parts, counted all the same)
+    pages = 256 if quick else 1024
+    pcap = (pages * PAGE - 1) // PERF_REC
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {0})
+    c = CRounds([perfdrain, os.path.join(HERE, "perf_fill.bpf.o"), str(pages)], "perfdrain")
+    try:
+        with pytracers.open(os.path.join(HERE, "perf_fill.bpf.o")).load() as obj:
+            pfill = obj.programs["fill_perf64"]
+            pb = obj.perf_buffer(event="perf_rec64", pages=pages)
+            pr = pb._reader
+            ring0 = pr._rings[0]
+            from pytracers.perfbuf.records import HEAD_OFFSET, TAIL_OFFSET, _U64
+
+            def pfill_() -> int:
+                left = pcap
+                while left:
+                    k = pfill.test_run([min(left, 1024)]).retval
+                    if not k:
+                        break
+                    left -= k
+                return pcap - left
+
+            def pspan() -> Tuple[Any, int, int]:
+                tail = _U64.unpack_from(ring0, TAIL_OFFSET)[0]
+                head = _U64.unpack_from(ring0, HEAD_OFFSET)[0]
+                pos = tail & pr._mask
+                total = (head - tail) // PERF_REC
+                n1 = min(total, (pr.size - pos) // PERF_REC)        # before the end
+                k = n1 + (1 if (pr.size - pos) % PERF_REC and total > n1 else 0)
+                start2 = (pos + k * PERF_REC) % pr.size             # after the wrapped one
+                n2 = min(total - k, (pr.size - start2) // PERF_REC)
+                if n1 >= n2:
+                    return pr._arr(0), pr._base + pos, n1
+                return pr._arr(0), pr._base + start2, n2
+
+            def pdone() -> None:
+                _U64.pack_into(ring0, TAIL_OFFSET, _U64.unpack_from(ring0, HEAD_OFFSET)[0])
+
+            rsize, hdr0, seq_at = PERF_REC, 9, 12
+            # the raw parts cover the longer stretch of records not broken by
+            # the end of the ring; their figures are per record they covered
+            def raw(fn_name: str) -> Callable[[], float]:
+                def measure() -> float:
+                    pfill_()
+                    arr, off, n = pspan()
+                    t0 = time.thread_time()
+                    if fn_name == "headers":
+                        (np.ndarray((n,), "<u4", buffer=arr, offset=off, strides=(rsize,))
+                         == hdr0).all()
+                    elif fn_name == "headers+seq":
+                        (np.ndarray((n,), "<u4", buffer=arr, offset=off, strides=(rsize,))
+                         == hdr0).all()
+                        np.ndarray((n,), "<u8", buffer=arr, offset=off + seq_at,
+                                   strides=(rsize,)).sum()
+                    else:
+                        arr[off:off + n * rsize].copy()
+                    dt = time.thread_time() - t0
+                    pdone()
+                    return dt / n * 1e9
+                return measure
+
+            def whole(fn: Callable[[], int]) -> Callable[[], float]:
+                def measure() -> float:
+                    n = pfill_()
+                    t0 = time.thread_time()
+                    got = fn()
+                    dt = time.thread_time() - t0
+                    if got != n or pb.lost:
+                        sys.exit(f"bench/run: perf drain parts: {got}/{n} samples")
+                    return dt / n * 1e9
+                return measure
+
+            def p_views_sum() -> int:
+                acc = [0]
+
+                def cb(rows: Any) -> None:
+                    acc[0] += int(rows["seq"].sum())
+                return int(pb.consume_views(cb))
+
+            def p_batch_sum() -> int:
+                a = pb.read_batch()
+                a["seq"].sum()
+                return len(a)
+
+            got = alternate(reps, {
+                "C": lambda: 1e9 / c.round(), "headers": raw("headers"),
+                "headers+seq": raw("headers+seq"), "memcpy": raw("memcpy"),
+                "read_batch": whole(lambda: len(pb.read_batch())),
+                "read_batch+sum": whole(p_batch_sum),
+                "views": whole(lambda: int(pb.consume_views(lambda rows: None))),
+                "views+sum": whole(p_views_sum)})
+            res = {k: median(v) for k, v in got.items()}
+            out["perf"] = res
+    finally:
+        c.close()
+        os.sched_setaffinity(0, before)
+    keys = ["C", "headers", "headers+seq", "memcpy", "read_batch", "read_batch+sum", "views",
+            "views+sum"]
+    print(f"   {'':6} " + " ".join(f"{k:>14}" for k in keys))
+    for name, row in out.items():
+        print(f"   {name:6} " + " ".join(f"{row[k]:11.2f} ns" for k in keys))
+        print(f"   {'':6} " + " ".join(f"{row['C'] / row[k]:13.3f}x" for k in keys))
+    print("   C: libbpf's consumer (whole drain, seq summed); headers: one vectorised pass over "
+          "the record headers; +seq: then a pass")
+    print("   over seq; memcpy: a copy of the pending bytes, nothing checked; read_batch / views: "
+          "the readers, without and with the sum")
+    results["sections"]["drain-parts"] = {"ring_bytes": ring, "perf_pages": pages, "reps": reps,
+                                          "ns_per_record": out}
 
 
 # ---- 2. probe cost -------------------------------------------------------------------------
@@ -925,7 +1203,8 @@ def ringloss_section(quick: bool) -> None:
                                    sysloop=build("sysloop", optional=True))}
 
 
-SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_cost_section,
+SECTIONS = {"drain": drain_section, "perf": perf_section, "drain-parts": drain_parts_section,
+            "probe-cost": probe_cost_section,
             "start": start_section, "maps": maps_section,
             "uprobe": _user_section("uprobe_section"),
             "usdt": _user_section("usdt_section"),

@@ -3,7 +3,7 @@
  * The C baseline of bench/run's perf-buffer drain figure: libbpf's own
  * consumer.
  *
- *   perfdrain OBJ PAGES REPS
+ *   perfdrain OBJ PAGES REPS|-
  *
  * Loads OBJ (bench/perf_fill.bpf.o), runs on CPU 0 only, opens a perf buffer
  * of PAGES data pages per CPU on its `events` map with perf_buffer__new(),
@@ -11,7 +11,9 @@
  * fill_perf64 (64-byte samples, 80-byte records: as many as fit, so none is
  * refused; not timed) and drains it with one
  * perf_buffer__consume() call whose C callback counts the samples and adds
- * up their seq field (timed).  Prints one line per rep: "<samples> <ns>".
+ * up their seq field (timed); with "-" for REPS, one rep per line read from
+ * stdin, until EOF (bench/run alternates its rounds with pytracers').
+ * Prints one line per rep: "<samples> <ns>".
  * Exits non-zero if a drain did not return exactly the samples filled, their
  * seqs were not consecutive, or a sample was lost.
  *
@@ -73,12 +75,13 @@ static int silent(enum libbpf_print_level level, const char *fmt, va_list ap)
 int main(int argc, char **argv)
 {
 	if (argc != 4) {
-		fprintf(stderr, "usage: %s OBJ PAGES REPS\n", argv[0]);
+		fprintf(stderr, "usage: %s OBJ PAGES REPS|-\n", argv[0]);
 		return 2;
 	}
 	const char *path = argv[1];
 	size_t pages = strtoul(argv[2], NULL, 0);
-	int reps = atoi(argv[3]);
+	int stepped = strcmp(argv[argc - 1], "-") == 0;
+	int reps = stepped ? 0 : atoi(argv[3]);
 	struct bpf_object *obj;
 	struct bpf_program *fill;
 	struct bpf_map *events;
@@ -113,7 +116,11 @@ int main(int argc, char **argv)
 	/* the kernel keeps one byte free: records of 80 bytes, as many as fit */
 	unsigned long capacity = (pages * (size_t)sysconf(_SC_PAGESIZE) - 1) / 80;
 
-	for (int rep = 0; rep < reps; rep++) {
+	for (int rep = 0; stepped || rep < reps; rep++) {
+		char line[16];
+
+		if (stepped && !fgets(line, sizeof(line), stdin))
+			break;          /* "-": one rep per line read, until EOF */
 		unsigned long filled = 0;
 
 		while (filled < capacity) {

@@ -2,13 +2,15 @@
 /*
  * The C baseline of bench/run's ring-drain figure: libbpf's own consumer.
  *
- *   ringdrain OBJ RECORD_SIZE RING_BYTES REPS
+ *   ringdrain OBJ RECORD_SIZE RING_BYTES REPS|-
  *
  * Loads OBJ (pytracers' bench.bpf.o) with only fill_<RECORD_SIZE>, sizes its
  * `events` ring to RING_BYTES, then REPS times: fills the ring to capacity
  * with BPF_PROG_TEST_RUN (not timed) and drains it with one
  * ring_buffer__consume() call whose C callback counts the records and adds
- * up their seq field (timed).  Prints one line per rep: "<records> <ns>".
+ * up their seq field (timed); with "-" for REPS, one rep per line read from
+ * stdin, until EOF (bench/run alternates its rounds with pytracers').
+ * Prints one line per rep: "<records> <ns>".
  * Exits non-zero if a drain did not return exactly the records filled or
  * their seqs were not consecutive.
  *
@@ -59,13 +61,14 @@ static int silent(enum libbpf_print_level level, const char *fmt, va_list ap)
 int main(int argc, char **argv)
 {
 	if (argc != 5) {
-		fprintf(stderr, "usage: %s OBJ RECORD_SIZE RING_BYTES REPS\n", argv[0]);
+		fprintf(stderr, "usage: %s OBJ RECORD_SIZE RING_BYTES REPS|-\n", argv[0]);
 		return 2;
 	}
 	const char *path = argv[1];
 	unsigned size = (unsigned)atoi(argv[2]);
 	unsigned long ring = strtoul(argv[3], NULL, 0);
-	int reps = atoi(argv[4]);
+	int stepped = strcmp(argv[argc - 1], "-") == 0;
+	int reps = stepped ? 0 : atoi(argv[4]);
 	char want[32];
 	struct bpf_object *obj;
 	struct bpf_program *prog, *fill = NULL;
@@ -105,7 +108,11 @@ int main(int argc, char **argv)
 	unsigned long stride = (size + 8 + 7) & ~7ul;
 	unsigned long capacity = ring / stride;
 
-	for (int rep = 0; rep < reps; rep++) {
+	for (int rep = 0; stepped || rep < reps; rep++) {
+		char line[16];
+
+		if (stepped && !fgets(line, sizeof(line), stdin))
+			break;          /* "-": one rep per line read, until EOF */
 		unsigned long filled = 0;
 
 		while (filled < capacity) {

@@ -25,18 +25,19 @@ import sys
 import threading
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, List, Optional, Tuple, TypeVar
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Generator, Iterable, Iterator, List,
+                    Optional, Tuple, TypeVar)
 
 from ._resource import Resource
-from .errors import (BadArgumentError, BadTypeError, BusyError, CallbackError, ClosedError,
-                     NotSupportedError)
+from .errors import BadArgumentError, BadTypeError, BusyError, CallbackError, ClosedError
 
 if TYPE_CHECKING:
     import numpy
 
     from .maps import Map
 
-__all__ = ["EventBuffer", "Decoder", "Callback"]
+__all__ = ["EventBuffer", "Decoder", "Callback", "deliver", "deliver_run", "deliver_views",
+           "stop_asked"]
 
 _T = TypeVar("_T")
 Decoder = Callable[[Any, int], Any]
@@ -46,6 +47,87 @@ Callback = Callable[[Any], Any]
 def _np() -> Any:
     import numpy
     return numpy
+
+
+def bad_return(r: Any) -> CallbackError:
+    return CallbackError(f"event-buffer callback returned {type(r).__name__}; return None or "
+                         "True to go on, False or a negative int to stop")
+
+
+def stop_asked(r: Any) -> bool:
+    """The rule for what a read's callback returns: None, True or an int
+    >= 0 go on; False or a negative int stop; anything else is an error."""
+    if r is None or r is True:
+        return False
+    if r is False or (type(r) is int and r < 0):
+        return True
+    if type(r) is not int:
+        raise bad_return(r)
+    return False
+
+
+def deliver(cb: Callable[[Any], Any], recs: Iterable[Any], count: List[int]) -> bool:
+    """``cb(rec)`` for each record of one run, in order; True when a
+    callback asked to stop.  ``count[0]`` is set to how many records were
+    handed over -- also when a callback raises: the record it raised on
+    counts as consumed, so the caller moves its position past it and the
+    exception propagates without the next read delivering it again."""
+    n = 0
+    try:
+        for rec in recs:
+            n += 1
+            r = cb(rec)
+            if r is None or r is True:
+                continue
+            if stop_asked(r):
+                return True
+        return False
+    finally:
+        count[0] = n
+
+
+def deliver_run(cb: Callable[[Any], Any], recs: Optional[Iterable[Any]], count: List[int],
+                buf: Any = None, span: Tuple[int, int] = (0, 0), fast: Any = None) -> bool:
+    """:func:`deliver` over ``recs``, or -- with ``fast``, a ``(wrap,
+    iter_unpack)`` pair -- over the run of records in ``buf[span[0]:span[1]]``
+    decoded in one go (``wrap(iter_unpack(view))``: no Python frame per
+    record), through a memoryview released afterwards: an exported view
+    would pin the mapping open."""
+    if fast is None:
+        assert recs is not None
+        return deliver(cb, recs, count)
+    view = memoryview(buf)[span[0]:span[1]]
+    run = fast[0](fast[1](view))
+    try:
+        return deliver(cb, run, count)
+    finally:
+        del run                 # the iterator holds a buffer export of the view
+        view.release()
+
+
+def deliver_views(callback: Callable[[Any], Any], chunks: Generator[Tuple[Any, int], None, None],
+                  mapping: Callable[[], Any], commit: Callable[[int, int], None]) -> Tuple[int, bool]:
+    """The zero-copy read of a parsing core: ``callback(rows)`` for each
+    ``(rows, pos)`` of ``chunks`` (views into the buffer; ``rows`` None for
+    a last item that only moves the position), ``commit(pos, len(rows))``
+    once the callback has returned or raised (see :func:`call_with_view`;
+    ``mapping()`` is the numpy array of the mapping the views share).
+    Returns the rows delivered and whether the callback asked to stop."""
+    n = 0
+    try:
+        for rows, pos in chunks:
+            if rows is None:
+                commit(pos, 0)
+                break
+            k = len(rows)
+            r = call_with_view(callback, rows, mapping(), partial(commit, pos, k))
+            del rows
+            n += k
+            if stop_asked(r):
+                return n, True
+    finally:
+        chunks.close()
+    return n, False
 
 
 def call_with_view(callback: Callable[[Any], Any], rows: Any, mapping: Any,
@@ -145,8 +227,8 @@ TSO_MACHINES = ("x86_64",)
 
 
 def ring_fence(machine: Optional[str] = None) -> Optional[Callable[[], Any]]:
-    """The barrier the ring reader needs on this machine (or ``machine``):
-    None on x86-64, libatomic's full fence elsewhere (arm64...)."""
+    """The barrier the ring and perf-buffer readers need on this machine (or
+    ``machine``): None on x86-64, libatomic's full fence elsewhere (arm64...)."""
     machine = os.uname().machine if machine is None else machine
     if machine in TSO_MACHINES:
         return None
@@ -168,14 +250,6 @@ def event_layout_of(btf: Any, event: Any) -> Any:
             pass                # event_layout raises it again, saying what to pass
     from .btf.foreign import event_layout
     return event_layout(btf, event)
-
-
-def check_platform(what: str) -> None:
-    """For a reader without fences (the perf buffer's): x86-64's memory
-    ordering only (see :mod:`pytracers.ringbuf`)."""
-    machine = os.uname().machine     # what platform.machine() returns on Linux
-    if machine not in ("x86_64", "AMD64"):
-        raise NotSupportedError(what, f"only x86-64 is supported, this is {machine}")
 
 
 def check_latency(latency: Any) -> float:

@@ -132,6 +132,62 @@ def test_synthetic_busy_record_stops_both_paths_across_wraparound():
         assert ring.consumer_pos() == ring.prod
 
 
+@pytest.mark.parametrize("path", ["read_batch", "consume_views"])
+@pytest.mark.parametrize("case", ["whole", "discard", "busy", "other_length"])
+def test_synthetic_long_runs_go_a_piece_at_a_time(monkeypatch, path, case):
+    """A run longer than a piece (``_CHUNK``, made 16 records here) is checked
+    and copied or handed over piece by piece, across the end of the ring: the
+    rows are exactly the complete records in order; a discarded record, a BUSY
+    one or one of another length in a later piece ends the fast path there and
+    the rest is read as before (discarded skipped and counted, BUSY stops, the
+    other length zero-filled)."""
+    import pytracers.ringbuf.records as records
+    stride = 72
+    monkeypatch.setattr(records, "_CHUNK", 16 * stride)
+    ring = FakeRing(size=8 * PAGE, start=8 * PAGE - 37 * stride)   # wraps after 37
+    n = 300
+    special = {"whole": None, "discard": 170, "busy": 250, "other_length": 200}[case]
+    stop_pos = None
+    want = []
+    for seq in range(n):
+        if seq == special and case == "discard":
+            ring.put(rec64(seq), discard=True)
+            continue
+        if seq == special and case == "busy":
+            stop_pos = ring.put(rec64(seq), busy=True)
+            continue
+        if seq == special and case == "other_length":
+            ring.put(rec64(seq)[:24])
+            want.append(seq)
+            continue
+        ring.put(rec64(seq))
+        if stop_pos is None:
+            want.append(seq)
+    r = ring.reader(layout=REC64, dtype=REC64.numpy_dtype())
+    pieces: list = []
+    if path == "read_batch":
+        rows = r.read_batch()
+        got = rows["seq"].tolist()
+        if case == "other_length":
+            assert rows["pad"][want.index(special)].tolist() == [special] * 2 + [0] * 5
+    else:
+        got = []
+
+        def cb(rows):
+            pieces.append(len(rows))
+            got.extend(rows["seq"].tolist())
+        assert r.consume_views(cb) == len(want)
+    assert got == want
+    assert r.delivered == len(want)
+    assert r.discarded == (1 if case == "discard" else 0)
+    assert ring.consumer_pos() == (stop_pos if case == "busy" else ring.prod)
+    if path == "consume_views":                # one callback per piece up to the odd record
+        whole = (special if special is not None else n) // 16     # pieces before the odd one
+        assert pieces[:whole] == [16] * whole
+        if special is None:
+            assert sum(pieces) == n and max(pieces) == 16
+
+
 def test_synthetic_busy_first_record_gives_nothing():
     ring = FakeRing()
     pos = ring.put(rec64(0), busy=True)

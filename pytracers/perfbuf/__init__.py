@@ -54,8 +54,16 @@ reader -- a blocked wait ends at once with ClosedError, and the rings are
 unmapped, the map's entries removed and the fds closed when the last
 reader leaves.
 
-Memory ordering: as for rings (x86-64 only): plain loads of ``data_head``,
-then of the records, and a plain store of ``data_tail`` after them.
+Memory ordering (the order include/uapi/linux/perf_event.h asks of a
+reader): ``data_head`` is read before the records it covers (acquire: the
+kernel writes the records, ``smp_wmb()``, then ``data_head``), and
+``data_tail`` is stored after every read of the records it frees (release).
+On x86-64 (TSO) plain loads and stores give that order; on arm64 (and any
+other machine) the reader issues a full barrier (libatomic's
+``atomic_thread_fence(memory_order_seq_cst)`` through cffi, as the ring
+reader does) after each read of ``data_head`` and before each store of
+``data_tail``: a fixed number per run of samples, on every path.  Without
+libatomic the reader refuses to run.
 """
 from __future__ import annotations
 

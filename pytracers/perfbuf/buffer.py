@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from .. import _libbpf
 from .._libbpf import ffi, lib, libc
-from ..errors import BadArgumentError, BadTypeError, MapError, PermissionDeniedError
-from ..eventbuf import Callback, Decoder, EventBuffer, check_latency, check_platform, wake_pipe
+from ..errors import (BadArgumentError, BadTypeError, MapError, NotSupportedError,
+                      PermissionDeniedError)
+from ..eventbuf import Callback, Decoder, EventBuffer, check_latency, ring_fence, wake_pipe
 from ..kernel.host import online_cpus
+from ..perf import NR_PERF_EVENT_OPEN
 from .records import PAGE_SIZE, PerfReader
 
 if TYPE_CHECKING:
@@ -43,6 +45,11 @@ def _perf_event_open(cpu: int, wakeup_events: int, wakeup_bytes: Optional[int],
                      what: str) -> int:
     """A PERF_COUNT_SW_BPF_OUTPUT event on ``cpu`` (any process): the kernel
     end of one CPU's ring; its fd (close-on-exec)."""
+    machine = os.uname().machine
+    nr = NR_PERF_EVENT_OPEN.get(machine)     # the syscall's number differs per architecture
+    if nr is None:
+        raise NotSupportedError(what, f"pytracers does not know perf_event_open's number on "
+                                f"{machine}")
     attr = ffi.new("struct perf_event_attr *")
     attr.type = lib.PERF_TYPE_SOFTWARE
     attr.size = ffi.sizeof("struct perf_event_attr")
@@ -55,7 +62,7 @@ def _perf_event_open(cpu: int, wakeup_events: int, wakeup_bytes: Optional[int],
     else:
         attr.wakeup_events = wakeup_events
     fd, err, _log = _libbpf.call_with_log(
-        libc.syscall, ffi.cast("long", libc.PT_NR_PERF_EVENT_OPEN), attr,
+        libc.syscall, ffi.cast("long", nr), attr,
         ffi.cast("long", -1), ffi.cast("long", cpu), ffi.cast("long", -1),
         ffi.cast("long", lib.PERF_FLAG_FD_CLOEXEC))
     if fd < 0:
@@ -122,7 +129,7 @@ class PerfBuffer(EventBuffer):
                  latency: float = 0.1, dtype: Any = None, pages: int = DEFAULT_PAGES,
                  wakeup_events: Optional[int] = None,
                  wakeup_bytes: Optional[int] = None) -> None:
-        check_platform("the mmap perf-buffer reader")
+        fence = ring_fence()       # None on x86-64; libatomic's barrier elsewhere
         self.latency = check_latency(latency)
         pages = _int_arg("pages", pages)
         if pages < 1 or pages & (pages - 1):
@@ -192,7 +199,7 @@ class PerfBuffer(EventBuffer):
             reader = PerfReader([], size)
             _release(reader, ep if ep is not None else _Nothing(), rings, map_fd, entries, fds)
             raise
-        reader = PerfReader(rings, size, decoder=decoder, layout=layout)
+        reader = PerfReader(rings, size, decoder=decoder, layout=layout, fence=fence)
         self._start(reader, ep, wake_w, partial(_release, reader, ep, rings, map_fd,
                                                 entries, fds))
 

@@ -15,12 +15,12 @@ import struct
 from functools import partial
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional, Sequence, Tuple
 
 from .._libbpf import ffi, lib
 from ..errors import BadArgumentError
-from ..eventbuf import Callback, Decoder, _np, call_with_view
-from ..ringbuf.records import _bad_return, _Bytes, _Padded, _plain, word64
+from ..eventbuf import Callback, Decoder, _np, deliver_run, deliver_views
+from ..ringbuf.records import _CHUNK, _Bytes, _Padded, _plain, word64
 
 if TYPE_CHECKING:
     import numpy
@@ -61,6 +61,13 @@ class PerfReader:
     records), ``discarded`` (always 0: perf samples cannot be discarded) and
     ``other`` (records of other types, skipped).
 
+    ``fence``: None where plain loads and stores are ordered enough (x86-64),
+    else a full memory barrier (a callable) that the reader issues after
+    reading a ring's ``data_head`` (acquire: the kernel writes the records,
+    then ``smp_wmb()``, then ``data_head``) and before storing its
+    ``data_tail`` (release: every read of the records it frees is done) --
+    the order include/uapi/linux/perf_event.h asks of user space.
+
     Not thread-safe: one caller at a time (:class:`PerfBuffer` sees to it).
     Setting :attr:`stop` (from any thread) ends a read in progress after the
     run of records it is delivering, and every later read at once.
@@ -68,7 +75,8 @@ class PerfReader:
 
     def __init__(self, rings: Sequence[Any], data_size: int, *,
                  data_offset: int = PAGE_SIZE, decoder: Optional[Decoder] = None,
-                 layout: Any = None, dtype: Any = None) -> None:
+                 layout: Any = None, dtype: Any = None,
+                 fence: Optional[Callable[[], Any]] = None) -> None:
         if data_size <= 0 or data_size & (data_size - 1):
             raise BadArgumentError(f"perf ring size must be a power of two, got {data_size}")
         for r in rings:
@@ -88,6 +96,10 @@ class PerfReader:
         self.decoder = decoder if decoder is not None or layout is None else layout.decoder()
         self.dtype = dtype
         self._next = 0                 # the ring read first next time (fairness)
+        self._fence = fence
+        if fence is not None:
+            self._head = self._head_acquire             # type: ignore[method-assign]
+            self._set_tail = self._set_tail_release     # type: ignore[method-assign]
         self.delivered = 0
         self.lost = 0
         self.discarded = 0
@@ -114,6 +126,26 @@ class PerfReader:
         self._rings = []
 
     # -- positions ----------------------------------------------------------------
+    # One 8-byte access each (word64): the kernel writes data_head while we
+    # read it and reads data_tail while we store it.
+    def _head(self, k: int) -> int:
+        """Ring ``k``'s ``data_head``: where the kernel's records end."""
+        return int(self._heads[k][0])
+
+    def _set_tail(self, k: int, tail: int) -> None:
+        """Give ring ``k``'s records before ``tail`` back to the kernel."""
+        self._tails[k][0] = tail
+
+    # With a fence (weakly ordered machines) these replace the two above.
+    def _head_acquire(self, k: int) -> int:
+        head = int(self._heads[k][0])
+        self._fence()       # type: ignore[misc]
+        return head
+
+    def _set_tail_release(self, k: int, tail: int) -> None:
+        self._fence()       # type: ignore[misc]
+        self._tails[k][0] = tail
+
     def pending_bytes(self) -> int:
         """Bytes written by the kernel and not yet consumed, on all rings."""
         return sum(h[0] - t[0] for h, t in zip(self._heads, self._tails))
@@ -173,10 +205,11 @@ class PerfReader:
         if count < _MIN_RUN:
             return 1
         np = _np()
-        arr = self._arr(k)
-        h = np.ndarray((count,), "<u8", buffer=arr, offset=self._base + pos,
-                       strides=(rsize,)) & np.uint64(_NO_MISC)
-        same = h == np.uint64(hdr & _NO_MISC)
+        h = np.ndarray((count,), "<u8", buffer=self._arr(k), offset=self._base + pos,
+                       strides=(rsize,))
+        if (h == np.uint64(hdr)).all():     # the common case: misc alike too
+            return count
+        same = (h & np.uint64(_NO_MISC)) == np.uint64(hdr & _NO_MISC)
         return count if same.all() else int(same.argmin())
 
     def _arr(self, k: int) -> Any:
@@ -206,12 +239,15 @@ class PerfReader:
         size = self.size
         mask = self._mask
         unpack_u64 = _U64.unpack_from
+        get_head = self._head
+        set_tail = self._set_tail
+        count_box = [0]
         n = 0
         stop = False
-        tail = self._tails[k][0]
+        tail = int(self._tails[k][0])
         try:
             while (limit is None or n < limit) and not self.stop:
-                head = self._heads[k][0]
+                head = get_head(k)
                 if tail >= head:
                     break
                 pos = tail & mask
@@ -228,13 +264,14 @@ class PerfReader:
                         self.other += 1
                     tail += rsize
                     continue
+                fast = None
+                start = 0
                 if pos + rsize > size:
                     # A sample that wraps around the end: reassembled, decoded alone.
                     rec = self._record(ring, pos, rsize)
                     raw = _U32.unpack_from(rec, RECORD_HEADER)[0]
                     recs: Any = iter((self._one(raw)(rec, SAMPLE_HEADER),))
                     run = 1
-                    view = None
                 else:
                     count = min((head - tail) // rsize, (size - pos) // rsize)
                     if limit is not None:
@@ -247,35 +284,21 @@ class PerfReader:
                         first = start + SAMPLE_HEADER
                         recs = map(self._one(raw), repeat(ring, run),
                                    range(first, first + run * rsize, rsize))
-                        view = None
                     else:
-                        view = memoryview(ring)[start:start + run * rsize]
-                        recs = fast[0](fast[1](view))
-                done = 0
+                        recs = None     # the whole run decoded by struct's iter_unpack
                 try:
-                    for rec in recs:
-                        done += 1
-                        r = cb(rec)
-                        if r is None or r is True:
-                            continue
-                        if r is False or (type(r) is int and r < 0):
-                            stop = True
-                            break
-                        if type(r) is not int:
-                            raise _bad_return(r)
+                    stop = deliver_run(cb, recs, count_box, ring, (start, start + run * rsize), fast)
                 finally:
                     # The sample being delivered when the callback raised counts
                     # as consumed: the exception propagates with the tail past it.
+                    done = count_box[0]
                     tail += done * rsize
                     n += done
-                    if view is not None:
-                        del recs        # the iterator holds a buffer export of the view
-                        view.release()  # an exported view would pin the mmap open
                 if stop:
                     break
-                self._tails[k][0] = tail
+                set_tail(k, tail)
         finally:
-            self._tails[k][0] = tail
+            set_tail(k, tail)
             self.delivered += n
         return n, stop
 
@@ -299,12 +322,13 @@ class PerfReader:
         size = self.size
         mask = self._mask
         unpack_u64 = _U64.unpack_from
+        get_head = self._head
         odd = bytearray()
         nodd = 0
         total = 0
-        tail = self._tails[k][0]
+        tail = int(self._tails[k][0])
         while (max_records is None or total < max_records) and not self.stop:
-            head = self._heads[k][0]
+            head = get_head(k)
             if tail >= head:
                 break
             pos = tail & mask
@@ -324,6 +348,8 @@ class PerfReader:
             raw = rsize - SAMPLE_HEADER
             if pos + rsize <= size and raw >= itemsize:
                 count = min((head - tail) // rsize, (size - pos) // rsize)
+                if not copy:
+                    count = min(count, max(2, _CHUNK // rsize))   # views: a piece at a time
                 if max_records is not None:
                     count = min(count, max_records - total)
                 run = self._run_length(k, pos, hdr, count, rsize) if count > 1 else 1
@@ -378,8 +404,8 @@ class PerfReader:
         ring holds anything else (the general path then reads it)."""
         np = _np()
         ring = self._rings[k]
-        tail = self._tails[k][0]
-        head = self._heads[k][0]
+        tail = int(self._tails[k][0])
+        head = self._head(k)
         pos = tail & self._mask
         hdr = _U64.unpack_from(ring, self._base + pos)[0]
         rsize = hdr >> 48
@@ -393,15 +419,33 @@ class PerfReader:
         nbytes = count * rsize
         arr = self._arr(k)
         base = self._base
+        size = self.size
         buf = np.empty(nbytes, np.uint8)
-        first = min(nbytes, self.size - pos)
-        buf[:first] = arr[base + pos:base + pos + first]
-        if first < nbytes:
-            buf[first:] = arr[base:base + nbytes - first]
-        h = np.ndarray((count,), "<u8", buffer=buf, strides=(rsize,)) & np.uint64(_NO_MISC)
-        if not (h == np.uint64(hdr & _NO_MISC)).all():
-            return None
-        self._tails[k][0] = tail + nbytes
+        # Copied and checked a piece at a time, the check reading the copy
+        # while it is cached (no record here can still be in the writing:
+        # data_head is published after the records it covers).
+        want = np.uint64(hdr)
+        step = max(1, _CHUNK // rsize) * rsize
+        alike = True                      # every header equal to the first, misc too
+        for a in range(0, nbytes, step):
+            b = min(a + step, nbytes)
+            lo, hi = pos + a, pos + b     # ring offsets, maybe past the end
+            if hi <= size:
+                buf[a:b] = arr[base + lo:base + hi]
+            elif lo >= size:
+                buf[a:b] = arr[base + lo - size:base + hi - size]
+            else:                         # the piece wraps around the end of the ring
+                m = size - lo
+                buf[a:a + m] = arr[base + lo:base + size]
+                buf[a + m:b] = arr[base:base + hi - size]
+            if alike:
+                alike = bool((np.ndarray(((b - a) // rsize,), "<u8", buffer=buf, offset=a,
+                                         strides=(rsize,)) == want).all())
+        if not alike:                     # misc may differ: compare type and size only
+            h = np.ndarray((count,), "<u8", buffer=buf, strides=(rsize,)) & np.uint64(_NO_MISC)
+            if not (h == np.uint64(hdr & _NO_MISC)).all():
+                return None
+        self._set_tail(k, tail + nbytes)
         self.delivered += count
         return np.ndarray((count,), dt, buffer=buf, offset=SAMPLE_HEADER, strides=(rsize,))
 
@@ -427,7 +471,6 @@ class PerfReader:
                 total += len(fast)
                 if left is not None and len(fast) >= left:
                     break
-            ring = self._rings[k]
             tail = None
             try:
                 for rows, tail in self._chunks(k, dt, None if max_records is None
@@ -438,7 +481,7 @@ class PerfReader:
                         self.delivered += len(rows)
             finally:
                 if tail is not None:
-                    self._tails[k][0] = tail
+                    self._set_tail(k, tail)
         if not chunks:
             return np.empty(0, dt)
         if len(chunks) == 1:
@@ -460,31 +503,15 @@ class PerfReader:
         for k in self._order():
             if self.stop or (max_records is not None and n >= max_records):
                 break
-            ring = self._rings[k]
-            it = self._chunks(k, dt, None if max_records is None else max_records - n, False)
-            stop = False
-            try:
-                for rows, tail in it:
-                    if rows is None:
-                        self._tails[k][0] = tail
-                        break
-                    m = len(rows)
 
-                    def done(tail: int = tail, m: int = m, tw: Any = self._tails[k]) -> None:
-                        tw[0] = tail
-                        self.delivered += m
-                    r = call_with_view(callback, rows, self._arr(k), done)
-                    del rows
-                    n += m
-                    if r is None or r is True:
-                        continue
-                    if r is False or (type(r) is int and r < 0):
-                        stop = True
-                        break
-                    if type(r) is not int:
-                        raise _bad_return(r)
-            finally:
-                it.close()
+            def commit(tail: int, m: int, k: int = k) -> None:
+                self._set_tail(k, tail)
+                self.delivered += m
+            got, stop = deliver_views(
+                callback, self._chunks(k, dt, None if max_records is None else max_records - n,
+                                       False),
+                partial(self._arr, k), commit)
+            n += got
             if stop:
                 break
         return n

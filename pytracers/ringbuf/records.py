@@ -17,8 +17,8 @@ from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Callable, Dict, Generator, List, Optional, Tuple
 
-from ..errors import BadArgumentError, CallbackError
-from ..eventbuf import call_with_view
+from ..errors import BadArgumentError
+from ..eventbuf import deliver_run, deliver_views
 
 if TYPE_CHECKING:
     import numpy
@@ -51,6 +51,10 @@ def word64(buf: Any, offset: int = 0) -> memoryview:
 
 # Below this many records a vectorised header scan costs more than it saves.
 _MIN_RUN = 8
+# Batches go through long runs of records this many bytes at a time: the
+# header check of a piece brings it into the cache (a core's L2 holds it)
+# just before it is copied or handed to the callback.
+_CHUNK = 1 << 21
 
 Decoder = Callable[[Any, int], Any]
 Callback = Callable[[Any], Any]
@@ -63,11 +67,6 @@ def _np() -> Any:
 
 def _stride(length: int) -> int:
     return (length + HEADER_SIZE + 7) & ~7
-
-
-def _bad_return(r: Any) -> CallbackError:
-    return CallbackError(f"ring-buffer callback returned {type(r).__name__}; return None or "
-                         "True to go on, False or a negative int to stop")
 
 
 def _plain(layout: Any) -> bool:
@@ -272,6 +271,7 @@ class RingReader:
         get_prod = self.producer_pos
         fence = self._fence
         n = 0
+        count_box = [0]
         cons = self.consumer_pos()
         prod = cons                         # read the producer position when needed
         try:
@@ -297,8 +297,6 @@ class RingReader:
                 if fence is not None:
                     fence()                 # the headers read before the data they cover
                 start = off + HEADER_SIZE
-                done = 0
-                stop = False
                 fast = self._fast_for(length) if run > 1 else None
                 if fast is None:
                     if dec is None:
@@ -311,32 +309,17 @@ class RingReader:
                     else:
                         one = dec
                     recs = map(one, repeat(data, run), range(start, start + run * stride, stride))
-                    view = None
                 else:
-                    # Decode the whole run with struct's iter_unpack: no Python
-                    # frame per record (plain layouts and bytes records).
-                    view = memoryview(data)[off:off + run * stride]
-                    recs = fast[0](fast[1](view))
+                    recs = None     # the whole run decoded by struct's iter_unpack
                 try:
-                    for rec in recs:
-                        done += 1
-                        r = cb(rec)
-                        if r is None or r is True:
-                            continue
-                        if r is False or (type(r) is int and r < 0):
-                            stop = True
-                            break
-                        if type(r) is not int:
-                            raise _bad_return(r)
+                    stop = deliver_run(cb, recs, count_box, data, (off, off + run * stride), fast)
                 finally:
                     # The record being delivered when the callback raised counts
                     # as consumed: the exception propagates with the position
                     # past it, so the next read does not deliver it again.
+                    done = count_box[0]
                     cons += done * stride
                     n += done
-                    if view is not None:
-                        del recs        # the iterator holds a buffer export of the view
-                        view.release()  # an exported view would pin the mmap open
                 if stop:
                     break
                 self._set_consumer_pos(cons)
@@ -354,21 +337,28 @@ class RingReader:
         return np.dtype(dt)
 
     def _chunks(self, dt: Any, max_records: Optional[int],
-                copy: bool) -> Generator[Tuple[Any, int, int], None, None]:
-        """The records available now, in ring order, as ``(rows, pos,
-        discarded)``: ``rows`` an array of ``dt`` (None for the last item when
-        it holds no rows), ``pos`` the consumer position just past them and
-        ``discarded`` how many discarded records were skipped since the
-        previous item.  The caller moves the consumer position: to ``pos`` of
-        each item once done with its rows.
+                copy: bool) -> Generator[Tuple[Any, int], None, None]:
+        """The records available now, in ring order, as ``(rows, pos)``:
+        ``rows`` an array of ``dt`` (None for the last item when it holds no
+        rows) and ``pos`` the consumer position just past them.  The caller
+        moves the consumer position: to ``pos`` of each item once done with
+        its rows.  Discarded records skipped before ``pos`` are counted in
+        :attr:`discarded` as the item is yielded.
 
-        A run of records whose length is ``dt.itemsize`` is checked with one
-        vectorised pass over the headers (stop at the first BUSY record or
-        one of another length) and becomes one array: a copy out of the ring
-        (``copy``) or a read-only view into it, ``stride`` bytes per row
-        (discarded records in the run force a compacting copy).  Records of
-        any other length are copied one by one (what fits in the dtype,
-        zero-filled) and grouped into one array until the next run."""
+        A run of records whose length is ``dt.itemsize`` is checked with
+        vectorised passes over the headers and becomes one array: a copy out
+        of the ring (``copy``) or read-only views into it, ``stride`` bytes
+        per row.  The common case -- every header equal to the length:
+        complete, not discarded -- goes :data:`_CHUNK` bytes at a time: the
+        headers of a piece are checked, then the piece is copied (into one
+        array for the whole run) or handed over as a view, while the
+        check has just brought it into the cache; a second pass over the
+        whole run would find it evicted.  Otherwise one snapshot of the
+        run's headers finds where it ends (stop at the first BUSY record or
+        one of another length) and masks out discarded records (a
+        compacting copy).  Records of any other length are copied one by
+        one (what fits in the dtype, zero-filled) and grouped into one array
+        until the next run."""
         np = _np()
         itemsize = dt.itemsize
         if max_records is not None and max_records < 0:
@@ -402,39 +392,99 @@ class RingReader:
             if max_records is not None:
                 count = min(count, max_records - total)
             if length == itemsize and count >= 2:
-                hv = np.ndarray((count,), "<u4", buffer=arr, offset=off, strides=(stride,))
-                keep = None
-                if (hv == length).all():     # the common case: all complete, none discarded
-                    run = count
-                else:
-                    h = hv.copy()            # one snapshot for the detailed scan
-                    ok = (h & np.uint32(~DISCARD_BIT & 0xFFFFFFFF)) == length
-                    run = count if ok.all() else int(ok.argmin())
-                    keep = (h[:run] & np.uint32(DISCARD_BIT)) == 0
-                    if keep.all():
-                        keep = None
-                del hv
+                if not copy or length >= 24:
+                    # The common case, a piece at a time (see above).
+                    per = max(2, _CHUNK // stride)
+                    good = 0
+                    dst = None
+                    while good < count and not self.stop:
+                        c = min(per, count - good)
+                        o = off + good * stride
+                        if not (np.ndarray((c,), "<u4", buffer=arr, offset=o,
+                                           strides=(stride,)) == length).all():
+                            break
+                        if fence is not None:
+                            fence()          # the headers read before the data they cover
+                        if nodd:
+                            self.discarded += discarded
+                            discarded = 0
+                            yield np.frombuffer(bytearray(odd), dt), cons
+                            odd.clear()
+                            nodd = 0
+                        if copy:
+                            if dst is None:
+                                dst = np.empty(count * stride, np.uint8)
+                            dst[good * stride:(good + c) * stride] = arr[o:o + c * stride]
+                            good += c
+                        else:
+                            rows = np.ndarray((c,), dt, buffer=arr, offset=o + HEADER_SIZE,
+                                              strides=(stride,))
+                            rows.flags.writeable = False
+                            good += c
+                            total += c
+                            self.discarded += discarded
+                            discarded = 0
+                            yield rows, cons + good * stride
+                            del rows
+                    if good:
+                        cons += good * stride
+                        if copy:
+                            total += good
+                            self.discarded += discarded
+                            discarded = 0
+                            yield np.ndarray((good,), dt, buffer=dst, offset=HEADER_SIZE,
+                                             strides=(stride,)), cons
+                        continue
+                    # the first piece is not all alike: the detailed scan below
+                elif (np.ndarray((count,), "<u4", buffer=arr, offset=off,
+                                 strides=(stride,)) == length).all():
+                    # Small records, all alike: one check, then one gather into
+                    # packed rows (see _copy_rows).
+                    if fence is not None:
+                        fence()
+                    if nodd:
+                        self.discarded += discarded
+                        discarded = 0
+                        yield np.frombuffer(bytearray(odd), dt), cons
+                        odd.clear()
+                        nodd = 0
+                    rows = self._copy_rows(arr, off + HEADER_SIZE, count, stride, length, dt)
+                    cons += count * stride
+                    total += count
+                    self.discarded += discarded
+                    discarded = 0
+                    yield rows, cons
+                    del rows
+                    continue
+                h = np.ndarray((count,), "<u4", buffer=arr, offset=off,
+                               strides=(stride,)).copy()       # one snapshot
+                ok = (h & np.uint32(~DISCARD_BIT & 0xFFFFFFFF)) == length
+                run = count if ok.all() else int(ok.argmin())
+                keep = (h[:run] & np.uint32(DISCARD_BIT)) == 0
                 if fence is not None:
                     fence()                  # the headers read before the data they cover
                 if run:
                     if nodd:
-                        yield np.frombuffer(bytearray(odd), dt), cons, discarded
+                        self.discarded += discarded
+                        discarded = 0
+                        yield np.frombuffer(bytearray(odd), dt), cons
                         odd.clear()
                         nodd = 0
-                        discarded = 0
                     if copy:
                         rows = self._copy_rows(arr, off + HEADER_SIZE, run, stride, length, dt)
                     else:
                         rows = np.ndarray((run,), dt, buffer=arr, offset=off + HEADER_SIZE,
                                           strides=(stride,))
                         rows.flags.writeable = False
-                    if keep is not None:
+                    if not keep.all():
                         rows = rows[keep]
                         discarded += run - len(rows)
                     cons += run * stride
                     total += len(rows)
-                    yield rows, cons, discarded
+                    self.discarded += discarded
                     discarded = 0
+                    yield rows, cons
+                    del rows
                     continue
                 # run == 0: this record is not fixed-size after all -- fall through
             # Slow path: one record.
@@ -451,7 +501,8 @@ class RingReader:
                 nodd += 1
                 total += 1
             cons += stride
-        yield (np.frombuffer(odd, dt) if nodd else None), cons, discarded
+        self.discarded += discarded
+        yield (np.frombuffer(odd, dt) if nodd else None), cons
 
     def read_batch(self, max_records: Optional[int] = None, dtype: Any = None) -> "numpy.ndarray":
         """Every complete record available now (at most ``max_records``) as a
@@ -462,8 +513,7 @@ class RingReader:
         chunks: List[Any] = []
         pos = None
         try:
-            for rows, pos, discarded in self._chunks(dt, max_records, True):
-                self.discarded += discarded
+            for rows, pos in self._chunks(dt, max_records, True):
                 if rows is not None:
                     chunks.append(rows)
                     self.delivered += len(rows)
@@ -479,35 +529,20 @@ class RingReader:
     def consume_views(self, callback: Callable[[Any], Any], max_records: Optional[int] = None,
                       dtype: Any = None) -> int:
         """Zero-copy batches: ``callback(rows)`` for each run of records
-        available now, ``rows`` a read-only numpy view into the ring; the
-        consumer position moves past them when the callback returns (or
-        raises).  See :meth:`RingBuffer.consume_views`."""
+        available now (runs longer than :data:`_CHUNK` bytes come in pieces),
+        ``rows`` a read-only numpy view into the ring; the consumer position
+        moves past them when the callback returns (or raises).  See
+        :meth:`RingBuffer.consume_views`."""
         dt = self._dtype(dtype)
-        n = 0
-        it = self._chunks(dt, max_records, False)
-        try:
-            for rows, pos, discarded in it:
-                self.discarded += discarded
-                if rows is None:
-                    self._set_consumer_pos(pos)
-                    break
-                k = len(rows)
+        return deliver_views(callback, self._chunks(dt, max_records, False),
+                             self._mapping, self._commit)[0]
 
-                def done(pos: int = pos, k: int = k) -> None:
-                    self._set_consumer_pos(pos)
-                    self.delivered += k
-                r = call_with_view(callback, rows, self._arr, done)
-                del rows
-                n += k
-                if r is None or r is True:
-                    continue
-                if r is False or (type(r) is int and r < 0):
-                    break
-                if type(r) is not int:
-                    raise _bad_return(r)
-        finally:
-            it.close()
-        return n
+    def _mapping(self) -> Any:
+        return self._arr
+
+    def _commit(self, pos: int, k: int) -> None:
+        self._set_consumer_pos(pos)
+        self.delivered += k
 
     @staticmethod
     def _copy_rows(arr: Any, start: int, run: int, stride: int, length: int, dt: Any) -> Any:
