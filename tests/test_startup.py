@@ -1,0 +1,106 @@
+"""The start and close paths do only what the first event needs (issue 16).
+
+- a per-event SyscallTracer creates the in-kernel stats map with one entry
+  (SyscallStats sizes it for its counters);
+- libbpf's DEBUG lines are not formatted unless the ``pytracers.libbpf``
+  logger shows DEBUG, and are logged when it does;
+- closing an object detaches its perf-event links together (threads): every
+  link is gone from the kernel after close(), the other children closed too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import pytest
+
+from pytracers import _libbpf, introspect, link as link_mod
+from pytracers.tracers import SyscallStats, SyscallTracer
+
+
+@pytest.mark.kind("tp")
+def test_per_event_tracer_has_a_one_entry_stats_map():
+    """The stats map is SyscallStats' alone: a per-event tracer's is 1 entry
+    (the kernel's own max_entries), SyscallStats' the size it asked for."""
+    with SyscallTracer("getppid", kind="tp", pid=os.getpid()) as t:
+        assert t.object.maps["stats"].max_entries == 1
+        os.getppid()
+        evs = [e for e in t.read(1.0) if e.name == "getppid"]
+        assert len(evs) == 1 and evs[0].ret == os.getppid()
+    with SyscallStats("getppid", kind="tp", pid=os.getpid(), max_keys=2048) as s:
+        assert s.object.maps["stats"].max_entries == 2048
+
+
+class _CountingLibc:
+    """libc with vsnprintf counted: one call per libbpf message formatted."""
+
+    def __init__(self, real):
+        self.real = real
+        self.calls = 0
+
+    def vsnprintf(self, *args):
+        self.calls += 1
+        return self.real.vsnprintf(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+
+@pytest.mark.kind("tp")
+def test_libbpf_debug_lines_are_formatted_only_when_logged(monkeypatch, caplog):
+    """A load prints hundreds of DEBUG lines: with the logger above DEBUG none
+    is formatted; at DEBUG they reach the pytracers.libbpf logger."""
+    counting = _CountingLibc(_libbpf.libc)
+    monkeypatch.setattr(_libbpf, "libc", counting)
+    caplog.set_level(logging.WARNING, logger="pytracers.libbpf")
+    SyscallTracer("getppid", kind="tp", pid=os.getpid()).close()
+    assert counting.calls == 0
+    assert [r for r in caplog.records if r.name == "pytracers.libbpf"] == []
+    caplog.set_level(logging.DEBUG, logger="pytracers.libbpf")
+    SyscallTracer("getppid", kind="tp", pid=os.getpid()).close()
+    debug = [r for r in caplog.records
+             if r.name == "pytracers.libbpf" and r.levelno == logging.DEBUG]
+    assert len(debug) >= 100 and counting.calls >= len(debug)
+    assert any("sc_tp_exit" in r.getMessage() for r in debug)
+
+
+@pytest.mark.kind("tp")
+def test_close_detaches_perf_event_links_together(monkeypatch):
+    """Two syscalls' tracepoint pairs: four perf-event links, closed from
+    threads at once (each bpf_link__destroy runs on its own thread); after
+    close() every link and the ring are closed and no link id is left."""
+    threads = set()
+
+    class Lib:                           # libbpf, with the thread of each destroy noted
+        def __getattr__(self, name):
+            return getattr(_libbpf.lib, name)
+
+        def bpf_link__destroy(self, ptr):
+            threads.add(threading.get_ident())
+            return _libbpf.lib.bpf_link__destroy(ptr)
+    monkeypatch.setattr(link_mod, "lib", Lib())
+    t = SyscallTracer(["getppid", "getpgid"], kind="tp", pid=os.getpid())
+    ids = {introspect.kernel_id(k.fd)[1] for k in t.links}
+    assert len(t.links) == 4 and len(ids) == 4 and ids <= introspect.link_ids()
+    ring = t.ring
+    t.close()
+    assert all(k.closed for k in t.links) and ring.closed
+    assert len(threads) == 4
+    assert introspect.still_present({"links": ids}, timeout=5.0) == {}
+
+
+def test_close_together_leaves_non_links_in_order():
+    """Resources that are not perf-event links close in the order given."""
+    order = []
+
+    class R:
+        closed = False
+
+        def __init__(self, n):
+            self.n = n
+
+        def close(self):
+            order.append(self.n)
+    link_mod.close_together([R(1), R(2), R(3)])
+    assert order == [1, 2, 3]
