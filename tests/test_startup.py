@@ -104,3 +104,27 @@ def test_close_together_leaves_non_links_in_order():
             order.append(self.n)
     link_mod.close_together([R(1), R(2), R(3)])
     assert order == [1, 2, 3]
+
+
+_NO_NUMPY_CHILD = r"""
+import os, sys
+from pytracers.tracers import SyscallTracer
+with SyscallTracer("getppid", kind="tp", pid=os.getpid(), wakeup_bytes=1 << 20) as t:
+    for _ in range(100):
+        os.getppid()
+    evs = [e for e in t.read(1.0) if e.name == "getppid"]
+    print(len(evs), sum(e.ret == os.getppid() for e in evs), "numpy" in sys.modules)
+"""
+
+
+@pytest.mark.kind("tp")
+def test_first_events_are_read_without_importing_numpy():
+    """A tracer's start and a first batch of 100 records (one run in the ring)
+    read every record, exactly, without importing numpy (tens of ms before
+    a CLI's first line)."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", _NO_NUMPY_CHILD], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["100", "100", "False"]
