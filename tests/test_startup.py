@@ -128,3 +128,28 @@ def test_first_events_are_read_without_importing_numpy():
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["100", "100", "False"]
+
+
+_PARSER_CHILD = r"""
+import sys
+from pytracers.cli.entry import COMMANDS, build_parser
+args = build_parser(["trace", "syscall:getpgid", "--json"]).parse_args(
+    ["trace", "syscall:getpgid", "--json"])
+loaded = sorted(m for _c, m in COMMANDS if "pytracers.cli." + m in sys.modules)
+full = build_parser().format_help()
+print(args.command, args.target, args.json, ",".join(loaded),
+      all(c in full for c, _m in COMMANDS), "pytracers.kernel.symbols" in sys.modules)
+"""
+
+
+def test_cli_imports_only_the_named_commands_module():
+    """`pytracers trace ...` builds the trace command alone (its module and
+    the usdt one it uses), parsed as before; with no command named, --help
+    lists every command; neither loads kernel.symbols (dataclasses, inspect)."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", _PARSER_CHILD], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["trace", "syscall:getpgid", "True", "trace,usdt", "True",
+                                  "False"]

@@ -3,16 +3,17 @@
 Each command family lives in its own module (doctor, listing, trace, exec,
 syscalls, agent) with an ``add_command(sub)`` that declares its arguments
 and its ``cmd_*`` function; :func:`build_parser` calls them in the order
-``--help`` lists them.  A new command is a new module and one line here.
+``--help`` lists them.  A new command is a new module and one line in
+COMMANDS.  When the command line names a command, only its module is
+imported (a start cost: each module brings what its command needs).
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from typing import Optional, Sequence
+from importlib import import_module
+from typing import Any, Optional, Sequence
 
-from . import agent, doctor, exec as exec_, listing, profile, syscalls, trace, usdt
 from .options import Parser
 from .output import silence_stdout
 from .status import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, report_error
@@ -27,18 +28,25 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    doctor.add_command(sub)
-    listing.add_command(sub)
-    trace.add_command(sub)
-    exec_.add_command(sub)
-    syscalls.add_command(sub)
-    usdt.add_command(sub)
-    profile.add_command(sub)
-    agent.add_command(sub, argv)
+    named = next((a for a in argv if not a.startswith("-")), None)
+    modules = [m for c, m in COMMANDS if c == named] or list(dict.fromkeys(m for _c, m in COMMANDS))
+    for name in modules:
+        module: Any = import_module(f"{__package__}.{name}")
+        if name == "agent":
+            module.add_command(sub, argv)
+        else:
+            module.add_command(sub)
     return p
 
 
+# command -> the module that declares it, in the order --help lists them
+COMMANDS = (("doctor", "doctor"), ("list", "listing"), ("trace", "trace"), ("exec", "exec"),
+            ("syscalls", "syscalls"), ("python", "usdt"), ("profile", "profile"),
+            ("offcpu", "profile"), ("agent", "agent"))
+
+
 def _configure_logging(debug: bool) -> None:
+    import logging
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(name)s: %(message)s",
                         stream=sys.stderr)
