@@ -153,3 +153,26 @@ def test_cli_imports_only_the_named_commands_module():
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["trace", "syscall:getpgid", "True", "trace,usdt", "True",
                                   "False"]
+
+
+_LOGGING_CHILD = r"""
+import sys
+from pytracers.cli.entry import main
+rc = main(["trace", "syscall:pt_no_such_syscall", "--json"])
+before = "logging" in sys.modules
+import logging
+print(rc, before, logging.getLogger().level, logging.getLogger("pytracers.libbpf").level,
+      len(logging.getLogger().handlers))
+"""
+
+
+def test_cli_configures_logging_only_when_it_is_imported():
+    """Without --debug a command that logs nothing never imports logging; if
+    something imports it later, it is configured as before (root WARNING
+    with one stderr handler, libbpf's messages off)."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", _LOGGING_CHILD], capture_output=True,
+                         text=True, timeout=120)
+    assert res.stdout.split() == ["3", "False", "30", "50", "1"], res.stderr
+    assert "pt_no_such_syscall" in res.stderr

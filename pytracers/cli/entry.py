@@ -46,7 +46,17 @@ COMMANDS = (("doctor", "doctor"), ("list", "listing"), ("trace", "trace"), ("exe
 
 
 def _configure_logging(debug: bool) -> None:
-    import logging
+    if debug or "logging" in sys.modules:
+        _configure(sys.modules.get("logging") or import_module("logging"), debug)
+    else:
+        # Nothing logs above INFO on a command's way unless libbpf warns:
+        # configure logging when (if ever) it is imported, not at every start
+        # (logging brings traceback, tokenize, string: a few ms).
+        if not any(isinstance(f, _ConfigureOnImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _ConfigureOnImport())
+
+
+def _configure(logging: Any, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -54,6 +64,29 @@ def _configure_logging(debug: bool) -> None:
         # libbpf's own messages are folded into the one-line errors (and some,
         # like its "try raising ulimit -l" guess, mislead); --debug shows them.
         logging.getLogger("pytracers.libbpf").setLevel(logging.CRITICAL)
+
+
+class _ConfigureOnImport:
+    """A sys.meta_path finder that finds nothing itself: when ``logging`` is
+    about to be imported it takes itself off the path and has the module
+    configured (as without --debug) as soon as the module has run."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec
+        spec = find_spec(name)
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            _configure(module, False)
+        loader.exec_module = exec_module       # this spec's own loader
+        return spec
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
