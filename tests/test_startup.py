@@ -81,8 +81,11 @@ def test_close_detaches_perf_event_links_together(monkeypatch):
             return _libbpf.lib.bpf_link__destroy(ptr)
     monkeypatch.setattr(link_mod, "lib", Lib())
     t = SyscallTracer(["getppid", "getpgid"], kind="tp", pid=os.getpid())
-    ids = {introspect.kernel_id(k.fd)[1] for k in t.links}
-    assert len(t.links) == 4 and len(ids) == 4 and ids <= introspect.link_ids()
+    # BPF links where the kernel makes perf-event attachments links (5.15+;
+    # before, libbpf's link is the perf event's fd and there is no link id)
+    found = [introspect.kernel_id(k.fd) for k in t.links]
+    ids = {kid[1] for kid in found if kid is not None and kid[0] == "links"}
+    assert len(t.links) == 4 and len(ids) in (0, 4) and ids <= introspect.link_ids()
     ring = t.ring
     t.close()
     assert all(k.closed for k in t.links) and ring.closed
