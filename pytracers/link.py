@@ -162,12 +162,17 @@ def _close_in_threads(slow: List[Any]) -> None:
     def close_share(share: List[Any]) -> None:
         for link in share:
             link.close()      # bpf_link__destroy: cffi lets the GIL go meanwhile
-    threads = [threading.Thread(target=close_share, args=(share,), daemon=True,
-                                name="pytracers-detach") for share in shares[1:]]
-    for t in threads:
-        t.start()
+    started = []
+    for share in shares[1:]:
+        t = threading.Thread(target=close_share, args=(share,), daemon=True,
+                             name="pytracers-detach")
+        try:
+            t.start()
+            started.append(t)
+        except RuntimeError:     # no new threads (interpreter shutting down): in turn
+            close_share(share)
     close_share(shares[0])
-    for t in threads:
+    for t in started:
         t.join()
 
 
