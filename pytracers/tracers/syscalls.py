@@ -117,10 +117,17 @@ def kernel_syscalls() -> Optional[List[str]]:
     (``openat``, ``newstat``...), or None when tracefs has no syscall events."""
     try:
         d = os.path.join(tracefs.root(), "events", "syscalls")
+        if d in _KERNEL_SYSCALLS:    # a kernel's syscalls do not change while it runs
+            return list(_KERNEL_SYSCALLS[d])
         names = os.listdir(d)
     except (TracefsError, OSError):
         return None
-    return sorted(n[len("sys_enter_"):] for n in names if n.startswith("sys_enter_"))
+    found = sorted(n[len("sys_enter_"):] for n in names if n.startswith("sys_enter_"))
+    _KERNEL_SYSCALLS[d] = tuple(found)
+    return found
+
+
+_KERNEL_SYSCALLS: Dict[str, Tuple[str, ...]] = {}
 
 
 def tracepoint_name(name: str) -> str:
