@@ -138,7 +138,7 @@ import sys
 from pytracers.cli.entry import COMMANDS, build_parser
 args = build_parser(["trace", "syscall:getpgid", "--json"]).parse_args(
     ["trace", "syscall:getpgid", "--json"])
-loaded = sorted(m for _c, m in COMMANDS if "pytracers.cli." + m in sys.modules)
+loaded = sorted({m.lstrip(".") for _c, m in COMMANDS if "pytracers.cli" + m in sys.modules})
 full = build_parser().format_help()
 print(args.command, args.target, args.json, ",".join(loaded),
       all(c in full for c, _m in COMMANDS), "pytracers.kernel.symbols" in sys.modules)

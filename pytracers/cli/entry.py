@@ -31,18 +31,18 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     named = next((a for a in argv if not a.startswith("-")), None)
     modules = [m for c, m in COMMANDS if c == named] or list(dict.fromkeys(m for _c, m in COMMANDS))
     for name in modules:
-        module: Any = import_module(f"{__package__}.{name}")
-        if name == "agent":
+        module: Any = import_module(name, __package__)
+        if name == ".agent":
             module.add_command(sub, argv)
         else:
             module.add_command(sub)
     return p
 
 
-# command -> the module that declares it, in the order --help lists them
-COMMANDS = (("doctor", "doctor"), ("list", "listing"), ("trace", "trace"), ("exec", "exec"),
-            ("syscalls", "syscalls"), ("python", "usdt"), ("profile", "profile"),
-            ("offcpu", "profile"), ("agent", "agent"))
+# command -> the module (of this package) that declares it, in --help's order
+COMMANDS = (("doctor", ".doctor"), ("list", ".listing"), ("trace", ".trace"), ("exec", ".exec"),
+            ("syscalls", ".syscalls"), ("python", ".usdt"), ("profile", ".profile"),
+            ("offcpu", ".profile"), ("agent", ".agent"))
 
 
 def _configure_logging(debug: bool) -> None:
@@ -85,7 +85,7 @@ class _ConfigureOnImport:
         def exec_module(module: Any) -> None:
             run(module)
             _configure(module, False)
-        loader.exec_module = exec_module       # this spec's own loader
+        setattr(loader, "exec_module", exec_module)     # this spec's own loader
         return spec
 
 
