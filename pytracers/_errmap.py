@@ -196,7 +196,7 @@ def lsm_refused(program: str, err: int, log: str) -> Optional[PytracersError]:
     return None
 
 
-_BTF_ID_MISSING = re.compile(r"failed to find kernel BTF type ID of '([^']+)'")
+_BTF_ID_MISSING = r"failed to find kernel BTF type ID of '([^']+)'"     # compiled when used
 
 
 def quote(lines: Iterable[str], *needles: str) -> str:
@@ -251,7 +251,7 @@ def load_error(program: str, kind: str, err: int, log: str, libbpf_msg: str = ""
                                         "verifier log, although the process has CAP_BPF and "
                                         "CAP_PERFMON (a security module or kernel policy "
                                         "refuses this program type)", errno=err), program)
-    m = _BTF_ID_MISSING.search(libbpf_msg)
+    m = re.search(_BTF_ID_MISSING, libbpf_msg)
     if m and err in (errno.ESRCH, errno.ENOENT):
         target = target or m.group(1)
     if target and kind in kinds.BTF_TARGET_KINDS + ("lsm", "iter") and \

@@ -424,8 +424,14 @@ if version() < (1, 1):  # pragma: no cover - depends on the machine
 # nothing can have configured a logger, so only a WARNING (shown by logging's
 # last-resort handler, the root logger's default level) can come out.
 _LEVELS = {0: 30, 1: 20, 2: 10}
+LIBBPF_DEBUG = 2
 _tls = threading.local()
 _log: Any = None
+# libbpf's DEBUG lines (~800 per load of the syscall tracer's object) are
+# formatted only when the ``pytracers.libbpf`` logger shows DEBUG (decided at
+# each call_with_log); else the callback returns at once.  Warnings and infos,
+# what an exception quotes, are always kept.
+_debug_wanted = False
 
 
 def _logger() -> Any:
@@ -474,6 +480,8 @@ def _emit(pylevel: int, text: str) -> None:
 
 @ffi.callback("int(int, const char *, void *)")
 def _print_cb(level: int, fmt: Any, ap: Any) -> int:
+    if level == LIBBPF_DEBUG and not _debug_wanted:
+        return 0
     try:
         # one buffer per thread (a load prints hundreds of messages)
         buf = getattr(_tls, "buf", None)
@@ -540,6 +548,8 @@ def call_with_log(fn: Callable[..., Any], *args: Any) -> Tuple[Any, int, LibbpfL
 
     Callers that want the result or an exception use :func:`checked` below,
     which is built on this."""
+    global _debug_wanted
+    _debug_wanted = "logging" in sys.modules and _logger().isEnabledFor(10)
     held = HeldMessages()
     with LibbpfLogCapture() as cap, held:
         ffi.errno = 0

@@ -16,7 +16,7 @@ reference to its parent, so a parent is never collected under a live child.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable, Dict, Optional, TypeVar, cast
+from typing import Any, Callable, Dict, List, Optional, TypeVar, cast
 
 from .errors import ClosedError
 
@@ -60,13 +60,18 @@ class Resource:
             return
         children = getattr(self, "_children", None)
         if children:
-            for child in reversed(list(children.values())):
-                child.close()
+            self._close_children(list(children.values()))
             children.clear()
         fin()
         parent = getattr(self, "_parent", None)
         if parent is not None:
             parent._children.pop(id(self), None)
+
+    def _close_children(self, children: List["Resource"]) -> None:
+        """Close the children, last adopted first (a subclass may close some
+        of them together)."""
+        for child in reversed(children):
+            child.close()
 
     def __enter__(self: _R) -> _R:
         self._check()

@@ -69,11 +69,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from .errors import BadArgumentError, NotSupportedError, TargetNotFoundError
-from .kernel.symbols import function_exists, function_suggestions
 from .kinds import (FENTRY, FEXIT, KPROBE, KPROBE_MULTI, KRETPROBE, RAW_TP, TP, TP_BTF, UPROBE,
                     URETPROBE)
 from .tracers.base import Tracer
-from .tracers.function import FunctionTracer
 from .tracers.syscalls import SyscallTracer, kernel_syscalls, tracepoint_name
 
 if TYPE_CHECKING:
@@ -84,6 +82,28 @@ if TYPE_CHECKING:
 __all__ = ["trace_function", "trace_syscall", "trace_tracepoint", "stable_tracepoints",
            "trace_usdt", "trace_python", "usdt_for_function",
            "FUNCTION_KINDS", "SYSCALL_KINDS", "TRACEPOINT_KINDS"]
+
+
+
+def __getattr__(name: str) -> Any:
+    """``FunctionTracer`` and the kernel-symbol look-ups load on first use:
+    the syscall and tracepoint paths need neither (kernel.symbols brings
+    dataclasses and inspect).  A test may replace them (monkeypatch)."""
+    value: Any
+    if name == "FunctionTracer":
+        from .tracers.function import FunctionTracer as value
+    elif name in ("function_exists", "function_suggestions"):
+        from .kernel import symbols
+        value = getattr(symbols, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _get(name: str) -> Any:
+    return globals()[name] if name in globals() else __getattr__(name)
+
 
 FUNCTION_KINDS = {FENTRY: FENTRY, FEXIT: FENTRY, KPROBE: KPROBE,
                   KRETPROBE: KPROBE, KPROBE_MULTI: KPROBE_MULTI}
@@ -147,6 +167,8 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
     if stable and filters.get("string_arg") is not None:
         raise BadArgumentError("string_arg reads an argument of the function itself; the "
                                "stable=True tracepoints have their own fields")
+    FunctionTracer = _get("FunctionTracer")
+    function_exists = _get("function_exists")
     if stable:
         if kind is not None and kind not in (TP,):
             raise BadArgumentError("stable=True traces a tracepoint; do not also pass "
@@ -194,7 +216,7 @@ def trace_function(name: str, kind: Optional[str] = None, stable: bool = False,
         missing = [e for _k, e in refusals if isinstance(e, TargetNotFoundError)]
         if missing:
             raise missing[-1]
-        raise TargetNotFoundError("kernel function", name, function_suggestions(name),
+        raise TargetNotFoundError("kernel function", name, _get("function_suggestions")(name),
                                   detail="in neither the kernel's BTF nor kallsyms")
     reason = "; ".join(f"{k}: {_short(e)}" for k, e in refusals)
     raise NotSupportedError(f"tracing kernel function {name}", reason,

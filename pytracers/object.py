@@ -522,6 +522,12 @@ class Object(Resource):
             m = lib.bpf_object__next_map(handle.ptr, m)
         self.maps: Mapping[str, Map] = _View("map", maps)
 
+    def _close_children(self, children: Any) -> None:
+        # links first, the perf-event ones together (their detach waits for
+        # RCU grace periods), then the rest, last adopted first
+        from .link import close_together
+        close_together(list(reversed(children)))
+
     @property
     def globals(self) -> Any:
         """The object's global variables, typed, readable and (outside .rodata)

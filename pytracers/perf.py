@@ -16,6 +16,7 @@ from typing import Dict, List, Tuple
 
 from . import kinds
 from ._libbpf import ffi, libc
+from ._shipped import machine
 from .errors import BadArgumentError, NotSupportedError, PermissionDeniedError, errno_name
 
 __all__ = ["EVENTS", "resolve_event", "online_cpus", "open_sampling_event", "has_cpu_pmu"]
@@ -78,10 +79,10 @@ def open_sampling_event(event: str, frequency: int, cpu: int, pid: int = -1) -> 
     event = resolve_event(event)
     if not isinstance(frequency, int) or frequency < 1:
         raise BadArgumentError(f"frequency must be a positive int (Hz), got {frequency!r}")
-    nr = NR_PERF_EVENT_OPEN.get(os.uname().machine)
+    nr = NR_PERF_EVENT_OPEN.get(machine())
     if nr is None:
         raise NotSupportedError(kinds.PERF_EVENT, f"pytracers does not know perf_event_open's "
-                                f"number on {os.uname().machine}")
+                                f"number on {machine()}")
     typ, config = EVENTS[event]
     attr = ffi.new("struct perf_event_attr *")
     attr.type = typ

@@ -10,7 +10,6 @@ declarations (``graph.py``) and event layouts (``layout.py``).
 from __future__ import annotations
 
 import array
-import difflib
 import io
 import operator
 import os
@@ -245,6 +244,7 @@ class Btf:
                 with open(path, "rb") as f:
                     data = f.read()
             except FileNotFoundError:
+                import difflib
                 raise BtfNotFoundError(name, "module",
                                        difflib.get_close_matches(name, cls.module_names(sysfs_dir))
                                        ) from None

@@ -7,7 +7,6 @@ length (:func:`_group_by_len`) per kind between calls.
 """
 from __future__ import annotations
 
-import difflib
 import heapq
 import operator
 from itertools import repeat
@@ -65,6 +64,7 @@ def _close_matches(word: str, names: Sequence[str], n: int, cutoff: float,
         by_len = _group_by_len(names)
     la = len(word)
     drop: Dict[int, None] = {ord(c): None for c in set(word)}
+    import difflib                      # only when suggesting
     sm = difflib.SequenceMatcher()
     sm.set_seq2(word)
     best: List[Tuple[float, str]] = []   # min-heap of (score, name), like nlargest's order

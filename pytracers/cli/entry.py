@@ -3,16 +3,17 @@
 Each command family lives in its own module (doctor, listing, trace, exec,
 syscalls, agent) with an ``add_command(sub)`` that declares its arguments
 and its ``cmd_*`` function; :func:`build_parser` calls them in the order
-``--help`` lists them.  A new command is a new module and one line here.
+``--help`` lists them.  A new command is a new module and one line in
+COMMANDS.  When the command line names a command, only its module is
+imported (a start cost: each module brings what its command needs).
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from typing import Optional, Sequence
+from importlib import import_module
+from typing import Any, Optional, Sequence
 
-from . import agent, doctor, exec as exec_, listing, profile, syscalls, trace, usdt
 from .options import Parser
 from .output import silence_stdout
 from .status import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, report_error
@@ -27,18 +28,35 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    doctor.add_command(sub)
-    listing.add_command(sub)
-    trace.add_command(sub)
-    exec_.add_command(sub)
-    syscalls.add_command(sub)
-    usdt.add_command(sub)
-    profile.add_command(sub)
-    agent.add_command(sub, argv)
+    named = next((a for a in argv if not a.startswith("-")), None)
+    modules = [m for c, m in COMMANDS if c == named] or list(dict.fromkeys(m for _c, m in COMMANDS))
+    for name in modules:
+        module: Any = import_module(name, __package__)
+        if name == ".agent":
+            module.add_command(sub, argv)
+        else:
+            module.add_command(sub)
     return p
 
 
+# command -> the module (of this package) that declares it, in --help's order
+COMMANDS = (("doctor", ".doctor"), ("list", ".listing"), ("trace", ".trace"), ("exec", ".exec"),
+            ("syscalls", ".syscalls"), ("python", ".usdt"), ("profile", ".profile"),
+            ("offcpu", ".profile"), ("agent", ".agent"))
+
+
 def _configure_logging(debug: bool) -> None:
+    if debug or "logging" in sys.modules:
+        _configure(sys.modules.get("logging") or import_module("logging"), debug)
+    else:
+        # Nothing logs above INFO on a command's way unless libbpf warns:
+        # configure logging when (if ever) it is imported, not at every start
+        # (logging brings traceback, tokenize, string: a few ms).
+        if not any(isinstance(f, _ConfigureOnImport) for f in sys.meta_path):
+            sys.meta_path.insert(0, _ConfigureOnImport())
+
+
+def _configure(logging: Any, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -46,6 +64,29 @@ def _configure_logging(debug: bool) -> None:
         # libbpf's own messages are folded into the one-line errors (and some,
         # like its "try raising ulimit -l" guess, mislead); --debug shows them.
         logging.getLogger("pytracers.libbpf").setLevel(logging.CRITICAL)
+
+
+class _ConfigureOnImport:
+    """A sys.meta_path finder that finds nothing itself: when ``logging`` is
+    about to be imported it takes itself off the path and has the module
+    configured (as without --debug) as soon as the module has run."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "logging":
+            return None
+        sys.meta_path.remove(self)
+        from importlib.util import find_spec
+        spec = find_spec(name)
+        loader = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            _configure(module, False)
+        setattr(loader, "exec_module", exec_module)     # this spec's own loader
+        return spec
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -7,7 +7,6 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import errors as E
-from ..kernel.symbols import syscall_function
 from ..kinds import KPROBE_MULTI, TP, TP_BTF, USDT
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
 from .usdt import add_trace_options, trace_usdt_command
@@ -15,6 +14,11 @@ from .options import (ALL_KINDS, SYSCALL_KINDS, USER_KINDS, common, split_names,
                       tracer_options)
 from .output import Clock, Column, Output, args_text, hms, kernel_value, lat_us, note
 from .status import EXIT_NOT_SUPPORTED, EXIT_USAGE, PROG, CliError, cli_words, one_line
+
+def _syscall_function(name: str) -> str:
+    from ..kernel.symbols import syscall_function   # dataclasses, inspect: only here
+    return syscall_function(name)
+
 
 PROCESS_EVENTS = {"sched_process_exec": "exec", "sched_process_fork": "fork",
                   "sched_process_exit": "exit"}
@@ -131,7 +135,8 @@ def _syscall_kind(kind: Optional[str], spec: str) -> Optional[str]:
     if kind is not None and kind not in SYSCALL_KINDS:
         raise CliError(f"syscall target {spec} cannot be traced with {kind}: syscalls are "
                        f"traced with {', '.join(SYSCALL_KINDS)}", EXIT_NOT_SUPPORTED,
-                       f"trace the kernel function instead, e.g. {kind}:{syscall_function('NAME')}")
+                       "trace the kernel function instead, e.g. "
+                       f"{kind}:{_syscall_function('NAME')}")
     return kind
 
 

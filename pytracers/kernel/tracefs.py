@@ -165,7 +165,8 @@ class TraceLine(NamedTuple):
     raw: str
 
 
-_TRACE_LINE = re.compile(
+# compiled on first use (re's cache): a trace_pipe reader's, not every start's
+_TRACE_LINE = (
     r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
     r"(?:(?P<flags>[^\s\d][^\s]*|\d[^\s.:]*\.[^\s]*?[^\d\s.][^\s]*)\s+)?"
     r"(?P<ts>\d+\.\d+):\s+(?P<event>[^:]+):\s?(?P<msg>.*)$")
@@ -183,7 +184,7 @@ def _comm_of(tid: int) -> Optional[str]:
 def parse_trace_line(line: str) -> Optional[TraceLine]:
     """A trace_pipe line as a :class:`TraceLine` (None when it is not one)."""
     text = line.rstrip("\n")
-    m = _TRACE_LINE.match(text)
+    m = re.match(_TRACE_LINE, text)
     if m is None:
         return None
     return TraceLine(m.group("comm"), int(m.group("pid")), int(m.group("cpu")),

@@ -45,16 +45,14 @@ accepted.
 """
 from __future__ import annotations
 
-import difflib
 import os
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Type, Union
+from typing import (Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
+                    Type, Union)
 
 from ..kernel import tracefs
 from ..errors import BadArgumentError, BadTypeError, TargetNotFoundError, TracefsError
 from ..kinds import RAW_TP, TP, TP_BTF
 from .._shipped import arch_name, machine
-from ._arm64_syscalls import ARM64
-from ._x86_64_syscalls import X86_64
 from .base import Tracer, named_tuple
 
 __all__ = ["SyscallTracer", "SyscallStats", "SyscallCounters", "syscall_number",
@@ -72,8 +70,32 @@ MAX_ID = 1024  # size of the object's syscall_ids map
 TP_ALIASES = {"stat": "newstat", "fstat": "newfstat", "lstat": "newlstat", "uname": "newuname",
               "sendfile": "sendfile64", "umount2": "umount"}
 _ABI_OF_TP = {v: k for k, v in TP_ALIASES.items()}
-# os.uname().machine -> its syscall numbers
-SYSCALL_TABLES: Dict[str, Dict[str, int]] = {"x86_64": X86_64, "aarch64": ARM64}
+
+
+class _SyscallTables(Mapping[str, Dict[str, int]]):
+    """os.uname().machine -> its syscall numbers; a table's module is imported
+    when it is first asked for (a start imports only the running machine's)."""
+
+    _MODULES = {"x86_64": ("_x86_64_syscalls", "X86_64"), "aarch64": ("_arm64_syscalls", "ARM64")}
+
+    def __init__(self) -> None:
+        self._loaded: Dict[str, Dict[str, int]] = {}
+
+    def __getitem__(self, machine_name: str) -> Dict[str, int]:
+        if machine_name not in self._loaded:
+            module, name = self._MODULES[machine_name]
+            from importlib import import_module
+            self._loaded[machine_name] = getattr(import_module(f".{module}", __package__), name)
+        return self._loaded[machine_name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._MODULES)
+
+    def __len__(self) -> int:
+        return len(self._MODULES)
+
+
+SYSCALL_TABLES: Mapping[str, Dict[str, int]] = _SyscallTables()
 # this machine's (an architecture without a table has no names: numbers only)
 SYSCALLS: Dict[str, int] = SYSCALL_TABLES.get(machine(), {})
 _NAME_OF_NR = {nr: name for name, nr in SYSCALLS.items()}
@@ -95,10 +117,17 @@ def kernel_syscalls() -> Optional[List[str]]:
     (``openat``, ``newstat``...), or None when tracefs has no syscall events."""
     try:
         d = os.path.join(tracefs.root(), "events", "syscalls")
+        if d in _KERNEL_SYSCALLS:    # a kernel's syscalls do not change while it runs
+            return list(_KERNEL_SYSCALLS[d])
         names = os.listdir(d)
     except (TracefsError, OSError):
         return None
-    return sorted(n[len("sys_enter_"):] for n in names if n.startswith("sys_enter_"))
+    found = sorted(n[len("sys_enter_"):] for n in names if n.startswith("sys_enter_"))
+    _KERNEL_SYSCALLS[d] = tuple(found)
+    return found
+
+
+_KERNEL_SYSCALLS: Dict[str, Tuple[str, ...]] = {}
 
 
 def tracepoint_name(name: str) -> str:
@@ -122,6 +151,7 @@ def syscall_number(name: Union[str, int]) -> int:
     nr = SYSCALLS.get(_abi_name(name))
     if nr is None:
         known = set(SYSCALLS) | set(kernel_syscalls() or ())
+        import difflib
         raise TargetNotFoundError("syscall", name, difflib.get_close_matches(name, known, n=5),
                                   detail=f"{arch_name()} syscall names as in man 2 syscalls, "
                                          "e.g. openat, or a number")
@@ -202,6 +232,7 @@ def resolve(name: Union[str, int], kernel: Optional[List[str]]) -> Tuple[str, in
     abi = syscall_name(nr) if isinstance(name, int) else _abi_name(name)
     tp = tracepoint_name(abi)
     if kernel is not None and tp not in kernel:
+        import difflib
         raise TargetNotFoundError("syscall", abi, difflib.get_close_matches(tp, kernel, n=5),
                                   detail="this kernel has no syscalls:sys_enter_" + tp)
     return abi, nr, tp
@@ -276,6 +307,10 @@ class SyscallTracer(Tracer):
         return f"sc_tp_enter{min(len(params), 6)}"
 
     def _configure(self, open_obj: Any) -> None:
+        # The in-kernel counters are SyscallStats' (it sizes them again): a
+        # per-event tracer's copy is one entry, not 16,384 preallocated per CPU
+        # (creating that map was 17 of the 20 ms of this object's load).
+        open_obj.maps["stats"].max_entries = 1
         if not self.measure_latency:
             open_obj.only(EXIT_ONLY[self.kind])
             if self.kind != TP and self.syscalls:
