@@ -78,6 +78,16 @@ class Output:
         self.header()
         self.stream.write(self._line([cell_text(c.key(item)) for c in self.columns]) + "\n")
 
+    def write_lines(self, data: bytes, rows: int) -> None:
+        """``rows`` JSON lines formatted together (ASCII bytes): one write."""
+        self.rows += rows
+        buf = getattr(self.stream, "buffer", None)
+        if buf is None:
+            self.stream.write(data.decode("ascii"))
+            return
+        self.stream.flush()
+        buf.write(data)
+
     def flush(self) -> None:
         self.stream.flush()
 

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .. import errors as E
 from ..kernel.symbols import syscall_function
 from ..kinds import KPROBE_MULTI, TP, TP_BTF, USDT
-from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
+from .loop import BatchSource, Stopper, TracerSource, need_bpf_privileges, run_events
 from .usdt import add_trace_options, trace_usdt_command
 from .options import (ALL_KINDS, SYSCALL_KINDS, USER_KINDS, common, split_names, subcommand,
                       tracer_options)
@@ -282,12 +282,33 @@ def cmd_trace(args: argparse.Namespace) -> int:
             out.row(d)
 
         ready = f"trace: {prefix}{src.target} with {src.kind}: {cli_words(src.why)}"
+        if args.json and label == "syscall" and not getattr(args, "stack", None):
+            src = _json_batches(src, out, clock.offset_ns, me)
         tick = None
         if target.what == "user_function":
             from .user import watcher
             tick = watcher(src.tracer, stopper.stop)
         return run_events(src, out, stopper, args.duration, on_event, what="trace",
                           ready=ready, tick=tick)
+
+
+def _json_batches(src: TracerSource, out: Output, offset_ns: int, me: int) -> BatchSource:
+    """``trace syscall:... --json``: whole batches of records formatted at
+    once (:mod:`pytracers.cli.jsonbatch`), the same lines as per event."""
+    from .jsonbatch import syscall_formatter
+    tracer = src.tracer
+    fmt = syscall_formatter(tracer, tracer.ring.dtype, "syscall", offset_ns)
+
+    def on_rows(rows: Any) -> None:
+        mine = rows["pid"] == me                     # the CLI itself is never the story
+        if mine.any():
+            rows = rows[~mine]
+        if len(rows):
+            out.write_lines(fmt.format(rows), len(rows))
+
+    batch = BatchSource(tracer, src.target, on_rows)
+    batch.kind, batch.why = src.kind, src.why
+    return batch
 
 
 # ---- any tracepoint: its fields as name=value ---------------------------------------------
