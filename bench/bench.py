@@ -98,8 +98,10 @@ TARGETS = {
 }
 
 import bench_stacks  # noqa: E402  (issue 15's sections)
+import bench_bpftrace  # noqa: E402  (issue 16: side by side with bpftrace)
 
 TARGETS.update(bench_stacks.TARGETS)
+TARGETS.update(bench_bpftrace.TARGETS)
 results: Dict[str, Any] = {"sections": {}, "targets": {}}
 
 
@@ -906,6 +908,11 @@ def _user_section(name: str) -> Callable[[bool], None]:
     return run
 
 
+def _bpftrace_section(quick: bool) -> None:
+    bench_bpftrace.B = sys.modules[__name__]
+    bench_bpftrace.section(quick)
+
+
 SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_cost_section,
             "start": start_section, "maps": maps_section,
             "uprobe": _user_section("uprobe_section"),
@@ -913,7 +920,8 @@ SECTIONS = {"drain": drain_section, "perf": perf_section, "probe-cost": probe_co
             "symbolize": lambda quick: bench_stacks.symbolize_section(quick, target, heading,
                                                                       results),
             "profile": lambda quick: bench_stacks.profile_section(quick, target, heading,
-                                                                  results, BUILD)}
+                                                                  results, BUILD),
+            "bpftrace": _bpftrace_section}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -946,7 +954,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         SECTIONS[s](args.quick)
     if results["targets"]:
         print()
-        print("== targets (issues 6, 13, 14 and 15)")
+        print("== targets (issues 6, 13, 14, 15 and 16)")
         for key, t in results["targets"].items():
             print(f"   {t['what']:<38} {t['goal']:<24} measured {t['measured']:<40} "
                   f"{'MET' if t['met'] else 'NOT MET'}")

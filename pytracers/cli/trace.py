@@ -23,6 +23,11 @@ PROCESS_EVENTS = {"sched_process_exec": "exec", "sched_process_fork": "fork",
 # must not wake it once per event, or tracing e.g. write(2) would feed itself.
 WAKEUP_BYTES = 64 * 1024
 LATENCY = 0.1
+# The ring of a record-per-event trace: 4 MiB (the library's default is
+# 256 KiB) holds ~35,000 syscall records, a second of a 35 K/s storm, so a
+# reader the scheduler leaves waiting for tens of milliseconds on a busy
+# machine loses nothing (bench/run --only bpftrace; BENCHMARKS.md section 8).
+RING_BYTES = 4 << 20
 
 
 def add_command(sub: Any) -> None:
@@ -148,7 +153,7 @@ def _is_syscall(name: str) -> bool:
 
 def open_trace(target: Target, args: argparse.Namespace) -> Tuple[TracerSource, str]:
     """Start the tracer for a target; (source, what to say on stderr about the choice)."""
-    kw = tracer_options(args, wakeup_bytes=WAKEUP_BYTES, latency=LATENCY)
+    kw = tracer_options(args, wakeup_bytes=WAKEUP_BYTES, latency=LATENCY, ring_size=RING_BYTES)
     if getattr(args, "stack", None):
         kw["stack"] = args.stack
     t: Any
