@@ -43,6 +43,9 @@ start       Process start to probe attached, pytracers vs bpftrace on
             the figure is that timestamp minus CLOCK_MONOTONIC taken just
             before the tool's process is spawned.  So it measures start-up
             + compile/load + attach, not how fast the first event is read.
+bpftrace    pytracers beside bpftrace one-liners at equal work on the same
+            loops: per-event printf, count + histogram, uprobe printf; loop +
+            tool CPU, delivered and lost (bench/bench_bpftrace.py).
 maps        Reading a hash map of 100,000 entries with 8-byte keys and values
             (bench/maps.bpf.o, filled with update_batch): Map.lookup_batch()
             into numpy arrays, the same into a dict, and the per-entry path
