@@ -36,9 +36,9 @@ def _json_str(raw: bytes) -> bytes:
 
 
 class _Part:
-    """One piece of every line: ``width(rows)`` bytes per row written into
-    the matrix by ``fill(rows, out)`` (``out`` a (rows, width) uint8 view);
-    bytes left 0 are dropped."""
+    """One piece of every line: ``cells(rows)`` is a (rows, width) uint8
+    array (or one row, broadcast) of its text per row; NUL bytes in it are
+    padding, dropped from the line."""
 
     def cells(self, rows: Any) -> Any:
         raise NotImplementedError
