@@ -86,7 +86,18 @@ class Output:
             self.stream.write(data.decode("ascii"))
             return
         self.stream.flush()
-        buf.write(data)
+        buf.flush()
+        try:
+            fd = buf.fileno()
+        except (AttributeError, OSError, ValueError):      # not a file (io.UnsupportedOperation)
+            buf.write(data)
+            return
+        # os.write, not buf.write: CPython's buffered writer drops the rest of
+        # a large write that a signal (our Ctrl-C handler) interrupts part way
+        # on a pipe; os.write returns the part written and the loop goes on.
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
 
     def flush(self) -> None:
         self.stream.flush()
