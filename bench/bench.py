@@ -49,6 +49,9 @@ start       Process start to probe attached, pytracers (the CLI, `trace
             the figure is that timestamp minus CLOCK_MONOTONIC taken just
             before the tool's process is spawned.  So it measures start-up
             + compile/load + attach, not how fast the first event is read.
+bpftrace    pytracers beside bpftrace one-liners at equal work on the same
+            loops: per-event printf, count + histogram, uprobe printf; loop +
+            tool CPU, delivered and lost (bench/bench_bpftrace.py).
 maps        Reading a hash map of 100,000 entries with 8-byte keys and values
             (bench/maps.bpf.o, filled with update_batch): Map.lookup_batch()
             into numpy arrays, the same into a dict, and the per-entry path
@@ -113,8 +116,10 @@ TARGETS = {
 }
 
 import bench_stacks  # noqa: E402  (issue 15's sections)
+import bench_bpftrace  # noqa: E402  (issue 16: side by side with bpftrace)
 
 TARGETS.update(bench_stacks.TARGETS)
+TARGETS.update(bench_bpftrace.TARGETS)
 results: Dict[str, Any] = {"sections": {}, "targets": {}}
 
 
@@ -1226,6 +1231,11 @@ def ringloss_section(quick: bool) -> None:
                                    sysloop=build("sysloop", optional=True))}
 
 
+def _bpftrace_section(quick: bool) -> None:
+    bench_bpftrace.B = sys.modules[__name__]
+    bench_bpftrace.section(quick)
+
+
 SECTIONS = {"drain": drain_section, "perf": perf_section, "drain-parts": drain_parts_section,
             "probe-cost": probe_cost_section,
             "start": start_section, "maps": maps_section,
@@ -1238,7 +1248,8 @@ SECTIONS = {"drain": drain_section, "perf": perf_section, "drain-parts": drain_p
                                                                   results, BUILD),
             "stack-cost": lambda quick: bench_stacks.stack_cost_section(quick, target, heading,
                                                                         results, BUILD),
-            "ringloss": ringloss_section}
+            "ringloss": ringloss_section,
+            "bpftrace": _bpftrace_section}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -1271,7 +1282,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         SECTIONS[s](args.quick)
     if results["targets"]:
         print()
-        print("== targets (issues 6, 13, 14 and 15)")
+        print("== targets (issues 6, 13, 14, 15 and 16)")
         for key, t in results["targets"].items():
             print(f"   {t['what']:<38} {t['goal']:<24} measured {t['measured']:<40} "
                   f"{'MET' if t['met'] else 'NOT MET'}")

@@ -136,7 +136,8 @@ def test_cli_reports_lost_exactly() -> None:
     import subprocess
     import sys
     import time
-    calls = 30000
+    from pytracers.cli.trace import RING_BYTES
+    calls = 2 * RING_BYTES // 120           # twice what the CLI's ring holds (120-byte records)
     caller = subprocess.Popen([sys.executable, "-c",
                                "import os, sys\nsys.stdin.readline()\n"
                                f"for _ in range({calls}): os.getppid()\n"],

@@ -78,6 +78,27 @@ class Output:
         self.header()
         self.stream.write(self._line([cell_text(c.key(item)) for c in self.columns]) + "\n")
 
+    def write_lines(self, data: bytes, rows: int) -> None:
+        """``rows`` JSON lines formatted together (ASCII bytes): one write."""
+        self.rows += rows
+        buf = getattr(self.stream, "buffer", None)
+        if buf is None:
+            self.stream.write(data.decode("ascii"))
+            return
+        self.stream.flush()
+        buf.flush()
+        try:
+            fd = buf.fileno()
+        except (AttributeError, OSError, ValueError):      # not a file (io.UnsupportedOperation)
+            buf.write(data)
+            return
+        # os.write, not buf.write: CPython's buffered writer drops the rest of
+        # a large write that a signal (our Ctrl-C handler) interrupts part way
+        # on a pipe; os.write returns the part written and the loop goes on.
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
     def flush(self) -> None:
         self.stream.flush()
 

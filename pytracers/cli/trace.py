@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import errors as E
 from ..kinds import KPROBE_MULTI, TP, TP_BTF, USDT
-from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
+from .loop import BatchSource, Stopper, TracerSource, need_bpf_privileges, run_events
 from .usdt import add_trace_options, trace_usdt_command
 from .options import (ALL_KINDS, SYSCALL_KINDS, USER_KINDS, common, split_names, subcommand,
                       tracer_options)
@@ -27,6 +27,11 @@ PROCESS_EVENTS = {"sched_process_exec": "exec", "sched_process_fork": "fork",
 # must not wake it once per event, or tracing e.g. write(2) would feed itself.
 WAKEUP_BYTES = 64 * 1024
 LATENCY = 0.1
+# The ring of a record-per-event trace: 4 MiB (the library's default is
+# 256 KiB) holds ~35,000 syscall records, a second of a 35 K/s storm, so a
+# reader the scheduler leaves waiting for tens of milliseconds on a busy
+# machine loses nothing (bench/run --only bpftrace; BENCHMARKS.md section 8).
+RING_BYTES = 4 << 20
 
 
 def add_command(sub: Any) -> None:
@@ -153,7 +158,7 @@ def _is_syscall(name: str) -> bool:
 
 def open_trace(target: Target, args: argparse.Namespace) -> Tuple[TracerSource, str]:
     """Start the tracer for a target; (source, what to say on stderr about the choice)."""
-    kw = tracer_options(args, wakeup_bytes=WAKEUP_BYTES, latency=LATENCY)
+    kw = tracer_options(args, wakeup_bytes=WAKEUP_BYTES, latency=LATENCY, ring_size=RING_BYTES)
     if getattr(args, "stack", None):
         kw["stack"] = args.stack
     t: Any
@@ -290,12 +295,33 @@ def cmd_trace(args: argparse.Namespace) -> int:
             out.row(d)
 
         ready = f"trace: {prefix}{src.target} with {src.kind}: {cli_words(src.why)}"
+        if args.json and label == "syscall" and not getattr(args, "stack", None):
+            src = _json_batches(src, out, clock.offset_ns, me)
         tick = None
         if target.what == "user_function":
             from .user import watcher
             tick = watcher(src.tracer, stopper.stop)
         return run_events(src, out, stopper, args.duration, on_event, what="trace",
                           ready=ready, tick=tick)
+
+
+def _json_batches(src: TracerSource, out: Output, offset_ns: int, me: int) -> BatchSource:
+    """``trace syscall:... --json``: whole batches of records formatted at
+    once (:mod:`pytracers.cli.jsonbatch`), the same lines as per event."""
+    from .jsonbatch import syscall_formatter
+    tracer = src.tracer
+    fmt = syscall_formatter(tracer, tracer.ring.dtype, "syscall", offset_ns)
+
+    def on_rows(rows: Any) -> None:
+        mine = rows["pid"] == me                     # the CLI itself is never the story
+        if mine.any():
+            rows = rows[~mine]
+        if len(rows):
+            out.write_lines(fmt.format(rows), len(rows))
+
+    batch = BatchSource(tracer, src.target, on_rows)
+    batch.kind, batch.why = src.kind, src.why
+    return batch
 
 
 # ---- any tracepoint: its fields as name=value ---------------------------------------------
