@@ -166,6 +166,15 @@ def test_argument_specs_parse_size_sign_and_location():
     assert a.value(2**64 - 5) == -5 and c.value(0x1_0005) == 5
 
 
+def test_arm64_argument_specs_keep_their_memory_operands_whole():
+    """arm64's notes write a memory operand with a space (bookworm's arm64
+    python3.11: gc__start's one argument is ``-4@[sp, 152]``)."""
+    args = parse_args("-4@[sp, 152] 8@x1 -2@[x19] 8@[x2, -8] 4@5")
+    assert [(a.size, a.signed, a.location) for a in args] == [
+        (4, True, "[sp, 152]"), (8, False, "x1"), (2, True, "[x19]"), (8, False, "[x2, -8]"),
+        (4, False, "5")]
+
+
 @needs_python
 def test_unknown_probe_names_the_close_ones():
     with pytest.raises(TargetNotFoundError) as ei:
