@@ -176,6 +176,11 @@ def suite_command(tests: str, pytest_args: str, own_root: bool = False) -> List[
 
 def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: int) -> Dict[str, Any]:
     from guest import GuestOptions, run_guest
+    if kernel.arch != kernels.ARCH and not args.smp:
+        # at least two: the ring reader's ordering stress
+        # (tests/test_ringbuf_ordering.py) needs a producer and a reader at
+        # once, and on arm64 that is the test that matters
+        smp = max(smp, 2)
     opts = GuestOptions(timeout=args.timeout, memory_mb=args.memory, smp=smp,
                         verbose=args.verbose, prefix=prefix, cmdline_extra=args.append,
                         cpu=args.cpu)
@@ -260,7 +265,8 @@ def parse_args(argv: List[str]):
                    help="kernels to run at once (default 1, env VMTEST_JOBS); each guest "
                         "gets host CPUs / jobs vCPUs")
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
-    p.add_argument("--smp", type=int, default=0, help="guest CPUs (default: host CPUs / jobs)")
+    p.add_argument("--smp", type=int, default=0,
+                   help="guest CPUs (default: host CPUs / jobs, at least 2 for another arch)")
     p.add_argument("--append", default="", help="extra kernel command line")
     p.add_argument("--cpu", default="max", help="qemu CPU model (default max)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
