@@ -132,6 +132,16 @@ def untraceable(kind: str, target: str, err: int) -> NotSupportedError:
                              hint=alternative_hint(kind, "or trace a caller"), errno=err)
 
 
+def no_ftrace_site(function: str) -> bool:
+    """Is ``function`` known to lack an ftrace site (absent from a readable
+    available_filter_functions)?  A trampoline attach to such a function fails
+    with ENOTSUPP on arm64 (6.4+; EBUSY on x86-64), which a kernel without
+    trampolines says of any function.  False when the list cannot be read."""
+    from .kernel.symbols import filter_functions
+    sites = filter_functions()
+    return sites is not None and function not in sites
+
+
 def naming(e: NotSupportedError, program: Optional[str]) -> NotSupportedError:
     """``e`` with the program it is about: ``e.program``, and the message says
     "(program 'x')" before the reason (``e.reason`` itself stays the

@@ -350,6 +350,9 @@ class Program:
         self._refuse_duplicate(self.kind, target)
         ptr, err, cap = _libbpf.call_with_log(lib.bpf_program__attach_trace, self._ptr)
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err in (
+                errno.EOPNOTSUPP, ENOTSUPP) and _errmap.no_ftrace_site(target):
+            raise _errmap.untraceable(self.kind, target, err)
+        if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err in (
                 errno.EPERM, errno.EACCES, errno.EOPNOTSUPP, ENOTSUPP):
             raise _errmap.trampoline_refused(self.kind, err, cap.last_line(), program=self.name)
         if ptr == ffi.NULL and self.kind in kinds.TRAMPOLINE_KINDS and err == errno.EBUSY:

@@ -71,6 +71,12 @@ def profiled(workload):
     return prof, [p.pid for p in procs]
 
 
+def _has_symtab(path):
+    from elftools.elf.elffile import ELFFile
+    with open(path, "rb") as f:
+        return ELFFile(f).get_section_by_name(".symtab") is not None
+
+
 def _of(prof, pid):
     return [s for s in prof.samples if s.pid == pid]
 
@@ -97,7 +103,17 @@ def test_python_loop_top_frames_are_the_interpreters(profiled):
     n = sum(s.count for s in mine)
     assert n >= 5
     known = sum(s.count for s in mine if s.ustack and s.ustack[0].symbol != "[unknown]")
-    assert known >= 0.9 * n, [s.ustack[:2] for s in mine]
+    exe = os.path.realpath(sys.executable)
+    if _has_symtab(exe):
+        assert known >= 0.9 * n, [s.ustack[:2] for s in mine]
+    else:
+        # a stripped interpreter (Debian's: the arm64 guest's python3) names
+        # only its exported functions; its static ones (long_add...) and
+        # libc's are [unknown] -- but still placed in their file -- and the
+        # exported ones dominate
+        unknown = [s.ustack[0] for s in mine if s.ustack[0].symbol == "[unknown]"]
+        assert all(f.module for f in unknown), unknown[:5]
+        assert known >= 0.5 * n, [s.ustack[:2] for s in mine]
     leaves = {s.ustack[0].symbol for s in mine if s.ustack}
     assert "_PyEval_EvalFrameDefault" in leaves or any("PyLong" in x for x in leaves), leaves
 

@@ -39,6 +39,8 @@ BASE_SECTION = ".stapsdt.base"
 _NT_STAPSDT = 3
 _OWNER = b"stapsdt"
 _ARG = re.compile(r"^(?:(-?)(1|2|4|8)@)?(.+)$")
+# one spec: a run of non-blanks, a bracketed operand kept whole
+_SPEC = re.compile(r"(?:[^\s\[]|\[[^\]]*\])+")
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,10 @@ class UsdtProbe:
 
 
 def parse_args(text: str) -> Tuple[UsdtArg, ...]:
-    """The argument specs of a note (``"-4@%edi 8@-16(%rbp)"``)."""
+    """The argument specs of a note (x86-64: ``"-4@%edi 8@-16(%rbp)"``; arm64:
+    ``"-4@x0 8@[sp, 152]"`` -- a memory operand holds a space)."""
     out = []
-    for spec in text.split():
+    for spec in _SPEC.findall(text):
         m = _ARG.match(spec)
         if m is None:   # pragma: no cover - the regex matches any non-empty token
             raise BadArgumentError(f"bad USDT argument spec {spec!r}")

@@ -1,8 +1,8 @@
 """scripts/vmtest: run the test suite (or a command) on Debian kernels under qemu.
 
 Usage:
-    scripts/vmtest [--arch amd64|arm64] [--kernel 5.10|6.1|6.12|latest|all]... [--json FILE]
-                   [--tests PATH] [--pytest-args ARGS] [--timeout SECONDS]
+    scripts/vmtest [--arch amd64|arm64] [--kernel 5.10|6.1|6.12|latest|all|arm64-SERIES]...
+                   [--json FILE] [--tests PATH] [--pytest-args ARGS] [--timeout SECONDS]
                    [--jobs N] [--memory MB] [--smp N] [--offline] [--verbose]
                    [--env NAME=VALUE]... [-- COMMAND...]
     scripts/vmtest --setup [--kernel ...]
@@ -18,7 +18,10 @@ on a root file system of their own (scripts/_vmtest/rootfs.py: Debian's
 python3 and libbpf1 for arm64 and the venv's Python packages as aarch64
 wheels, built once and cached beside the kernels); the repository and the
 kernel's tree are shared into it at their host paths.  The legs are named
-arm64-<series> in the results (PYTRACERS_VM_KERNEL) and the table.
+arm64-<series> in the results (PYTRACERS_VM_KERNEL) and the table, and
+--kernel takes those names too, so one run can mix architectures (CI:
+``--kernel all --kernel arm64-6.1 --kernel arm64-latest --jobs 2``); the
+kernels start in the order given.
 
 Exit status: the command's status for a single kernel (124 on timeout, 125
 if the guest never ran it or died); with several kernels 0 if every run
@@ -39,7 +42,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -158,6 +161,7 @@ def guest_env(series: str, extra: List[str], own_root: bool = False) -> Dict[str
 
 
 GUEST_PYTHON = "/usr/bin/python3"      # in a guest's own root
+CLANG_CACHE = f"/tmp/pytracers-test-clang-{os.getuid()}"   # tests/test_bad_inputs.py's
 
 
 def suite_command(tests: str, pytest_args: str, own_root: bool = False) -> List[str]:
@@ -172,15 +176,27 @@ def suite_command(tests: str, pytest_args: str, own_root: bool = False) -> List[
 
 def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: int) -> Dict[str, Any]:
     from guest import GuestOptions, run_guest
+    if kernel.arch != kernels.ARCH and not args.smp:
+        # at least two: the ring reader's ordering stress
+        # (tests/test_ringbuf_ordering.py) needs a producer and a reader at
+        # once, and on arm64 that is the test that matters
+        smp = max(smp, 2)
     opts = GuestOptions(timeout=args.timeout, memory_mb=args.memory, smp=smp,
                         verbose=args.verbose, prefix=prefix, cmdline_extra=args.append,
                         cpu=args.cpu)
-    own_root = args.root is not None
+    root = args.roots.get(kernel.arch)
+    own_root = root is not None
+    env = guest_env(kernel.label, args.env, own_root)
     if own_root:
-        opts.root = str(args.root)
+        opts.root = str(root)
         opts.shares = {"repo": str(REPO), "kernel": str(kernel.tree)}
+        # BPF objects the host's suite compiled with clang-19 (the same on
+        # every machine; tests/test_bad_inputs.py): that root has no clang-19
+        if os.path.isdir(CLANG_CACHE):
+            opts.shares["clang"] = CLANG_CACHE
+            env["PYTRACERS_TEST_CLANG_CACHE"] = CLANG_CACHE
     log(f"{prefix}booting {kernel.release} ({kernel.label})")
-    res = run_guest(kernel, argv, guest_env(kernel.label, args.env, own_root), str(REPO), opts,
+    res = run_guest(kernel, argv, env, str(REPO), opts,
                     keep_dir=args.keep)
     results = res.results or {}
     run: Dict[str, Any] = {
@@ -236,7 +252,8 @@ def parse_args(argv: List[str]):
                    help="the kernels' architecture (default amd64; arm64 runs under "
                         "qemu-system-aarch64 on a root of its own)")
     p.add_argument("--kernel", action="append", metavar="SERIES",
-                   help="5.10, 6.1, 6.12, latest or all (repeatable; default: all)")
+                   help="5.10, 6.1, 6.12, latest or all, of --arch; arm64-6.1 etc. for "
+                        "another architecture (repeatable; default: all)")
     p.add_argument("--json", metavar="FILE", help="write per-kernel results and the table here")
     p.add_argument("--tests", default=os.environ.get("VMTEST_TESTS", "tests"),
                    help="test path for the default pytest run (default: tests)")
@@ -248,7 +265,8 @@ def parse_args(argv: List[str]):
                    help="kernels to run at once (default 1, env VMTEST_JOBS); each guest "
                         "gets host CPUs / jobs vCPUs")
     p.add_argument("--memory", type=int, default=2048, help="guest memory in MiB (default 2048)")
-    p.add_argument("--smp", type=int, default=0, help="guest CPUs (default: host CPUs / jobs)")
+    p.add_argument("--smp", type=int, default=0,
+                   help="guest CPUs (default: host CPUs / jobs, at least 2 for another arch)")
     p.add_argument("--append", default="", help="extra kernel command line")
     p.add_argument("--cpu", default="max", help="qemu CPU model (default max)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -263,14 +281,18 @@ def parse_args(argv: List[str]):
     p.add_argument("--keep", action="store_true", help="keep the exchange dir (debugging)")
     p.add_argument("-v", "--verbose", action="store_true", help="show boot messages")
     args = p.parse_args(argv)
-    series: List[str] = []
+    # (arch, series) pairs, in the order given
+    legs: List[Tuple[str, str]] = []
     for k in args.kernel or ["all"]:
-        for s in (kernels.ALL_SERIES if k == "all" else [k]):
+        arch, _, name = k.rpartition("-") if k.split("-", 1)[0] in kernels.ARCHES else ("", "", k)
+        arch = arch or args.arch
+        for s in (kernels.ALL_SERIES if name == "all" else [name]):
             if s not in kernels.SERIES:
-                p.error(f"unknown kernel {s!r}; choose from {', '.join(kernels.ALL_SERIES)}, all")
-            if s not in series:
-                series.append(s)
-    args.series = series
+                p.error(f"unknown kernel {k!r}; choose from {', '.join(kernels.ALL_SERIES)}, "
+                        f"all, or ARCH-SERIES ({', '.join(kernels.ARCHES)})")
+            if (arch, s) not in legs:
+                legs.append((arch, s))
+    args.legs = legs
     args.command = command
     # The guest runs from the repository root; a test path that exists from
     # here is made absolute so it means the same there.
@@ -283,7 +305,9 @@ def parse_args(argv: List[str]):
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    ensure_prerequisites(install=True, arch=args.arch)
+    arches = list(dict.fromkeys(arch for arch, _ in args.legs))
+    for arch in arches:
+        ensure_prerequisites(install=True, arch=arch)
 
     # 1. kernels (all before booting any, so fetch problems show up early)
     # (in parallel: each series has its own apt state and lock)
@@ -292,16 +316,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         "VMTEST_INDEX_MAX_AGE", kernels.DEFAULT_INDEX_MAX_AGE))
     fetched: List[kernels.Kernel] = []
     errors: List[str] = []
-    with concurrent.futures.ThreadPoolExecutor(len(args.series)) as fetch_pool:
-        futs = [fetch_pool.submit(kernels.get_kernel, s, args.offline, max_age, args.arch)
-                for s in args.series]
-        args.root = None
-        if args.arch != kernels.ARCH:
-            import rootfs
-            try:
-                args.root = rootfs.get_rootfs(args.arch, args.offline)
-            except kernels.FetchError as err:
-                errors.append(str(err))
+    with concurrent.futures.ThreadPoolExecutor(len(args.legs)) as fetch_pool:
+        futs = [fetch_pool.submit(kernels.get_kernel, s, args.offline, max_age, arch)
+                for arch, s in args.legs]
+        args.roots = {}            # arch -> the root of its guests (another arch's)
+        for arch in arches:
+            if arch != kernels.ARCH:
+                import rootfs
+                try:
+                    args.roots[arch] = rootfs.get_rootfs(arch, args.offline)
+                except kernels.FetchError as err:
+                    errors.append(str(err))
         for fut in futs:
             try:
                 fetched.append(fut.result())
@@ -318,18 +343,23 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     # 2. run
     suite = not args.command
-    argv = (suite_command(args.tests, args.pytest_args, args.root is not None) if suite
-            else args.command)
+
+    def argv_of(k: "kernels.Kernel") -> List[str]:
+        if not suite:
+            return args.command
+        return suite_command(args.tests, args.pytest_args, k.arch in args.roots)
+
     jobs = min(args.jobs, len(fetched))
     smp = args.smp or max(1, (os.cpu_count() or 1) // jobs)
     multi = len(fetched) > 1
     runs: List[Dict[str, Any]] = []
     if jobs == 1:
         for k in fetched:
-            runs.append(run_one(k, argv, args, f"[{k.label}] " if multi else "", smp))
+            runs.append(run_one(k, argv_of(k), args, f"[{k.label}] " if multi else "", smp))
     else:
         with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-            futs = [pool.submit(run_one, k, argv, args, f"[{k.label}] ", smp) for k in fetched]
+            futs = [pool.submit(run_one, k, argv_of(k), args, f"[{k.label}] ", smp)
+                    for k in fetched]
             try:
                 runs = [f.result() for f in futs]
             except BaseException:

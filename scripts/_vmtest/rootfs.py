@@ -4,7 +4,8 @@ An x86-64 guest runs on the host's own root (shared read-only over 9p); an
 arm64 guest needs arm64 binaries, so it gets a root of its own, built once
 and cached beside the kernels (``<cache>/rootfs-<arch>/<key>/root``):
 
-- Debian bookworm's python3, libbpf1, libatomic1 and busybox-static for the
+- Debian bookworm's python3, libbpf1, libatomic1, busybox-static, and gcc,
+  libc6-dev, systemtap-sdt-dev and bpftool (what the suite runs) for the
   architecture, with their dependencies, downloaded by ``debootstrap
   --download-only --variant=minbase`` and unpacked with ``tar -x
   --keep-directory-symlink`` into a merged-/usr tree (``dpkg-deb -x`` would
@@ -40,10 +41,14 @@ from kernels import FetchError, log
 
 SUITE = "bookworm"
 PYTHON = "3.11"                    # bookworm's python3
-DEBS = ["python3", "libbpf1", "libatomic1", "busybox-static"]
+# gcc, libc6-dev, systemtap-sdt-dev: the tests build their target programs
+# (uprobe, USDT, profiler, stack targets) with gcc, in the guest as on the host;
+# bpftool: a test compares the BTF reader with it
+DEBS = ["python3", "libbpf1", "libatomic1", "busybox-static", "gcc", "libc6-dev",
+        "systemtap-sdt-dev", "bpftool"]
 # Python packages of the suite; what they need at run time is added (the
 # requirements in the venv's metadata, followed)
-WHEELS = ["numpy", "cffi", "pyelftools", "pytest"]
+WHEELS = ["numpy", "cffi", "pyelftools", "pytest", "prometheus_client"]   # (the test extra's)
 PLATFORMS = {"arm64": ["manylinux_2_28_aarch64", "manylinux_2_27_aarch64",
                        "manylinux_2_17_aarch64", "manylinux2014_aarch64"]}
 FORMAT = 3                         # bump when the way the root is made changes
