@@ -36,18 +36,11 @@ import pytest
 
 import pytracers
 import pytracers.aio as aio
-from pytracers.errors import (BadArgumentError, BusyError, CallbackError, ClosedError,
-                              NotSupportedError)
+from pytracers.errors import BadArgumentError, BusyError, CallbackError, ClosedError
 from pytracers.perfbuf import PerfBuffer, PerfReader
 from pytracers.ringbuf import RingBuffer
 
-# The reader has no memory barriers for weaker orderings than x86-64's yet:
-# elsewhere (arm64) it refuses to open, which test_refused_where_ordering_is_weaker
-# checks, and the rest cannot run.  Those tests then exercise no probe kind,
-# so they are not counted as raw_tp tests there (a raw_tp skip would read as
-# the kernel lacking raw_tp).
-READER_RUNS = os.uname().machine == "x86_64"
-pytestmark = pytest.mark.kind("raw_tp") if READER_RUNS else []
+pytestmark = pytest.mark.kind("raw_tp")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OBJ = os.path.join(HERE, "objects", "perf_output.bpf.o")
@@ -56,26 +49,6 @@ MAGIC = 0x5A5A5A5A5A5A5A5A
 REC64 = 80                 # record of a 64-byte sample: 8 + 4 + 68 (padded)
 VM = bool(os.environ.get("PYTRACERS_VM_KERNEL"))
 LONG = 60.0 if VM else 10.0
-
-
-@pytest.fixture(autouse=True)
-def _reader_runs_here(request: Any) -> None:
-    if not READER_RUNS and request.node.originalname != "test_refused_where_ordering_is_weaker":
-        pytest.skip(f"the perf-buffer reader refuses {os.uname().machine}: no memory barriers "
-                    "for its weaker ordering yet (pytracers' limit, not the kernel's)")
-
-
-def test_refused_where_ordering_is_weaker(monkeypatch: Any) -> None:
-    """Off x86-64 the reader refuses before opening anything, saying why (on
-    x86-64 the machine's name is faked)."""
-    with load() as obj:
-        if READER_RUNS:
-            real = os.uname()
-            fake = type(real)((real.sysname, real.nodename, real.release, real.version,
-                               "aarch64"))
-            monkeypatch.setattr(os, "uname", lambda: fake)
-        with pytest.raises(NotSupportedError, match="only x86-64 is supported, this is aarch64"):
-            obj.perf_buffer("events")
 
 
 def load(target_pid: int = 0) -> Any:
@@ -776,11 +749,5 @@ def test_stress_producers_on_every_cpu_every_sample_whole():
     assert got[0] == pb.delivered
     accounts = (f"delivered {pb.delivered}, lost {pb.lost}, other records {pb._reader.other}, "
                 f"tried {tried}, refused {refused}")
-    if os.uname().machine == "x86_64":
-        assert pb.delivered == tried - refused and pb.lost == refused, accounts
-    else:
-        # Open (see the perf-buffer arm64 note in CHANGELOG): in one arm64 6.1
-        # guest run, delivered fell 159 short of tried - refused (51,588 of
-        # 51,747) with every sample whole; nothing may be invented or doubled.
-        assert pb.delivered <= tried - refused and pb.delivered + pb.lost <= tried, accounts
+    assert pb.delivered == tried - refused and pb.lost == refused, accounts
     assert got[0] > 1000                        # the reader kept up with a good share
