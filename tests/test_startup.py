@@ -70,14 +70,16 @@ def test_close_detaches_perf_event_links_together(monkeypatch):
     """Two syscalls' tracepoint pairs: four perf-event links, closed from
     threads at once (each bpf_link__destroy runs on its own thread); after
     close() every link and the ring are closed and no link id is left."""
-    threads = set()
+    # the Thread objects themselves, kept alive here: a finished thread's
+    # get_ident() may be reused by the next one (seen on a one-CPU guest)
+    threads = []
 
     class Lib:                           # libbpf, with the thread of each destroy noted
         def __getattr__(self, name):
             return getattr(_libbpf.lib, name)
 
         def bpf_link__destroy(self, ptr):
-            threads.add(threading.get_ident())
+            threads.append(threading.current_thread())
             return _libbpf.lib.bpf_link__destroy(ptr)
     monkeypatch.setattr(link_mod, "lib", Lib())
     t = SyscallTracer(["getppid", "getpgid"], kind="tp", pid=os.getpid())
@@ -89,7 +91,7 @@ def test_close_detaches_perf_event_links_together(monkeypatch):
     ring = t.ring
     t.close()
     assert all(k.closed for k in t.links) and ring.closed
-    assert len(threads) == 4
+    assert len(threads) == 4 and len({id(th) for th in threads}) == 4   # (one is this one)
     assert introspect.still_present({"links": ids}, timeout=5.0) == {}
 
 
