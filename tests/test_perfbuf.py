@@ -693,9 +693,10 @@ def test_stress_producers_on_every_cpu_every_sample_whole():
     older lap's words (what the barriers prevent on arm64: run there by
     scripts/vmtest --arch arm64).  Then every sample is accounted for:
     delivered + lost == tried, lost == refused."""
+    # On one CPU (the x86-64 guests of the matrix) the producer and this
+    # reader take turns: no reads race the writes across CPUs then, but the
+    # wrap-around, overflow and accounting checks below still hold.
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        pytest.skip("one CPU: the producers and the reader cannot run at once")
     seconds = 6.0 if VM else 1.5
     bad: List[int] = []
     got = [0]
