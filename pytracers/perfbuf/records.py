@@ -146,6 +146,14 @@ class PerfReader:
         self._fence()       # type: ignore[misc]
         self._tails[k][0] = tail
 
+    def _count_other(self, ring: Any, pos: int, rtype: int, rsize: int) -> None:
+        """A record that is not a sample: a LOST record's count of samples the
+        kernel dropped goes to :attr:`lost`, anything else to :attr:`other`."""
+        if rtype == LOST:
+            self.lost += _U64.unpack_from(self._record(ring, pos, rsize), 16)[0]
+        else:
+            self.other += 1
+
     def pending_bytes(self) -> int:
         """Bytes written by the kernel and not yet consumed, on all rings."""
         return sum(h[0] - t[0] for h, t in zip(self._heads, self._tails))
@@ -258,10 +266,7 @@ class PerfReader:
                     tail = head
                     break
                 if rtype != SAMPLE:
-                    if rtype == LOST:
-                        self.lost += _U64.unpack_from(self._record(ring, pos, rsize), 16)[0]
-                    else:
-                        self.other += 1
+                    self._count_other(ring, pos, rtype, rsize)
                     tail += rsize
                     continue
                 fast = None
@@ -339,10 +344,7 @@ class PerfReader:
                 tail = head
                 break
             if rtype != SAMPLE:
-                if rtype == LOST:
-                    self.lost += _U64.unpack_from(self._record(ring, pos, rsize), 16)[0]
-                else:
-                    self.other += 1
+                self._count_other(ring, pos, rtype, rsize)
                 tail += rsize
                 continue
             raw = rsize - SAMPLE_HEADER
