@@ -270,6 +270,29 @@ def target(key: str, value: float, ok: bool, shown: str) -> None:
 
 # ---- 1. ring drain ------------------------------------------------------------------------
 
+def _drains(buf: Any) -> Tuple[Callable[[], Tuple[int, int, Any]], ...]:
+    """The three ways sections 1 and 1b drain ``buf`` (a ring or perf buffer),
+    each returning (records, sum of seq, what must live until timed)."""
+    def per_event() -> Tuple[int, int, Any]:
+        acc = [0]
+
+        def cb(rec: Any) -> None:
+            acc[0] += rec.seq
+        return buf.consume(cb), acc[0], None
+
+    def batch() -> Tuple[int, int, Any]:
+        arr = buf.read_batch()
+        return len(arr), int(arr["seq"].sum()), arr
+
+    def views() -> Tuple[int, int, Any]:
+        acc = [0]
+
+        def vcb(rows: Any) -> None:
+            acc[0] += int(rows["seq"].sum())
+        return buf.consume_views(vcb), acc[0], None
+    return per_event, batch, views
+
+
 def drain_section(quick: bool) -> None:
     ring = (2 if quick else 16) << 20
     reps = 5 if quick else 9
@@ -325,23 +348,7 @@ def drain_section(quick: bool) -> None:
                     return n / dt
                 return measure
 
-            def per_event() -> Tuple[int, int, Any]:
-                acc = [0]
-
-                def cb(rec: Any) -> None:
-                    acc[0] += rec.seq
-                return rb.consume(cb), acc[0], None
-
-            def batch() -> Tuple[int, int, Any]:
-                arr = rb.read_batch()
-                return len(arr), int(arr["seq"].sum()), arr
-
-            def views() -> Tuple[int, int, Any]:
-                acc = [0]
-
-                def vcb(rows: Any) -> None:
-                    acc[0] += int(rows["seq"].sum())
-                return rb.consume_views(vcb), acc[0], None
+            per_event, batch, views = _drains(rb)
 
             conditions: Dict[str, Callable[[], float]] = {}
             if c_proc is not None:
@@ -425,23 +432,7 @@ def perf_section(quick: bool) -> None:
                     return n / dt
                 return measure
 
-            def per_event() -> Tuple[int, int, Any]:
-                acc = [0]
-
-                def cb(rec: Any) -> None:
-                    acc[0] += rec.seq
-                return pb.consume(cb), acc[0], None
-
-            def batch() -> Tuple[int, int, Any]:
-                arr = pb.read_batch()
-                return len(arr), int(arr["seq"].sum()), arr
-
-            def views() -> Tuple[int, int, Any]:
-                acc = [0]
-
-                def vcb(rows: Any) -> None:
-                    acc[0] += int(rows["seq"].sum())
-                return pb.consume_views(vcb), acc[0], None
+            per_event, batch, views = _drains(pb)
 
             try:
                 got = alternate(reps, {"c": c_proc.round, "per_event": rate("per-event", per_event),
