@@ -945,18 +945,27 @@ def test_vmlinux_suggest(vmlinux: Btf) -> None:
 
 
 def _bpftool_member_bits_offset(struct_name: str, member: str) -> Tuple[int, int]:
-    """(struct size, member bits_offset) from bpftool's raw dump of vmlinux."""
-    out = subprocess.run(["bpftool", "btf", "dump", "file", VMLINUX, "format", "raw"],
-                         check=True, capture_output=True, text=True).stdout
+    """(struct size, member bits_offset) from bpftool's raw dump of vmlinux,
+    read only as far as the struct (the whole dump of a kernel's BTF is tens
+    of MB of text: most of a minute under qemu)."""
+    p = subprocess.Popen(["bpftool", "btf", "dump", "file", VMLINUX, "format", "raw"],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert p.stdout is not None
     size = None
-    for line in out.splitlines():
-        if line.startswith("["):
-            if size is not None:
-                break
-            if f" STRUCT '{struct_name}' " in line:
-                size = int(line.split("size=")[1].split()[0])
-        elif size is not None and line.strip().startswith(f"'{member}' "):
-            return size, int(line.split("bits_offset=")[1].split()[0])
+    try:
+        for line in p.stdout:
+            if line.startswith("["):
+                if size is not None:
+                    break
+                if f" STRUCT '{struct_name}' " in line:
+                    size = int(line.split("size=")[1].split()[0])
+            elif size is not None and line.strip().startswith(f"'{member}' "):
+                return size, int(line.split("bits_offset=")[1].split()[0])
+    finally:
+        p.stdout.close()
+        if p.poll() is None:
+            p.kill()
+        p.wait()
     raise AssertionError(f"bpftool output has no {struct_name}.{member}")
 
 
