@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .. import errors as E
 from ..kinds import KPROBE_MULTI, TP, TP_BTF, USDT
@@ -296,7 +296,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
         ready = f"trace: {prefix}{src.target} with {src.kind}: {cli_words(src.why)}"
         if args.json and label == "syscall" and not getattr(args, "stack", None):
-            src = _json_batches(src, out, clock.offset_ns, me)
+            src = _json_batches(src, out, clock.offset_ns, me, on_event)
         tick = None
         if target.what == "user_function":
             from .user import watcher
@@ -305,21 +305,25 @@ def cmd_trace(args: argparse.Namespace) -> int:
                           ready=ready, tick=tick)
 
 
-def _json_batches(src: TracerSource, out: Output, offset_ns: int, me: int) -> BatchSource:
+def _json_batches(src: TracerSource, out: Output, offset_ns: int, me: int,
+                  on_event: Callable[[Any], None]) -> BatchSource:
     """``trace syscall:... --json``: whole batches of records formatted at
-    once (:mod:`pytracers.cli.jsonbatch`), the same lines as per event."""
-    from .jsonbatch import syscall_formatter
+    once (:mod:`pytracers.cli.jsonbatch`), the same lines as per event
+    (``on_event``, which also prints the first few, before any backlog)."""
     tracer = src.tracer
-    fmt = syscall_formatter(tracer, tracer.ring.dtype, "syscall", offset_ns)
+    fmt: List[Any] = []                              # made at the first batch (numpy)
 
     def on_rows(rows: Any) -> None:
+        if not fmt:
+            from .jsonbatch import syscall_formatter
+            fmt.append(syscall_formatter(tracer, tracer.ring.dtype, "syscall", offset_ns))
         mine = rows["pid"] == me                     # the CLI itself is never the story
         if mine.any():
             rows = rows[~mine]
         if len(rows):
-            out.write_lines(fmt.format(rows), len(rows))
+            out.write_lines(fmt[0].format(rows), len(rows))
 
-    batch = BatchSource(tracer, src.target, on_rows)
+    batch = BatchSource(tracer, src.target, on_rows, on_event)
     batch.kind, batch.why = src.kind, src.why
     return batch
 
