@@ -125,7 +125,7 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
     ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}
     stacks = read_stacks(obj.maps["stacks"], ids)
     from ..symbolize import Symbolizer    # numpy comes with the first table
-    sym = Symbolizer(processes)
+    sym = Symbolizer(processes, captured=True)       # the counts are final
     samples, short = symbolize_counts(entries, stacks, sym)
     stats: Dict[str, Any] = dict(kernel_stats, **short)
     stats["unknown_frames"] = dict(sym.stats.unknown)

@@ -12,6 +12,7 @@ covers an address, and :attr:`Symbolizer.stats` counts those by reason.
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
 from .frames import UNKNOWN, Frame, Stats
@@ -49,9 +50,14 @@ class Symbolizer:
     the first time one of its addresses is asked for (``refresh(pid)``
     forgets them, e.g. after the process loaded a library)."""
 
-    def __init__(self, processes: Optional[Dict[int, "ProcessSymbols"]] = None) -> None:
+    def __init__(self, processes: Optional[Dict[int, "ProcessSymbols"]] = None, *,
+                 captured: bool = False) -> None:
         """``processes``: mappings already read (pid -> ProcessSymbols), e.g.
-        while a profile ran, for processes that may have exited since."""
+        while a profile ran, for processes that may have exited since.
+        ``captured``: every kernel address this Symbolizer will see was
+        captured before it was made (a finished profile): a kallsyms table
+        read after that already lists every BPF program they can fall in."""
+        self._made = time.monotonic() if captured else None
         self.stats = Stats()
         self._procs: Dict[int, "ProcessSymbols"] = dict(processes or {})
         for ps in self._procs.values():
@@ -62,11 +68,14 @@ class Symbolizer:
     def kernel(self, addrs: Any) -> List[Frame]:
         """Kernel frames.  BPF programs come and go, and their symbols with
         them: the first time a frame falls in a BPF program (module ``bpf``)
-        or on no symbol, kallsyms is read again (once per Symbolizer) and the
+        or on no symbol, kallsyms is read again (once per Symbolizer, and not
+        when its table was read after the addresses were ``captured``) and the
         addresses are looked up in the fresh table."""
         from .kernel import kernel_symbols
         if self._kernel is None:
             self._kernel = kernel_symbols()
+            if self._made is not None and self._kernel.read_at >= self._made:
+                self._fresh = True           # read after the addresses: nothing to reread
         k = self._kernel
         before = k.stats.unknown.get("no symbol", 0)
         frames = k.symbolize(addrs)

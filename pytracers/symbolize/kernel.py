@@ -8,6 +8,7 @@ zero the table is empty and every frame is ``[unknown]`` (the stats say why).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, List, Optional, Sequence
 
 import numpy as np
@@ -38,6 +39,8 @@ class KernelSymbols:
         names: List[str] = []
         mods: List[Optional[str]] = []
         self.restricted = False
+        #: time.monotonic() when the text was read (kernel_symbols sets it)
+        self.read_at = time.monotonic()
         for line in text.splitlines():
             parts = line.split()
             if len(parts) < 3 or parts[1] not in _TEXT:
@@ -124,6 +127,7 @@ def kernel_symbols(refresh: bool = False, path: str = KALLSYMS) -> KernelSymbols
     global _cache
     with _lock:
         if _cache is None or refresh or path != KALLSYMS:
+            read_at = time.monotonic()
             with open(path) as f:
                 text = f.read()
             modules = None
@@ -134,6 +138,7 @@ def kernel_symbols(refresh: bool = False, path: str = KALLSYMS) -> KernelSymbols
                 except OSError:
                     pass
             table = KernelSymbols(text, modules)
+            table.read_at = read_at
             if path != KALLSYMS:
                 return table
             _cache = table
