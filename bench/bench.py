@@ -175,8 +175,9 @@ def machine() -> Dict[str, Any]:
 
 
 def build(name: str, libs: Tuple[str, ...] = (), optional: bool = False) -> Optional[str]:
-    """Compile bench/<name>.c into the build dir (cached by source hash).
-    ``optional``: None without a compiler (the arm64 guest's root has none)."""
+    """Compile bench/<name>.c into the build dir (cached by source hash,
+    flags, compiler and machine: an arm64 guest shares the directory).
+    ``optional``: None where it cannot be built (no compiler, no headers)."""
     src = os.path.join(HERE, f"{name}.c")
     cc = os.environ.get("CC", "gcc")
     if shutil.which(cc) is None:
@@ -188,13 +189,17 @@ def build(name: str, libs: Tuple[str, ...] = (), optional: bool = False) -> Opti
     with open(src, "rb") as f:
         h = hashlib.sha256(f.read() + " ".join(flags + list(libs)).encode())
     ver = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    h.update(ver.encode())
+    h.update(ver.encode() + platform.machine().encode())
     out = os.path.join(BUILD, f"{name}-{h.hexdigest()[:12]}")
     if not os.path.exists(out):
         os.makedirs(BUILD, exist_ok=True)
         tmp = out + f".tmp{os.getpid()}"
         r = subprocess.run([cc, *flags, "-o", tmp, src, *libs], capture_output=True, text=True)
         if r.returncode:
+            if optional:
+                print(f"   (building {name}.c failed: no {name} baseline: "
+                      f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''})")
+                return None
             sys.exit(f"bench/run: building {name}.c failed:\n{r.stderr}")
         os.replace(tmp, out)
     return out

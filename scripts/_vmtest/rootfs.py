@@ -43,9 +43,10 @@ SUITE = "bookworm"
 PYTHON = "3.11"                    # bookworm's python3
 # gcc, libc6-dev, systemtap-sdt-dev: the tests build their target programs
 # (uprobe, USDT, profiler, stack targets) with gcc, in the guest as on the host;
-# bpftool: a test compares the BTF reader with it
+# bpftool: a test compares the BTF reader with it; libbpf-dev: bench/run's
+# libbpf C consumers (the drain baselines) build in the guest as on the host
 DEBS = ["python3", "libbpf1", "libatomic1", "busybox-static", "gcc", "libc6-dev",
-        "systemtap-sdt-dev", "bpftool"]
+        "systemtap-sdt-dev", "bpftool", "libbpf-dev"]
 # Python packages of the suite; what they need at run time is added (the
 # requirements in the venv's metadata, followed)
 WHEELS = ["numpy", "cffi", "pyelftools", "pytest", "prometheus_client"]   # (the test extra's)
