@@ -114,11 +114,21 @@ def test_close_together_leaves_non_links_in_order():
 _NO_NUMPY_CHILD = r"""
 import os, sys
 from pytracers.tracers import SyscallTracer
+ppid = os.getppid()
 with SyscallTracer("getppid", kind="tp", pid=os.getpid(), wakeup_bytes=1 << 20) as t:
     for _ in range(100):
         os.getppid()
     evs = [e for e in t.read(1.0) if e.name == "getppid"]
-    print(len(evs), sum(e.ret == os.getppid() for e in evs), "numpy" in sys.modules)
+    print(len(evs), sum(e.ret == ppid for e in evs), "numpy" in sys.modules)
+    # `trace --json`'s source: its first records go per event, numpy not loaded
+    from pytracers.cli.loop import BatchSource
+    lines = []
+    src = BatchSource(t, "getppid", lambda rows: lines.append("batch"),
+                      lambda rec: lines.append(rec.ret == ppid))
+    for _ in range(3):
+        os.getppid()
+    n = src.poll(5.0, None)
+    print(n, lines.count(True), src.warm, "numpy" in sys.modules)
 """
 
 
@@ -126,13 +136,14 @@ with SyscallTracer("getppid", kind="tp", pid=os.getpid(), wakeup_bytes=1 << 20) 
 def test_first_events_are_read_without_importing_numpy():
     """A tracer's start and a first batch of 100 records (one run in the ring)
     read every record, exactly, without importing numpy (tens of ms before
-    a CLI's first line)."""
+    a CLI's first line); so do `trace --json`'s first records (BatchSource
+    starts per event in a process without numpy)."""
     import subprocess
     import sys
     res = subprocess.run([sys.executable, "-c", _NO_NUMPY_CHILD], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["100", "100", "False"]
+    assert res.stdout.split() == ["100", "100", "False", "3", "3", "True", "False"]
 
 
 _PARSER_CHILD = r"""

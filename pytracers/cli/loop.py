@@ -160,6 +160,7 @@ class BatchSource(TracerSource):
     counts_itself = True
     BATCH = 65536                 # records per callback at most
     WARM_BYTES = 16384            # per event below this backlog, until the first batch
+    WARM_RECORDS = 256            # records per poll while per event
 
     def __init__(self, tracer: Any, target: str, on_rows: Callable[[Any], Any],
                  on_event: Optional[Callable[[Any], Any]] = None) -> None:
@@ -172,7 +173,8 @@ class BatchSource(TracerSource):
         if self.warm:
             if ring.pending_bytes() <= self.WARM_BYTES:
                 assert self.on_event is not None
-                return int(ring.consume(self.on_event))
+                # at most this many: a storm starting meanwhile is the batches' work
+                return int(ring.consume(self.on_event, limit=self.WARM_RECORDS))
             self.warm = False                        # batches from now on
         return int(ring.consume_views(self.on_rows, max_records=self.BATCH))
 
