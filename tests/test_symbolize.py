@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
 import subprocess
+import sys
 import textwrap
 
 import numpy as np
@@ -145,3 +147,134 @@ def test_perf_map_for_anonymous_code():
         assert (fr.symbol, fr.offset, fr.module) == ("py::busy:demo.py", 0x10, path)
     finally:
         os.unlink(path)
+
+
+# ---- the ELF reader against pyelftools ------------------------------------------
+
+def _pyelftools_view(path):
+    """(build id, PT_LOAD segments, {start: (size, name)}) as pyelftools reads
+    ``path`` (its .symtab, else .dynsym, first symbol at each address winning;
+    the debug file's .symtab too where the file has none)."""
+    from elftools.elf.elffile import ELFFile
+    from pytracers.symbolize.elfsyms import DEBUG_ROOT, build_id
+
+    def funcs(elf, names):
+        out = []
+        for n in names:
+            sec = elf.get_section_by_name(n)
+            for s in sec.iter_symbols() if sec is not None else ():
+                if s["st_info"]["type"] in ("STT_FUNC", "STT_LOOS") and s["st_value"] \
+                        and s["st_shndx"] != "SHN_UNDEF":
+                    out.append((s["st_value"], s["st_size"], s.name))
+        return out
+
+    with open(path, "rb") as f:
+        elf = ELFFile(f)
+        bid = build_id(elf)
+        segs = [(s["p_offset"], s["p_filesz"], s["p_vaddr"]) for s in elf.iter_segments()
+                if s["p_type"] == "PT_LOAD"]
+        syms = funcs(elf, [".symtab", ".dynsym"])
+        has_symtab = elf.get_section_by_name(".symtab") is not None
+    dbg = os.path.join(DEBUG_ROOT, bid[:2], bid[2:] + ".debug") if bid else ""
+    if not has_symtab and dbg and os.path.exists(dbg):
+        with open(dbg, "rb") as f:
+            syms += funcs(ELFFile(f), [".symtab"])
+    table = {}
+    for start, size, name in syms:
+        table.setdefault(start, (size, name))
+    return bid, segs, table
+
+
+def _real_libc():
+    for line in open("/proc/self/maps"):
+        path = line.split()[-1]
+        if os.path.basename(path).startswith("libc.so") or os.path.basename(path).startswith("libc-"):
+            return os.path.realpath(path)
+    pytest.skip("this process maps no libc")
+
+
+def _gcc_program(tmp_path):
+    src = tmp_path / "prog.c"
+    src.write_text("static int helper(int x) { return x + 1; }\n"
+                   "int exported(int x) { return helper(x) * 2; }\n"
+                   "int main(int argc, char **argv) { (void)argv; return exported(argc); }\n")
+    exe = tmp_path / "prog"
+    subprocess.run(["gcc", "-O0", "-fPIE", "-pie", "-Wl,--build-id", "-o", str(exe), str(src)],
+                   check=True)
+    return str(exe)
+
+
+@pytest.mark.kernel_independent
+def test_elf_reader_matches_pyelftools(tmp_path):
+    """ElfSymbols reads the ELF headers itself; what it finds (every function
+    symbol's start, size and name, the PT_LOAD segments, the build id) is
+    exactly pyelftools' view of libc, the system Python, this interpreter and a
+    program gcc builds here."""
+    from pytracers.symbolize.elfsyms import ElfSymbols
+    paths = [_real_libc(), os.path.realpath(sys.executable), _gcc_program(tmp_path)]
+    if os.path.exists("/usr/bin/python3.11"):
+        paths.append(os.path.realpath("/usr/bin/python3.11"))
+    for path in paths:
+        bid, segs, ref = _pyelftools_view(path)
+        e = ElfSymbols(path)
+        assert e.build_id == bid and bid and len(bid) == 40, (path, e.build_id, bid)
+        assert e.segments == segs and segs, path
+        mine = {int(s): (int(z), e.name(i)) for i, (s, z) in
+                enumerate(zip(e.table.starts.tolist(), e.table.ends.tolist()))}
+        assert sorted(mine) == sorted(ref), path
+        # the table stores ends (a zero size reaches the next symbol): compare sizes
+        # where pyelftools has one, and names everywhere
+        assert {s: n for s, (_, n) in mine.items()} == {s: n for s, (_, n) in ref.items()}
+        for s, (end, _) in mine.items():
+            if ref[s][0]:
+                assert end - s == ref[s][0], (path, hex(s))
+        assert len(e) == len(ref) > 0
+    prog = ElfSymbols(paths[2])
+    assert {"main", "exported", "helper"} <= {prog.name(i) for i in range(len(prog))}
+
+
+@pytest.mark.kernel_independent
+def test_elf_reader_refuses_damaged_files(tmp_path):
+    """A file that is not a 64-bit ELF, or whose headers point past its end,
+    raises ElfFormatError (a PytracersError, and pyelftools' ELFError as
+    before), never an IndexError or struct.error."""
+    from elftools.common.exceptions import ELFError
+    from pytracers.errors import PytracersError
+    from pytracers.symbolize.elfsyms import ElfFormatError, ElfSymbols
+    data = open(_real_libc(), "rb").read()
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    phoff = struct.unpack_from("<Q", data, 0x20)[0]
+    cases = {
+        "empty": b"", "text": b"#!/bin/sh\necho hi\n" * 4, "ident only": data[:16],
+        "header only": data[:64], "half": data[:len(data) // 2],
+        "no last section header": data[:shoff + 64 * 3],
+        "program headers cut": data[:phoff + 20],
+        "32-bit": data[:4] + b"\x01" + data[5:],
+        "bad byte order": data[:5] + b"\x07" + data[6:],
+        "big-endian claim": data[:5] + b"\x02" + data[6:],
+        "section headers past the end": data[:0x28] + b"\xff" * 8 + data[0x30:],
+        "huge section count": data[:0x3c] + b"\xff\xfe" + data[0x3e:],
+    }
+    for what, blob in cases.items():
+        p = tmp_path / "bad"
+        p.write_bytes(blob)
+        with pytest.raises(ElfFormatError) as ei:
+            ElfSymbols(str(p))
+        assert isinstance(ei.value, PytracersError) and isinstance(ei.value, ELFError), what
+        assert str(p) in str(ei.value), what
+    # truncations, and byte changes in the ELF header and section headers of a
+    # small program: a table or ElfFormatError, nothing else
+    prog = open(_gcc_program(tmp_path), "rb").read()
+    pshoff = struct.unpack_from("<Q", prog, 0x28)[0]
+    p = tmp_path / "mut"
+    blobs = [prog[:n] for n in range(0, len(prog), 241)]
+    blobs += [prog[:i] + bytes([prog[i] ^ 0xFF]) + prog[i + 1:]
+              for i in list(range(64)) + list(range(pshoff, len(prog), 5))]
+    refused = 0
+    for blob in blobs:
+        p.write_bytes(blob)
+        try:
+            ElfSymbols(str(p))
+        except ElfFormatError:
+            refused += 1
+    assert 0 < refused < len(blobs)

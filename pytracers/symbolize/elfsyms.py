@@ -1,29 +1,64 @@
 """One ELF file's function symbols, keyed by build id, for user-space frames.
 
-The section and program headers come from pyelftools; the symbol tables
-themselves (``.symtab``, else ``.dynsym``; both when the first is partial)
-are read as one numpy record array each, so a 40,000-symbol library loads in
-milliseconds.  Where the file carries no ``.symtab`` and a separate debug
-file exists under ``/usr/lib/debug/.build-id/`` its table is used too.
+The file is read directly (no pyelftools: building its section objects parsed
+every section of a library, ``.gnu.hash`` included, for two symbol tables):
+the ELF header, the program headers (``PT_LOAD`` segments), the section
+headers (the ``SHT_NOTE`` sections for the GNU build id, ``SHT_SYMTAB`` and
+``SHT_DYNSYM`` with their string tables), each table read as one numpy record
+array (``.symtab``, else ``.dynsym``; both when the first is partial), so a
+40,000-symbol library loads in about a millisecond.  Where the file carries no
+``.symtab`` and a separate debug file exists under
+``/usr/lib/debug/.build-id/`` its table is used too.  64-bit files of either
+byte order are read; anything else (a 32-bit file, a damaged or truncated
+one) raises :class:`ElfFormatError`.
 """
 from __future__ import annotations
 
 import os
+import struct
 import threading
+from itertools import repeat
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from elftools.common.exceptions import ELFError
 
+from ..user.symbols import ElfReadError
 from .table import SymbolTable
 
-__all__ = ["ElfSymbols", "elf_symbols", "build_id"]
+__all__ = ["ElfSymbols", "elf_symbols", "build_id", "ElfFormatError"]
 
 DEBUG_ROOT = "/usr/lib/debug/.build-id"
+ELF_MAGIC = b"\x7fELF"
+EI_CLASS, EI_DATA, EI_NIDENT = 4, 5, 16
+ELFCLASS64 = 2
+ELFDATA2LSB, ELFDATA2MSB = 1, 2
+EHDR64_SIZE, PHDR64_SIZE, SHDR64_SIZE = 64, 56, 64
+PT_LOAD = 1
+SHT_SYMTAB, SHT_NOTE, SHT_NOBITS, SHT_DYNSYM = 2, 7, 8, 11
+SHN_UNDEF = 0
+PN_XNUM = 0xFFFF
+NT_GNU_BUILD_ID = 3
+NOTE_OWNER_GNU = b"GNU"
+NHDR_SIZE, NOTE_ALIGN = 12, 4
 _STT_FUNC = 2
 _STT_GNU_IFUNC = 10
-_PT_LOAD = 1
+_STT_MASK = 0xF
 _SYM64 = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
                    ("value", "<u8"), ("size", "<u8")])
+# e_type .. e_shstrndx, after e_ident
+_EHDR64 = "HHIQQQIHHHHHH"
+_PHDR64 = np.dtype([("type", "<u4"), ("flags", "<u4"), ("offset", "<u8"), ("vaddr", "<u8"),
+                    ("paddr", "<u8"), ("filesz", "<u8"), ("memsz", "<u8"), ("align", "<u8")])
+_SHDR64 = np.dtype([("name", "<u4"), ("type", "<u4"), ("flags", "<u8"), ("addr", "<u8"),
+                    ("offset", "<u8"), ("size", "<u8"), ("link", "<u4"), ("info", "<u4"),
+                    ("addralign", "<u8"), ("entsize", "<u8")])
+
+
+class ElfFormatError(ElfReadError, ELFError):
+    """A file given to :class:`ElfSymbols` is not a readable 64-bit ELF file
+    (bad magic, another class or byte order, truncated or damaged headers).
+    Also an ``elftools`` ``ELFError``, what was raised before this reader."""
 
 
 def _sym_dtype(elf: Any) -> np.dtype:
@@ -32,7 +67,8 @@ def _sym_dtype(elf: Any) -> np.dtype:
 
 
 def build_id(elf: Any) -> Optional[str]:
-    """The GNU build id (hex) of an open ``ELFFile``, None when it has none."""
+    """The GNU build id (hex) of an open pyelftools ``ELFFile``, None when it
+    has none (:class:`ElfSymbols` reads its own without pyelftools)."""
     for sec in elf.iter_sections():
         if sec["sh_type"] == "SHT_NOTE":
             for note in sec.iter_notes():
@@ -41,11 +77,114 @@ def build_id(elf: Any) -> Optional[str]:
     return None
 
 
+def _round4(n: int) -> int:
+    return (n + NOTE_ALIGN - 1) & ~(NOTE_ALIGN - 1)
+
+
+class _Elf:
+    """The headers of one open 64-bit ELF file, read with ``os.pread``."""
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+        self.file_size = os.fstat(fd).st_size
+        ident = self.read(0, EI_NIDENT, "the ELF identification")
+        if ident[:len(ELF_MAGIC)] != ELF_MAGIC:
+            raise self.bad("not an ELF file (magic number does not match)")
+        if ident[EI_CLASS] != ELFCLASS64:
+            raise self.bad(f"ELF class {ident[EI_CLASS]} is not ELFCLASS64")
+        if ident[EI_DATA] not in (ELFDATA2LSB, ELFDATA2MSB):
+            raise self.bad(f"ELF data encoding {ident[EI_DATA]} is neither LSB nor MSB")
+        self.little_endian = ident[EI_DATA] == ELFDATA2LSB
+        self.order = "<" if self.little_endian else ">"
+        (_, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _) = \
+            struct.unpack(self.order + _EHDR64, self.read(EI_NIDENT, EHDR64_SIZE - EI_NIDENT,
+                                                          "the ELF header"))
+        self.shdrs = np.zeros(0, self.dtype(_SHDR64))
+        if shoff:
+            if shentsize != SHDR64_SIZE:
+                raise self.bad(f"section header size {shentsize}, not {SHDR64_SIZE}")
+            first = self.array(shoff, 1, _SHDR64, "section header 0")
+            if shnum == 0:                       # extended numbering: the count is in 0
+                shnum = int(first["size"][0])
+            if phnum == PN_XNUM:
+                phnum = int(first["info"][0])
+            self.shdrs = self.array(shoff, shnum, _SHDR64, "the section headers")
+        self.phdrs = np.zeros(0, self.dtype(_PHDR64))
+        if phoff and phnum:
+            if phentsize != PHDR64_SIZE:
+                raise self.bad(f"program header size {phentsize}, not {PHDR64_SIZE}")
+            self.phdrs = self.array(phoff, phnum, _PHDR64, "the program headers")
+
+    def bad(self, problem: str) -> ElfFormatError:
+        return ElfFormatError(f"{self.path}: {problem}")
+
+    def dtype(self, dt: np.dtype) -> np.dtype:
+        return dt if self.little_endian else dt.newbyteorder(">")
+
+    def read(self, offset: int, size: int, what: str) -> bytes:
+        """``size`` bytes at ``offset``; a range past the end is an error."""
+        if offset < 0 or size < 0 or offset + size > self.file_size:
+            raise self.bad(f"{what} ({size} bytes at {offset:#x}) past the end of the "
+                           f"file ({self.file_size} bytes)")
+        data = os.pread(self.fd, size, offset) if size else b""
+        if len(data) != size:
+            raise self.bad(f"{what}: short read ({len(data)} of {size} bytes at {offset:#x})")
+        return data
+
+    def array(self, offset: int, count: int, dt: np.dtype, what: str) -> np.ndarray:
+        dt = self.dtype(dt)
+        return np.frombuffer(self.read(offset, count * dt.itemsize, what), dtype=dt)
+
+    def section(self, i: int) -> Tuple[int, int, int, int]:
+        """(type, offset, size, link) of section ``i``."""
+        if not 0 <= i < len(self.shdrs):
+            raise self.bad(f"section index {i} out of range ({len(self.shdrs)} sections)")
+        sh = self.shdrs[i]
+        return int(sh["type"]), int(sh["offset"]), int(sh["size"]), int(sh["link"])
+
+    def section_data(self, i: int) -> bytes:
+        kind, offset, size, _ = self.section(i)
+        if kind == SHT_NOBITS:
+            return b""
+        return self.read(offset, size, f"section {i}")
+
+    def first_of_type(self, kind: int) -> Optional[int]:
+        hits = np.flatnonzero(self.shdrs["type"] == kind)
+        return int(hits[0]) if len(hits) else None
+
+    def build_id(self) -> Optional[str]:
+        """The GNU build id in the first ``SHT_NOTE`` section holding one."""
+        for i in np.flatnonzero(self.shdrs["type"] == SHT_NOTE).tolist():
+            data = self.section_data(i)
+            pos = 0
+            while pos + NHDR_SIZE < len(data):
+                namesz, descsz, ntype = struct.unpack_from(self.order + "III", data, pos)
+                pos += NHDR_SIZE
+                name = data[pos:pos + namesz].split(b"\0", 1)[0]
+                pos += _round4(namesz)
+                if pos + descsz > len(data):
+                    raise self.bad(f"note in section {i} runs past its end")
+                desc = data[pos:pos + descsz]
+                pos += _round4(descsz)
+                if ntype == NT_GNU_BUILD_ID and name == NOTE_OWNER_GNU:
+                    return desc.hex()
+        return None
+
+
+def _open(path: str) -> Tuple[int, _Elf]:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return fd, _Elf(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 class ElfSymbols:
     """The function symbols of one ELF file and its loadable segments."""
 
     def __init__(self, path: str) -> None:
-        from elftools.elf.elffile import ELFFile
         self.path = path
         self.build_id: Optional[str] = None
         self.segments: List[Tuple[int, int, int]] = []   # (p_offset, p_filesz, p_vaddr)
@@ -53,24 +192,28 @@ class ElfSymbols:
         starts: List[np.ndarray] = []
         sizes: List[np.ndarray] = []
         names: List[Tuple[int, int]] = []                # (strtab index, name offset)
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            self.build_id = build_id(elf)
-            for seg in elf.iter_segments():
-                if seg["p_type"] == "PT_LOAD":
-                    self.segments.append((seg["p_offset"], seg["p_filesz"], seg["p_vaddr"]))
-            tables = [elf.get_section_by_name(".symtab"), elf.get_section_by_name(".dynsym")]
+        fd, elf = _open(path)
+        try:
+            self.build_id = elf.build_id()
+            load = elf.phdrs[elf.phdrs["type"] == PT_LOAD]
+            self.segments = list(zip(load["offset"].tolist(), load["filesz"].tolist(),
+                                     load["vaddr"].tolist()))
+            tables = [elf.first_of_type(SHT_SYMTAB), elf.first_of_type(SHT_DYNSYM)]
             has_symtab = tables[0] is not None
-            self._read(f, elf, [t for t in tables if t is not None], starts, sizes, names)
+            self._read(elf, [t for t in tables if t is not None], starts, sizes, names)
+        finally:
+            os.close(fd)
         if not has_symtab and self.build_id:
             dbg = os.path.join(DEBUG_ROOT, self.build_id[:2], self.build_id[2:] + ".debug")
             if os.path.exists(dbg):
-                with open(dbg, "rb") as f:
-                    elf = ELFFile(f)
-                    sec = elf.get_section_by_name(".symtab")
+                fd, elf = _open(dbg)
+                try:
+                    sec = elf.first_of_type(SHT_SYMTAB)
                     if sec is not None:
-                        self._read(f, elf, [sec], starts, sizes, names)
+                        self._read(elf, [sec], starts, sizes, names)
                         self.debug_file = dbg
+                finally:
+                    os.close(fd)
         if starts:
             st = np.concatenate(starts)
             sz = np.concatenate(sizes)
@@ -81,23 +224,24 @@ class ElfSymbols:
         st, first = np.unique(st, return_index=True)
         self.table = SymbolTable(st, [names[i] for i in first.tolist()], sz[first])
 
-    def _read(self, f: Any, elf: Any, secs: Sequence[Any],
+    def _read(self, elf: _Elf, secs: Sequence[int],
               starts: List[np.ndarray], sizes: List[np.ndarray],
               names: List[Tuple[int, int]]) -> None:
         dt = _sym_dtype(elf)
         for sec in secs:
-            strtab = elf.get_section(sec["sh_link"])
-            raw = sec.data()
+            link = elf.section(sec)[3]
+            raw = elf.section_data(sec)
             syms = np.frombuffer(raw, dtype=dt, count=len(raw) // dt.itemsize)
-            kind = syms["info"] & 0xF
+            kind = syms["info"] & _STT_MASK
             keep = ((kind == _STT_FUNC) | (kind == _STT_GNU_IFUNC)) & (syms["value"] != 0) \
-                & (syms["shndx"] != 0)
+                & (syms["shndx"] != SHN_UNDEF)
             sel = syms[keep]
             ti = len(self.strtabs)
-            self.strtabs.append(strtab.data())
+            self.strtabs.append(elf.section_data(link))
             starts.append(sel["value"].astype(np.uint64))
             sizes.append(sel["size"].astype(np.uint64))
-            names.extend((ti, int(o)) for o in sel["name"].tolist())
+            offs = sel["name"].tolist()
+            names.extend(zip(repeat(ti, len(offs)), offs))
 
     def __len__(self) -> int:
         return len(self.table)
