@@ -58,11 +58,12 @@ def _parse_fixed(text: str) -> "Optional[tuple[np.ndarray, List[str], List[Optio
     if len(raw) != len(text) or not raw.endswith(b"\n"):
         return None
     buf = np.frombuffer(raw, np.uint8)
-    ends = np.flatnonzero(buf == NEWLINE)
+    ends = np.flatnonzero(buf == NEWLINE)         # not empty: the text ends with one
     begins = np.empty_like(ends)
     begins[0] = 0
     begins[1:] = ends[:-1] + 1
-    if len(ends) == 0 or int((ends - begins).min()) < ADDR_DIGITS + 4 or \
+    lengths: Any = ends - begins
+    if int(lengths.min()) < ADDR_DIGITS + 4 or \
             (buf[begins + ADDR_DIGITS] != SPACE).any() or \
             (buf[begins + ADDR_DIGITS + 2] != SPACE).any():
         return None
