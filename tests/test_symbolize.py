@@ -156,7 +156,15 @@ def _pyelftools_view(path):
     ``path`` (its .symtab, else .dynsym, first symbol at each address winning;
     the debug file's .symtab too where the file has none)."""
     from elftools.elf.elffile import ELFFile
-    from pytracers.symbolize.elfsyms import DEBUG_ROOT, build_id
+    from pytracers.symbolize.elfsyms import DEBUG_ROOT
+
+    def build_id(elf):
+        for sec in elf.iter_sections():
+            if sec["sh_type"] == "SHT_NOTE":
+                for note in sec.iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        return str(note["n_desc"])
+        return None
 
     def funcs(elf, names):
         out = []

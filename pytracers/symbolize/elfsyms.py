@@ -18,7 +18,7 @@ import os
 import struct
 import threading
 from itertools import repeat
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from elftools.common.exceptions import ELFError
@@ -26,7 +26,7 @@ from elftools.common.exceptions import ELFError
 from ..user.symbols import ElfReadError
 from .table import SymbolTable
 
-__all__ = ["ElfSymbols", "elf_symbols", "build_id", "ElfFormatError"]
+__all__ = ["ElfSymbols", "elf_symbols", "ElfFormatError"]
 
 DEBUG_ROOT = "/usr/lib/debug/.build-id"
 ELF_MAGIC = b"\x7fELF"
@@ -59,22 +59,6 @@ class ElfFormatError(ElfReadError, ELFError):
     """A file given to :class:`ElfSymbols` is not a readable 64-bit ELF file
     (bad magic, another class or byte order, truncated or damaged headers).
     Also an ``elftools`` ``ELFError``, what was raised before this reader."""
-
-
-def _sym_dtype(elf: Any) -> np.dtype:
-    little = getattr(elf, "little_endian", True)
-    return _SYM64 if little else _SYM64.newbyteorder(">")
-
-
-def build_id(elf: Any) -> Optional[str]:
-    """The GNU build id (hex) of an open pyelftools ``ELFFile``, None when it
-    has none (:class:`ElfSymbols` reads its own without pyelftools)."""
-    for sec in elf.iter_sections():
-        if sec["sh_type"] == "SHT_NOTE":
-            for note in sec.iter_notes():
-                if note["n_type"] == "NT_GNU_BUILD_ID":
-                    return str(note["n_desc"])
-    return None
 
 
 def _round4(n: int) -> int:
@@ -227,7 +211,7 @@ class ElfSymbols:
     def _read(self, elf: _Elf, secs: Sequence[int],
               starts: List[np.ndarray], sizes: List[np.ndarray],
               names: List[Tuple[int, int]]) -> None:
-        dt = _sym_dtype(elf)
+        dt = elf.dtype(_SYM64)
         for sec in secs:
             link = elf.section(sec)[3]
             raw = elf.section_data(sec)
