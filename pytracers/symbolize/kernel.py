@@ -105,14 +105,16 @@ def _parse_fixed(text: str) -> "Optional[tuple[np.ndarray, List[str], List[Optio
 class KernelSymbols:
     """The kernel's text symbols; :meth:`symbolize` turns addresses into frames."""
 
-    def __init__(self, text: str, modules: Optional[str] = None) -> None:
+    def __init__(self, text: str, modules: Optional[str] = None,
+                 read_at: Optional[float] = None) -> None:
         """``text``: kallsyms' lines; ``modules``: /proc/modules' lines (each
         module's load address and size end its last symbol, so an address in
         memory no symbol covers -- a BPF program the kernel does not list --
-        is not taken for the preceding module's last function)."""
+        is not taken for the preceding module's last function); ``read_at``:
+        the ``time.monotonic()`` before the text was read."""
         self.restricted = False
-        #: time.monotonic() when the text was read (kernel_symbols sets it)
-        self.read_at = time.monotonic()
+        #: time.monotonic() when the text was read (default: now)
+        self.read_at = time.monotonic() if read_at is None else read_at
         parsed = _parse_fixed(text)
         if parsed is None:
             parsed = _parse_any(text)
@@ -207,8 +209,7 @@ def kernel_symbols(refresh: bool = False, path: str = KALLSYMS) -> KernelSymbols
                         modules = f.read()
                 except OSError:
                     pass
-            table = KernelSymbols(text, modules)
-            table.read_at = read_at
+            table = KernelSymbols(text, modules, read_at)
             if path != KALLSYMS:
                 return table
             _cache = table
