@@ -81,6 +81,111 @@ def test_kallsyms_parse_matches_a_line_by_line_reading(source):
         assert len(k) > 0
 
 
+def _few_and_bulk(symbolize, addrs):
+    """Frames for ``addrs`` asked for a few at a time (bisect, no numpy) and
+    all at once (numpy, BULK or more)."""
+    from pytracers.symbolize.table import BULK
+    assert len(addrs) >= BULK
+    few = []
+    for i in range(0, len(addrs), 100):
+        few += symbolize(addrs[i:i + 100])
+    return few, symbolize(addrs)
+
+
+def test_kallsyms_few_and_bulk_lookups_agree_on_the_running_kernel():
+    """A few kernel addresses are found by bisecting kallsyms' sorted lines
+    (only the lines found are parsed), many through numpy arrays parsed from
+    the same lines: the same frames and the same counts for symbol starts,
+    addresses inside and past symbols, the padding before functions, module
+    symbols and addresses nothing covers."""
+    import random
+    from pytracers.symbolize.table import BULK
+    with open("/proc/kallsyms", "rb") as f:
+        raw = f.read()
+    try:
+        with open("/proc/modules") as f:
+            mods = f.read()
+    except FileNotFoundError:         # a kernel without loadable modules
+        mods = None
+    few_k, bulk_k = KernelSymbols(raw, mods), KernelSymbols(raw, mods)
+    lines = [ln for ln in raw.split(b"\n") if len(ln.split()) >= 3]
+    rng = random.Random(15)
+    addrs = [0, 1, (1 << 64) - 1]
+    for ln in rng.sample(lines, 1500) + [ln for ln in lines if b"\t[" in ln][:300] + \
+            [ln for ln in lines if b"__pfx_" in ln][:100]:
+        a = int(ln.split()[0], 16)
+        addrs += [a, a + 1, max(a - 1, 0), a + rng.randrange(1 << 16)]
+    few = []
+    for i in range(0, len(addrs), 100):      # a few at a time: bisect
+        few += few_k.symbolize(addrs[i:i + 100])
+    bulk = bulk_k.symbolize(addrs)           # all at once: numpy
+    assert len(addrs) >= BULK
+    assert few == bulk
+    assert few_k.stats.unknown == bulk_k.stats.unknown
+    assert few_k.stats.addresses == bulk_k.stats.addresses == len(addrs)
+    if not few_k.restricted:
+        known = [f for f in few if f.symbol != UNKNOWN]
+        assert len(known) > len(addrs) // 2
+        assert any(f.module for f in known) == any(b"\t[" in ln for ln in lines)
+        assert not any(f.symbol.startswith(("__pfx_", "__cfi_")) for f in known)
+
+
+@pytest.mark.parametrize("width", [16, 8])
+def test_kallsyms_few_lookups_by_the_lines(width):
+    """The bisected lines: of several symbols at one address the last line
+    in sorted order (type letter, then name: ``t foo`` after ``T foo_alias``), the
+    padding before a function left to the function before it, a module's last
+    symbol ending with the module (/proc/modules), the table's last symbol
+    4 KiB long, addresses before the first symbol, zero (hidden) addresses
+    never matched -- the same as the bulk table for each."""
+    def h(a):
+        return f"{a:0{width}x}"
+    base = 0x81000000 if width == 8 else 0xffffffff81000000
+    mod = base + 0x40000000
+    text = (f"{h(0)} t hidden\n{h(base)} T _stext\n{h(base + 0x100)} t __pfx_foo\n"
+            f"{h(base + 0x110)} t foo\n{h(base + 0x110)} T foo_alias\n"
+            f"{h(base + 0x200)} D some_data\n{h(base + 0x300)} W weak\n"
+            f"{h(mod)} t mod_fn\t[mymod]\n{h(mod + 0x80)} t mod_last\t[mymod]\n"
+            f"{h(mod + 0x10000)} T after_module\n")
+    modules = f"mymod 4096 0 - Live 0x{mod:x}\n"
+    probe = [base - 1, base, base + 0x105, base + 0x110, base + 0x115, base + 0x2ff,
+             mod + 0x90, mod + 0xfff, mod + 0x1000, mod + 0x10000 + 4095,
+             mod + 0x10000 + 4096, 0]
+    k = KernelSymbols(text, modules)
+    few = k.symbolize(probe)
+    got = [(f.symbol, f.offset, f.module) for f in few]
+    assert got == [(UNKNOWN, 0, None), ("_stext", 0, None), ("_stext", 0x105, None),
+                   ("foo", 0, None), ("foo", 5, None), ("foo", 0x1ef, None),
+                   ("mod_last", 0x10, "mymod"), ("mod_last", 0xf7f, "mymod"),
+                   (UNKNOWN, 0, None), ("after_module", 4095, None), (UNKNOWN, 0, None),
+                   (UNKNOWN, 0, None)]
+    assert k.restricted
+    import numpy as np
+    bulk = KernelSymbols(text, modules).symbolize(np.array(probe * 400, dtype=np.uint64))
+    assert bulk[:len(probe)] == few
+
+
+def test_user_few_and_bulk_lookups_agree():
+    """User addresses too: libc's table searched one by one and in bulk, and
+    this process's frames (mapped and unmapped addresses) both ways."""
+    import random
+    e = elf_symbols(_real_libc())
+    rng = random.Random(16)
+    starts = e.table.start_list
+    vaddrs = [s + rng.randrange(64) for s in rng.sample(starts, 3000)] + [0, 1, 1 << 63]
+    vaddrs += [rng.randrange(starts[0], starts[-1]) for _ in range(2000)]
+    idx, off = e.table.find(np.array(vaddrs, dtype=np.uint64))
+    assert e.table.locate(vaddrs[:4000]) == (idx.tolist()[:4000], off.tolist()[:4000])
+    assert e.table.locate(vaddrs) == (idx.tolist(), off.tolist())
+    maps = [m for m in read_maps(os.getpid()) if m.path]
+    addrs = [rng.randrange(m.start, m.end) for m in maps for _ in range(200)]
+    addrs += [rng.randrange(1 << 40) for _ in range(500)]
+    ps = ProcessSymbols(os.getpid())
+    few, bulk = _few_and_bulk(ps.symbolize, addrs)
+    assert few == bulk
+    assert sum(f.symbol != UNKNOWN for f in few) > len(maps) * 100
+
+
 def test_running_kernel_symbol_of_a_known_function():
     k = Symbolizer()
     from pytracers.symbolize import kernel_symbols

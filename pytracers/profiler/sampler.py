@@ -54,31 +54,30 @@ def configure(o: Any, *, pid: Optional[int], comm: Optional[str], cgroup: Option
         o.config["cfg_idle"] = int(idle)
 
 
-def read_stacks(stack_map: Any, ids: set) -> Dict[int, Any]:
-    """Stack id -> its addresses (innermost first, a numpy array) from a STACK_TRACE map."""
-    import numpy as np
-    out: Dict[int, Any] = {}
+def read_stacks(stack_map: Any, ids: set) -> Dict[int, List[int]]:
+    """Stack id -> its addresses (innermost first, a list of ints) from a
+    STACK_TRACE map (a zero address ends a stack)."""
+    out: Dict[int, List[int]] = {}
     for sid in ids:
         raw = stack_map.lookup(struct.pack("<I", sid))
         if raw is None:
-            out[sid] = np.zeros(0, np.uint64)
+            out[sid] = []
             continue
-        a = np.frombuffer(raw, dtype=np.uint64)
-        nz = np.nonzero(a == 0)[0]
-        out[sid] = a[: nz[0]] if len(nz) else a
+        a = [x for (x,) in struct.iter_unpack("<Q", raw[:len(raw) - len(raw) % 8])]
+        out[sid] = a[:a.index(0)] if 0 in a else a
     return out
 
 
-def symbolize_counts(entries: List[Tuple[int, str, int, int, int]], stacks: Dict[int, Any],
+def symbolize_counts(entries: List[Tuple[int, str, int, int, int]],
+                     stacks: Dict[int, List[int]],
                      sym: Symbolizer) -> Tuple[List[Sample], Dict[str, int]]:
     """(pid, comm, kstack id, ustack id, count) -> samples with frames; and the
     short-stack counts."""
-    import numpy as np
     from .result import ENTRY_FUNCTIONS, Sample
     kframes: Dict[int, Tuple[Frame, ...]] = {}
     kids = sorted({k for _, _, k, _, _ in entries if k >= 0})
     if kids:
-        flat = np.concatenate([stacks[k] for k in kids]) if kids else np.zeros(0, np.uint64)
+        flat = [x for k in kids for x in stacks[k]]
         frames = sym.kernel(flat)
         pos = 0
         for k in kids:
@@ -92,7 +91,7 @@ def symbolize_counts(entries: List[Tuple[int, str, int, int, int]], stacks: Dict
             uframes[(pid, u)] = ()
             by_pid.setdefault(pid, []).append(u)
     for pid, us in by_pid.items():
-        flat = np.concatenate([stacks[u] for u in us])
+        flat = [x for u in us for x in stacks[u]]
         frames = sym.user(pid, flat)
         pos = 0
         for u in us:
@@ -124,7 +123,7 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
             entries.append((pid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ks, us, n))
     ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}
     stacks = read_stacks(obj.maps["stacks"], ids)
-    from ..symbolize import Symbolizer    # numpy comes with the first table
+    from ..symbolize import Symbolizer    # numpy only for many addresses (table.BULK)
     sym = Symbolizer(processes, captured=True)       # the counts are final
     samples, short = symbolize_counts(entries, stacks, sym)
     stats: Dict[str, Any] = dict(kernel_stats, **short)

@@ -6,8 +6,10 @@ through a process's mappings and the ELF symbol tables of its files.
     sym.kernel([0xffffffff81234567])          # [Frame(address, symbol, offset, module)]
     sym.user(pid, [0x55d0c0de1234, ...])
 
-Tables are sorted address arrays searched in bulk (numpy ``searchsorted``);
-ELF files are cached by build id.  ``[unknown]`` is given only where no symbol
+Tables are sorted: a few addresses are looked up one by one (``bisect``;
+kallsyms' lines are kept sorted and only the lines found are parsed), many
+(``table.BULK`` or more) in bulk over numpy arrays; a profile's few hundred
+distinct addresses never import numpy.  ELF files are cached by build id.  ``[unknown]`` is given only where no symbol
 covers an address, and :attr:`Symbolizer.stats` counts those by reason.
 """
 from __future__ import annotations
@@ -23,8 +25,8 @@ if TYPE_CHECKING:
     from .table import SymbolTable
     from .user import Mapping, ProcessSymbols, process_symbols, read_maps
 
-# numpy is imported with the first table, not with the package: a profiler
-# attaches before it needs any (module __getattr__ below).
+# the modules are imported when first used (module __getattr__ below): a
+# profiler attaches before it needs any.
 _LAZY = {"ElfSymbols": ".elfsyms", "elf_symbols": ".elfsyms", "KernelSymbols": ".kernel",
          "kernel_symbols": ".kernel", "SymbolTable": ".table", "Mapping": ".user",
          "ProcessSymbols": ".user", "process_symbols": ".user", "read_maps": ".user"}

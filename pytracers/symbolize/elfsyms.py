@@ -4,9 +4,9 @@ The file is read directly (no pyelftools: building its section objects parsed
 every section of a library, ``.gnu.hash`` included, for two symbol tables):
 the ELF header, the program headers (``PT_LOAD`` segments), the section
 headers (the ``SHT_NOTE`` sections for the GNU build id, ``SHT_SYMTAB`` and
-``SHT_DYNSYM`` with their string tables), each table read as one numpy record
-array (``.symtab``, else ``.dynsym``; both when the first is partial), so a
-40,000-symbol library loads in about a millisecond.  Where the file carries no
+``SHT_DYNSYM`` with their string tables), each table unpacked with ``struct``
+(``.symtab``, else ``.dynsym``; both when the first is partial) -- no numpy,
+which a profile of a few processes would otherwise import just for this.  Where the file carries no
 ``.symtab`` and a separate debug file exists under
 ``/usr/lib/debug/.build-id/`` its table is used too.  64-bit files of either
 byte order are read; anything else (a 32-bit file, a damaged or truncated
@@ -17,10 +17,8 @@ from __future__ import annotations
 import os
 import struct
 import threading
-from itertools import repeat
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 from elftools.common.exceptions import ELFError
 
 from ..user.symbols import ElfReadError
@@ -44,15 +42,18 @@ NHDR_SIZE, NOTE_ALIGN = 12, 4
 _STT_FUNC = 2
 _STT_GNU_IFUNC = 10
 _STT_MASK = 0xF
-_SYM64 = np.dtype([("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
-                   ("value", "<u8"), ("size", "<u8")])
-# e_type .. e_shstrndx, after e_ident
+# struct layouts (byte order prefixed when read): Elf64_Sym name info other
+# shndx value size; the ELF header from e_type to e_shstrndx (after e_ident);
+# Elf64_Phdr type flags offset vaddr paddr filesz memsz align; Elf64_Shdr name
+# type flags addr offset size link info addralign entsize
+_SYM64 = "IBBHQQ"
+SYM64_SIZE = 24
 _EHDR64 = "HHIQQQIHHHHHH"
-_PHDR64 = np.dtype([("type", "<u4"), ("flags", "<u4"), ("offset", "<u8"), ("vaddr", "<u8"),
-                    ("paddr", "<u8"), ("filesz", "<u8"), ("memsz", "<u8"), ("align", "<u8")])
-_SHDR64 = np.dtype([("name", "<u4"), ("type", "<u4"), ("flags", "<u8"), ("addr", "<u8"),
-                    ("offset", "<u8"), ("size", "<u8"), ("link", "<u4"), ("info", "<u4"),
-                    ("addralign", "<u8"), ("entsize", "<u8")])
+_PHDR64 = "IIQQQQQQ"
+_SHDR64 = "IIQQQQIIQQ"
+PH_TYPE, PH_OFFSET, PH_VADDR, PH_FILESZ = 0, 2, 3, 5
+SH_TYPE, SH_OFFSET, SH_SIZE, SH_LINK, SH_INFO = 1, 4, 5, 6, 7
+_FUNC_TYPES = frozenset({_STT_FUNC, _STT_GNU_IFUNC})
 
 
 class ElfFormatError(ElfReadError, ELFError):
@@ -84,27 +85,24 @@ class _Elf:
         (_, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, _) = \
             struct.unpack(self.order + _EHDR64, self.read(EI_NIDENT, EHDR64_SIZE - EI_NIDENT,
                                                           "the ELF header"))
-        self.shdrs = np.zeros(0, self.dtype(_SHDR64))
+        self.shdrs: List[Tuple[int, ...]] = []
         if shoff:
             if shentsize != SHDR64_SIZE:
                 raise self.bad(f"section header size {shentsize}, not {SHDR64_SIZE}")
-            first = self.array(shoff, 1, _SHDR64, "section header 0")
+            first = self.records(shoff, 1, _SHDR64, SHDR64_SIZE, "section header 0")[0]
             if shnum == 0:                       # extended numbering: the count is in 0
-                shnum = int(first["size"][0])
+                shnum = first[SH_SIZE]
             if phnum == PN_XNUM:
-                phnum = int(first["info"][0])
-            self.shdrs = self.array(shoff, shnum, _SHDR64, "the section headers")
-        self.phdrs = np.zeros(0, self.dtype(_PHDR64))
+                phnum = first[SH_INFO]
+            self.shdrs = self.records(shoff, shnum, _SHDR64, SHDR64_SIZE, "the section headers")
+        self.phdrs: List[Tuple[int, ...]] = []
         if phoff and phnum:
             if phentsize != PHDR64_SIZE:
                 raise self.bad(f"program header size {phentsize}, not {PHDR64_SIZE}")
-            self.phdrs = self.array(phoff, phnum, _PHDR64, "the program headers")
+            self.phdrs = self.records(phoff, phnum, _PHDR64, PHDR64_SIZE, "the program headers")
 
     def bad(self, problem: str) -> ElfFormatError:
         return ElfFormatError(f"{self.path}: {problem}")
-
-    def dtype(self, dt: np.dtype) -> np.dtype:
-        return dt if self.little_endian else dt.newbyteorder(">")
 
     def read(self, offset: int, size: int, what: str) -> bytes:
         """``size`` bytes at ``offset``; a range past the end is an error."""
@@ -116,16 +114,17 @@ class _Elf:
             raise self.bad(f"{what}: short read ({len(data)} of {size} bytes at {offset:#x})")
         return data
 
-    def array(self, offset: int, count: int, dt: np.dtype, what: str) -> np.ndarray:
-        dt = self.dtype(dt)
-        return np.frombuffer(self.read(offset, count * dt.itemsize, what), dtype=dt)
+    def records(self, offset: int, count: int, fmt: str, size: int, what: str
+                ) -> List[Tuple[int, ...]]:
+        """``count`` structs of layout ``fmt`` (``size`` bytes each) at ``offset``."""
+        return list(struct.iter_unpack(self.order + fmt, self.read(offset, count * size, what)))
 
     def section(self, i: int) -> Tuple[int, int, int, int]:
         """(type, offset, size, link) of section ``i``."""
         if not 0 <= i < len(self.shdrs):
             raise self.bad(f"section index {i} out of range ({len(self.shdrs)} sections)")
         sh = self.shdrs[i]
-        return int(sh["type"]), int(sh["offset"]), int(sh["size"]), int(sh["link"])
+        return sh[SH_TYPE], sh[SH_OFFSET], sh[SH_SIZE], sh[SH_LINK]
 
     def section_data(self, i: int) -> bytes:
         kind, offset, size, _ = self.section(i)
@@ -134,12 +133,14 @@ class _Elf:
         return self.read(offset, size, f"section {i}")
 
     def first_of_type(self, kind: int) -> Optional[int]:
-        hits = np.flatnonzero(self.shdrs["type"] == kind)
-        return int(hits[0]) if len(hits) else None
+        for i, sh in enumerate(self.shdrs):
+            if sh[SH_TYPE] == kind:
+                return i
+        return None
 
     def build_id(self) -> Optional[str]:
         """The GNU build id in the first ``SHT_NOTE`` section holding one."""
-        for i in np.flatnonzero(self.shdrs["type"] == SHT_NOTE).tolist():
+        for i in [i for i, sh in enumerate(self.shdrs) if sh[SH_TYPE] == SHT_NOTE]:
             data = self.section_data(i)
             pos = 0
             while pos + NHDR_SIZE < len(data):
@@ -173,18 +174,16 @@ class ElfSymbols:
         self.build_id: Optional[str] = None
         self.segments: List[Tuple[int, int, int]] = []   # (p_offset, p_filesz, p_vaddr)
         self.strtabs: List[bytes] = []
-        starts: List[np.ndarray] = []
-        sizes: List[np.ndarray] = []
-        names: List[Tuple[int, int]] = []                # (strtab index, name offset)
+        # (start, size, (strtab index, name offset)) of every function symbol
+        found: List[Tuple[int, int, Tuple[int, int]]] = []
         fd, elf = _open(path)
         try:
             self.build_id = elf.build_id()
-            load = elf.phdrs[elf.phdrs["type"] == PT_LOAD]
-            self.segments = list(zip(load["offset"].tolist(), load["filesz"].tolist(),
-                                     load["vaddr"].tolist()))
+            self.segments = [(ph[PH_OFFSET], ph[PH_FILESZ], ph[PH_VADDR])
+                             for ph in elf.phdrs if ph[PH_TYPE] == PT_LOAD]
             tables = [elf.first_of_type(SHT_SYMTAB), elf.first_of_type(SHT_DYNSYM)]
             has_symtab = tables[0] is not None
-            self._read(elf, [t for t in tables if t is not None], starts, sizes, names)
+            self._read(elf, [t for t in tables if t is not None], found)
         finally:
             os.close(fd)
         if not has_symtab and self.build_id:
@@ -194,38 +193,33 @@ class ElfSymbols:
                 try:
                     sec = elf.first_of_type(SHT_SYMTAB)
                     if sec is not None:
-                        self._read(elf, [sec], starts, sizes, names)
+                        self._read(elf, [sec], found)
                         self.debug_file = dbg
                 finally:
                     os.close(fd)
-        if starts:
-            st = np.concatenate(starts)
-            sz = np.concatenate(sizes)
-        else:
-            st = np.zeros(0, np.uint64)
-            sz = np.zeros(0, np.uint64)
-        # one entry per start address (.symtab and .dynsym repeat each other)
-        st, first = np.unique(st, return_index=True)
-        self.table = SymbolTable(st, [names[i] for i in first.tolist()], sz[first])
+        # one entry per start address, the first seen (.symtab and .dynsym
+        # repeat each other)
+        first: Dict[int, Tuple[int, Tuple[int, int]]] = {}
+        for start, size, name in found:
+            if start not in first:
+                first[start] = (size, name)
+        starts = sorted(first)
+        self.table = SymbolTable(starts, [first[s][1] for s in starts],
+                                 [first[s][0] for s in starts])
 
     def _read(self, elf: _Elf, secs: Sequence[int],
-              starts: List[np.ndarray], sizes: List[np.ndarray],
-              names: List[Tuple[int, int]]) -> None:
-        dt = elf.dtype(_SYM64)
+              found: List[Tuple[int, int, Tuple[int, int]]]) -> None:
+        fmt = elf.order + _SYM64
+        funcs = _FUNC_TYPES
         for sec in secs:
             link = elf.section(sec)[3]
             raw = elf.section_data(sec)
-            syms = np.frombuffer(raw, dtype=dt, count=len(raw) // dt.itemsize)
-            kind = syms["info"] & _STT_MASK
-            keep = ((kind == _STT_FUNC) | (kind == _STT_GNU_IFUNC)) & (syms["value"] != 0) \
-                & (syms["shndx"] != SHN_UNDEF)
-            sel = syms[keep]
+            raw = raw[:len(raw) - len(raw) % SYM64_SIZE]
             ti = len(self.strtabs)
             self.strtabs.append(elf.section_data(link))
-            starts.append(sel["value"].astype(np.uint64))
-            sizes.append(sel["size"].astype(np.uint64))
-            offs = sel["name"].tolist()
-            names.extend(zip(repeat(ti, len(offs)), offs))
+            found.extend((value, size, (ti, name))
+                         for name, info, _, shndx, value, size in struct.iter_unpack(fmt, raw)
+                         if value and shndx != SHN_UNDEF and (info & _STT_MASK) in funcs)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -237,14 +231,28 @@ class ElfSymbols:
         end = tab.find(b"\0", off)
         return tab[off:end if end >= 0 else None].decode("utf-8", "replace")
 
-    def file_to_vaddr(self, offsets: np.ndarray) -> np.ndarray:
+    def file_to_vaddr(self, offsets: Any) -> Any:
         """File offsets (as a mapping gives them) to the ELF's virtual addresses,
-        through the PT_LOAD segment holding each; 0 where none does."""
+        through the PT_LOAD segment holding each; 0 where none does (a numpy
+        array: see :meth:`vaddrs` for a list)."""
+        import numpy as np
         off = np.asarray(offsets, dtype=np.uint64)
         out = np.zeros(len(off), dtype=np.uint64)
         for p_off, p_filesz, p_vaddr in self.segments:
             inside = (off >= np.uint64(p_off)) & (off < np.uint64(p_off + p_filesz))
             out = np.where(inside, off - np.uint64(p_off) + np.uint64(p_vaddr), out)
+        return out
+
+    def vaddrs(self, offsets: Sequence[int]) -> List[int]:
+        """:meth:`file_to_vaddr` for a list of ints, one by one."""
+        segs = self.segments
+        out = []
+        for o in offsets:
+            v = 0
+            for p_off, p_filesz, p_vaddr in segs:     # the last segment holding it, as above
+                if p_off <= o < p_off + p_filesz:
+                    v = o - p_off + p_vaddr
+            out.append(v)
         return out
 
 

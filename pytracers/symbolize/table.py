@@ -1,60 +1,117 @@
-"""A sorted address table searched in bulk (numpy ``searchsorted``)."""
+"""A sorted address table: a few addresses are looked up one by one
+(``bisect``, no numpy), many in bulk (numpy ``searchsorted`` over arrays
+made the first time they are needed).
+
+A profile's distinct addresses are usually a few hundred: importing numpy
+(~110 ms of CPU here) would cost more than looking them all up in Python
+(~1 us each).  From :data:`BULK` addresses on, the bulk search pays.
+"""
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from bisect import bisect_right
+from typing import Any, List, Optional, Sequence, Sized, Tuple
 
-import numpy as np
+__all__ = ["SymbolTable", "BULK", "as_ints", "is_bulk"]
 
-__all__ = ["SymbolTable"]
+#: from this many addresses at once, tables are searched with numpy
+BULK = 4096
+
+
+def as_ints(addrs: Any) -> List[int]:
+    """Addresses as a list of Python ints (a numpy array's ``tolist``)."""
+    if hasattr(addrs, "tolist"):
+        return list(addrs.tolist())
+    return [int(a) for a in addrs]
+
+
+def is_bulk(addrs: Sized) -> bool:
+    return len(addrs) >= BULK
 
 
 class SymbolTable:
-    """Symbols sorted by start address; :meth:`find` resolves many addresses at once.
+    """Symbols sorted by start address; :meth:`locate` resolves addresses.
 
     ``sizes`` may be None (kallsyms gives none): a symbol then ends where the
     next one starts.  With sizes, an address past a symbol's end and before
     the next symbol is not that symbol's (a gap: padding, stripped code).
+    Symbols with the same start keep the order they were given in, and an
+    address resolves to the last of them.
     """
 
-    __slots__ = ("starts", "ends", "names")
+    __slots__ = ("start_list", "end_list", "names", "_arrays")
 
     def __init__(self, starts: Any, names: Sequence[Any],
                  sizes: Optional[Any] = None, end: Optional[int] = None) -> None:
-        s = np.asarray(starts, dtype=np.uint64)
-        order = np.argsort(s, kind="stable")
-        self.starts = s[order]
-        nm = [names[i] for i in order.tolist()]
-        if sizes is not None:
-            z = np.asarray(sizes, dtype=np.uint64)[order]
-            ends = self.starts + z
+        s = as_ints(starts)
+        order = sorted(range(len(s)), key=s.__getitem__)     # stable
+        st = [s[i] for i in order]
+        self.names: List[Any] = [names[i] for i in order]
+        if not st:
+            ends: List[int] = []
+        elif sizes is not None:
+            z = as_ints(sizes)
+            nxt = st[1:] + [end if end is not None else st[-1] + 1]
             # a zero-sized symbol (assembly labels) extends to the next symbol
-            nxt = np.empty_like(self.starts)
-            if len(nxt):
-                nxt[:-1] = self.starts[1:]
-                nxt[-1] = np.uint64(end if end is not None else int(self.starts[-1]) + 1)
-            self.ends = np.where(z == 0, nxt, ends)
+            ends = [n if z[i] == 0 else a + z[i] for i, a, n in zip(order, st, nxt)]
         else:
-            ends = np.empty_like(self.starts)
-            if len(ends):
-                ends[:-1] = self.starts[1:]
-                ends[-1] = np.uint64(end if end is not None else int(self.starts[-1]) + 4096)
-            self.ends = ends
-        self.names: List[Any] = nm
+            ends = st[1:] + [end if end is not None else st[-1] + 4096]
+        self.start_list: List[int] = st
+        self.end_list: List[int] = ends
+        self._arrays: Optional[Tuple[Any, Any]] = None
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def find(self, addrs: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """For each address (uint64 array): the index of its symbol (-1 where
-        none covers it) and its offset into that symbol."""
+    def _np(self) -> Tuple[Any, Any]:
+        if self._arrays is None:
+            import numpy as np
+            self._arrays = (np.array(self.start_list, dtype=np.uint64),
+                            np.array(self.end_list, dtype=np.uint64))
+        return self._arrays
+
+    @property
+    def starts(self) -> Any:
+        """The sorted start addresses (a numpy uint64 array)."""
+        return self._np()[0]
+
+    @property
+    def ends(self) -> Any:
+        """Each symbol's end (a numpy uint64 array)."""
+        return self._np()[1]
+
+    def find(self, addrs: Any) -> Tuple[Any, Any]:
+        """Bulk: for each address (a uint64 array), the index of its symbol
+        (-1 where none covers it) and its offset into that symbol (arrays)."""
+        import numpy as np
+        starts, ends = self._np()
         a = np.asarray(addrs, dtype=np.uint64)
-        idx = np.searchsorted(self.starts, a, side="right").astype(np.int64) - 1
+        idx = np.searchsorted(starts, a, side="right").astype(np.int64) - 1
         ok = idx >= 0
         safe = np.where(ok, idx, 0)
-        if len(self.starts):
-            ok &= a < self.ends[safe]
-            off = np.where(ok, a - self.starts[safe], 0).astype(np.int64)
+        if len(starts):
+            ok &= a < ends[safe]
+            off = np.where(ok, a - starts[safe], 0).astype(np.int64)
         else:
             ok[:] = False
             off = np.zeros(len(a), dtype=np.int64)
         return np.where(ok, idx, -1), off
+
+    def locate(self, addrs: Sequence[int]) -> Tuple[List[int], List[int]]:
+        """The same as lists, for a list of ints: one by one below
+        :data:`BULK` addresses, else through :meth:`find`."""
+        if is_bulk(addrs):
+            import numpy as np
+            idx, off = self.find(np.array(addrs, dtype=np.uint64))
+            return idx.tolist(), off.tolist()
+        st, en = self.start_list, self.end_list
+        out_i: List[int] = []
+        out_o: List[int] = []
+        for a in addrs:
+            i = bisect_right(st, a) - 1
+            if i >= 0 and a < en[i]:
+                out_i.append(i)
+                out_o.append(a - st[i])
+            else:
+                out_i.append(-1)
+                out_o.append(0)
+        return out_i, out_o

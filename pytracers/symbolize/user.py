@@ -14,13 +14,12 @@ then leaves its frames ``[unknown]`` (counted as ``process gone``).
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
-
-import numpy as np
+from bisect import bisect_right
+from typing import Any, Dict, List, Optional
 
 from .elfsyms import ElfSymbols, elf_symbols
 from .frames import UNKNOWN, Frame, Stats
-from .table import SymbolTable
+from .table import SymbolTable, as_ints, is_bulk
 
 __all__ = ["Mapping", "ProcessSymbols", "read_maps", "read_maps_text"]
 
@@ -96,8 +95,8 @@ class ProcessSymbols:
         self.pid = pid
         self.stats = stats if stats is not None else Stats()
         self.maps = read_maps(pid, maps_text)
-        self._starts = np.array([m.start for m in self.maps or ()], dtype=np.uint64)
-        self._ends = np.array([m.end for m in self.maps or ()], dtype=np.uint64)
+        self._starts = [m.start for m in self.maps or ()]
+        self._ends = [m.end for m in self.maps or ()]
         self._files: Dict[str, Optional[ElfSymbols]] = {}
         self._perf: Optional[SymbolTable] = None
         self._perf_read = False
@@ -125,27 +124,42 @@ class ProcessSymbols:
 
     def symbolize(self, addrs: Any) -> List[Frame]:
         """One :class:`Frame` per address."""
-        a = np.asarray(addrs, dtype=np.uint64)
+        a = as_ints(addrs)
         self.stats.addresses += len(a)
-        out: List[Optional[Frame]] = [None] * len(a)
         if self.maps is None:
             self.stats.miss("process gone", len(a))
-            return [Frame(x, UNKNOWN, 0, None) for x in a.tolist()]
-        mi = np.searchsorted(self._starts, a, side="right").astype(np.int64) - 1
-        inmap = (mi >= 0) & (a < self._ends[np.where(mi >= 0, mi, 0)]) if len(self._starts) \
-            else np.zeros(len(a), bool)
-        mi = np.where(inmap, mi, -1)
-        for m in np.unique(mi).tolist():
-            sel = np.nonzero(mi == m)[0]
+            return [Frame(x, UNKNOWN, 0, None) for x in a]
+        out: List[Optional[Frame]] = [None] * len(a)
+        groups: Dict[int, List[int]] = {}          # mapping index -> positions in a
+        if is_bulk(a):
+            import numpy as np
+            arr = np.array(a, dtype=np.uint64)
+            starts = np.array(self._starts, dtype=np.uint64)
+            ends = np.array(self._ends, dtype=np.uint64)
+            mi = np.searchsorted(starts, arr, side="right").astype(np.int64) - 1
+            inmap = (mi >= 0) & (arr < ends[np.where(mi >= 0, mi, 0)]) if len(starts) \
+                else np.zeros(len(arr), bool)
+            where = np.where(inmap, mi, -1)
+            for m in np.unique(where).tolist():
+                groups[m] = np.flatnonzero(where == m).tolist()
+        else:
+            starts_l, ends_l = self._starts, self._ends
+            for i, x in enumerate(a):
+                m = bisect_right(starts_l, x) - 1
+                if m < 0 or x >= ends_l[m]:
+                    m = -1
+                groups.setdefault(m, []).append(i)
+        for m, where_l in groups.items():
+            sub = [a[i] for i in where_l]
             if m < 0:
-                self.stats.miss("no mapping", len(sel))
-                for i in sel.tolist():
-                    out[i] = Frame(int(a[i]), UNKNOWN, 0, None)
+                self.stats.miss("no mapping", len(sub))
+                for i, x in zip(where_l, sub):
+                    out[i] = Frame(x, UNKNOWN, 0, None)
                 continue
-            self._resolve(self.maps[m], a[sel], sel, out)
+            self._resolve(self.maps[m], sub, where_l, out)
         return out  # type: ignore[return-value]
 
-    def _resolve(self, mp: Mapping, addrs: np.ndarray, where: np.ndarray,
+    def _resolve(self, mp: Mapping, addrs: List[int], where: List[int],
                  out: List[Optional[Frame]]) -> None:
         path = mp.path
         names: List[str]
@@ -154,30 +168,34 @@ class ProcessSymbols:
             if elf is None:
                 self._fill(addrs, where, out, None, None, path, "unreadable file")
                 return
-            vaddr = elf.file_to_vaddr(addrs - np.uint64(mp.start) + np.uint64(mp.offset))
-            idx, off = elf.table.find(vaddr)
+            offsets = [x - mp.start + mp.offset for x in addrs]
+            if is_bulk(offsets):
+                vaddr = elf.file_to_vaddr(offsets).tolist()
+            else:
+                vaddr = elf.vaddrs(offsets)
+            idx, off = elf.table.locate(vaddr)
             self._fill(addrs, where, out, idx, off, path, "no symbol", elf.name)
             return
         table = self.perf_map() if not path or path.startswith("[anon") else None
         if table is None:
             self._fill(addrs, where, out, None, None, path or None, "no symbol")
             return
-        idx, off = table.find(addrs)
+        idx, off = table.locate(addrs)
         names = table.names
         self._fill(addrs, where, out, idx, off, f"/tmp/perf-{self.pid}.map", "no symbol",
                    lambda i: names[i])
 
-    def _fill(self, addrs: np.ndarray, where: np.ndarray, out: List[Optional[Frame]],
-              idx: Optional[np.ndarray], off: Optional[np.ndarray], module: Optional[str],
+    def _fill(self, addrs: List[int], where: List[int], out: List[Optional[Frame]],
+              idx: Optional[List[int]], off: Optional[List[int]], module: Optional[str],
               reason: str, name: "Optional[object]" = None) -> None:
         if idx is None or off is None or name is None:
             self.stats.miss(reason, len(addrs))
-            for i, x in zip(where.tolist(), addrs.tolist()):
+            for i, x in zip(where, addrs):
                 out[i] = Frame(x, UNKNOWN, 0, module)
             return
-        self.stats.miss(reason, int((idx < 0).sum()))
+        self.stats.miss(reason, sum(1 for s in idx if s < 0))
         cache: Dict[int, str] = {}
-        for i, x, s, o in zip(where.tolist(), addrs.tolist(), idx.tolist(), off.tolist()):
+        for i, x, s, o in zip(where, addrs, idx, off):
             if s < 0:
                 out[i] = Frame(x, UNKNOWN, 0, module)
             else:
