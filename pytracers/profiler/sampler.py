@@ -57,15 +57,8 @@ def configure(o: Any, *, pid: Optional[int], comm: Optional[str], cgroup: Option
 def read_stacks(stack_map: Any, ids: set) -> Dict[int, List[int]]:
     """Stack id -> its addresses (innermost first, a list of ints) from a
     STACK_TRACE map (a zero address ends a stack)."""
-    out: Dict[int, List[int]] = {}
-    for sid in ids:
-        raw = stack_map.lookup(struct.pack("<I", sid))
-        if raw is None:
-            out[sid] = []
-            continue
-        a = [x for (x,) in struct.iter_unpack("<Q", raw[:len(raw) - len(raw) % 8])]
-        out[sid] = a[:a.index(0)] if 0 in a else a
-    return out
+    from ..symbolize import stack_addresses
+    return {sid: stack_addresses(stack_map.lookup(struct.pack("<I", sid))) for sid in ids}
 
 
 def symbolize_counts(entries: List[Tuple[int, str, int, int, int]],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence
 
-from .frames import UNKNOWN, Frame, Stats
+from .frames import UNKNOWN, Frame, Stats, stack_addresses
 
 if TYPE_CHECKING:
     from .elfsyms import ElfSymbols, elf_symbols
@@ -41,7 +41,7 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-__all__ = ["Frame", "Stats", "UNKNOWN", "Symbolizer", "KernelSymbols", "kernel_symbols",
+__all__ = ["Frame", "Stats", "UNKNOWN", "Symbolizer", "stack_addresses", "KernelSymbols", "kernel_symbols",
            "ProcessSymbols", "ElfSymbols", "elf_symbols", "SymbolTable", "Mapping", "read_maps"]
 
 

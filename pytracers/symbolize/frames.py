@@ -1,9 +1,10 @@
 """The symbolised frame and the counts a symbolisation reports."""
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional
+import struct
+from typing import Dict, List, NamedTuple, Optional
 
-__all__ = ["Frame", "UNKNOWN", "Stats"]
+__all__ = ["Frame", "UNKNOWN", "Stats", "stack_addresses"]
 
 UNKNOWN = "[unknown]"
 
@@ -46,3 +47,12 @@ class Stats:
 
     def __repr__(self) -> str:
         return f"<Stats addresses={self.addresses} unknown={self.unknown}>"
+
+
+def stack_addresses(raw: Optional[bytes]) -> List[int]:
+    """A STACK_TRACE map value (u64 addresses, innermost first; a zero ends
+    the stack) as a list of ints; None (no such stack) gives []."""
+    if not raw:
+        return []
+    a = [x for (x,) in struct.iter_unpack("<Q", raw[:len(raw) - len(raw) % 8])]
+    return a[:a.index(0)] if 0 in a else a

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
-
-if TYPE_CHECKING:
-    import numpy as np   # imported where used: a tracer without stacks must not pay for it
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from ..errors import BadArgumentError
-from ..symbolize import UNKNOWN, Frame, Symbolizer
+from ..symbolize import UNKNOWN, Frame, Symbolizer, stack_addresses
 
 __all__ = ["STACKS", "stack_bits", "StackReader", "with_stacks", "STACK_MAP_ENTRIES"]
 
@@ -55,14 +52,8 @@ class StackReader:
         self._replaced: Dict[int, List[Frame]] = {}
         self.lost = 0          # ids that were -ENOMEM / -EEXIST: the stack was not stored
 
-    def _addresses(self, sid: int) -> "np.ndarray":
-        import numpy as np
-        raw = self.map.lookup(struct.pack("<I", sid))
-        if raw is None:
-            return np.zeros(0, np.uint64)
-        a = np.frombuffer(raw, dtype=np.uint64)
-        nz = np.nonzero(a == 0)[0]
-        return a[: nz[0]] if len(nz) else a
+    def _addresses(self, sid: int) -> List[int]:
+        return stack_addresses(self.map.lookup(struct.pack("<I", sid)))
 
     def _missing(self, sid: int) -> Optional[List[Frame]]:
         if sid >= 0:
