@@ -116,7 +116,7 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
             entries.append((pid, comm.split(b"\0", 1)[0].decode("utf-8", "replace"), ks, us, n))
     ids = {k for _, _, k, _, _ in entries if k >= 0} | {u for _, _, _, u, _ in entries if u >= 0}
     stacks = read_stacks(obj.maps["stacks"], ids)
-    from ..symbolize import Symbolizer    # numpy only for many addresses (table.BULK)
+    from ..symbolize import Symbolizer    # numpy only for many addresses (table.is_bulk)
     sym = Symbolizer(processes, captured=True)       # the counts are final
     samples, short = symbolize_counts(entries, stacks, sym)
     stats: Dict[str, Any] = dict(kernel_stats, **short)

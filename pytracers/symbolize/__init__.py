@@ -7,9 +7,10 @@ through a process's mappings and the ELF symbol tables of its files.
     sym.user(pid, [0x55d0c0de1234, ...])
 
 Tables are sorted: a few addresses are looked up one by one (``bisect``;
-kallsyms' lines are kept sorted and only the lines found are parsed), many
-(``table.BULK`` or more) in bulk over numpy arrays; a profile's few hundred
-distinct addresses never import numpy.  ELF files are cached by build id.  ``[unknown]`` is given only where no symbol
+kallsyms' lines are kept sorted and only the lines found are parsed), many in
+bulk over numpy arrays (from ``table.BULK`` = 65,536 addresses at once, or
+``table.BULK_LOADED`` = 1,024 when numpy is already imported): a profile does
+not import numpy for its symbols.  ELF files are cached by build id.  ``[unknown]`` is given only where no symbol
 covers an address, and :attr:`Symbolizer.stats` counts those by reason.
 """
 from __future__ import annotations

@@ -5,10 +5,10 @@ rereads it after modules come and go).  Its text-symbol lines are kept as
 they are, sorted (the addresses are fixed-width hex: sorting the lines sorts
 the addresses): a few addresses are found by bisecting the lines, and only
 the lines found are parsed -- no numpy, which costs more to import than a
-profile's few hundred kernel addresses take to look up.  Many addresses
-(:data:`~pytracers.symbolize.table.BULK` or more) are searched in bulk over
-numpy arrays parsed from the same sorted lines on first use, so both ways
-give the same frames.  Reading addresses needs root or ``kptr_restrict`` 0:
+profile's kernel addresses take to look up.  Many addresses (see
+:func:`~pytracers.symbolize.table.is_bulk`) are searched in bulk over numpy
+arrays parsed from the same sorted lines on first use; both ways give the
+same frames.  Reading addresses needs root or ``kptr_restrict`` 0:
 when every address reads as zero the table is empty and every frame is
 ``[unknown]`` (the stats say why).
 """

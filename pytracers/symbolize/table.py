@@ -2,19 +2,25 @@
 (``bisect``, no numpy), many in bulk (numpy ``searchsorted`` over arrays
 made the first time they are needed).
 
-A profile's distinct addresses are usually a few hundred: importing numpy
-(~110 ms of CPU here) would cost more than looking them all up in Python
-(~1 us each).  From :data:`BULK` addresses on, the bulk search pays.
+Importing numpy costs ~110 ms of CPU here, about what looking up 100,000
+addresses one by one in Python costs (~1 us each): a profile's distinct
+addresses (hundreds to a few thousand) are looked up one by one unless numpy
+is already loaded.  So the bulk search is used from :data:`BULK` addresses
+at once, or from :data:`BULK_LOADED` when numpy is already imported; both
+ways give the same results.
 """
 from __future__ import annotations
 
+import sys
 from bisect import bisect_right
 from typing import Any, List, Optional, Sequence, Sized, Tuple
 
-__all__ = ["SymbolTable", "BULK", "as_ints", "is_bulk"]
+__all__ = ["SymbolTable", "BULK", "BULK_LOADED", "as_ints", "is_bulk"]
 
 #: from this many addresses at once, tables are searched with numpy
-BULK = 4096
+BULK = 65536
+#: ... and from this many when numpy is already imported
+BULK_LOADED = 1024
 
 
 def as_ints(addrs: Any) -> List[int]:
@@ -25,7 +31,10 @@ def as_ints(addrs: Any) -> List[int]:
 
 
 def is_bulk(addrs: Sized) -> bool:
-    return len(addrs) >= BULK
+    """Whether to search for these addresses with numpy (see the module's
+    docstring)."""
+    n = len(addrs)
+    return n >= BULK or (n >= BULK_LOADED and "numpy" in sys.modules)
 
 
 class SymbolTable:
@@ -97,8 +106,8 @@ class SymbolTable:
         return np.where(ok, idx, -1), off
 
     def locate(self, addrs: Sequence[int]) -> Tuple[List[int], List[int]]:
-        """The same as lists, for a list of ints: one by one below
-        :data:`BULK` addresses, else through :meth:`find`."""
+        """The same as lists, for a list of ints: one by one, or through
+        :meth:`find` when :func:`is_bulk`."""
         if is_bulk(addrs):
             import numpy as np
             idx, off = self.find(np.array(addrs, dtype=np.uint64))
