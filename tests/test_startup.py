@@ -180,21 +180,39 @@ args = build_parser(["trace", "syscall:getpgid", "--json"]).parse_args(
 loaded = sorted({m.lstrip(".") for _c, m in COMMANDS if "pytracers.cli" + m in sys.modules})
 full = build_parser().format_help()
 print(args.command, args.target, args.json, ",".join(loaded),
-      all(c in full for c, _m in COMMANDS), "pytracers.kernel.symbols" in sys.modules)
+      all(c in full for c, _m in COMMANDS), "pytracers.kernel.symbols" in sys.modules,
+      "shutil" in sys.modules)
 """
 
 
 def test_cli_imports_only_the_named_commands_module():
     """`pytracers trace ...` builds the trace command alone (its module and
     the usdt one it uses), parsed as before; with no command named, --help
-    lists every command; neither loads kernel.symbols (dataclasses, inspect)."""
+    lists every command; neither loads kernel.symbols (dataclasses, inspect)
+    nor shutil (argparse's own formatter imports it, with bz2 and lzma)."""
     import subprocess
     import sys
     res = subprocess.run([sys.executable, "-c", _PARSER_CHILD], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["trace", "syscall:getpgid", "True", "trace,usdt", "True",
-                                  "False"]
+                                  "False", "False"]
+
+
+@pytest.mark.kernel_independent
+@pytest.mark.parametrize("columns", [None, "57", "0", "x"])
+def test_cli_help_width_is_argparse_s(monkeypatch, columns):
+    """The command line's formatter measures the terminal without shutil and
+    finds the width argparse's own would (COLUMNS, else the terminal, else 80)."""
+    import argparse
+    import shutil
+    from pytracers.cli.options import Formatter
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert Formatter("p")._width == argparse.RawDescriptionHelpFormatter("p")._width
+    assert Formatter("p")._width == shutil.get_terminal_size().columns - 2
 
 
 _LOGGING_CHILD = r"""

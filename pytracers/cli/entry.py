@@ -14,7 +14,7 @@ import sys
 from importlib import import_module
 from typing import Any, Optional, Sequence
 
-from .options import Parser
+from .options import Formatter, Parser
 from .output import silence_stdout
 from .status import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, report_error
 
@@ -23,7 +23,7 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The ``pytracers`` parser; ``argv`` lets ``pytracers agent`` add the agent's own options."""
     p = Parser(prog=PROG, description="Trace the Linux kernel with precompiled eBPF: "
                "which probe kinds this kernel has, and tracers that pick the right one.",
-               epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+               epilog=EPILOG, formatter_class=Formatter)
     from .._version import __version__
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)

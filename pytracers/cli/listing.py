@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from .. import errors as E
 from ..kinds import RAW_TP, TP, TP_BTF
 from .usdt import add_list_usdt
-from .options import LIST_FUNCTION_KINDS, Parser, common, subcommand
+from .options import LIST_FUNCTION_KINDS, Formatter, Parser, common, subcommand
 from .output import dumps, note, print_table
 from .status import EPILOG, EXIT_NOT_FOUND, EXIT_OK, PROG, CliError
 
@@ -24,14 +24,14 @@ def add_command(sub: Any) -> None:
     lsub.required = True
     lt = lsub.add_parser("tracepoints", help="tracepoints (category:name) and the kinds that "
                          "reach them", epilog=EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         formatter_class=Formatter)
     lt.add_argument("glob", nargs="?", default="*", metavar="GLOB",
                     help="shell-style pattern on 'category:name' or 'name' (default: *)")
     common(lt, filters=False, duration=False)
     lt.set_defaults(func=cmd_list_tracepoints, command="list tracepoints")
     lf = lsub.add_parser("functions", help="kernel functions (from BTF) and which kinds can "
                          "attach: fentry? kprobe? inlined/notrace?", epilog=EPILOG,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         formatter_class=Formatter)
     lf.add_argument("glob", metavar="GLOB", help="shell-style pattern, e.g. 'do_sys_*'")
     lf.add_argument("--limit", type=int, default=50,
                     help="check at most this many matches (default 50; 0: all)")

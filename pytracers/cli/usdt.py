@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Tuple
 
 from ..kinds import USDT
 from .loop import Stopper, TracerSource, need_bpf_privileges, run_events
-from .options import common, subcommand, tracer_options
+from .options import Formatter, common, subcommand, tracer_options
 from .output import Clock, Column, Output, dumps, hms, note, print_table, us
 from .status import EPILOG, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG, CliError, cli_words
 
@@ -71,7 +71,7 @@ def trace_usdt_command(spec: str, args: argparse.Namespace) -> int:
 def add_list_usdt(lsub: Any) -> None:
     lu = lsub.add_parser(USDT, help="USDT probes (.note.stapsdt) of a binary or of the files "
                          "a process mapped: provider, name, address, semaphore, argument "
-                         "specs", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         "specs", epilog=EPILOG, formatter_class=Formatter)
     lu.add_argument("target", nargs="?", metavar="TARGET",
                     help="an executable or library (path or name: python3.11, libstdc++)")
     lu.add_argument("-p", "--pid", type=int, help="the files this process has mapped")

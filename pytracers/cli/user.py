@@ -8,7 +8,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..kinds import UPROBE
-from .options import common
+from .options import Formatter, common
 from .output import dumps, note, print_table
 from .status import EPILOG, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE, PROG, CliError
 
@@ -58,7 +58,7 @@ def watcher(tracer: Any, stop: Callable[[str], None]) -> Tuple[float, Callable[[
 def add_list_command(lsub: Any) -> None:
     ls = lsub.add_parser("symbols", help="functions of a user-space binary or library (ELF "
                          ".symtab/.dynsym) matching a glob, with the offsets uprobes use",
-                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                         epilog=EPILOG, formatter_class=Formatter)
     ls.add_argument("target", metavar="TARGET",
                     help="a path, a library name (libc) or a command (python3.11); with "
                          "--pid, the file that process mapped")
