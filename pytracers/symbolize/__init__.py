@@ -10,8 +10,9 @@ Tables are sorted: a few addresses are looked up one by one (``bisect``;
 kallsyms' lines are kept sorted and only the lines found are parsed), many in
 bulk over numpy arrays (from ``table.BULK`` = 65,536 addresses at once, or
 ``table.BULK_LOADED`` = 1,024 when numpy is already imported): a profile does
-not import numpy for its symbols.  ELF files are cached by build id.  ``[unknown]`` is given only where no symbol
-covers an address, and :attr:`Symbolizer.stats` counts those by reason.
+not import numpy for its symbols.  ELF files are cached by build id.
+``[unknown]`` is given only where no symbol covers an address, and
+:attr:`Symbolizer.stats` counts those by reason.
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-__all__ = ["Frame", "Stats", "UNKNOWN", "Symbolizer", "stack_addresses", "KernelSymbols", "kernel_symbols",
-           "ProcessSymbols", "ElfSymbols", "elf_symbols", "SymbolTable", "Mapping", "read_maps"]
+__all__ = ["Frame", "Stats", "UNKNOWN", "Symbolizer", "stack_addresses", "KernelSymbols",
+           "kernel_symbols", "ProcessSymbols", "ElfSymbols", "elf_symbols", "SymbolTable",
+           "Mapping", "read_maps"]
 
 
 class Symbolizer:

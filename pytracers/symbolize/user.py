@@ -14,7 +14,6 @@ then leaves its frames ``[unknown]`` (counted as ``process gone``).
 from __future__ import annotations
 
 import os
-from bisect import bisect_right
 from typing import Any, Dict, List, Optional
 
 from .elfsyms import ElfSymbols, elf_symbols
@@ -95,8 +94,10 @@ class ProcessSymbols:
         self.pid = pid
         self.stats = stats if stats is not None else Stats()
         self.maps = read_maps(pid, maps_text)
-        self._starts = [m.start for m in self.maps or ()]
-        self._ends = [m.end for m in self.maps or ()]
+        maps = self.maps or []
+        # the mappings as a table: a mapping's index for each address
+        self._in_map = SymbolTable([m.start for m in maps], list(range(len(maps))),
+                                   [m.end - m.start for m in maps])
         self._files: Dict[str, Optional[ElfSymbols]] = {}
         self._perf: Optional[SymbolTable] = None
         self._perf_read = False
@@ -131,24 +132,10 @@ class ProcessSymbols:
             return [Frame(x, UNKNOWN, 0, None) for x in a]
         out: List[Optional[Frame]] = [None] * len(a)
         groups: Dict[int, List[int]] = {}          # mapping index -> positions in a
-        if is_bulk(a):
-            import numpy as np
-            arr = np.array(a, dtype=np.uint64)
-            starts = np.array(self._starts, dtype=np.uint64)
-            ends = np.array(self._ends, dtype=np.uint64)
-            mi = np.searchsorted(starts, arr, side="right").astype(np.int64) - 1
-            inmap = (mi >= 0) & (arr < ends[np.where(mi >= 0, mi, 0)]) if len(starts) \
-                else np.zeros(len(arr), bool)
-            where = np.where(inmap, mi, -1)
-            for m in np.unique(where).tolist():
-                groups[m] = np.flatnonzero(where == m).tolist()
-        else:
-            starts_l, ends_l = self._starts, self._ends
-            for i, x in enumerate(a):
-                m = bisect_right(starts_l, x) - 1
-                if m < 0 or x >= ends_l[m]:
-                    m = -1
-                groups.setdefault(m, []).append(i)
+        idx, _ = self._in_map.locate(a)
+        maps_of = self._in_map.names
+        for i, t in enumerate(idx):
+            groups.setdefault(maps_of[t] if t >= 0 else -1, []).append(i)
         for m, where_l in groups.items():
             sub = [a[i] for i in where_l]
             if m < 0:
