@@ -794,6 +794,31 @@ def test_closed_stdout_ends_cleanly():
     c.assert_detached()
 
 
+@pytest.mark.kind("tp")
+def test_trace_json_counts_the_batch_a_closed_stdout_cuts_short():
+    """`trace syscall:... --json | head`: the batch whose write finds the pipe
+    closed was taken from the ring all the same, and the summary counts it
+    (it said "0 events seen, 2000 shown" when only finished reads counted)."""
+    import numpy  # noqa: F401  (in the forked CLI too: batches from its first read)
+    calls = 2000
+    c = Cli("trace", "syscall:getpgid", "-p", str(os.getpid()), "--json")
+    c.wait_ready()
+    c.proc.stdout.close()
+    for _ in range(calls):
+        os.getpgid(0)
+    rc = c.proc.wait(timeout=RUN_TIMEOUT)
+    _, err = c.proc.communicate(timeout=RUN_TIMEOUT)
+    err = text(c.err + err)
+    assert rc == 0, err
+    assert "(stdout closed); probes detached" in err and "Traceback" not in err
+    seen, lost = summary(err)
+    m = re.search(r"seen, (\d+) shown", err)
+    shown = int(m.group(1)) if m else seen
+    # it stops at the first failed write: what it took by then, at least one batch
+    assert lost == 0 and 0 < seen <= calls and shown <= seen, err
+    c.assert_detached()
+
+
 # ---- in-process: target syntax and exit status of each error class ---------------------
 
 @pytest.mark.parametrize("spec, kind, want", [

@@ -2,6 +2,8 @@
 
 - a per-event SyscallTracer creates the in-kernel stats map with one entry
   (SyscallStats sizes it for its counters);
+- a tracer attaches before it makes its ring's reader, and loses nothing
+  recorded in between;
 - libbpf's DEBUG lines are not formatted unless the ``pytracers.libbpf``
   logger shows DEBUG, and are logged when it does;
 - closing an object detaches its perf-event links together (threads): every
@@ -30,6 +32,34 @@ def test_per_event_tracer_has_a_one_entry_stats_map():
         assert len(evs) == 1 and evs[0].ret == os.getppid()
     with SyscallStats("getppid", kind="tp", pid=os.getpid(), max_keys=2048) as s:
         assert s.object.maps["stats"].max_entries == 2048
+
+
+@pytest.mark.kind("tp")
+def test_probes_attach_before_the_reader_is_made(monkeypatch):
+    """A tracer attaches, then makes its ring's reader and decoder (they are
+    ~6 ms of a start): a call made in between is recorded and delivered."""
+    from pytracers.object import Object
+    order = []
+    made = Object.ring_buffer
+
+    def ring_buffer(self, *a, **kw):
+        order.append(("reader", None))
+        os.getppid()                        # the probes run already: recorded in the ring
+        return made(self, *a, **kw)
+    attach = SyscallTracer._attach
+
+    def _attach(self, obj):
+        attach(self, obj)
+        order.append(("attached", len(self.links)))
+    monkeypatch.setattr(Object, "ring_buffer", ring_buffer)
+    monkeypatch.setattr(SyscallTracer, "_attach", _attach)
+    ppid = os.getppid()
+    with SyscallTracer("getppid", kind="tp", pid=os.getpid()) as t:
+        assert [o[0] for o in order] == ["attached", "reader"] and order[0][1] == 2
+        evs = t.read(1.0)
+        assert [(e.name, e.ret) for e in evs] == [("getppid", ppid)]
+        os.getppid()
+        assert [(e.name, e.ret) for e in t.read(1.0)] == [("getppid", ppid)]
 
 
 class _CountingLibc:

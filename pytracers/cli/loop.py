@@ -111,7 +111,10 @@ class Source:
     kind = ""
     why = ""
     target = ""
-    counts_itself = False         # poll() delivers nothing per event: count what it returns
+    #: poll() hands records to handlers of its own, not to the callback: the
+    #: loop reads how many it took from :attr:`taken` instead of counting
+    counts_itself = False
+    taken = 0
 
     def poll(self, timeout: float, callback: Callable[[Any], Any]) -> int:
         raise NotImplementedError
@@ -168,15 +171,26 @@ class BatchSource(TracerSource):
         self.on_rows = on_rows
         self.on_event = on_event
         self.warm = on_event is not None and "numpy" not in sys.modules
+        self.taken = 0
+
+    # Counted before they are handled: a handler that raises (stdout closed
+    # part way through a batch) leaves them taken from the ring all the same.
+    def _rows(self, rows: Any) -> None:
+        self.taken += len(rows)
+        self.on_rows(rows)
+
+    def _event(self, ev: Any) -> None:
+        self.taken += 1
+        assert self.on_event is not None
+        self.on_event(ev)
 
     def _read(self, ring: Any) -> int:
         if self.warm:
             if ring.pending_bytes() <= self.WARM_BYTES:
-                assert self.on_event is not None
                 # at most this many: a storm starting meanwhile is the batches' work
-                return int(ring.consume(self.on_event, limit=self.WARM_RECORDS))
+                return int(ring.consume(self._event, limit=self.WARM_RECORDS))
             self.warm = False                        # batches from now on
-        return int(ring.consume_views(self.on_rows, max_records=self.BATCH))
+        return int(ring.consume_views(self._rows, max_records=self.BATCH))
 
     def poll(self, timeout: float, callback: Callable[[Any], Any]) -> int:
         ring = self.tracer.ring
@@ -226,18 +240,13 @@ def run_events(source: Source, out: Output, stopper: Stopper, duration: Optional
                     wait = min(wait, deadline - now)
                 if next_tick is not None:
                     wait = max(0.0, min(wait, next_tick - now))
-                got = source.poll(wait, deliver)
-                if got:
-                    if source.counts_itself:
-                        seen[0] += got
+                if source.poll(wait, deliver):
                     out.flush()
                 if tick is not None and next_tick is not None and time.monotonic() >= next_tick:
                     tick[1]()
                     out.flush()
                     next_tick += tick[0]
-            got = source.poll(0.0, deliver)      # what was already in the ring
-            if source.counts_itself:
-                seen[0] += got
+            source.poll(0.0, deliver)            # what was already in the ring
             if at_end is not None:
                 at_end()
             out.flush()
@@ -249,7 +258,8 @@ def run_events(source: Source, out: Output, stopper: Stopper, duration: Optional
     finally:
         source.close()
     reason = stopper.reason or "stopped"
-    n_seen = seen[0] if seen_count is None else seen_count()
+    n_seen = (seen_count() if seen_count is not None else
+              source.taken if source.counts_itself else seen[0])
     shown = "" if out.rows == n_seen or not out.columns else f", {out.rows} shown"
     if seen_count is None:
         note(f"{what}: {n_seen} event{'s' if n_seen != 1 else ''} seen{shown}, {lost} lost "

@@ -155,9 +155,13 @@ class Tracer(Resource):
         self._own(obj.close)
         try:
             self._after_load(obj)
+            self._attach(obj)
+            # The probes run from here on; what they record waits in the ring
+            # map until the reader exists.  The reader and its decoder come
+            # after the attach: they took ~6 of the ms between a command's
+            # start and its probes running (BENCHMARKS.md section 13).
             self._ring = obj.ring_buffer("events", decoder=self._decoder(obj),
                                          event=self.event_struct, latency=latency)
-            self._attach(obj)
         except BaseException:
             self.close()
             raise
