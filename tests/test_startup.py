@@ -211,7 +211,7 @@ loaded = sorted({m.lstrip(".") for _c, m in COMMANDS if "pytracers.cli" + m in s
 full = build_parser().format_help()
 print(args.command, args.target, args.json, ",".join(loaded),
       all(c in full for c, _m in COMMANDS), "pytracers.kernel.symbols" in sys.modules,
-      "shutil" in sys.modules)
+      "shutil" in sys.modules, "json" in sys.modules)
 """
 
 
@@ -219,14 +219,15 @@ def test_cli_imports_only_the_named_commands_module():
     """`pytracers trace ...` builds the trace command alone (its module and
     the usdt one it uses), parsed as before; with no command named, --help
     lists every command; neither loads kernel.symbols (dataclasses, inspect)
-    nor shutil (argparse's own formatter imports it, with bz2 and lzma)."""
+    nor shutil (argparse's own formatter imports it, with bz2 and lzma), nor
+    json (imported by the first JSON line, after the probes attach)."""
     import subprocess
     import sys
     res = subprocess.run([sys.executable, "-c", _PARSER_CHILD], capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["trace", "syscall:getpgid", "True", "trace,usdt", "True",
-                                  "False", "False"]
+                                  "False", "False", "False"]
 
 
 @pytest.mark.kernel_independent

@@ -6,7 +6,6 @@ for humans (:func:`note`) goes to stderr.
 from __future__ import annotations
 
 import errno as _errno
-import json
 import os
 import sys
 import time
@@ -114,6 +113,9 @@ def cell_text(v: Any) -> str:
 
 def dumps(obj: Any) -> str:
     """One JSON line."""
+    # json (and the regexes it compiles) on first use: ~2 ms of a start that
+    # is not spent before the probes attach (BENCHMARKS.md section 13)
+    import json
     return json.dumps(plain(obj), separators=(", ", ": "), default=str)
 
 
