@@ -9,7 +9,7 @@ record of the traced pid arrives, whose kernel timestamp it prints.
     python bench/start_floor.py PACKAGE_DIR OBJECT PID
 
 bench/run --only start runs it beside the CLI and bpftrace (BENCHMARKS.md
-section 3): how far below the library's start a Python process can go.  The
+section 13): how far below the library's start a Python process can go.  The
 pid is checked here, in user space (the library writes it into the
 program's read-only data before load)."""
 import mmap

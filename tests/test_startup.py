@@ -43,23 +43,57 @@ def test_probes_attach_before_the_reader_is_made(monkeypatch):
     made = Object.ring_buffer
 
     def ring_buffer(self, *a, **kw):
-        order.append(("reader", None))
+        order.append("reader")
         os.getppid()                        # the probes run already: recorded in the ring
         return made(self, *a, **kw)
     attach = SyscallTracer._attach
 
     def _attach(self, obj):
         attach(self, obj)
-        order.append(("attached", len(self.links)))
+        order.append(f"attached {len(self.links)}")
     monkeypatch.setattr(Object, "ring_buffer", ring_buffer)
     monkeypatch.setattr(SyscallTracer, "_attach", _attach)
     ppid = os.getppid()
     with SyscallTracer("getppid", kind="tp", pid=os.getpid()) as t:
-        assert [o[0] for o in order] == ["attached", "reader"] and order[0][1] == 2
+        assert order == ["attached 2", "reader"]
         evs = t.read(1.0)
         assert [(e.name, e.ret) for e in evs] == [("getppid", ppid)]
         os.getppid()
         assert [(e.name, e.ret) for e in t.read(1.0)] == [("getppid", ppid)]
+
+
+@pytest.mark.kind("tp")
+def test_a_reader_that_cannot_be_made_detaches_the_probes(monkeypatch):
+    """The reader comes after the attach: when it cannot be made, the
+    constructor raises with every link closed and the programs, maps and
+    links gone from the kernel -- closed, not left to the collector (the
+    half-made tracer is kept here, as a traceback's frame would keep it)."""
+    from pytracers.kernel.introspect import kernel_id
+    from pytracers.object import Object
+    held = {}
+    attach = SyscallTracer._attach
+
+    def _attach(self, obj):
+        attach(self, obj)
+        held["tracer"] = self
+        held["links"] = list(self.links)
+        ids = {"progs": set(), "maps": set(), "links": set()}
+        fds = [p.fd for p in obj.programs.values() if p.fd >= 0] + \
+            [m.fd for m in obj.maps.values()] + [k.fd for k in self.links]
+        for kid in filter(None, map(kernel_id, fds)):
+            ids[kid[0]].add(kid[1])
+        held["ids"] = ids
+
+    def ring_buffer(self, *a, **kw):
+        raise MemoryError("no reader")
+    monkeypatch.setattr(SyscallTracer, "_attach", _attach)
+    monkeypatch.setattr(Object, "ring_buffer", ring_buffer)
+    with pytest.raises(MemoryError, match="no reader"):
+        SyscallTracer("getppid", kind="tp", pid=os.getpid())
+    assert held["tracer"].closed
+    assert len(held["links"]) == 2 and all(k.closed for k in held["links"])
+    assert held["ids"]["progs"] and held["ids"]["maps"]
+    assert introspect.still_present(held["ids"], timeout=5.0) == {}
 
 
 class _CountingLibc:
