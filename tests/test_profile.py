@@ -245,6 +245,52 @@ def test_short_lived_process_symbolises_when_watched(workload, watch):
         assert result.stats["unknown_frames"].get("process gone", 0) > 0
 
 
+# a child that names itself "workload", spins in Python, then execs argv[1]
+NAMED_THEN_EXEC = (
+    "import ctypes, os, sys, time\n"
+    "ctypes.CDLL(None).prctl(15, b'workload', 0, 0, 0)\n"
+    "end = time.monotonic() + float(sys.argv[2])\n"
+    "while time.monotonic() < end:\n"
+    "    pass\n"
+    "os.execv(sys.argv[1], [sys.argv[1]])\n")
+
+
+def test_a_process_sampled_before_its_exec_symbolises_both_images(workload):
+    """A process sampled, then exec'd, then gone before the end: the program
+    announces it again after the exec (same pid, same comm), so the new
+    image's frames symbolise (hot_function) and the old image's samples are
+    still placed in the interpreter they ran in."""
+    with pytracers.Profiler(comm="workload", kernel=False) as prof:
+        p = subprocess.Popen([sys.executable, "-c", NAMED_THEN_EXEC, workload,
+                              str(SECONDS / 4)])
+        try:
+            time.sleep(SECONDS * 3 / 4)
+        finally:
+            p.kill()
+            p.wait()
+        result = prof.result()
+    mine = [s for s in _of(result, p.pid) if s.ustack]
+    tops = {s.ustack[0].symbol for s in mine}
+    assert "hot_function" in tops, tops
+    # the interpreter's exported functions (Py_BytesMain, _PyEval_EvalFrameDefault...)
+    interp = {f.symbol for s in mine for f in s.ustack if f.symbol.startswith(("Py", "_Py"))}
+    assert interp, [s.ustack[:3] for s in mine]
+    assert result.stats["unknown_frames"].get("process gone", 0) == 0
+
+
+def test_maps_read_mid_exec_are_told_apart():
+    """The watcher's test for an exec under way: this process's maps hold its
+    executable; the same text without those lines (an address space whose
+    binary is not mapped yet) does not."""
+    from pytracers.profiler.sampler import exe_mapped
+    from pytracers.symbolize.user import read_maps_text
+    text = read_maps_text(os.getpid())
+    assert text is not None and exe_mapped(os.getpid(), text)
+    exe = os.readlink("/proc/self/exe")
+    without = "\n".join(ln for ln in text.splitlines() if not ln.endswith(exe))
+    assert not exe_mapped(os.getpid(), without)
+
+
 def test_cli_profile_stops_on_sigint(workload):
     """Ctrl-C ends the wait at once (it blocks on the signal, no polling) and
     the profile is still written."""

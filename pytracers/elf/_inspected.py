@@ -183,7 +183,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (9816, 29927),
     },
     # profile.bpf.o
-    'c7e405fce0470bac5cffc1896b305f4ad85996c07e8db4304a9ac6872624d708': {
+    '8fa8f20d4fc2a0aaaeafd3984a57615f9ed1fa1d7addf6b1df8e6c80fb282e9a': {
         'programs': {
             'profile_sample': 'perf_event',
         },
@@ -196,9 +196,9 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_user': ('.rodata', 33, 1),
             'cfg_new_pids': ('.rodata', 35, 1),
         },
-        'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', 'license', '.maps', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3704, 3096),
+        'btf': (3864, 28799),
     },
     # syscalls.bpf.o
     '81eab979236179f7f000f323c7322d590a80402d80081edf75c4728870ce858e': {
@@ -468,7 +468,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (9816, 30609),
     },
     # arm64/profile.bpf.o
-    'c7e405fce0470bac5cffc1896b305f4ad85996c07e8db4304a9ac6872624d708': {
+    '85495a7a47eb6671640a1406ebdd6874d9398abb96bab11e1e3fd473d10b86e8': {
         'programs': {
             'profile_sample': 'perf_event',
         },
@@ -481,9 +481,9 @@ OBJECTS: dict[str, dict[str, Any]] = {
             'cfg_user': ('.rodata', 33, 1),
             'cfg_new_pids': ('.rodata', 35, 1),
         },
-        'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', '.maps', 'license', '.relperf_event', '.BTF', '.BTF.ext'],
+        'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', 'license', '.maps', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3704, 3096),
+        'btf': (3864, 29478),
     },
     # arm64/syscalls.bpf.o
     'ba71940ce621ef80d28e5e199612bab586460251831f324eae7711bb05d3128b': {

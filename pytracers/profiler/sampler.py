@@ -125,19 +125,36 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
     return samples, stats
 
 
+def exe_mapped(pid: int, text: str) -> bool:
+    """Whether ``text`` (pid's maps) holds its executable's image: not so
+    between an exec's new address space and the mapping of the new binary.
+    True when the executable cannot be told (gone, not ours to read)."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return True
+    return any(line.endswith(" " + exe) for line in text.splitlines())
+
+
 class NewProcesses:
     """Reads the mappings of each process the profile program announces on
-    its ``new_pids`` ring (the first time the process gets a count), so that
-    a process that exits before the end of the profile still symbolises.
+    its ``new_pids`` ring (the first time the process gets a count, and again
+    after each exec), so that a process that exits before the end of the
+    profile still symbolises.
 
     A thread sleeps in epoll on the ring and a stop pipe: it wakes only when
-    a new process shows up (no polling, no walk of the counts map)."""
+    a new process shows up (no polling, no walk of the counts map).  Maps read
+    in the middle of an exec (the executable not mapped yet) are kept, and the
+    pid is dropped from ``seen`` (the program's ``seen_pids``) so that its next
+    new key announces it again."""
 
-    def __init__(self, ring_map: Any) -> None:
+    def __init__(self, ring_map: Any, seen: Any = None) -> None:
         import select
         import threading
         from ..ringbuf import RingBuffer
-        self.maps_text: Dict[int, str] = {}
+        self.maps_text: Dict[int, List[str]] = {}    # pid -> its maps as read, in order
+        self.seen = seen
+        self.reread = 0           # announcements read again because an exec was under way
         self.ring = RingBuffer(ring_map)
         try:
             self._stop_r, self._stop_w = os.pipe()
@@ -154,23 +171,36 @@ class NewProcesses:
         # the maps are only read here (the kernel's text, kept as it is);
         # parsing them and the ELF files waits for the end
         from ..symbolize.user import read_maps_text
-        seen = self.maps_text
+        texts = self.maps_text
         while True:
             ready = [fd for fd, _ in self._ep.poll()]
             if self._stop_r in ready:
                 return
             for rec in self.ring.read(0):
                 pid = int.from_bytes(rec[:4], "little")
-                if pid not in seen:
-                    text = read_maps_text(pid)
-                    if text is not None:
-                        seen[pid] = text
+                text = read_maps_text(pid)
+                if text is None:          # gone: what was read before stays
+                    continue
+                read = texts.setdefault(pid, [])
+                if not read or read[-1] != text:
+                    read.append(text)
+                if self.seen is not None and not exe_mapped(pid, text):
+                    self.seen.delete(struct.pack("<I", pid))
+                    self.reread += 1
 
     @property
     def processes(self) -> Dict[int, Any]:
-        """pid -> ProcessSymbols from the mappings read while the process lived."""
+        """pid -> ProcessSymbols from the mappings read while the process lived
+        (the last read first; an address outside it is looked up in those
+        read before, the images of earlier execs)."""
         from ..symbolize import ProcessSymbols
-        return {pid: ProcessSymbols(pid, maps_text=t) for pid, t in self.maps_text.items()}
+        out = {}
+        for pid, texts in self.maps_text.items():
+            ps = None
+            for t in texts:
+                ps = ProcessSymbols(pid, maps_text=t, earlier=ps)
+            out[pid] = ps
+        return out
 
     def stop(self) -> None:
         os.write(self._stop_w, b"x")
@@ -219,7 +249,8 @@ class Profiler:
         self.started = time.monotonic()
         self.stopped: Optional[float] = None
         try:
-            self._watcher = NewProcesses(self.obj.maps["new_pids"]) if watch else None
+            self._watcher = (NewProcesses(self.obj.maps["new_pids"], self.obj.maps["seen_pids"])
+                             if watch else None)
         except BaseException:
             self.links.close()
             self.obj.close()

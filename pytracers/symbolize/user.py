@@ -88,10 +88,14 @@ class ProcessSymbols:
     """Symbolises addresses of one process (its mappings as read at creation)."""
 
     def __init__(self, pid: int, stats: Optional[Stats] = None,
-                 maps_text: Optional[str] = None) -> None:
+                 maps_text: Optional[str] = None,
+                 earlier: Optional["ProcessSymbols"] = None) -> None:
         """``maps_text``: the process's maps as read earlier (read_maps_text),
-        for a process that may have exited since."""
+        for a process that may have exited since.  ``earlier``: the same
+        process's symbols from before (an image it exec'd away from): an
+        address in none of these mappings is looked up there."""
         self.pid = pid
+        self.earlier = earlier
         self.stats = stats if stats is not None else Stats()
         self.maps = read_maps(pid, maps_text)
         maps = self.maps or []
@@ -138,6 +142,12 @@ class ProcessSymbols:
             groups.setdefault(maps_of[t] if t >= 0 else -1, []).append(i)
         for m, where_l in groups.items():
             sub = [a[i] for i in where_l]
+            if m < 0 and self.earlier is not None:
+                self.stats.addresses -= len(sub)          # counted again there
+                self.earlier.stats = self.stats
+                for i, f in zip(where_l, self.earlier.symbolize(sub)):
+                    out[i] = f
+                continue
             if m < 0:
                 self.stats.miss("no mapping", len(sub))
                 for i, x in zip(where_l, sub):
