@@ -291,6 +291,31 @@ def test_maps_read_mid_exec_are_told_apart():
     assert not exe_mapped(os.getpid(), without)
 
 
+def test_a_process_read_mid_exec_is_announced_again_a_few_times(monkeypatch):
+    """When the watcher reads maps without the executable in them (an exec
+    under way), it drops the pid from the program's seen_pids so the next new
+    stack announces it again -- MID_EXEC_REREADS times at most; maps whose
+    executable is there leave the pid seen."""
+    from pytracers.profiler import sampler
+    me = os.getpid()
+    key = me.to_bytes(4, "little")
+    with pytracers.Profiler(comm="no-such-comm") as prof:
+        watcher, seen = prof._watcher, prof.obj.maps["seen_pids"]
+        seen[key] = (1).to_bytes(8, "little")
+        watcher.take(me)                          # the executable is mapped: stays seen
+        assert seen.lookup(key) is not None and not watcher.forgotten
+        monkeypatch.setattr(sampler, "exe_mapped", lambda pid, text: False)
+        for _ in range(sampler.MID_EXEC_REREADS):
+            seen[key] = (1).to_bytes(8, "little")
+            watcher.take(me)
+            assert seen.lookup(key) is None
+        seen[key] = (1).to_bytes(8, "little")
+        watcher.take(me)
+        assert seen.lookup(key) is not None
+        assert watcher.forgotten == {me: sampler.MID_EXEC_REREADS}
+        assert len(watcher.maps_text[me]) >= 1
+
+
 def test_cli_profile_stops_on_sigint(workload):
     """Ctrl-C ends the wait at once (it blocks on the signal, no polling) and
     the profile is still written."""

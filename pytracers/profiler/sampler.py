@@ -22,6 +22,7 @@ __all__ = ["Profiler", "profile", "read_stacks", "read_counts", "configure"]
 KEY = struct.Struct("<IiiI16s")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 ST_NAMES = ("samples", "kstack_lost", "ustack_lost", "counts_full")
+MID_EXEC_REREADS = 4   # times a process read without its executable mapped is announced again
 EFAULT_STACK = -14   # bpf_get_stackid's -EFAULT: no stack of that kind (a kernel thread's user stack)
 
 
@@ -146,7 +147,9 @@ class NewProcesses:
     a new process shows up (no polling, no walk of the counts map).  Maps read
     in the middle of an exec (the executable not mapped yet) are kept, and the
     pid is dropped from ``seen`` (the program's ``seen_pids``) so that its next
-    new key announces it again."""
+    new key announces it again -- at most :data:`MID_EXEC_REREADS` times a
+    process (one that unmaps its own executable is not read at every new
+    stack)."""
 
     def __init__(self, ring_map: Any, seen: Any = None) -> None:
         import select
@@ -154,7 +157,7 @@ class NewProcesses:
         from ..ringbuf import RingBuffer
         self.maps_text: Dict[int, List[str]] = {}    # pid -> its maps as read, in order
         self.seen = seen
-        self.reread = 0           # announcements read again because an exec was under way
+        self.forgotten: Dict[int, int] = {}     # pid -> times dropped from seen (mid-exec)
         self.ring = RingBuffer(ring_map)
         try:
             self._stop_r, self._stop_w = os.pipe()
@@ -168,25 +171,27 @@ class NewProcesses:
         self._thread.start()
 
     def _run(self) -> None:
-        # the maps are only read here (the kernel's text, kept as it is);
-        # parsing them and the ELF files waits for the end
-        from ..symbolize.user import read_maps_text
-        texts = self.maps_text
         while True:
             ready = [fd for fd, _ in self._ep.poll()]
             if self._stop_r in ready:
                 return
             for rec in self.ring.read(0):
-                pid = int.from_bytes(rec[:4], "little")
-                text = read_maps_text(pid)
-                if text is None:          # gone: what was read before stays
-                    continue
-                read = texts.setdefault(pid, [])
-                if not read or read[-1] != text:
-                    read.append(text)
-                if self.seen is not None and not exe_mapped(pid, text):
-                    self.seen.delete(struct.pack("<I", pid))
-                    self.reread += 1
+                self.take(int.from_bytes(rec[:4], "little"))
+
+    def take(self, pid: int) -> None:
+        """Read an announced process's maps (the kernel's text, kept as it
+        is: parsing them and the ELF files waits for the end)."""
+        from ..symbolize.user import read_maps_text
+        text = read_maps_text(pid)
+        if text is None:          # gone: what was read before stays
+            return
+        read = self.maps_text.setdefault(pid, [])
+        if not read or read[-1] != text:
+            read.append(text)
+        if (self.seen is not None and self.forgotten.get(pid, 0) < MID_EXEC_REREADS
+                and not exe_mapped(pid, text)):
+            self.forgotten[pid] = self.forgotten.get(pid, 0) + 1
+            self.seen.delete(struct.pack("<I", pid))
 
     @property
     def processes(self) -> Dict[int, Any]:
