@@ -245,6 +245,58 @@ def test_short_lived_process_symbolises_when_watched(workload, watch):
         assert result.stats["unknown_frames"].get("process gone", 0) > 0
 
 
+DLOPENED = r"""
+#include <time.h>
+volatile unsigned long dl_sink;
+__attribute__((noinline)) void dl_hot_function(void) {
+    for (unsigned long i = 0; i < 100000; i++) dl_sink += i * i;
+}
+void dl_spin(double seconds) {
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    do {
+        dl_hot_function();
+        clock_gettime(CLOCK_MONOTONIC, &b);
+    } while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < seconds);
+}
+"""
+# a child that names itself "dlopener", spins in Python, then loads argv[1]
+# with dlopen and spins in it, then waits to be killed
+SPIN_THEN_DLOPEN = (
+    "import ctypes, sys, time\n"
+    "ctypes.CDLL(None).prctl(15, b'dlopener', 0, 0, 0)\n"
+    "end = time.monotonic() + float(sys.argv[2])\n"
+    "while time.monotonic() < end:\n"
+    "    pass\n"
+    "ctypes.CDLL(sys.argv[1]).dl_spin(ctypes.c_double(float(sys.argv[2])))\n"
+    "time.sleep(600)\n")
+
+
+def test_a_library_loaded_after_the_first_sample_symbolises(tmp_path):
+    """A running process announced (and its maps read) before it dlopens a
+    library: the maps are read again when the profile stops, so the
+    library's frames are named."""
+    src = tmp_path / "dl.c"
+    src.write_text(DLOPENED)
+    lib = tmp_path / "libdlhot.so"
+    subprocess.run(["gcc", "-O0", "-g", "-fno-omit-frame-pointer", "-shared", "-fPIC", "-o",
+                    str(lib), str(src)], check=True)
+    with pytracers.Profiler(comm="dlopener", kernel=False) as prof:
+        p = subprocess.Popen([sys.executable, "-c", SPIN_THEN_DLOPEN, str(lib),
+                              str(SECONDS / 3)])
+        try:
+            time.sleep(SECONDS * 3 / 4)
+            assert p.poll() is None
+            result = prof.result()
+        finally:
+            p.kill()
+            p.wait()
+    mine = [s for s in _of(result, p.pid) if s.ustack]
+    tops = {s.ustack[0].symbol for s in mine}
+    assert "dl_hot_function" in tops, tops
+    assert any(f.module == str(lib) for s in mine for f in s.ustack)
+
+
 # a child that names itself "workload", spins in Python, then execs argv[1]
 NAMED_THEN_EXEC = (
     "import ctypes, os, sys, time\n"

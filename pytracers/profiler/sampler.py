@@ -137,11 +137,25 @@ def exe_mapped(pid: int, text: str) -> bool:
     return any(line.endswith(" " + exe) for line in text.splitlines())
 
 
+def start_time(pid: int) -> Optional[int]:
+    """The process's start time (``/proc/PID/stat``'s 22nd field, clock ticks
+    after boot): with the pid, it names one process (pids are reused).  None
+    when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat.rsplit(b")", 1)[-1].split()   # after the command name, which may hold spaces
+    return int(fields[19]) if len(fields) > 19 else None
+
+
 class NewProcesses:
     """Reads the mappings of each process the profile program announces on
     its ``new_pids`` ring (the first time the process gets a count, and again
     after each exec), so that a process that exits before the end of the
-    profile still symbolises.
+    profile still symbolises; when the profile stops, the maps of those still
+    running are read once more (libraries loaded since their announcement).
 
     A thread sleeps in epoll on the ring and a stop pipe: it wakes only when
     a new process shows up (no polling, no walk of the counts map).  Maps read
@@ -156,6 +170,7 @@ class NewProcesses:
         import threading
         from ..ringbuf import RingBuffer
         self.maps_text: Dict[int, List[str]] = {}    # pid -> its maps as read, in order
+        self.started: Dict[int, Optional[int]] = {}  # pid -> the start time of the process read
         self.seen = seen
         self.forgotten: Dict[int, int] = {}     # pid -> times dropped from seen (mid-exec)
         self.ring = RingBuffer(ring_map)
@@ -182,16 +197,33 @@ class NewProcesses:
         """Read an announced process's maps (the kernel's text, kept as it
         is: parsing them and the ELF files waits for the end)."""
         from ..symbolize.user import read_maps_text
+        born = start_time(pid)
         text = read_maps_text(pid)
-        if text is None:          # gone: what was read before stays
+        if text is None or born is None:      # gone: what was read before stays
             return
-        read = self.maps_text.setdefault(pid, [])
-        if not read or read[-1] != text:
-            read.append(text)
+        if self.started.get(pid, born) != born:   # the pid now names another process
+            self.maps_text.pop(pid, None)
+            self.forgotten.pop(pid, None)
+        self.started[pid] = born
+        self._keep(pid, text)
         if (self.seen is not None and self.forgotten.get(pid, 0) < MID_EXEC_REREADS
                 and not exe_mapped(pid, text)):
             self.forgotten[pid] = self.forgotten.get(pid, 0) + 1
             self.seen.delete(struct.pack("<I", pid))
+
+    def _keep(self, pid: int, text: str) -> None:
+        read = self.maps_text.setdefault(pid, [])
+        if not read or read[-1] != text:
+            read.append(text)
+
+    def read_again(self) -> None:
+        """Read the maps of every process read before that still runs (the
+        same process: its start time unchanged) once more."""
+        from ..symbolize.user import read_maps_text
+        for pid, born in self.started.items():
+            text = read_maps_text(pid)
+            if text is not None and start_time(pid) == born:
+                self._keep(pid, text)
 
     @property
     def processes(self) -> Dict[int, Any]:
@@ -210,10 +242,13 @@ class NewProcesses:
     def stop(self) -> None:
         os.write(self._stop_w, b"x")
         self._thread.join()
-        self._ep.close()
-        self.ring.close()
-        os.close(self._stop_r)
-        os.close(self._stop_w)
+        try:
+            self.read_again()
+        finally:
+            self._ep.close()
+            self.ring.close()
+            os.close(self._stop_r)
+            os.close(self._stop_w)
 
 
 class Profiler:
