@@ -20,6 +20,7 @@
 
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
 
 #define PT_COMM_LEN 16
 #define PT_MAX_DEPTH 127
@@ -133,6 +134,44 @@ static __always_inline bool key_count(const struct profile_key *key, __u64 val)
 	else
 		stat_add(ST_COUNTS_FULL);
 	return false;
+}
+
+/*
+ * New processes (cfg_new_pids): the first time a process gets a count of its
+ * own with a user stack -- a new key, so not on the common path -- its pid
+ * goes to the `new_pids` ring, where Python waits and reads the process's
+ * mappings at once, so a process that exits before the end still symbolises.
+ * seen_pids keeps the exec generation a pid was announced in (the task's
+ * self_exec_id, bumped by every exec, plus one): a process is announced again
+ * after each exec.  Python may also drop a pid from seen_pids (its maps read
+ * in the middle of an exec) so that it is announced again.  LRU: a forgotten
+ * pid is announced again, harmlessly.
+ */
+const volatile __u8 cfg_new_pids = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, 8192);
+} seen_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096 * 4);
+} new_pids SEC(".maps");
+
+/* Put pid on new_pids unless it was announced in exec generation exec_id
+ * (two CPUs of one process may both announce it: Python reads the maps twice). */
+static __always_inline void announce(__u32 pid, __u64 exec_id)
+{
+	__u64 gen = exec_id + 1;
+	__u64 *was = bpf_map_lookup_elem(&seen_pids, &pid);
+
+	if (was && *was == gen)
+		return;
+	if (!bpf_map_update_elem(&seen_pids, &pid, &gen, BPF_ANY))
+		bpf_ringbuf_output(&new_pids, &pid, sizeof(pid), 0);
 }
 
 #endif /* PT_STACK_COUNTS_H */

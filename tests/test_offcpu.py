@@ -85,3 +85,30 @@ def test_cli_offcpu_folded(sleeper):
     assert prof["unit"] == "microseconds" and sum(prof["weights"]) > 0
     names = {f["name"] for f in doc["shared"]["frames"]}
     assert "sleepy_function" in names and "do_nanosleep_[k]" in names
+
+
+@pytest.mark.parametrize("watch", [True, False])
+def test_a_process_gone_before_the_end_symbolises_when_watched(sleeper, need, watch):
+    """A process that blocks and exits before the off-CPU profile ends: its
+    mappings were read when its first block added a count (as the sampling
+    profiler does), so its frames are named; unwatched they are [unknown],
+    'process gone'."""
+    with need("tp_btf"):
+        prof = pytracers.OffCpuProfiler(comm="sleeper", kernel=False, watch_processes=watch)
+    with prof:
+        p = subprocess.Popen([sleeper])
+        try:
+            time.sleep(SECONDS / 2)
+        finally:
+            p.kill()
+            p.wait()
+        result = prof.result()
+    mine = [s for s in result.samples if s.pid == p.pid and s.ustack]
+    assert mine, result.stats
+    tops = {s.ustack[0].symbol for s in mine}
+    if watch:
+        assert "sleepy_function" in tops, tops
+        assert result.stats["unknown_frames"].get("process gone", 0) == 0
+    else:
+        assert tops == {"[unknown]"}, tops
+        assert result.stats["unknown_frames"].get("process gone", 0) > 0

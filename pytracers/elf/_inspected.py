@@ -145,22 +145,23 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (20664, 6355),
     },
     # offcpu.bpf.o
-    '95fbb87c2cbc8a00383478a08fb549772e6d75f64548001480717138b8cc5113': {
+    '4173c500d5240a3086962352e3b40d24f7fc4dcfefd21e3945c5a5ec49b33e25': {
         'programs': {
             'offcpu_switch': 'tp_btf/sched_switch',
         },
         'variables': {
-            'cfg_preempted': ('.rodata', 34, 1),
+            'cfg_preempted': ('.rodata', 35, 1),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_cgroup': ('.rodata', 24, 8),
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_kernel': ('.rodata', 32, 1),
             'cfg_user': ('.rodata', 33, 1),
             'cfg_min_ns': ('.rodata', 40, 8),
+            'cfg_new_pids': ('.rodata', 34, 1),
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3824, 28663),
+        'btf': (4352, 29297),
     },
     # proc.bpf.o
     'f6e5f420dc61905f5130a357c51af84bf80d5afe721165dcb1f7ebe0e0288234': {
@@ -183,22 +184,22 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (9816, 29927),
     },
     # profile.bpf.o
-    '8fa8f20d4fc2a0aaaeafd3984a57615f9ed1fa1d7addf6b1df8e6c80fb282e9a': {
+    '84bda88e667e37e8c312d14a3a651652edf4e425b22c7b71e4d6a5c7abb31af7': {
         'programs': {
             'profile_sample': 'perf_event',
         },
         'variables': {
-            'cfg_idle': ('.rodata', 34, 1),
+            'cfg_idle': ('.rodata', 35, 1),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_cgroup': ('.rodata', 24, 8),
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_kernel': ('.rodata', 32, 1),
             'cfg_user': ('.rodata', 33, 1),
-            'cfg_new_pids': ('.rodata', 35, 1),
+            'cfg_new_pids': ('.rodata', 34, 1),
         },
         'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', 'license', '.maps', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3864, 28799),
+        'btf': (3864, 28758),
     },
     # syscalls.bpf.o
     '81eab979236179f7f000f323c7322d590a80402d80081edf75c4728870ce858e': {
@@ -430,22 +431,23 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (20640, 6096),
     },
     # arm64/offcpu.bpf.o
-    'a9202053eeddca6cf513017a2b3dc93335b4a7f89b2ada0055ced22ea0782605': {
+    '2176b28fbb93f1783de09176b0bc7af9d63c793cdaf0e574b8a5caf1802db992': {
         'programs': {
             'offcpu_switch': 'tp_btf/sched_switch',
         },
         'variables': {
-            'cfg_preempted': ('.rodata', 34, 1),
+            'cfg_preempted': ('.rodata', 35, 1),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_cgroup': ('.rodata', 24, 8),
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_kernel': ('.rodata', 32, 1),
             'cfg_user': ('.rodata', 33, 1),
             'cfg_min_ns': ('.rodata', 40, 8),
+            'cfg_new_pids': ('.rodata', 34, 1),
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3824, 29342),
+        'btf': (4352, 29976),
     },
     # arm64/proc.bpf.o
     '0fc8ff641796e7cb13e00e3eba9257988fbb33d6237c05911efddca30a893722': {
@@ -468,22 +470,22 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (9816, 30609),
     },
     # arm64/profile.bpf.o
-    '85495a7a47eb6671640a1406ebdd6874d9398abb96bab11e1e3fd473d10b86e8': {
+    '5097f71a08e2503d0e495994f2e0efc4a8cdf2c1584756edb56bb2f550b627f9': {
         'programs': {
             'profile_sample': 'perf_event',
         },
         'variables': {
-            'cfg_idle': ('.rodata', 34, 1),
+            'cfg_idle': ('.rodata', 35, 1),
             'cfg_pid': ('.rodata', 0, 4),
             'cfg_cgroup': ('.rodata', 24, 8),
             'cfg_comm': ('.rodata', 4, 16),
             'cfg_kernel': ('.rodata', 32, 1),
             'cfg_user': ('.rodata', 33, 1),
-            'cfg_new_pids': ('.rodata', 35, 1),
+            'cfg_new_pids': ('.rodata', 34, 1),
         },
         'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', 'license', '.maps', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3864, 29478),
+        'btf': (3864, 29437),
     },
     # arm64/syscalls.bpf.o
     'ba71940ce621ef80d28e5e199612bab586460251831f324eae7711bb05d3128b': {

@@ -4,28 +4,33 @@ stacks).  The profile's unit is microseconds."""
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Optional
 
 from .. import object as _object
 from .._shipped import object_path
 from ..errors import BadArgumentError
 from .result import Profile
-from .sampler import configure, read_counts
+from .sampler import StackCounter, configure, configure_watch
 
 __all__ = ["OffCpuProfiler", "offcpu"]
 
-ST_NAMES = ("blocks", "kstack_lost", "ustack_lost", "counts_full")
 NS_PER_US = 1000
 
 
-class OffCpuProfiler:
+class OffCpuProfiler(StackCounter):
     """Blocked time by stack while running (``with OffCpuProfiler() as p: ...;
     p.result()``).  ``min_us``: blocks shorter than this are left out;
-    ``preempted``: also count time spent runnable after a preemption."""
+    ``preempted``: also count time spent runnable after a preemption;
+    ``watch_processes``: read each process's mappings when it first adds a
+    count (and after an exec), so that short-lived ones still symbolise (as
+    :class:`~pytracers.profiler.Profiler` does)."""
+
+    ST_NAMES = ("blocks", "kstack_lost", "ustack_lost", "counts_full")
 
     def __init__(self, *, pid: Optional[int] = None, comm: Optional[str] = None,
                  cgroup: Optional[str] = None, kernel: bool = True, user: bool = True,
-                 min_us: int = 1, preempted: bool = False) -> None:
+                 min_us: int = 1, preempted: bool = False,
+                 watch_processes: bool = True) -> None:
         if not isinstance(min_us, int) or min_us < 0:
             raise BadArgumentError(f"min_us must be a non-negative int, got {min_us!r}")
         o = _object.open(object_path("offcpu"))
@@ -33,43 +38,23 @@ class OffCpuProfiler:
             configure(o, pid=pid, comm=comm, cgroup=cgroup, kernel=kernel, user=user)
             o.config["cfg_min_ns"] = min_us * NS_PER_US
             o.config["cfg_preempted"] = int(preempted)
+            watch = bool(user and watch_processes)
+            configure_watch(o, watch)
             self.obj = o.load()
         except BaseException:
             o.close()
             raise
         try:
-            self.link = self.obj.programs["offcpu_switch"].attach()
+            self.links = self.obj.programs["offcpu_switch"].attach()
         except BaseException:
             self.obj.close()
             raise
-        self.started = time.monotonic()
-        self.stopped: Optional[float] = None
-
-    def stop(self) -> None:
-        if self.stopped is None:
-            self.link.close()
-            self.stopped = time.monotonic()
-
-    def stats(self) -> Dict[str, int]:
-        m = self.obj.maps["stats"]
-        return {name: m.sum_percpu_u64(i) for i, name in enumerate(ST_NAMES)}
+        self._running(watch)
 
     def result(self) -> Profile:
-        self.stop()
-        samples, stats = read_counts(self.obj, self.stats(), scale=NS_PER_US)
-        end = self.stopped if self.stopped is not None else time.monotonic()
-        return Profile(samples, unit="microseconds", duration=end - self.started,
+        samples, stats, duration = self._counts(NS_PER_US)
+        return Profile(samples, unit="microseconds", duration=duration,
                        event="sched_switch", stats=stats)
-
-    def close(self) -> None:
-        self.stop()
-        self.obj.close()
-
-    def __enter__(self) -> "OffCpuProfiler":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def offcpu(duration: float = 10.0, pid: Optional[int] = None, *, comm: Optional[str] = None,

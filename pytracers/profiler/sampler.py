@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, TypeVar
 
 from .. import object as _object
 from .._shipped import object_path
@@ -15,6 +15,8 @@ from ..errors import BadArgumentError
 if TYPE_CHECKING:   # imported where used: not before the perf events are open
     from ..symbolize import Frame, Symbolizer
     from .result import Profile, Sample
+
+_Counter = TypeVar("_Counter", bound="StackCounter")
 
 __all__ = ["Profiler", "profile", "read_stacks", "read_counts", "configure"]
 
@@ -124,6 +126,18 @@ def read_counts(obj: Any, kernel_stats: Dict[str, int], scale: int = 1,
     stats["unknown_frames"] = dict(sym.stats.unknown)
     stats["symbolized"] = sym.stats.addresses
     return samples, stats
+
+
+def configure_watch(o: Any, watch: bool) -> None:
+    """Before load: announce new processes on ``new_pids`` (stack_counts.h)."""
+    o.config["cfg_new_pids"] = int(watch)
+    # a power of two pages (64 KiB pages exist); 16 bytes a pid
+    o.maps["new_pids"].max_entries = max(16384, PAGE_SIZE) if watch else PAGE_SIZE
+
+
+def watch_new_processes(obj: Any) -> "NewProcesses":
+    """After load and attach: the watcher of a stack-counting object's ``new_pids``."""
+    return NewProcesses(obj.maps["new_pids"], obj.maps["seen_pids"])
 
 
 def exe_mapped(pid: int, text: str) -> bool:
@@ -251,7 +265,60 @@ class NewProcesses:
             os.close(self._stop_w)
 
 
-class Profiler:
+class StackCounter:
+    """What the two stack-counting profilers share once their object is
+    loaded and its programs attached (``obj``, ``links``): the watcher of new
+    processes, stopping, the kernel's stats, reading and symbolising the
+    counts, closing."""
+
+    obj: Any
+    links: Any
+    ST_NAMES: Tuple[str, ...] = ST_NAMES
+
+    def _running(self, watch: bool) -> None:
+        """Right after the attach: the clock, and the watcher when ``watch``
+        (on failure the programs are detached and the object closed)."""
+        self.started = time.monotonic()
+        self.stopped: Optional[float] = None
+        try:
+            self._watcher = watch_new_processes(self.obj) if watch else None
+        except BaseException:
+            self.links.close()
+            self.obj.close()
+            raise
+
+    def stop(self) -> None:
+        """Stop counting (the counts stay readable)."""
+        if self.stopped is None:
+            self.links.close()
+            self.stopped = time.monotonic()
+            if self._watcher is not None:
+                self._watcher.stop()
+
+    def stats(self) -> Dict[str, int]:
+        m = self.obj.maps["stats"]
+        return {name: m.sum_percpu_u64(i) for i, name in enumerate(self.ST_NAMES)}
+
+    def _counts(self, scale: int = 1) -> Tuple[List[Sample], Dict[str, Any], float]:
+        """Stop; the symbolised samples, the stats and the duration."""
+        self.stop()
+        samples, stats = read_counts(self.obj, self.stats(), scale, processes=(
+            self._watcher.processes if self._watcher is not None else None))
+        end = self.stopped if self.stopped is not None else time.monotonic()
+        return samples, stats, end - self.started
+
+    def close(self) -> None:
+        self.stop()
+        self.obj.close()
+
+    def __enter__(self: _Counter) -> _Counter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class Profiler(StackCounter):
     """A running sampling profiler (``with Profiler(...) as p: ...; prof = p.result()``).
 
     ``frequency`` Hz on ``event`` (``auto``: cycles where there is a PMU,
@@ -273,9 +340,7 @@ class Profiler:
         try:
             configure(o, pid=pid, comm=comm, cgroup=cgroup, kernel=kernel, user=user, idle=idle)
             watch = bool(user and watch_processes)
-            o.config["cfg_new_pids"] = int(watch)
-            # a power of two pages (64 KiB pages exist); 16 bytes a pid
-            o.maps["new_pids"].max_entries = max(16384, PAGE_SIZE) if watch else PAGE_SIZE
+            configure_watch(o, watch)
             self.obj = o.load()
         except BaseException:
             o.close()
@@ -286,47 +351,14 @@ class Profiler:
         except BaseException:
             self.obj.close()
             raise
-        self.started = time.monotonic()
-        self.stopped: Optional[float] = None
-        try:
-            self._watcher = (NewProcesses(self.obj.maps["new_pids"], self.obj.maps["seen_pids"])
-                             if watch else None)
-        except BaseException:
-            self.links.close()
-            self.obj.close()
-            raise
-
-    def stop(self) -> None:
-        """Stop sampling (the counts stay readable)."""
-        if self.stopped is None:
-            self.links.close()
-            self.stopped = time.monotonic()
-            if self._watcher is not None:
-                self._watcher.stop()
-
-    def stats(self) -> Dict[str, int]:
-        m = self.obj.maps["stats"]
-        return {name: m.sum_percpu_u64(i) for i, name in enumerate(ST_NAMES)}
+        self._running(watch)
 
     def result(self) -> Profile:
         """Stop, read the counts and stacks, symbolise: the :class:`Profile`."""
         from .result import Profile
-        self.stop()
-        samples, stats = read_counts(self.obj, self.stats(), processes=(
-            self._watcher.processes if self._watcher is not None else None))
-        end = self.stopped if self.stopped is not None else time.monotonic()
-        return Profile(samples, duration=end - self.started, frequency=self.frequency,
+        samples, stats, duration = self._counts()
+        return Profile(samples, duration=duration, frequency=self.frequency,
                        event=self.event, stats=stats)
-
-    def close(self) -> None:
-        self.stop()
-        self.obj.close()
-
-    def __enter__(self) -> "Profiler":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 def profile(duration: float = 10.0, frequency: int = 99, pid: Optional[int] = None, *,
