@@ -47,6 +47,22 @@ VM_EXPECTED = {
 }
 
 
+def assert_gone_process_symbolised(result, pid: int, symbol: str, watched: bool) -> None:
+    """A profile (on-CPU or off-CPU) of a process that exited before it
+    ended: watched, ``symbol`` tops its user stacks and no frame is lost to
+    'process gone'; unwatched, every top frame is [unknown] for that reason."""
+    mine = [s for s in result.samples if s.pid == pid and s.ustack]
+    assert mine and sum(s.count for s in mine) > 0, result.stats
+    tops = {s.ustack[0].symbol for s in mine}
+    gone = result.stats["unknown_frames"].get("process gone", 0)
+    if watched:
+        assert symbol in tops, tops
+        assert gone == 0
+    else:
+        assert tops == {"[unknown]"}, tops
+        assert gone > 0
+
+
 def kernel_label() -> str:
     return f"VM kernel {VM_KERNEL}" if VM_KERNEL else f"host kernel {kernel_release()}"
 

@@ -11,7 +11,7 @@ import pytest
 
 import pytracers
 
-from conftest import VM_KERNEL
+from conftest import VM_KERNEL, assert_gone_process_symbolised
 
 WORKLOAD = r"""
 #include <time.h>
@@ -103,12 +103,4 @@ def test_a_process_gone_before_the_end_symbolises_when_watched(sleeper, need, wa
             p.kill()
             p.wait()
         result = prof.result()
-    mine = [s for s in result.samples if s.pid == p.pid and s.ustack]
-    assert mine, result.stats
-    tops = {s.ustack[0].symbol for s in mine}
-    if watch:
-        assert "sleepy_function" in tops, tops
-        assert result.stats["unknown_frames"].get("process gone", 0) == 0
-    else:
-        assert tops == {"[unknown]"}, tops
-        assert result.stats["unknown_frames"].get("process gone", 0) > 0
+    assert_gone_process_symbolised(result, p.pid, "sleepy_function", watch)

@@ -18,7 +18,7 @@ import pytracers
 from pytracers.profiler import Profile, Sample
 from pytracers.symbolize import Frame
 
-from conftest import VM_KERNEL
+from conftest import VM_KERNEL, assert_gone_process_symbolised
 
 WORKLOAD = r"""
 #include <fcntl.h>
@@ -234,15 +234,7 @@ def test_short_lived_process_symbolises_when_watched(workload, watch):
             p.kill()
             p.wait()
         result = prof.result()
-    mine = _of(result, p.pid)
-    assert mine and sum(s.count for s in mine) > 0
-    tops = {s.ustack[0].symbol for s in mine if s.ustack}
-    if watch:
-        assert "hot_function" in tops, tops
-        assert result.stats["unknown_frames"].get("process gone", 0) == 0
-    else:
-        assert tops == {"[unknown]"}, tops
-        assert result.stats["unknown_frames"].get("process gone", 0) > 0
+    assert_gone_process_symbolised(result, p.pid, "hot_function", watch)
 
 
 DLOPENED = r"""

@@ -207,3 +207,31 @@ def test_dwarf_of_a_big_program_is_found_through_its_address(progs, monkeypatch)
     assert sig is not None and sig.params == ("a", "b", "c", "s")
     assert sig.types[3].endswith("char *")
     elf_dwarf._CACHE.clear()
+
+
+def test_process_stat_past_a_command_name_with_spaces_parentheses_and_bytes():
+    """/proc/PID/stat read past a command name that holds ') ', spaces and a
+    byte that is not UTF-8: the state and the start time are the fields the
+    process has; a process reaped is None (and counted exited)."""
+    import sys
+    from pytracers.tracers.user_function import process_exited
+    from pytracers.user.targets import process_stat
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import ctypes, sys; ctypes.CDLL(None).prctl(15, b'a) b \\xff(', 0, 0, 0); "
+         "print(flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()                     # named
+        with open(f"/proc/{child.pid}/comm", "rb") as f:
+            assert f.read().startswith(b"a) b \xff(")
+        fields = process_stat(child.pid)
+        assert fields is not None and fields[0] in ("R", "S")
+        assert int(fields[1]) == os.getpid()        # ppid
+        mine = process_stat(os.getpid())
+        assert mine is not None and int(fields[19]) >= int(mine[19])   # started after us
+        assert not process_exited(child.pid)
+    finally:
+        child.stdin.close()
+        child.wait()
+        child.stdout.close()
+    assert process_stat(child.pid) is None and process_exited(child.pid)

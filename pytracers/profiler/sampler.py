@@ -152,16 +152,11 @@ def exe_mapped(pid: int, text: str) -> bool:
 
 
 def start_time(pid: int) -> Optional[int]:
-    """The process's start time (``/proc/PID/stat``'s 22nd field, clock ticks
-    after boot): with the pid, it names one process (pids are reused).  None
-    when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat.rsplit(b")", 1)[-1].split()   # after the command name, which may hold spaces
-    return int(fields[19]) if len(fields) > 19 else None
+    """The process's start time (clock ticks after boot): with the pid, it
+    names one process (pids are reused).  None when it is gone."""
+    from ..user.targets import process_stat
+    fields = process_stat(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
 
 
 class NewProcesses:
@@ -179,12 +174,12 @@ class NewProcesses:
     process (one that unmaps its own executable is not read at every new
     stack)."""
 
-    def __init__(self, ring_map: Any, seen: Any = None) -> None:
+    def __init__(self, ring_map: Any, seen: Any) -> None:
         import select
         import threading
         from ..ringbuf import RingBuffer
         self.maps_text: Dict[int, List[str]] = {}    # pid -> its maps as read, in order
-        self.started: Dict[int, Optional[int]] = {}  # pid -> the start time of the process read
+        self.started: Dict[int, int] = {}    # pid -> the start time of the process read
         self.seen = seen
         self.forgotten: Dict[int, int] = {}     # pid -> times dropped from seen (mid-exec)
         self.ring = RingBuffer(ring_map)
@@ -220,8 +215,7 @@ class NewProcesses:
             self.forgotten.pop(pid, None)
         self.started[pid] = born
         self._keep(pid, text)
-        if (self.seen is not None and self.forgotten.get(pid, 0) < MID_EXEC_REREADS
-                and not exe_mapped(pid, text)):
+        if self.forgotten.get(pid, 0) < MID_EXEC_REREADS and not exe_mapped(pid, text):
             self.forgotten[pid] = self.forgotten.get(pid, 0) + 1
             self.seen.delete(struct.pack("<I", pid))
 

@@ -33,7 +33,7 @@ from ..errors import BadArgumentError, PytracersError
 from ..kinds import UPROBE, URETPROBE
 from ..user import symbols as user_symbols
 from ..user.elf_dwarf import dwarf_signature
-from ..user.targets import resolve_binary
+from ..user.targets import process_stat, resolve_binary
 from ._func_records import Shape, function_record_class, raw_shape, signature_shape, string_index
 from .base import Tracer
 
@@ -44,12 +44,8 @@ KINDS = (None, UPROBE, URETPROBE)
 
 def process_exited(pid: int) -> bool:
     """True once process ``pid`` is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
+    fields = process_stat(pid)
+    return not fields or fields[0] in ("Z", "X")
 
 
 class UserFunctionTracer(Tracer):
