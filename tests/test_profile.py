@@ -44,6 +44,16 @@ PY_LOOP = "def spin():\n    x = 0\n    while True:\n        x += 1\nspin()\n"
 SECONDS = 4.0 if VM_KERNEL else 1.5
 
 
+def wait_for(what: str, done, timeout: float = 120.0) -> None:
+    """Poll ``done()`` until it holds: a child interpreter's start takes
+    seconds under qemu's emulation, so a test waits for what the child did,
+    not for a fixed time."""
+    end = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < end, f"{what}: not after {timeout:.0f} s"
+        time.sleep(0.02)
+
+
 @pytest.fixture(scope="module")
 def workload(tmp_path_factory):
     d = tmp_path_factory.mktemp("prof")
@@ -252,6 +262,20 @@ void dl_spin(double seconds) {
     } while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < seconds);
 }
 """
+def _exe(p: subprocess.Popen) -> str:
+    assert p.poll() is None, "the child ended early"
+    try:
+        return os.readlink(f"/proc/{p.pid}/exe")
+    except OSError:          # mid-exec
+        return ""
+
+
+def _maps_name(p: subprocess.Popen, path: str) -> bool:
+    assert p.poll() is None, "the child ended early"
+    with open(f"/proc/{p.pid}/maps") as f:
+        return path in f.read()
+
+
 # a child that names itself "dlopener", spins in Python, then loads argv[1]
 # with dlopen and spins in it, then waits to be killed
 SPIN_THEN_DLOPEN = (
@@ -277,7 +301,8 @@ def test_a_library_loaded_after_the_first_sample_symbolises(tmp_path):
         p = subprocess.Popen([sys.executable, "-c", SPIN_THEN_DLOPEN, str(lib),
                               str(SECONDS / 3)])
         try:
-            time.sleep(SECONDS * 3 / 4)
+            wait_for("the library mapped", lambda: _maps_name(p, str(lib)))
+            time.sleep(SECONDS / 3)
             assert p.poll() is None
             result = prof.result()
         finally:
@@ -308,7 +333,8 @@ def test_a_process_sampled_before_its_exec_symbolises_both_images(workload):
         p = subprocess.Popen([sys.executable, "-c", NAMED_THEN_EXEC, workload,
                               str(SECONDS / 4)])
         try:
-            time.sleep(SECONDS * 3 / 4)
+            wait_for("the exec", lambda: _exe(p) == os.path.realpath(workload))
+            time.sleep(SECONDS / 4)
         finally:
             p.kill()
             p.wait()
