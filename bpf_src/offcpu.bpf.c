@@ -13,8 +13,8 @@
  * profile.bpf.c); the filters apply when the task blocks (it is the current
  * task then).  stats[ST_EVENTS] counts the blocks.  New processes
  * (cfg_new_pids) are announced as the profiler announces them (stack_counts.h's
- * announce()) when a block of theirs adds a key, with the exec generation of
- * the task coming back.
+ * announce()) when a block of theirs adds a key, with the image (exec
+ * generation, executable mappings) of the task coming back.
  */
 #include "stack_counts.h"
 #include <bpf/bpf_tracing.h>
@@ -63,7 +63,7 @@ int BPF_PROG(offcpu_switch, bool preempt, struct task_struct *prev, struct task_
 	/* a new key with a user stack: announce next's process (cfg_new_pids) */
 	if (delta >= cfg_min_ns && key_count(&in->key, delta) && cfg_new_pids &&
 	    in->key.ustack >= 0)
-		announce(in->key.pid, next->self_exec_id);
+		announce(in->key.pid, next);
 	bpf_map_delete_elem(&start, &tid);
 	return 0;
 }

@@ -8,8 +8,8 @@
  *
  * New processes (cfg_new_pids): announced on the `new_pids` ring the first
  * time they get a count of their own with a user stack, and again after each
- * exec (stack_counts.h's announce()), so that Python reads their mappings
- * while they live.
+ * exec or change of their executable mappings (a dlopen; stack_counts.h's
+ * announce()), so that Python reads their mappings while they live.
  *
  * Arch-neutral: the program reads nothing from the registers itself.
  * cfg_idle: count the idle task (pid 0) too.
@@ -35,8 +35,7 @@ int profile_sample(void *ctx)
 	key_fill_stacks(ctx, &key);
 	/* a new key with a user stack (kernel threads have none: nothing to map) */
 	if (key_count(&key, 1) && cfg_new_pids && key.ustack >= 0)
-		announce(key.pid, BPF_CORE_READ((struct task_struct *)bpf_get_current_task(),
-						self_exec_id));
+		announce(key.pid, (struct task_struct *)bpf_get_current_task());
 	return 0;
 }
 

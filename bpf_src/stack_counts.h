@@ -141,10 +141,13 @@ static __always_inline bool key_count(const struct profile_key *key, __u64 val)
  * own with a user stack -- a new key, so not on the common path -- its pid
  * goes to the `new_pids` ring, where Python waits and reads the process's
  * mappings at once, so a process that exits before the end still symbolises.
- * seen_pids keeps the exec generation a pid was announced in (the task's
- * self_exec_id, bumped by every exec, plus one): a process is announced again
- * after each exec.  Python may also drop a pid from seen_pids (its maps read
- * in the middle of an exec) so that it is announced again.  LRU: a forgotten
+ * seen_pids keeps the image a pid was announced in: its exec generation (the
+ * task's self_exec_id, bumped by every exec) and the size of its executable
+ * mappings (mm->exec_vm, in pages, which a library loaded with dlopen -- or
+ * unloaded -- changes).  A process is announced again at its next new key
+ * after either changes, so the maps Python holds cover the code its new
+ * stacks run in.  Python may also drop a pid from seen_pids (its maps read in
+ * the middle of an exec) so that it is announced again.  LRU: a forgotten
  * pid is announced again, harmlessly.
  */
 const volatile __u8 cfg_new_pids = 0;
@@ -161,16 +164,19 @@ struct {
 	__uint(max_entries, 4096 * 4);
 } new_pids SEC(".maps");
 
-/* Put pid on new_pids unless it was announced in exec generation exec_id
- * (two CPUs of one process may both announce it: Python reads the maps twice). */
-static __always_inline void announce(__u32 pid, __u64 exec_id)
+/* Put pid (the process of task) on new_pids unless it was announced with the
+ * same image (two CPUs of one process may both announce it: Python reads the
+ * maps twice). */
+static __always_inline void announce(__u32 pid, struct task_struct *task)
 {
-	__u64 gen = exec_id + 1;
+	__u64 exec_id = BPF_CORE_READ(task, self_exec_id);
+	__u64 exec_vm = BPF_CORE_READ(task, mm, exec_vm);
+	__u64 image = (exec_id << 32 | (__u32)exec_vm) + 1;
 	__u64 *was = bpf_map_lookup_elem(&seen_pids, &pid);
 
-	if (was && *was == gen)
+	if (was && *was == image)
 		return;
-	if (!bpf_map_update_elem(&seen_pids, &pid, &gen, BPF_ANY))
+	if (!bpf_map_update_elem(&seen_pids, &pid, &image, BPF_ANY))
 		bpf_ringbuf_output(&new_pids, &pid, sizeof(pid), 0);
 }
 

@@ -56,7 +56,7 @@ def assert_gone_process_symbolised(result, pid: int, symbol: str, watched: bool)
     tops = {s.ustack[0].symbol for s in mine}
     gone = result.stats["unknown_frames"].get("process gone", 0)
     if watched:
-        assert symbol in tops, tops
+        assert symbol in tops, (tops, result.stats["unknown_frames"])
         assert gone == 0
     else:
         assert tops == {"[unknown]"}, tops

@@ -277,7 +277,7 @@ def _maps_name(p: subprocess.Popen, path: str) -> bool:
 
 
 # a child that names itself "dlopener", spins in Python, then loads argv[1]
-# with dlopen and spins in it, then waits to be killed
+# with dlopen and spins in it, then exits (argv[3] "exit") or waits to be killed
 SPIN_THEN_DLOPEN = (
     "import ctypes, sys, time\n"
     "ctypes.CDLL(None).prctl(15, b'dlopener', 0, 0, 0)\n"
@@ -285,12 +285,17 @@ SPIN_THEN_DLOPEN = (
     "while time.monotonic() < end:\n"
     "    pass\n"
     "ctypes.CDLL(sys.argv[1]).dl_spin(ctypes.c_double(float(sys.argv[2])))\n"
+    "if sys.argv[3] == 'exit':\n"
+    "    sys.exit(0)\n"
     "time.sleep(600)\n")
 
 
-def test_a_library_loaded_after_the_first_sample_symbolises(tmp_path):
-    """A running process announced (and its maps read) before it dlopens a
-    library: the maps are read again when the profile stops, so the
+@pytest.mark.parametrize("gone", [False, True], ids=["running", "gone"])
+def test_a_library_loaded_after_the_first_sample_symbolises(tmp_path, gone):
+    """A process announced (and its maps read) before it dlopens a library:
+    running at the end, its maps are read again when the profile stops; gone
+    before the end, the program announced it again when its executable
+    mappings grew (the dlopen) and its maps were read then.  Either way the
     library's frames are named."""
     src = tmp_path / "dl.c"
     src.write_text(DLOPENED)
@@ -299,11 +304,14 @@ def test_a_library_loaded_after_the_first_sample_symbolises(tmp_path):
                     str(lib), str(src)], check=True)
     with pytracers.Profiler(comm="dlopener", kernel=False) as prof:
         p = subprocess.Popen([sys.executable, "-c", SPIN_THEN_DLOPEN, str(lib),
-                              str(SECONDS / 3)])
+                              str(SECONDS / 3), "exit" if gone else "stay"])
         try:
             wait_for("the library mapped", lambda: _maps_name(p, str(lib)))
-            time.sleep(SECONDS / 3)
-            assert p.poll() is None
+            if gone:
+                assert p.wait(timeout=120) == 0
+            else:
+                time.sleep(SECONDS / 3)
+                assert p.poll() is None
             result = prof.result()
         finally:
             p.kill()
@@ -312,6 +320,7 @@ def test_a_library_loaded_after_the_first_sample_symbolises(tmp_path):
     tops = {s.ustack[0].symbol for s in mine}
     assert "dl_hot_function" in tops, tops
     assert any(f.module == str(lib) for s in mine for f in s.ustack)
+    assert result.stats["unknown_frames"].get("process gone", 0) == 0
 
 
 # a child that names itself "workload", spins in Python, then execs argv[1]
@@ -384,6 +393,68 @@ def test_a_process_read_mid_exec_is_announced_again_a_few_times(monkeypatch):
         assert seen.lookup(key) is not None
         assert watcher.forgotten == {me: sampler.MID_EXEC_REREADS}
         assert len(watcher.maps_text[me]) >= 1
+
+
+def test_a_process_read_mid_exec_is_read_again_without_a_new_stack(workload, monkeypatch):
+    """A process whose maps were read in the middle of its exec may add no new
+    key afterwards (its few stacks all counted while the exec finished), so
+    nothing announces it again: the watcher's thread reads its maps again by
+    itself, every MID_EXEC_RETRY_S, until the executable is mapped.  (Here
+    the exec seems under way until the test says it is over; announcements
+    alone would read it MID_EXEC_REREADS + 1 times at most.)"""
+    from pytracers.profiler import sampler
+    calls = []
+    mapped = [False]
+
+    def fake_exe_mapped(pid, text):
+        calls.append(pid)
+        return mapped[0]
+
+    monkeypatch.setattr(sampler, "exe_mapped", fake_exe_mapped)
+    with pytracers.Profiler(comm="workload", kernel=False) as prof:
+        p = subprocess.Popen([workload])
+        try:
+            wait_for("reads of the process",
+                     lambda: calls.count(p.pid) > 2 * (sampler.MID_EXEC_REREADS + 1))
+            assert p.pid in prof._watcher.retry
+            mapped[0] = True                      # the exec is over
+            wait_for("the last read", lambda: p.pid not in prof._watcher.retry, timeout=10)
+        finally:
+            p.kill()
+            p.wait()
+
+
+def test_the_watcher_reads_maps_without_importing_the_symboliser():
+    """The watcher's first read of an announced process must not wait for the
+    symboliser's imports (under qemu a cold import of them took longer than a
+    2 s process lived, so it was gone, its frames [unknown])."""
+    code = textwrap.dedent("""
+        import os, sys
+        import pytracers
+        with pytracers.Profiler(comm="no-such-comm") as prof:
+            before = set(sys.modules)
+            prof._watcher.take(os.getpid())
+            assert prof._watcher.maps_text[os.getpid()]
+            print(sorted(m for m in set(sys.modules) - before if m.startswith("pytracers")))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_a_process_whose_maps_keep_changing_keeps_a_bounded_history(monkeypatch):
+    """Each announcement after a change of the executable mappings reads the
+    maps again; a process that keeps changing them (a JIT) keeps its first
+    MAPS_READS_KEPT - 1 texts (earlier images) and the newest, not one per
+    read; a text the same as the last is not kept twice."""
+    from pytracers.profiler import sampler
+    monkeypatch.setattr(sampler, "MAPS_READS_KEPT", 3)
+    with pytracers.Profiler(comm="no-such-comm") as prof:
+        watcher = prof._watcher
+        for text in ["a", "a", "b", "c", "d", "e", "e"]:
+            watcher._keep(1 << 30, text)
+        assert watcher.maps_text[1 << 30] == ["a", "b", "e"]
 
 
 def test_cli_profile_stops_on_sigint(workload):

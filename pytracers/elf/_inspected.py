@@ -145,7 +145,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (20664, 6355),
     },
     # offcpu.bpf.o
-    '4173c500d5240a3086962352e3b40d24f7fc4dcfefd21e3945c5a5ec49b33e25': {
+    '27ddd1bc99db8a117e9ac80169de3fc61bfac5500fff3c69115739edbfba346e': {
         'programs': {
             'offcpu_switch': 'tp_btf/sched_switch',
         },
@@ -161,7 +161,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (4352, 29297),
+        'btf': (4560, 32674),
     },
     # proc.bpf.o
     'f6e5f420dc61905f5130a357c51af84bf80d5afe721165dcb1f7ebe0e0288234': {
@@ -184,7 +184,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (9816, 29927),
     },
     # profile.bpf.o
-    '84bda88e667e37e8c312d14a3a651652edf4e425b22c7b71e4d6a5c7abb31af7': {
+    '3ccdca349cc95f2e27874f26ae16cb2ededc1f0fffd050f764ec762519a40da0': {
         'programs': {
             'profile_sample': 'perf_event',
         },
@@ -199,7 +199,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', 'license', '.maps', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3864, 28758),
+        'btf': (4024, 32136),
     },
     # syscalls.bpf.o
     '81eab979236179f7f000f323c7322d590a80402d80081edf75c4728870ce858e': {
@@ -431,7 +431,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (20640, 6096),
     },
     # arm64/offcpu.bpf.o
-    '2176b28fbb93f1783de09176b0bc7af9d63c793cdaf0e574b8a5caf1802db992': {
+    '969f5300068afb0896c9ba1db5cde015f494db5a80e82c9462d01f1c2cf4b413': {
         'programs': {
             'offcpu_switch': 'tp_btf/sched_switch',
         },
@@ -447,7 +447,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'tp_btf/sched_switch', '.rodata', 'license', '.maps', '.reltp_btf/sched_switch', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (4352, 29976),
+        'btf': (4560, 32664),
     },
     # arm64/proc.bpf.o
     '0fc8ff641796e7cb13e00e3eba9257988fbb33d6237c05911efddca30a893722': {
@@ -470,7 +470,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         'btf': (9816, 30609),
     },
     # arm64/profile.bpf.o
-    '5097f71a08e2503d0e495994f2e0efc4a8cdf2c1584756edb56bb2f550b627f9': {
+    '3d459f8ded28adae55c058164e5cb69a777156eac3d76e0233899e227b98c87e': {
         'programs': {
             'profile_sample': 'perf_event',
         },
@@ -485,7 +485,7 @@ OBJECTS: dict[str, dict[str, Any]] = {
         },
         'sections': ['', '.strtab', '.symtab', 'perf_event', '.rodata', 'license', '.maps', '.relperf_event', '.BTF', '.BTF.ext'],
         'has_btf_ext': True,
-        'btf': (3864, 29437),
+        'btf': (4024, 32126),
     },
     # arm64/syscalls.bpf.o
     'ba71940ce621ef80d28e5e199612bab586460251831f324eae7711bb05d3128b': {

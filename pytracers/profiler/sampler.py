@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, TypeVar
 from .. import object as _object
 from .._shipped import object_path
 from ..errors import BadArgumentError
+from ..user.procfs import read_maps_text, start_time
 
 if TYPE_CHECKING:   # imported where used: not before the perf events are open
     from ..symbolize import Frame, Symbolizer
@@ -25,6 +26,9 @@ KEY = struct.Struct("<IiiI16s")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 ST_NAMES = ("samples", "kstack_lost", "ustack_lost", "counts_full")
 MID_EXEC_REREADS = 4   # times a process read without its executable mapped is announced again
+MID_EXEC_RETRY_S = 0.01   # such a process's maps are also read again this often by the watcher...
+MID_EXEC_WAIT_S = 2.0     # ...until its executable is mapped, for this long at most
+MAPS_READS_KEPT = 32   # maps texts kept per process; past it, the newest replaces the last
 EFAULT_STACK = -14   # bpf_get_stackid's -EFAULT: no stack of that kind (a kernel thread's user stack)
 
 
@@ -151,19 +155,11 @@ def exe_mapped(pid: int, text: str) -> bool:
     return any(line.endswith(" " + exe) for line in text.splitlines())
 
 
-def start_time(pid: int) -> Optional[int]:
-    """The process's start time (clock ticks after boot): with the pid, it
-    names one process (pids are reused).  None when it is gone."""
-    from ..user.targets import process_stat
-    fields = process_stat(pid)
-    return int(fields[19]) if fields and len(fields) > 19 else None
-
-
 class NewProcesses:
     """Reads the mappings of each process the profile program announces on
     its ``new_pids`` ring (the first time the process gets a count, and again
-    after each exec), so that a process that exits before the end of the
-    profile still symbolises; when the profile stops, the maps of those still
+    after each exec or change of its executable mappings: a dlopen), so that
+    a process that exits before the end of the profile still symbolises; when the profile stops, the maps of those still
     running are read once more (libraries loaded since their announcement).
 
     A thread sleeps in epoll on the ring and a stop pipe: it wakes only when
@@ -172,7 +168,10 @@ class NewProcesses:
     pid is dropped from ``seen`` (the program's ``seen_pids``) so that its next
     new key announces it again -- at most :data:`MID_EXEC_REREADS` times a
     process (one that unmaps its own executable is not read at every new
-    stack)."""
+    stack).  The thread also reads such a process's maps again every
+    :data:`MID_EXEC_RETRY_S` until its executable is mapped (for
+    :data:`MID_EXEC_WAIT_S` at most): a process whose few stacks were all
+    counted while the exec finished adds no new key to announce it again."""
 
     def __init__(self, ring_map: Any, seen: Any) -> None:
         import select
@@ -182,6 +181,7 @@ class NewProcesses:
         self.started: Dict[int, int] = {}    # pid -> the start time of the process read
         self.seen = seen
         self.forgotten: Dict[int, int] = {}     # pid -> times dropped from seen (mid-exec)
+        self.retry: Dict[int, float] = {}       # pid -> until when its maps are read again (mid-exec)
         self.ring = RingBuffer(ring_map)
         try:
             self._stop_r, self._stop_w = os.pipe()
@@ -196,16 +196,21 @@ class NewProcesses:
 
     def _run(self) -> None:
         while True:
-            ready = [fd for fd, _ in self._ep.poll()]
+            ready = [fd for fd, _ in self._ep.poll(MID_EXEC_RETRY_S if self.retry else -1)]
             if self._stop_r in ready:
                 return
-            for rec in self.ring.read(0):
-                self.take(int.from_bytes(rec[:4], "little"))
+            # a pid announced twice in one batch (two CPUs, a burst of new
+            # stacks after a dlopen) is read once
+            pids = dict.fromkeys(int.from_bytes(rec[:4], "little") for rec in self.ring.read(0))
+            for pid in pids:
+                self.take(pid)
+            for pid in list(self.retry):
+                if pid not in pids:
+                    self._read_mid_exec(pid)
 
     def take(self, pid: int) -> None:
         """Read an announced process's maps (the kernel's text, kept as it
         is: parsing them and the ELF files waits for the end)."""
-        from ..symbolize.user import read_maps_text
         born = start_time(pid)
         text = read_maps_text(pid)
         if text is None or born is None:      # gone: what was read before stays
@@ -215,19 +220,38 @@ class NewProcesses:
             self.forgotten.pop(pid, None)
         self.started[pid] = born
         self._keep(pid, text)
-        if self.forgotten.get(pid, 0) < MID_EXEC_REREADS and not exe_mapped(pid, text):
+        if exe_mapped(pid, text):
+            self.retry.pop(pid, None)
+            return
+        self.retry.setdefault(pid, time.monotonic() + MID_EXEC_WAIT_S)
+        if self.forgotten.get(pid, 0) < MID_EXEC_REREADS:
             self.forgotten[pid] = self.forgotten.get(pid, 0) + 1
             self.seen.delete(struct.pack("<I", pid))
 
+    def _read_mid_exec(self, pid: int) -> None:
+        """Read again the maps of a process read in the middle of its exec,
+        until its executable is mapped, it is gone, or its time is up."""
+        until = self.retry.get(pid)
+        text = read_maps_text(pid)
+        if until is None or text is None or start_time(pid) != self.started.get(pid):
+            self.retry.pop(pid, None)
+            return
+        self._keep(pid, text)
+        if exe_mapped(pid, text) or time.monotonic() > until:
+            self.retry.pop(pid, None)
+
     def _keep(self, pid: int, text: str) -> None:
         read = self.maps_text.setdefault(pid, [])
-        if not read or read[-1] != text:
+        if read and read[-1] == text:
+            return
+        if len(read) < MAPS_READS_KEPT:
             read.append(text)
+        else:        # a process that keeps changing its executable mappings (a JIT)
+            read[-1] = text
 
     def read_again(self) -> None:
         """Read the maps of every process read before that still runs (the
         same process: its start time unchanged) once more."""
-        from ..symbolize.user import read_maps_text
         for pid, born in self.started.items():
             text = read_maps_text(pid)
             if text is not None and start_time(pid) == born:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Optional
 
+from ..user.procfs import read_maps_text
 from .elfsyms import ElfSymbols, elf_symbols
 from .frames import UNKNOWN, Frame, Stats
 from .table import SymbolTable, as_ints, is_bulk
@@ -33,17 +34,6 @@ class Mapping:
 
     def __repr__(self) -> str:
         return f"<Mapping {self.start:#x}-{self.end:#x} +{self.offset:#x} {self.path}>"
-
-
-def read_maps_text(pid: int) -> Optional[str]:
-    """``/proc/PID/maps`` as it is now, unparsed (None when the process is
-    gone, or its maps are not ours to read): the least a watcher of
-    short-lived processes has to do."""
-    try:
-        with open(f"/proc/{pid}/maps") as f:
-            return f.read()
-    except OSError:
-        return None
 
 
 def read_maps(pid: int, text: Optional[str] = None) -> Optional[List[Mapping]]:

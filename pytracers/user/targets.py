@@ -16,6 +16,7 @@ import struct
 from typing import Dict, List, Optional, Tuple
 
 from ..errors import BadArgumentError, TargetNotFoundError
+from .procfs import process_stat
 
 __all__ = ["resolve_binary", "loader_cache", "mapped_files", "process_root",
            "process_stat", "LIBRARY_DIRS"]
@@ -93,19 +94,6 @@ def loader_cache(root: str = "/") -> List[Tuple[str, str]]:
         return _LOADER_CACHE[key]
     except (OSError, struct.error):
         return []
-
-
-def process_stat(pid: int) -> Optional[List[str]]:
-    """``/proc/PID/stat``'s fields from the third on (state, ppid, ... the
-    start time at index 19), the command name before them cut off -- it may
-    hold spaces, parentheses and bytes that are not UTF-8; None when the
-    process is gone."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return stat.rpartition(b")")[2].decode("ascii", "replace").split()
 
 
 def process_root(pid: int) -> str:
