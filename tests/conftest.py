@@ -16,7 +16,8 @@ import contextlib
 import gc
 import os
 import subprocess
-from typing import Iterator, Optional
+import time
+from typing import Iterator, List, Optional
 
 import pytest
 
@@ -45,6 +46,19 @@ VM_EXPECTED = {
     "arm64-6.12": set(ALL_KINDS),
     "arm64-latest": set(ALL_KINDS),
 }
+
+
+def profile_a_process_gone_before_the_end(prof, argv: List[str], seconds: float):
+    """Run ``argv`` under the profiler ``prof`` (on-CPU or off-CPU) for
+    ``seconds``, kill it, then stop the profile: (its result, the pid)."""
+    with prof:
+        p = subprocess.Popen(argv)
+        try:
+            time.sleep(seconds)
+        finally:
+            p.kill()
+            p.wait()
+        return prof.result(), p.pid
 
 
 def assert_gone_process_symbolised(result, pid: int, symbol: str, watched: bool) -> None:

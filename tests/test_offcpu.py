@@ -11,7 +11,8 @@ import pytest
 
 import pytracers
 
-from conftest import VM_KERNEL, assert_gone_process_symbolised
+from conftest import (VM_KERNEL, assert_gone_process_symbolised,
+                      profile_a_process_gone_before_the_end)
 
 WORKLOAD = r"""
 #include <time.h>
@@ -95,12 +96,5 @@ def test_a_process_gone_before_the_end_symbolises_when_watched(sleeper, need, wa
     'process gone'."""
     with need("tp_btf"):
         prof = pytracers.OffCpuProfiler(comm="sleeper", kernel=False, watch_processes=watch)
-    with prof:
-        p = subprocess.Popen([sleeper])
-        try:
-            time.sleep(SECONDS / 2)
-        finally:
-            p.kill()
-            p.wait()
-        result = prof.result()
-    assert_gone_process_symbolised(result, p.pid, "sleepy_function", watch)
+    result, pid = profile_a_process_gone_before_the_end(prof, [sleeper], SECONDS / 2)
+    assert_gone_process_symbolised(result, pid, "sleepy_function", watch)

@@ -18,7 +18,8 @@ import pytracers
 from pytracers.profiler import Profile, Sample
 from pytracers.symbolize import Frame
 
-from conftest import VM_KERNEL, assert_gone_process_symbolised
+from conftest import (VM_KERNEL, assert_gone_process_symbolised,
+                      profile_a_process_gone_before_the_end)
 
 WORKLOAD = r"""
 #include <fcntl.h>
@@ -236,15 +237,9 @@ def test_short_lived_process_symbolises_when_watched(workload, watch):
     """A process sampled and gone before the end: its mappings were read when
     the BPF program announced it (watch_processes), so its frames symbolise;
     unwatched, they are [unknown] with the reason 'process gone'."""
-    with pytracers.Profiler(comm="workload", kernel=False, watch_processes=watch) as prof:
-        p = subprocess.Popen([workload])
-        try:
-            time.sleep(SECONDS / 2)
-        finally:
-            p.kill()
-            p.wait()
-        result = prof.result()
-    assert_gone_process_symbolised(result, p.pid, "hot_function", watch)
+    prof = pytracers.Profiler(comm="workload", kernel=False, watch_processes=watch)
+    result, pid = profile_a_process_gone_before_the_end(prof, [workload], SECONDS / 2)
+    assert_gone_process_symbolised(result, pid, "hot_function", watch)
 
 
 DLOPENED = r"""

@@ -159,8 +159,9 @@ class NewProcesses:
     """Reads the mappings of each process the profile program announces on
     its ``new_pids`` ring (the first time the process gets a count, and again
     after each exec or change of its executable mappings: a dlopen), so that
-    a process that exits before the end of the profile still symbolises; when the profile stops, the maps of those still
-    running are read once more (libraries loaded since their announcement).
+    a process that exits before the end of the profile still symbolises;
+    when the profile stops, the maps of those still running are read once
+    more (libraries loaded since their announcement).
 
     A thread sleeps in epoll on the ring and a stop pipe: it wakes only when
     a new process shows up (no polling, no walk of the counts map).  Maps read
@@ -232,13 +233,18 @@ class NewProcesses:
         """Read again the maps of a process read in the middle of its exec,
         until its executable is mapped, it is gone, or its time is up."""
         until = self.retry.get(pid)
+        text = None if until is None else self._read_same(pid)
+        if until is None or text is None or exe_mapped(pid, text) or time.monotonic() > until:
+            self.retry.pop(pid, None)
+
+    def _read_same(self, pid: int) -> Optional[str]:
+        """Read again the maps of a process read before, and keep them, if it
+        is the same process (its start time unchanged); None if not (gone)."""
         text = read_maps_text(pid)
-        if until is None or text is None or start_time(pid) != self.started.get(pid):
-            self.retry.pop(pid, None)
-            return
+        if text is None or start_time(pid) != self.started.get(pid):
+            return None
         self._keep(pid, text)
-        if exe_mapped(pid, text) or time.monotonic() > until:
-            self.retry.pop(pid, None)
+        return text
 
     def _keep(self, pid: int, text: str) -> None:
         read = self.maps_text.setdefault(pid, [])
@@ -252,10 +258,8 @@ class NewProcesses:
     def read_again(self) -> None:
         """Read the maps of every process read before that still runs (the
         same process: its start time unchanged) once more."""
-        for pid, born in self.started.items():
-            text = read_maps_text(pid)
-            if text is not None and start_time(pid) == born:
-                self._keep(pid, text)
+        for pid in self.started:
+            self._read_same(pid)
 
     @property
     def processes(self) -> Dict[int, Any]:
