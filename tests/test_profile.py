@@ -419,6 +419,20 @@ def test_a_process_read_mid_exec_is_read_again_without_a_new_stack(workload, mon
             p.wait()
 
 
+def test_a_reused_pid_read_mid_exec_gets_its_own_time(monkeypatch):
+    """A pid that now names another process read mid-exec gets its own
+    MID_EXEC_WAIT_S of reads, not what was left of the old process's."""
+    from pytracers.profiler import sampler
+    me = os.getpid()
+    with pytracers.Profiler(comm="no-such-comm") as prof:
+        watcher = prof._watcher
+        monkeypatch.setattr(sampler, "exe_mapped", lambda pid, text: False)
+        watcher.started[me] = -1                  # an earlier process of this pid...
+        watcher.retry[me] = time.monotonic() - 1  # ...whose time to be read again is up
+        watcher.take(me)
+        assert watcher.retry[me] > time.monotonic()
+
+
 def test_the_watcher_reads_maps_without_importing_the_symboliser():
     """The watcher's first read of an announced process must not wait for the
     symboliser's imports (under qemu a cold import of them took longer than a

@@ -219,6 +219,7 @@ class NewProcesses:
         if self.started.get(pid, born) != born:   # the pid now names another process
             self.maps_text.pop(pid, None)
             self.forgotten.pop(pid, None)
+            self.retry.pop(pid, None)
         self.started[pid] = born
         self._keep(pid, text)
         if exe_mapped(pid, text):
