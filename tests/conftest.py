@@ -48,13 +48,38 @@ VM_EXPECTED = {
 }
 
 
-def profile_a_process_gone_before_the_end(prof, argv: List[str], seconds: float):
+def wait_for(what: str, done, timeout: float = 120.0) -> None:
+    """Poll ``done()`` until it holds: a child interpreter's start takes
+    seconds under qemu's emulation, and a guest's vCPU may get no host time
+    for a while, so a test waits for what the child did, not for a fixed
+    time."""
+    end = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < end, f"{what}: not after {timeout:.0f} s"
+        time.sleep(0.02)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) process ``pid`` has had, from /proc."""
+    from pytracers.user.procfs import process_stat
+    fields = process_stat(pid)
+    assert fields, f"process {pid} is gone"
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def profile_a_process_gone_before_the_end(prof, argv: List[str], seconds: float,
+                                          on_cpu: bool = False):
     """Run ``argv`` under the profiler ``prof`` (on-CPU or off-CPU) for
-    ``seconds``, kill it, then stop the profile: (its result, the pid)."""
+    ``seconds`` -- of CPU time when ``on_cpu`` (a sampling profiler sees a
+    process only while it runs: wall time in a busy guest may give it
+    little) -- kill it, then stop the profile: (its result, the pid)."""
     with prof:
         p = subprocess.Popen(argv)
         try:
-            time.sleep(seconds)
+            if on_cpu:
+                wait_for(f"{seconds} s of CPU time", lambda: cpu_seconds(p.pid) >= seconds)
+            else:
+                time.sleep(seconds)
         finally:
             p.kill()
             p.wait()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -18,8 +19,8 @@ import pytracers
 from pytracers.profiler import Profile, Sample
 from pytracers.symbolize import Frame
 
-from conftest import (VM_KERNEL, assert_gone_process_symbolised,
-                      profile_a_process_gone_before_the_end)
+from conftest import (VM_KERNEL, assert_gone_process_symbolised, cpu_seconds,
+                      profile_a_process_gone_before_the_end, wait_for)
 
 WORKLOAD = r"""
 #include <fcntl.h>
@@ -43,16 +44,6 @@ int main(int argc, char **argv) {
 """
 PY_LOOP = "def spin():\n    x = 0\n    while True:\n        x += 1\nspin()\n"
 SECONDS = 4.0 if VM_KERNEL else 1.5
-
-
-def wait_for(what: str, done, timeout: float = 120.0) -> None:
-    """Poll ``done()`` until it holds: a child interpreter's start takes
-    seconds under qemu's emulation, so a test waits for what the child did,
-    not for a fixed time."""
-    end = time.monotonic() + timeout
-    while not done():
-        assert time.monotonic() < end, f"{what}: not after {timeout:.0f} s"
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -238,10 +229,13 @@ def test_short_lived_process_symbolises_when_watched(workload, watch):
     the BPF program announced it (watch_processes), so its frames symbolise;
     unwatched, they are [unknown] with the reason 'process gone'."""
     prof = pytracers.Profiler(comm="workload", kernel=False, watch_processes=watch)
-    result, pid = profile_a_process_gone_before_the_end(prof, [workload], SECONDS / 2)
+    result, pid = profile_a_process_gone_before_the_end(prof, [workload], SECONDS / 2,
+                                                        on_cpu=True)
     assert_gone_process_symbolised(result, pid, "hot_function", watch)
 
 
+# dl_spin spins for CPU time: a sampling profiler sees a process only while it
+# runs, and a busy guest may give it little of a wall-clock second
 DLOPENED = r"""
 #include <time.h>
 volatile unsigned long dl_sink;
@@ -250,10 +244,10 @@ __attribute__((noinline)) void dl_hot_function(void) {
 }
 void dl_spin(double seconds) {
     struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
     do {
         dl_hot_function();
-        clock_gettime(CLOCK_MONOTONIC, &b);
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
     } while ((b.tv_sec - a.tv_sec) + (b.tv_nsec - a.tv_nsec) / 1e9 < seconds);
 }
 """
@@ -265,6 +259,13 @@ def _exe(p: subprocess.Popen) -> str:
         return ""
 
 
+def _said(p: subprocess.Popen, timeout: float) -> str:
+    """The child's next line on its stdout (a pipe), waiting ``timeout`` s at most."""
+    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    assert ready, f"the child said nothing in {timeout:.0f} s"
+    return p.stdout.readline()
+
+
 def _maps_name(p: subprocess.Popen, path: str) -> bool:
     assert p.poll() is None, "the child ended early"
     with open(f"/proc/{p.pid}/maps") as f:
@@ -272,14 +273,16 @@ def _maps_name(p: subprocess.Popen, path: str) -> bool:
 
 
 # a child that names itself "dlopener", spins in Python, then loads argv[1]
-# with dlopen and spins in it, then exits (argv[3] "exit") or waits to be killed
+# with dlopen and spins in it (argv[2] seconds of CPU time each), says so, then
+# exits (argv[3] "exit") or waits to be killed
 SPIN_THEN_DLOPEN = (
     "import ctypes, sys, time\n"
     "ctypes.CDLL(None).prctl(15, b'dlopener', 0, 0, 0)\n"
-    "end = time.monotonic() + float(sys.argv[2])\n"
-    "while time.monotonic() < end:\n"
+    "end = time.process_time() + float(sys.argv[2])\n"
+    "while time.process_time() < end:\n"
     "    pass\n"
     "ctypes.CDLL(sys.argv[1]).dl_spin(ctypes.c_double(float(sys.argv[2])))\n"
+    "print('spun', flush=True)\n"
     "if sys.argv[3] == 'exit':\n"
     "    sys.exit(0)\n"
     "time.sleep(600)\n")
@@ -299,13 +302,14 @@ def test_a_library_loaded_after_the_first_sample_symbolises(tmp_path, gone):
                     str(lib), str(src)], check=True)
     with pytracers.Profiler(comm="dlopener", kernel=False) as prof:
         p = subprocess.Popen([sys.executable, "-c", SPIN_THEN_DLOPEN, str(lib),
-                              str(SECONDS / 3), "exit" if gone else "stay"])
+                              str(SECONDS / 3), "exit" if gone else "stay"],
+                             stdout=subprocess.PIPE, text=True)
         try:
             wait_for("the library mapped", lambda: _maps_name(p, str(lib)))
+            assert _said(p, timeout=120) == "spun\n"
             if gone:
                 assert p.wait(timeout=120) == 0
             else:
-                time.sleep(SECONDS / 3)
                 assert p.poll() is None
             result = prof.result()
         finally:
@@ -313,17 +317,17 @@ def test_a_library_loaded_after_the_first_sample_symbolises(tmp_path, gone):
             p.wait()
     mine = [s for s in _of(result, p.pid) if s.ustack]
     tops = {s.ustack[0].symbol for s in mine}
-    assert "dl_hot_function" in tops, tops
+    assert "dl_hot_function" in tops, (tops, result.stats)
     assert any(f.module == str(lib) for s in mine for f in s.ustack)
     assert result.stats["unknown_frames"].get("process gone", 0) == 0
 
 
-# a child that names itself "workload", spins in Python, then execs argv[1]
+# a child that names itself "workload", spins in Python (argv[2] s of CPU time), then execs argv[1]
 NAMED_THEN_EXEC = (
     "import ctypes, os, sys, time\n"
     "ctypes.CDLL(None).prctl(15, b'workload', 0, 0, 0)\n"
-    "end = time.monotonic() + float(sys.argv[2])\n"
-    "while time.monotonic() < end:\n"
+    "end = time.process_time() + float(sys.argv[2])\n"
+    "while time.process_time() < end:\n"
     "    pass\n"
     "os.execv(sys.argv[1], [sys.argv[1]])\n")
 
@@ -338,14 +342,15 @@ def test_a_process_sampled_before_its_exec_symbolises_both_images(workload):
                               str(SECONDS / 4)])
         try:
             wait_for("the exec", lambda: _exe(p) == os.path.realpath(workload))
-            time.sleep(SECONDS / 4)
+            after = cpu_seconds(p.pid) + SECONDS / 4     # CPU time in the new image
+            wait_for("the workload's CPU time", lambda: cpu_seconds(p.pid) >= after)
         finally:
             p.kill()
             p.wait()
         result = prof.result()
     mine = [s for s in _of(result, p.pid) if s.ustack]
     tops = {s.ustack[0].symbol for s in mine}
-    assert "hot_function" in tops, tops
+    assert "hot_function" in tops, (tops, result.stats)
     # the interpreter's exported functions (Py_BytesMain, _PyEval_EvalFrameDefault...)
     interp = {f.symbol for s in mine for f in s.ustack if f.symbol.startswith(("Py", "_Py"))}
     assert interp, [s.ustack[:3] for s in mine]

@@ -70,10 +70,22 @@ def summarize(series: str, results: Optional[Dict[str, Any]]) -> Dict[str, Any]:
                 cell["skip_reasons"][reason] += 1
         else:  # failed, error, or never finished (None)
             cell["failed"] += 1
-            cell["failures"].append(f"{rec['nodeid']} ({outcome or 'did not finish'})")
+            cell["failures"].append(f"{rec['nodeid']} ({outcome or 'did not finish'})"
+                                    + _why(rec.get("message")))
     for cell in table.values():
         cell["skip_reasons"] = dict(cell["skip_reasons"])
     return table
+
+
+def _why(message: Optional[str], limit: int = 400) -> str:
+    """A failure's reason in one line: the first of pytest's ``E`` lines (the
+    exception and its message), else the report's last line -- so that a CI
+    summary that keeps only these lines still says what failed."""
+    lines = [ln.strip() for ln in (message or "").splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    why = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), lines[-1])
+    return ": " + (why if len(why) <= limit else why[:limit] + "...")
 
 
 def _cell(cell: Optional[Dict[str, Any]]) -> str:
