@@ -128,13 +128,15 @@ def ensure_prerequisites(install: bool, arch: str = kernels.ARCH) -> None:
 # Guest environment
 # ---------------------------------------------------------------------------
 
-def guest_env(series: str, extra: List[str], own_root: bool = False) -> Dict[str, str]:
-    """Environment of the guest command: this interpreter's bin dir first on
-    PATH (so python3 is the venv's), no bytecode writes, and the kernel's name
-    (the series, arch-series for another architecture) for the suite.  A
-    guest with a root of its own (``own_root``) runs that root's python3,
-    which finds pytracers in the repository."""
-    bindir = os.path.dirname(os.path.abspath(sys.executable))
+def guest_env(series: str, extra: List[str], own_root: bool = False,
+              python: Optional[str] = None) -> Dict[str, str]:
+    """Environment of the guest command: this interpreter's bin dir (or
+    ``python``'s, the suite's interpreter on this kernel) first on PATH (so
+    python3 is the venv's), no bytecode writes, and the kernel's name (the
+    series, arch-series for another architecture) for the suite.  A guest
+    with a root of its own (``own_root``) runs that root's python3, which
+    finds pytracers in the repository."""
+    bindir = os.path.dirname(os.path.abspath(python or sys.executable))
     if own_root:
         bindir = "/usr/local/bin"
     env = {
@@ -152,6 +154,9 @@ def guest_env(series: str, extra: List[str], own_root: bool = False) -> Dict[str
     venv = os.environ.get("VIRTUAL_ENV")
     if sys.prefix != sys.base_prefix:
         venv = sys.prefix
+    if python:
+        home = os.path.dirname(bindir)
+        venv = home if os.path.isfile(os.path.join(home, "pyvenv.cfg")) else None
     if venv and not own_root:
         env["VIRTUAL_ENV"] = venv
     for item in extra:
@@ -164,8 +169,9 @@ GUEST_PYTHON = "/usr/bin/python3"      # in a guest's own root
 CLANG_CACHE = f"/tmp/pytracers-test-clang-{os.getuid()}"   # tests/test_bad_inputs.py's
 
 
-def suite_command(tests: str, pytest_args: str, own_root: bool = False) -> List[str]:
-    python = GUEST_PYTHON if own_root else sys.executable
+def suite_command(tests: str, pytest_args: str, own_root: bool = False,
+                  python: Optional[str] = None) -> List[str]:
+    python = python or (GUEST_PYTHON if own_root else sys.executable)
     return ([python, "-m", "pytest", "-q", "-p", "vmtest_results", tests]
             + shlex.split(pytest_args))
 
@@ -186,7 +192,8 @@ def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: i
                         cpu=args.cpu)
     root = args.roots.get(kernel.arch)
     own_root = root is not None
-    env = guest_env(kernel.label, args.env, own_root)
+    python = args.python.get(kernel.label) if not args.command else None
+    env = guest_env(kernel.label, args.env, own_root, python)
     if own_root:
         opts.root = str(root)
         opts.shares = {"repo": str(REPO), "kernel": str(kernel.tree)}
@@ -195,7 +202,8 @@ def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: i
         if os.path.isdir(CLANG_CACHE):
             opts.shares["clang"] = CLANG_CACHE
             env["PYTRACERS_TEST_CLANG_CACHE"] = CLANG_CACHE
-    log(f"{prefix}booting {kernel.release} ({kernel.label})")
+    log(f"{prefix}booting {kernel.release} ({kernel.label})"
+        + (f", the suite under {python}" if python else ""))
     res = run_guest(kernel, argv, env, str(REPO), opts,
                     keep_dir=args.keep)
     results = res.results or {}
@@ -269,6 +277,10 @@ def parse_args(argv: List[str]):
                    help="guest CPUs (default: host CPUs / jobs, at least 2 for another arch)")
     p.add_argument("--append", default="", help="extra kernel command line")
     p.add_argument("--cpu", default="max", help="qemu CPU model (default max)")
+    p.add_argument("--python", action="append", default=[], metavar="KERNEL=PATH",
+                   help="the interpreter (a host path the guest sees) of the default pytest "
+                        "run on KERNEL, e.g. 5.10=.venv-py3.9/bin/python (repeatable; "
+                        "default: this one, or the guest root's for another arch)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment variable for the guest command")
     p.add_argument("--offline", action="store_true",
@@ -294,6 +306,18 @@ def parse_args(argv: List[str]):
                 legs.append((arch, s))
     args.legs = legs
     args.command = command
+    pythons, args.python = args.python, {}
+    if pythons and command:
+        p.error("--python chooses the interpreter of the default pytest run, not of a command")
+    for item in pythons:
+        label, sep, path = item.partition("=")
+        if not sep or not path:
+            p.error(f"--python wants KERNEL=PATH, got {item!r}")
+        if label not in {s if a == kernels.ARCH else f"{a}-{s}" for a, s in legs}:
+            p.error(f"--python {item!r}: {label!r} is not a kernel of this run")
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            p.error(f"--python {item!r}: {path!r} is not an executable file")
+        args.python[label] = os.path.abspath(path)
     # The guest runs from the repository root; a test path that exists from
     # here is made absolute so it means the same there.
     if not os.path.isabs(args.tests) and os.path.exists(args.tests):
@@ -347,7 +371,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     def argv_of(k: "kernels.Kernel") -> List[str]:
         if not suite:
             return args.command
-        return suite_command(args.tests, args.pytest_args, k.arch in args.roots)
+        return suite_command(args.tests, args.pytest_args, k.arch in args.roots,
+                             args.python.get(k.label))
 
     jobs = min(args.jobs, len(fetched))
     smp = args.smp or max(1, (os.cpu_count() or 1) // jobs)
