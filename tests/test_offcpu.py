@@ -11,7 +11,7 @@ import pytest
 
 import pytracers
 
-from conftest import (VM_KERNEL, assert_gone_process_symbolised,
+from conftest import (VM_KERNEL, again_if_stacks_lost, assert_gone_process_symbolised,
                       profile_a_process_gone_before_the_end)
 
 WORKLOAD = r"""
@@ -94,7 +94,10 @@ def test_a_process_gone_before_the_end_symbolises_when_watched(sleeper, need, wa
     mappings were read when its first block added a count (as the sampling
     profiler does), so its frames are named; unwatched they are [unknown],
     'process gone'."""
-    with need("tp_btf"):
-        prof = pytracers.OffCpuProfiler(comm="sleeper", kernel=False, watch_processes=watch)
-    result, pid = profile_a_process_gone_before_the_end(prof, [sleeper], SECONDS / 2)
-    assert_gone_process_symbolised(result, pid, "sleepy_function", watch)
+    def run():
+        with need("tp_btf"):
+            prof = pytracers.OffCpuProfiler(comm="sleeper", kernel=False, watch_processes=watch)
+        return profile_a_process_gone_before_the_end(prof, [sleeper], SECONDS / 2)
+
+    again_if_stacks_lost(
+        run, lambda out: assert_gone_process_symbolised(out[0], out[1], "sleepy_function", watch))
