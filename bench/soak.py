@@ -52,7 +52,6 @@ from typing import Any, Dict, List, Optional
 COMM = "pyt-soak"          # + the run's pid: two runs at once do not see each other
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_NAME = 15
 TRUE = "/bin/true"
 MISSING = "/nonexistent/pyt-soak-missing"
@@ -80,9 +79,10 @@ def proc_sample(pid: int) -> Dict[str, Any]:
                         ids[key[:-3]].add(int(value))
         except OSError:       # closed meanwhile
             pass
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK      # utime + stime
+    from pytracers.user import procfs
+    cpu = procfs.cpu_seconds(pid)
+    if cpu is None:
+        raise ProcessLookupError(f"process {pid} is gone")
     return {"rss_kb": rss, "fds": fds, "progs": sorted(ids["prog"]),
             "maps": sorted(ids["map"]), "links": sorted(ids["link"]), "cpu_s": cpu}
 

@@ -61,10 +61,10 @@ def wait_for(what: str, done, timeout: float = 120.0) -> None:
 
 def cpu_seconds(pid: int) -> float:
     """The CPU time (user + system) process ``pid`` has had, from /proc."""
-    from pytracers.user.procfs import process_stat
-    fields = process_stat(pid)
-    assert fields, f"process {pid} is gone"
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    from pytracers.user.procfs import cpu_seconds as cpu
+    seconds = cpu(pid)
+    assert seconds is not None, f"process {pid} is gone"
+    return seconds
 
 
 def profile_a_process_gone_before_the_end(prof, argv: List[str], seconds: float,

@@ -4,9 +4,10 @@ announced process's mappings before it exits) must do at once, without a
 first call that waits for heavier imports."""
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
-__all__ = ["read_maps_text", "process_stat", "start_time"]
+__all__ = ["read_maps_text", "process_stat", "start_time", "cpu_seconds"]
 
 
 def read_maps_text(pid: int) -> Optional[str]:
@@ -37,3 +38,12 @@ def start_time(pid: int) -> Optional[int]:
     names one process (pids are reused).  None when it is gone."""
     fields = process_stat(pid)
     return int(fields[19]) if fields and len(fields) > 19 else None
+
+
+def cpu_seconds(pid: int) -> Optional[float]:
+    """The CPU time (user + system, seconds) the process has had; None when
+    it is gone."""
+    fields = process_stat(pid)
+    if not fields or len(fields) <= 12:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -344,6 +344,12 @@ def resolve_packages(apt: PrivateApt) -> Dict[str, str]:
 # The unpacked kernel in the cache.
 # ---------------------------------------------------------------------------
 
+def label_of(arch: str, series: str) -> str:
+    """A kernel's name in the matrix: the series ("6.1") for amd64,
+    arch-series ("arm64-6.1") for the others."""
+    return series if arch == ARCH else f"{arch}-{series}"
+
+
 @dataclass
 class Kernel:
     series: str
@@ -357,9 +363,8 @@ class Kernel:
 
     @property
     def label(self) -> str:
-        """The kernel's name in the matrix: the series ("6.1") for amd64,
-        arch-series ("arm64-6.1") for the others."""
-        return self.series if self.arch == ARCH else f"{self.arch}-{self.series}"
+        """The kernel's name in the matrix (:func:`label_of`)."""
+        return label_of(self.arch, self.series)
 
     def config_value(self, name: str) -> Optional[str]:
         if not self.config:

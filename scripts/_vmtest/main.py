@@ -192,7 +192,7 @@ def run_one(kernel: "kernels.Kernel", argv: List[str], args, prefix: str, smp: i
                         cpu=args.cpu)
     root = args.roots.get(kernel.arch)
     own_root = root is not None
-    python = args.python.get(kernel.label) if not args.command else None
+    python = args.python.get(kernel.label)      # (none with a command: parse_args)
     env = guest_env(kernel.label, args.env, own_root, python)
     if own_root:
         opts.root = str(root)
@@ -313,7 +313,7 @@ def parse_args(argv: List[str]):
         label, sep, path = item.partition("=")
         if not sep or not path:
             p.error(f"--python wants KERNEL=PATH, got {item!r}")
-        if label not in {s if a == kernels.ARCH else f"{a}-{s}" for a, s in legs}:
+        if label not in {kernels.label_of(a, s) for a, s in legs}:
             p.error(f"--python {item!r}: {label!r} is not a kernel of this run")
         if not os.path.isfile(path) or not os.access(path, os.X_OK):
             p.error(f"--python {item!r}: {path!r} is not an executable file")
